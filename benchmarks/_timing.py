@@ -1,0 +1,82 @@
+"""Shared timing helpers for benchmarks: alternating repeats, medians, machine description.
+
+The machine is shared and noisy, so candidates are timed alternately (A, B, A, B, ...) in one process and
+compared by the ratio of medians; absolute times are printed for context only.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+
+
+def time_alternating(candidates: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 2):
+    """Run each candidate `warmup` times, then `repeats` rounds alternating between them.
+
+    Returns {name: median seconds}.
+    """
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
+
+
+def describe_machine() -> str:
+    """One paragraph: CPU model, cores, threads, library versions, BLAS."""
+    import numba
+    import numpy as np
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    parts = [
+        f"CPU: {cpu}, {os.cpu_count()} logical cores",
+        f"numba {numba.__version__} ({numba.get_num_threads()} threads)",
+        f"numpy {np.__version__}",
+    ]
+    try:
+        from threadpoolctl import threadpool_info
+
+        for pool in threadpool_info():
+            parts.append(f"{pool.get('internal_api')} {pool.get('version')} ({pool.get('num_threads')} threads)")
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        parts.append(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    except ImportError:
+        parts.append("torch not installed")
+    return "; ".join(parts)
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """Plain-text table of dict rows (missing cells shown as '-')."""
+    cells = [[str(r.get(c, "-")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
