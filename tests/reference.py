@@ -30,8 +30,11 @@ def relative_error(a, b):
     return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-300))
 
 
-# === section: layers (linear, conv, pool, activation, loss) ===
+# === section: layers (linear, pool, activation, loss) ===
 # === end layers ===
+
+# === section: conv ===
+# === end conv ===
 
 # === section: norms ===
 # === end norms ===
