@@ -1,0 +1,571 @@
+"""Normalization kernels: batch normalization (train / probe / eval) forward and backward.
+
+Layout. Every input is viewed as (N, C, S): (N, C) has S = 1, (N, C, H, W) has S = H * W. Batch statistics are
+per channel over (N, S). The building blocks below are reusable by other normalizations that need per-channel
+statistics over (N, S) (noisy and Lp batch norm):
+
+- `_plan(N, C, S, itemsize, arrays)` splits the work into items of (channel block, batch chunk);
+- `_block_moments` adds shifted sums of x and x^2 of a block into per-channel float64 accumulators;
+- `_block_grad_sums` adds sum(dy) and sum(dy * (x - center)) of a block;
+- `_block_affine` writes y = (x - center) * scale + offset, `_block_grad_apply` writes dx = a dy + b (x - center) + k.
+
+Work split. A work item is a block of consecutive channels (and, when there are too few blocks to keep the threads
+busy, a chunk of the batch). Within an item the loops run batch-outer, channel-inner, so memory is read in
+contiguous runs of (block channels * S) elements even when S is tiny (4x4 feature maps); a block is sized so that
+the arrays it touches fit in L2, and the second pass over a block (normalize after statistics, write dx after the
+sums) is served from cache. One pass over memory for statistics, one for the output. Each item owns its channels (or
+its own row of partial sums), partials are merged in a fixed order, and the split depends on the shape only: results
+are bit-identical for any thread count.
+
+Numerics of the statistics. One pass computes, per channel, sums of d = x - K and d^2 in float64, with the shift K
+the channel's first element (the "shifted data" algorithm). var = mean(d^2) - mean(d)^2 then loses only about
+eps64 * (mean - K)^2 / var relatively, and since K is one of the samples, (mean - K)^2 <= n * var: the relative error
+is at most ~n * 2^-53 however large the mean is compared to the standard deviation (unshifted sum / sum of squares
+would lose everything at mean / std ~ 1e8, and in float32 accumulation already at ~1e3). Welford's update would cost
+a division per element; an exact two-pass mean-then-deviations scheme would cost a third pass. Elementwise passes
+compute in float64 too (x - mean with the float64 mean, so float32 outputs carry one rounding even when
+mean >> std); the kernels are memory-bound, so the wider arithmetic is free. NaN or Inf anywhere in a channel makes
+that channel's statistics, and so its whole output, NaN; nothing is masked.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+# Bytes of input (all arrays a pass reads) per work item: well inside a 1-2 MiB L2 so the second pass over an item
+# hits cache. Items aim to be at least _MIN_ITEM_ELEMENTS elements (scheduling overhead) and at least _TARGET_ITEMS
+# in number (load balance on a few cores); both are constants so the split depends on the shape only.
+_BLOCK_BYTES = 1 << 20
+_MIN_ITEM_ELEMENTS = 1 << 14
+_TARGET_ITEMS = 8
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+def _as_ncs(name: str, x, modes: str = "2D or 4D") -> np.ndarray:
+    """Validate a float32/float64 (N, C) or (N, C, H, W) array; return a C-contiguous (N, C, S) view."""
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
+    if x.ndim not in (2, 4):
+        raise ValueError(f"{name}: expected a {modes} array, (N, C) or (N, C, H, W), got ndim {x.ndim} "
+                         f"(shape {x.shape})")
+    x = np.ascontiguousarray(x)
+    n, c = x.shape[0], x.shape[1]
+    s = x.shape[2] * x.shape[3] if x.ndim == 4 else 1
+    return x.reshape(n, c, s)
+
+
+def _same_as(name: str, a, ref: np.ndarray, ref_name: str) -> np.ndarray:
+    """Validate that a matches ref's shape and dtype; return it C-contiguous."""
+    a = np.asarray(a)
+    if a.shape != ref.shape:
+        raise ValueError(f"{name}: expected shape {ref.shape} (the shape of {ref_name}), got {a.shape}")
+    if a.dtype != ref.dtype:
+        raise ValueError(f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {a.dtype}")
+    return np.ascontiguousarray(a)
+
+
+def _channel_vector(name: str, v, channels: int, dtype, default: float | None = None):
+    """Validate a per-channel vector of shape (C,) and the given dtype; None gives `default` filled (or None)."""
+    if v is None:
+        return None if default is None else np.full(channels, default, dtype=dtype)
+    v = np.asarray(v)
+    if v.shape != (channels,):
+        raise ValueError(f"{name}: expected shape ({channels},) (C, the channels of x), got {v.shape}")
+    if v.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {v.dtype}")
+    return np.ascontiguousarray(v)
+
+
+def _check_count(x_shape: tuple, n: int) -> None:
+    if n < 2:
+        raise ValueError(f"x: batch statistics need more than 1 value per channel (N * H * W > 1), "
+                         f"got shape {x_shape}")
+
+
+def _check_eps(eps: float) -> float:
+    eps = float(eps)
+    if not eps > 0.0:
+        raise ValueError(f"eps: expected a positive number, got {eps}")
+    return eps
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Work split
+
+
+def _plan(n: int, c: int, s: int, itemsize: int, arrays: int) -> tuple[int, int]:
+    """Channels per block and number of batch chunks for an (n, c, s) problem reading `arrays` inputs.
+
+    Depends on the shape only (never on the thread count), so results repeat bit for bit on any machine setting.
+    """
+    total = n * c * s
+    target = max(1, min(_TARGET_ITEMS, total // _MIN_ITEM_ELEMENTS))
+    per_channel = max(1, n * s * itemsize * arrays)
+    block = max(1, min(_BLOCK_BYTES // per_channel, -(-c // target)))
+    blocks = -(-c // block) if c > 0 else 0
+    chunks = 1
+    if 0 < blocks < target:
+        chunks = max(1, min(n, -(-target // blocks)))
+    return block, chunks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Block helpers (serial; called from inside the parallel kernels' prange). Channels [c0, c1), batch rows [n0, n1).
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _block_moments(x3, c0, c1, n0, n1, shift, acc_s, acc_q):
+    """acc_s[c] += sum(d), acc_q[c] += sum(d^2), d = x[n, c, :] - shift[c] in float64, for the block."""
+    C = x3.shape[1]
+    S = x3.shape[2]
+    xf = x3.reshape(-1)
+    for n in range(n0, n1):
+        for c in range(c0, c1):
+            base = (n * C + c) * S
+            k = shift[c]
+            # Four independent accumulators: the adds overlap instead of waiting on each other, and the summation
+            # order is fixed in the source (no reassociation by the compiler).
+            s0 = s1 = s2 = s3 = 0.0
+            q0 = q1 = q2 = q3 = 0.0
+            i = 0
+            while i + 4 <= S:
+                d0 = float(row[i]) - k
+                d1 = float(row[i + 1]) - k
+                d2 = float(row[i + 2]) - k
+                d3 = float(row[i + 3]) - k
+                s0 += d0
+                s1 += d1
+                s2 += d2
+                s3 += d3
+                q0 += d0 * d0
+                q1 += d1 * d1
+                q2 += d2 * d2
+                q3 += d3 * d3
+                i += 4
+            while i < S:
+                d0 = float(row[i]) - k
+                s0 += d0
+                q0 += d0 * d0
+                i += 1
+            acc_s[c] += (s0 + s1) + (s2 + s3)
+            acc_q[c] += (q0 + q1) + (q2 + q3)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _block_grad_sums(dy3, x3, c0, c1, n0, n1, center, acc_dy, acc_dyx):
+    """acc_dy[c] += sum(dy), acc_dyx[c] += sum(dy * (x - center[c])) in float64, for the block."""
+    S = x3.shape[2]
+    for n in range(n0, n1):
+        for c in range(c0, c1):
+            grow = dy3[n, c]
+            row = x3[n, c]
+            k = center[c]
+            s0 = s1 = s2 = s3 = 0.0
+            p0 = p1 = p2 = p3 = 0.0
+            i = 0
+            while i + 4 <= S:
+                g0 = float(grow[i])
+                g1 = float(grow[i + 1])
+                g2 = float(grow[i + 2])
+                g3 = float(grow[i + 3])
+                s0 += g0
+                s1 += g1
+                s2 += g2
+                s3 += g3
+                p0 += g0 * (float(row[i]) - k)
+                p1 += g1 * (float(row[i + 1]) - k)
+                p2 += g2 * (float(row[i + 2]) - k)
+                p3 += g3 * (float(row[i + 3]) - k)
+                i += 4
+            while i < S:
+                g0 = float(grow[i])
+                s0 += g0
+                p0 += g0 * (float(row[i]) - k)
+                i += 1
+            acc_dy[c] += (s0 + s1) + (s2 + s3)
+            acc_dyx[c] += (p0 + p1) + (p2 + p3)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _block_affine(x3, c0, c1, n0, n1, center, scale, offset, y3):
+    """y = (x - center[c]) * scale[c] + offset[c], computed in float64, stored in y's dtype."""
+    S = x3.shape[2]
+    for n in range(n0, n1):
+        for c in range(c0, c1):
+            row = x3[n, c]
+            out = y3[n, c]
+            k = center[c]
+            a = scale[c]
+            b = offset[c]
+            for i in range(S):
+                out[i] = (float(row[i]) - k) * a + b
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _block_grad_apply(dy3, x3, c0, c1, n0, n1, center, a, b, k, dx3):
+    """dx = a[c] * dy + b[c] * (x - center[c]) + k[c], computed in float64, stored in dx's dtype."""
+    S = x3.shape[2]
+    for n in range(n0, n1):
+        for c in range(c0, c1):
+            grow = dy3[n, c]
+            row = x3[n, c]
+            out = dx3[n, c]
+            m = center[c]
+            ac = a[c]
+            bc = b[c]
+            kc = k[c]
+            for i in range(S):
+                out[i] = ac * float(grow[i]) + bc * (float(row[i]) - m) + kc
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _item_range(item, chunks, block, C, N):
+    """Channel range and batch range of work item `item` (items are block-major, chunk-minor)."""
+    b = item // chunks
+    j = item % chunks
+    c0 = b * block
+    c1 = min(C, c0 + block)
+    n0 = (j * N) // chunks
+    n1 = ((j + 1) * N) // chunks
+    return c0, c1, n0, n1
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _merge_rows(partials, c):
+    """Sum of partials[:, c] in row order (a fixed order: deterministic)."""
+    t = 0.0
+    for j in range(partials.shape[0]):
+        t += partials[j, c]
+    return t
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parallel kernels
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _finish_moments(sum_d, sum_q, shift, count, eps, c, mean, var, invstd):
+    """Mean, biased variance and 1/sqrt(var + eps) of channel c from shifted sums."""
+    md = sum_d / count
+    v = sum_q / count - md * md
+    # Rounding can leave a tiny negative value; `v < 0` is False for NaN, so NaN survives.
+    if v < 0.0:
+        v = 0.0
+    mean[c] = shift[c] + md
+    var[c] = v
+    invstd[c] = 1.0 / math.sqrt(v + eps)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _batch_norm_train_forward(x3, gamma, beta, eps, block, chunks, y3):
+    N, C, S = x3.shape
+    count = float(N * S)
+    shift = np.empty(C)
+    for c in range(C):
+        shift[c] = float(x3[0, c, 0])
+    mean = np.empty(C)
+    var = np.empty(C)
+    invstd = np.empty(C)
+    scale = np.empty(C)
+    offset = np.empty(C)
+    acc_s = np.zeros((chunks, C))
+    acc_q = np.zeros((chunks, C))
+    blocks = (C + block - 1) // block
+    if chunks == 1:
+        # Fused: statistics of a block, then its output while the block is still in cache.
+        for b in prange(blocks):
+            c0 = b * block
+            c1 = min(C, c0 + block)
+            _block_moments(x3, c0, c1, 0, N, shift, acc_s[0], acc_q[0])
+            for c in range(c0, c1):
+                _finish_moments(acc_s[0, c], acc_q[0, c], shift, count, eps, c, mean, var, invstd)
+                scale[c] = float(gamma[c]) * invstd[c]
+                offset[c] = float(beta[c])
+            _block_affine(x3, c0, c1, 0, N, mean, scale, offset, y3)
+    else:
+        for item in prange(blocks * chunks):
+            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
+            _block_moments(x3, c0, c1, n0, n1, shift, acc_s[item % chunks], acc_q[item % chunks])
+        for c in range(C):
+            _finish_moments(_merge_rows(acc_s, c), _merge_rows(acc_q, c), shift, count, eps, c, mean, var, invstd)
+            scale[c] = float(gamma[c]) * invstd[c]
+            offset[c] = float(beta[c])
+        for item in prange(blocks * chunks):
+            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
+            _block_affine(x3, c0, c1, n0, n1, mean, scale, offset, y3)
+    return mean, var, invstd
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _train_grad_coefficients(sum_dy, sum_dyx, gamma, mean, invstd, count, c, center, a, b, k, dgamma, dbeta):
+    """dx = a dy + b (x - mean) + k with a = gamma invstd, b = -a invstd mean(dy xhat), k = -a mean(dy)."""
+    inv = float(invstd[c])
+    g = float(gamma[c])
+    center[c] = float(mean[c])
+    a[c] = g * inv
+    b[c] = -g * inv * inv * inv * (sum_dyx / count)
+    k[c] = -g * inv * (sum_dy / count)
+    dgamma[c] = sum_dyx * inv
+    dbeta[c] = sum_dy
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _batch_norm_train_backward(dy3, x3, mean, invstd, gamma, block, chunks, dx3):
+    N, C, S = x3.shape
+    count = float(N * S)
+    center = np.empty(C)
+    for c in range(C):
+        center[c] = float(mean[c])
+    a = np.empty(C)
+    b = np.empty(C)
+    k = np.empty(C)
+    dgamma = np.empty(C)
+    dbeta = np.empty(C)
+    acc_dy = np.zeros((chunks, C))
+    acc_dyx = np.zeros((chunks, C))
+    blocks = (C + block - 1) // block
+    if chunks == 1:
+        for blk in prange(blocks):
+            c0 = blk * block
+            c1 = min(C, c0 + block)
+            _block_grad_sums(dy3, x3, c0, c1, 0, N, center, acc_dy[0], acc_dyx[0])
+            for c in range(c0, c1):
+                _train_grad_coefficients(acc_dy[0, c], acc_dyx[0, c], gamma, mean, invstd, count, c,
+                                         center, a, b, k, dgamma, dbeta)
+            _block_grad_apply(dy3, x3, c0, c1, 0, N, center, a, b, k, dx3)
+    else:
+        for item in prange(blocks * chunks):
+            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
+            j = item % chunks
+            _block_grad_sums(dy3, x3, c0, c1, n0, n1, center, acc_dy[j], acc_dyx[j])
+        for c in range(C):
+            _train_grad_coefficients(_merge_rows(acc_dy, c), _merge_rows(acc_dyx, c), gamma, mean, invstd,
+                                     count, c, center, a, b, k, dgamma, dbeta)
+        for item in prange(blocks * chunks):
+            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
+            _block_grad_apply(dy3, x3, c0, c1, n0, n1, center, a, b, k, dx3)
+    return dgamma, dbeta
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _batch_norm_eval_forward(x3, running_mean, running_var, gamma, beta, eps, block, chunks, y3):
+    N, C, S = x3.shape
+    center = np.empty(C)
+    scale = np.empty(C)
+    offset = np.empty(C)
+    for c in range(C):
+        center[c] = float(running_mean[c])
+        scale[c] = float(gamma[c]) / math.sqrt(float(running_var[c]) + eps)
+        offset[c] = float(beta[c])
+    blocks = (C + block - 1) // block
+    for item in prange(blocks * chunks):
+        c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
+        _block_affine(x3, c0, c1, n0, n1, center, scale, offset, y3)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _batch_norm_eval_backward(dy3, x3, running_mean, running_var, gamma, eps, need_sums, block, chunks, dx3):
+    N, C, S = x3.shape
+    center = np.empty(C)
+    inv = np.empty(C)
+    a = np.empty(C)
+    zeros = np.zeros(C)
+    for c in range(C):
+        center[c] = float(running_mean[c])
+        inv[c] = 1.0 / math.sqrt(float(running_var[c]) + eps)
+        a[c] = float(gamma[c]) * inv[c]
+    acc_dy = np.zeros((chunks, C))
+    acc_dyx = np.zeros((chunks, C))
+    blocks = (C + block - 1) // block
+    for item in prange(blocks * chunks):
+        c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
+        j = item % chunks
+        if need_sums:
+            _block_grad_sums(dy3, x3, c0, c1, n0, n1, center, acc_dy[j], acc_dyx[j])
+        # Running statistics are constants here: dx = gamma / sqrt(running_var + eps) * dy.
+        _block_affine(dy3, c0, c1, n0, n1, zeros, a, zeros, dx3)
+    dgamma = np.empty(C)
+    dbeta = np.empty(C)
+    for c in range(C):
+        dgamma[c] = _merge_rows(acc_dyx, c) * inv[c]
+        dbeta[c] = _merge_rows(acc_dy, c)
+    return dgamma, dbeta
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def batch_norm_train_forward(
+    x: np.ndarray, gamma: np.ndarray | None = None, beta: np.ndarray | None = None, eps: float = 1e-5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Batch normalization with batch statistics (train and probe modes), as torch's BatchNorm1d/2d.
+
+    x: (N, C) or (N, C, H, W), float32 or float64; gamma, beta: (C,) of x's dtype, or None (no scale / no shift).
+    Returns (y, mean, invstd, var): y like x; mean, invstd = 1 / sqrt(var + eps) and the biased variance var,
+    each (C,) of x's dtype. Keep (mean, invstd) for the backward pass and (mean, var) for the running update.
+    """
+    x3 = _as_ncs("x", x)
+    N, C, S = x3.shape
+    _check_count(np.shape(x), N * S)
+    eps = _check_eps(eps)
+    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
+    y3 = np.empty_like(x3)
+    block, chunks = _plan(N, C, S, x3.itemsize, 1)
+    mean, var, invstd = _batch_norm_train_forward(x3, gamma, beta, eps, block, chunks, y3)
+    dt = x3.dtype
+    return y3.reshape(np.shape(x)), mean.astype(dt), invstd.astype(dt), var.astype(dt)
+
+
+def batch_norm_train_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    mean: np.ndarray,
+    invstd: np.ndarray,
+    gamma: np.ndarray | None = None,
+    dgamma: np.ndarray | None = None,
+    dbeta: np.ndarray | None = None,
+) -> np.ndarray:
+    """Gradient of batch_norm_train_forward, through the batch statistics.
+
+    dy, x: (N, C) or (N, C, H, W) of one dtype; mean, invstd: (C,) from the forward pass; gamma: (C,) or None.
+    dgamma, dbeta: (C,) arrays overwritten in place with sum(dy * xhat) and sum(dy) when given.
+    Returns dx, like x.
+    """
+    x3 = _as_ncs("x", x)
+    dy3 = _same_as("dy", dy, np.asarray(x), "x").reshape(x3.shape)
+    N, C, S = x3.shape
+    _check_count(np.shape(x), N * S)
+    mean = _channel_vector("mean", mean, C, x3.dtype)
+    invstd = _channel_vector("invstd", invstd, C, x3.dtype)
+    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    _check_output("dgamma", dgamma, C, x3.dtype)
+    _check_output("dbeta", dbeta, C, x3.dtype)
+    dx3 = np.empty_like(x3)
+    block, chunks = _plan(N, C, S, x3.itemsize, 2)
+    dg, db = _batch_norm_train_backward(dy3, x3, mean, invstd, gamma, block, chunks, dx3)
+    if dgamma is not None:
+        dgamma[...] = dg
+    if dbeta is not None:
+        dbeta[...] = db
+    return dx3.reshape(np.shape(x))
+
+
+def batch_norm_eval_forward(
+    x: np.ndarray,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    gamma: np.ndarray | None = None,
+    beta: np.ndarray | None = None,
+    eps: float = 1e-5,
+) -> np.ndarray:
+    """Batch normalization with running statistics (eval mode): y = (x - rm) / sqrt(rv + eps) * gamma + beta.
+
+    x: (N, C) or (N, C, H, W), float32 or float64; running_mean, running_var, gamma, beta: (C,) of x's dtype
+    (gamma, beta may be None). Returns y, like x.
+    """
+    x3 = _as_ncs("x", x)
+    N, C, S = x3.shape
+    eps = _check_eps(eps)
+    running_mean = _channel_vector("running_mean", running_mean, C, x3.dtype)
+    running_var = _channel_vector("running_var", running_var, C, x3.dtype)
+    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
+    y3 = np.empty_like(x3)
+    block, chunks = _plan(N, C, S, x3.itemsize, 1)
+    _batch_norm_eval_forward(x3, running_mean, running_var, gamma, beta, eps, block, chunks, y3)
+    return y3.reshape(np.shape(x))
+
+
+def batch_norm_eval_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    gamma: np.ndarray | None = None,
+    dgamma: np.ndarray | None = None,
+    dbeta: np.ndarray | None = None,
+    eps: float = 1e-5,
+) -> np.ndarray:
+    """Gradient of batch_norm_eval_forward (running statistics are constants).
+
+    dy, x: (N, C) or (N, C, H, W) of one dtype; running_mean, running_var, gamma: (C,) (gamma may be None).
+    dgamma, dbeta: (C,) arrays overwritten in place with sum(dy * xhat) and sum(dy) when given.
+    Returns dx, like x.
+    """
+    x3 = _as_ncs("x", x)
+    dy3 = _same_as("dy", dy, np.asarray(x), "x").reshape(x3.shape)
+    N, C, S = x3.shape
+    eps = _check_eps(eps)
+    running_mean = _channel_vector("running_mean", running_mean, C, x3.dtype)
+    running_var = _channel_vector("running_var", running_var, C, x3.dtype)
+    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    _check_output("dgamma", dgamma, C, x3.dtype)
+    _check_output("dbeta", dbeta, C, x3.dtype)
+    need_sums = dgamma is not None or dbeta is not None
+    dx3 = np.empty_like(x3)
+    block, chunks = _plan(N, C, S, x3.itemsize, 2)
+    dg, db = _batch_norm_eval_backward(dy3, x3, running_mean, running_var, gamma, eps, need_sums, block, chunks,
+                                       dx3)
+    if dgamma is not None:
+        dgamma[...] = dg
+    if dbeta is not None:
+        dbeta[...] = db
+    return dx3.reshape(np.shape(x))
+
+
+def batch_norm_update_running(
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    count: int,
+    momentum: float = 0.1,
+) -> None:
+    """Update running statistics in place, as torch: rm = (1-m) rm + m mean, rv = (1-m) rv + m var n/(n-1).
+
+    running_mean, running_var: (C,) arrays updated in place; mean, var: (C,) batch mean and biased variance
+    (from batch_norm_train_forward); count: n = N * H * W values per channel (> 1).
+    """
+    running_mean_a = np.asarray(running_mean)
+    if running_mean_a.ndim != 1:
+        raise ValueError(f"running_mean: expected a 1-D array (C,), got shape {running_mean_a.shape}")
+    C = running_mean_a.shape[0]
+    dt = running_mean_a.dtype
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"running_mean: expected dtype float32 or float64, got {dt}")
+    _check_output("running_mean", running_mean, C, dt)
+    _check_output("running_var", running_var, C, dt)
+    mean = _channel_vector("mean", mean, C, dt)
+    var = _channel_vector("var", var, C, dt)
+    count = int(count)
+    if count < 2:
+        raise ValueError(f"count: expected the number of values per channel, > 1, got {count}")
+    momentum = float(momentum)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum: expected a number in [0, 1], got {momentum}")
+    unbiased = var.astype(np.float64) * (count / (count - 1))
+    running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * mean.astype(np.float64)
+    running_var[...] = (1.0 - momentum) * running_var.astype(np.float64) + momentum * unbiased
+
+
+def _check_output(name: str, out, channels: int, dtype) -> None:
+    """An in-place output must be a writeable (C,) array of the given dtype (a view into a flat vector is fine)."""
+    if out is None:
+        return
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy array of shape ({channels},), got {type(out).__name__}")
+    if out.shape != (channels,):
+        raise ValueError(f"{name}: expected shape ({channels},) (C, the channels of x), got {out.shape}")
+    if out.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name}: expected a writeable array (it is overwritten in place)")

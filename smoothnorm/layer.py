@@ -1,0 +1,44 @@
+"""The Layer base class shared by smoothnorm.nn and smoothnorm.norm_layers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Layer:
+    """Base layer: a name, parameter shapes, buffers, forward/backward. Parameter views are bound by Network."""
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Parameter name -> shape, in flat-vector order."""
+        return {}
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        """Non-trainable state saved in state_dict (e.g. running statistics)."""
+        return {}
+
+    def allocate(self, dtype: np.dtype) -> None:
+        """Allocate buffers in the network's dtype."""
+
+    def init_params(self, rng: np.random.Generator, init: str) -> None:
+        """Fill self.params (views) for the given init scheme."""
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Per-sample output shape for a per-sample input shape (raises ValueError when incompatible)."""
+        return input_shape
+
+    def forward(self, x: np.ndarray, mode: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dy: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"

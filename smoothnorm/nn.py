@@ -1,0 +1,462 @@
+"""Layers and Network: one flat parameter vector, every layer's weights and gradients are views into it.
+
+A `Network` owns `params` and `grads` (1-D, C-contiguous); each layer's `params[name]` / `grads[name]` are
+reshaped views of slices of them, laid out in execution order (so "the layers before layer i" is a prefix).
+Names and layouts follow PyTorch (`features.0.weight` of shape (out, in, kh, kw)), so `state_dict()` moves to and
+from torch with `torch.from_numpy`.
+
+Modes: "train" (batch statistics, running statistics updated), "probe" (batch statistics, nothing updated: every
+measurement uses it), "eval" (running statistics).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from smoothnorm._validate import as_float_dtype, choice, float_array, label_array
+from smoothnorm.kernels.activation import relu_backward, relu_forward
+from smoothnorm.kernels.conv import conv2d_backward, conv2d_forward
+from smoothnorm.kernels.linear import linear_backward, linear_forward
+from smoothnorm.kernels.loss import (
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+    squared_error_backward,
+    squared_error_forward,
+)
+from smoothnorm.kernels.pool import maxpool2d_backward, maxpool2d_forward
+from smoothnorm.layer import Layer
+from smoothnorm.norm_layers import NORM_LAYERS, BatchNorm, make_norm
+
+__all__ = [
+    "MODES", "INITS", "Layer", "Linear", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "BatchNorm", "NORM_LAYERS",
+    "make_norm", "SoftmaxCrossEntropy", "SquaredError", "LOSSES", "Network",
+]
+
+MODES = ("train", "probe", "eval")
+INITS = ("glorot", "pytorch")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------------------------
+def _fan_in_out(shape: tuple[int, ...]) -> tuple[int, int]:
+    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def _init_weight_bias(layer: Layer, rng: np.random.Generator, init: str) -> None:
+    w = layer.params["weight"]
+    fan_in, fan_out = _fan_in_out(w.shape)
+    if init == "glorot":
+        # Glorot & Bengio (2010) uniform, zero biases: the paper's initialization (App. A.1).
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        w[...] = rng.uniform(-bound, bound, size=w.shape)
+        if "bias" in layer.params:
+            layer.params["bias"][...] = 0
+    else:
+        # PyTorch's default: kaiming_uniform_(a=sqrt(5)) for weights, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) biases.
+        bound = 1.0 / math.sqrt(fan_in)
+        w[...] = rng.uniform(-bound, bound, size=w.shape)
+        if "bias" in layer.params:
+            layer.params["bias"][...] = rng.uniform(-bound, bound, size=layer.params["bias"].shape)
+
+
+class Linear(Layer):
+    """Fully connected layer y = x W^T + b, weight (out_features, in_features)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.use_bias = int(in_features), int(out_features), bool(bias)
+        self._x: np.ndarray | None = None
+
+    def param_shapes(self):
+        shapes = {"weight": (self.out_features, self.in_features)}
+        if self.use_bias:
+            shapes["bias"] = (self.out_features,)
+        return shapes
+
+    def init_params(self, rng, init):
+        _init_weight_bias(self, rng, init)
+
+    def output_shape(self, input_shape):
+        if input_shape != (self.in_features,):
+            raise ValueError(f"{self.name}: expected input features ({self.in_features},), got {input_shape}")
+        return (self.out_features,)
+
+    def forward(self, x, mode):
+        self._x = x
+        return linear_forward(x, self.params["weight"], self.params.get("bias"))
+
+    def backward(self, dy, need_dx=True):
+        return linear_backward(
+            dy, self._x, self.params["weight"], self.grads["weight"], self.grads.get("bias"), need_dx=need_dx
+        )
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={self.use_bias}"
+
+
+class Conv2d(Layer):
+    """2-D convolution (cross-correlation, zero padding), weight (out, in, k, k), PyTorch semantics."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride, self.padding = int(kernel_size), int(stride), int(padding)
+        self.use_bias = bool(bias)
+        self._x: np.ndarray | None = None
+
+    def param_shapes(self):
+        k = self.kernel_size
+        shapes = {"weight": (self.out_channels, self.in_channels, k, k)}
+        if self.use_bias:
+            shapes["bias"] = (self.out_channels,)
+        return shapes
+
+    def init_params(self, rng, init):
+        _init_weight_bias(self, rng, init)
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3 or input_shape[0] != self.in_channels:
+            raise ValueError(f"{self.name}: expected input ({self.in_channels}, H, W), got {input_shape}")
+        h, w = ((s + 2 * self.padding - self.kernel_size) // self.stride + 1 for s in input_shape[1:])
+        if h < 1 or w < 1:
+            raise ValueError(f"{self.name}: input {input_shape} is too small for kernel {self.kernel_size}")
+        return (self.out_channels, h, w)
+
+    def forward(self, x, mode):
+        self._x = x
+        return conv2d_forward(x, self.params["weight"], self.params.get("bias"), self.stride, self.padding)
+
+    def backward(self, dy, need_dx=True):
+        return conv2d_backward(
+            dy, self._x, self.params["weight"], self.grads["weight"], self.grads.get("bias"),
+            self.stride, self.padding, need_dx=need_dx,
+        )
+
+    def extra_repr(self):
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, bias={self.use_bias}"
+        )
+
+
+class ReLU(Layer):
+    """Rectified linear unit; keeps its output for the backward mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._y: np.ndarray | None = None
+
+    def forward(self, x, mode):
+        self._y = relu_forward(x)
+        return self._y
+
+    def backward(self, dy, need_dx=True):
+        return relu_backward(dy, self._y) if need_dx else None
+
+
+class MaxPool2d(Layer):
+    """2x2 max-pooling with stride 2 (floor for odd sizes, as PyTorch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._argmax: np.ndarray | None = None
+        self._shape: tuple[int, ...] | None = None
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3 or input_shape[1] < 2 or input_shape[2] < 2:
+            raise ValueError(f"{self.name}: expected input (C, H>=2, W>=2), got {input_shape}")
+        return (input_shape[0], input_shape[1] // 2, input_shape[2] // 2)
+
+    def forward(self, x, mode):
+        self._shape = x.shape
+        y, self._argmax = maxpool2d_forward(x)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        return maxpool2d_backward(dy, self._argmax, self._shape) if need_dx else None
+
+    def extra_repr(self):
+        return "kernel_size=2, stride=2"
+
+
+class Flatten(Layer):
+    """Reshape (N, ...) to (N, prod(...)): a view, no copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._shape: tuple[int, ...] | None = None
+
+    def output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x, mode):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy, need_dx=True):
+        return dy.reshape(self._shape) if need_dx else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------------------------
+class SoftmaxCrossEntropy:
+    """Softmax cross-entropy on logits (N, C) with int64 labels, mean over the batch."""
+
+    name = "cross_entropy"
+
+    def __init__(self) -> None:
+        self._cache: tuple | None = None
+
+    def check_targets(self, y, output_shape: tuple[int, ...], n: int, dtype) -> np.ndarray:
+        return label_array("y", y, num_classes=output_shape[0], n=n)
+
+    def forward(self, out: np.ndarray, y: np.ndarray) -> float:
+        loss, probs = softmax_cross_entropy_forward(out, y)
+        self._cache = (probs, y)
+        return loss
+
+    def backward(self) -> np.ndarray:
+        return softmax_cross_entropy_backward(*self._cache)
+
+
+class SquaredError:
+    """Squared error, summed (the paper's DLN objective ||W x - A x||^2) or averaged over all elements."""
+
+    name = "squared_error"
+
+    def __init__(self, reduction: str = "sum") -> None:
+        self.reduction = choice("reduction", reduction, ("sum", "mean"))
+        self._diff: np.ndarray | None = None
+
+    def check_targets(self, y, output_shape: tuple[int, ...], n: int, dtype) -> np.ndarray:
+        return float_array("y", y, dtype, shape=(n, *output_shape))
+
+    def forward(self, out, y):
+        loss, self._diff = squared_error_forward(out, y, self.reduction)
+        return loss
+
+    def backward(self):
+        return squared_error_backward(self._diff, self.reduction)
+
+
+LOSSES = {"cross_entropy": SoftmaxCrossEntropy, "squared_error": SquaredError}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Network
+# ----------------------------------------------------------------------------------------------------------------
+class Network:
+    """A sequence of named layers whose parameters and gradients live in one flat vector each.
+
+    Parameters
+    ----------
+    layers: sequence of (name, Layer); names are PyTorch state_dict prefixes (`features.0`, `classifier`).
+    input_shape: per-sample input shape, e.g. (3, 32, 32) or (10,).
+    loss: a loss object (SoftmaxCrossEntropy or SquaredError).
+    dtype: float32 (speed) or float64 (precise measurements).
+    seed: initialization seed (and the first draw of any layer noise).
+    init: "glorot" (the paper's Glorot uniform, zero biases) or "pytorch" (PyTorch's defaults).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[tuple[str, Layer]],
+        *,
+        input_shape: tuple[int, ...],
+        loss,
+        dtype=np.float32,
+        seed: int = 0,
+        init: str = "glorot",
+    ) -> None:
+        self.dtype = as_float_dtype(dtype)
+        choice("init", init, INITS)
+        self.init, self.seed = init, int(seed)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.loss_fn = loss
+        self.layers: list[Layer] = []
+        names = set()
+        shape = self.input_shape
+        for name, layer in layers:
+            if name in names:
+                raise ValueError(f"layers: duplicate layer name {name!r}")
+            names.add(name)
+            layer.name = name
+            shape = layer.output_shape(shape)
+            layer.allocate(self.dtype)
+            self.layers.append(layer)
+        self.output_shape = shape
+        self._slices: dict[str, slice] = {}
+        self._param_slices: dict[str, slice] = {}
+        offset = 0
+        for layer in self.layers:
+            start = offset
+            for pname, pshape in layer.param_shapes().items():
+                size = int(np.prod(pshape))
+                self._param_slices[f"{layer.name}.{pname}"] = slice(offset, offset + size)
+                offset += size
+            if offset > start:
+                self._slices[layer.name] = slice(start, offset)
+        self.params = np.zeros(offset, dtype=self.dtype)
+        self.grads = np.zeros(offset, dtype=self.dtype)
+        self._bind()
+        rng = np.random.default_rng(self.seed)
+        for layer in self.layers:
+            layer.init_params(rng, init)
+        self.output: np.ndarray | None = None
+        self.captured: dict[str, np.ndarray] = {}
+        self.resample_noise(np.random.default_rng([self.seed, 1]))
+
+    def _bind(self) -> None:
+        """(Re)create every layer's parameter and gradient views into the flat vectors."""
+        for layer in self.layers:
+            layer.params, layer.grads = {}, {}
+            for pname, pshape in layer.param_shapes().items():
+                s = self._param_slices[f"{layer.name}.{pname}"]
+                layer.params[pname] = self.params[s].reshape(pshape)
+                layer.grads[pname] = self.grads[s].reshape(pshape)
+
+    # -- structure -------------------------------------------------------------------------------------------
+    @property
+    def num_params(self) -> int:
+        return int(self.params.size)
+
+    def layer_slices(self) -> dict[str, slice]:
+        """Layer name (state_dict prefix) -> slice of `params` holding all of that layer's parameters."""
+        return dict(self._slices)
+
+    def param_slices(self) -> dict[str, slice]:
+        """Parameter name (`features.0.weight`) -> slice of `params`."""
+        return dict(self._param_slices)
+
+    def __getitem__(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer named {name!r}; layers: {[la.name for la in self.layers]}")
+
+    def __repr__(self) -> str:
+        body = "\n".join(f"  ({layer.name}): {layer!r}" for layer in self.layers)
+        return f"Network(dtype={self.dtype}, params={self.num_params}, loss={self.loss_fn.name}\n{body}\n)"
+
+    # -- computation -----------------------------------------------------------------------------------------
+    def check_input(self, x) -> np.ndarray:
+        """Validate and coerce a batch of inputs (N, *input_shape) to the network's dtype."""
+        return float_array("x", x, self.dtype, shape=(None, *self.input_shape))
+
+    def check_targets(self, y, n: int) -> np.ndarray:
+        """Validate targets for the network's loss: int64 labels or float regression targets."""
+        return self.loss_fn.check_targets(y, self.output_shape, n, self.dtype)
+
+    def forward(self, x, mode: str = "train", capture=None) -> np.ndarray:
+        """Run the layers on a batch; returns the output (logits or predictions). Caches what backward needs.
+
+        capture: names of layers whose outputs are kept in `self.captured` ({name: array}; treat as read-only).
+        """
+        choice("mode", mode, MODES)
+        out = self.check_input(x)
+        if out.shape[0] < 1:
+            raise ValueError("x: expected at least one sample, got an empty batch")
+        wanted = set(capture or ())
+        unknown = wanted - {layer.name for layer in self.layers}
+        if unknown:
+            raise ValueError(f"capture: unknown layer names {sorted(unknown)}")
+        self.captured = {}
+        for layer in self.layers:
+            out = layer.forward(out, mode)
+            if layer.name in wanted:
+                self.captured[layer.name] = out
+        self.output = out
+        return out
+
+    def backward(self, dout, need_input_grad: bool = False) -> np.ndarray | None:
+        """Backpropagate d(loss)/d(output); overwrites `grads`. Returns d(loss)/d(input) if asked."""
+        d = dout
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            need = i > 0 or need_input_grad
+            d = self.layers[i].backward(d, need_dx=need)
+            if d is None and need:
+                raise RuntimeError(f"{self.layers[i].name}: backward returned no input gradient")
+        # Layers without parameters write no gradients; parameterised ones overwrite theirs every call.
+        return d
+
+    def loss(self, x, y, mode: str = "probe") -> float:
+        """Loss on (x, y) without a backward pass."""
+        out = self.forward(x, mode)
+        return self.loss_fn.forward(out, self.check_targets(y, out.shape[0]))
+
+    def loss_and_grad(self, x, y, mode: str = "train") -> tuple[float, np.ndarray]:
+        """Loss on (x, y) and its gradient, written into `grads` (returned; copy it to keep it)."""
+        out = self.forward(x, mode)
+        loss = self.loss_fn.forward(out, self.check_targets(y, out.shape[0]))
+        self.backward(self.loss_fn.backward())
+        return loss, self.grads
+
+    def accuracy(self, x, y, mode: str = "eval") -> float:
+        """Fraction of samples whose arg-max output equals the label (classification networks)."""
+        out = self.forward(x, mode)
+        labels = self.check_targets(y, out.shape[0])
+        return float(np.mean(np.argmax(out, axis=1) == labels))
+
+    def resample_noise(self, rng: np.random.Generator) -> None:
+        """Draw fresh noise for every noisy layer (a no-op where there is none)."""
+        for layer in self.layers:
+            resample = getattr(layer, "resample_noise", None)
+            if resample is not None:
+                resample(rng)
+
+    # -- state -----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of parameters and buffers under PyTorch's names and layouts."""
+        state: dict[str, np.ndarray] = {}
+        for layer in self.layers:
+            for pname, value in layer.params.items():
+                state[f"{layer.name}.{pname}"] = value.copy()
+            for bname, value in layer.buffers().items():
+                state[f"{layer.name}.{bname}"] = np.array(value, copy=True)
+        return state
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Copy values from a state_dict (NumPy arrays or anything np.asarray accepts) into this network."""
+        expected = {}
+        for layer in self.layers:
+            for pname, value in layer.params.items():
+                expected[f"{layer.name}.{pname}"] = value
+            for bname, value in layer.buffers().items():
+                expected[f"{layer.name}.{bname}"] = value
+        if strict:
+            missing = sorted(set(expected) - set(state))
+            unexpected = sorted(set(state) - set(expected))
+            if missing or unexpected:
+                raise ValueError(f"state: missing keys {missing}, unexpected keys {unexpected}")
+        for key, target in expected.items():
+            if key not in state:
+                continue
+            value = np.asarray(state[key])
+            if value.shape != target.shape:
+                raise ValueError(f"state[{key!r}]: expected shape {target.shape}, got {value.shape}")
+            if target.dtype.kind == "f" and not np.isfinite(value).all():
+                raise ValueError(f"state[{key!r}]: expected finite values")
+            target[...] = value
+
+    def copy(self) -> Network:
+        """An independent deep copy (own flat vectors, views rebound)."""
+        return copy.deepcopy(self)
+
+    def __deepcopy__(self, memo):
+        new = object.__new__(Network)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            setattr(new, key, copy.deepcopy(value, memo))
+        new._bind()
+        return new

@@ -1,0 +1,101 @@
+"""Optional: whole networks against the same computation built in PyTorch (skipped when torch is absent)."""
+
+import numpy as np
+import pytest
+
+from smoothnorm import models, nn
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+
+def torch_twin(net):
+    """The same architecture in torch, with module names that match our state_dict keys."""
+    tnn = torch.nn
+    root = tnn.Module()
+    groups: dict[str, list] = {}
+    singles = {}
+    shape = net.input_shape
+    for layer in net.layers:
+        in_shape, shape = shape, layer.output_shape(shape)
+        if isinstance(layer, nn.Conv2d):
+            mod = tnn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                             layer.padding, bias=layer.use_bias)
+        elif isinstance(layer, nn.Linear):
+            mod = tnn.Linear(layer.in_features, layer.out_features, bias=layer.use_bias)
+        elif isinstance(layer, nn.BatchNorm):
+            cls = tnn.BatchNorm2d if len(in_shape) == 3 else tnn.BatchNorm1d
+            mod = cls(layer.num_features, eps=layer.eps, momentum=layer.momentum, affine=layer.affine)
+        elif isinstance(layer, nn.ReLU):
+            mod = tnn.ReLU()
+        elif isinstance(layer, nn.MaxPool2d):
+            mod = tnn.MaxPool2d(2, 2)
+        elif isinstance(layer, nn.Flatten):
+            mod = tnn.Flatten()
+        else:
+            raise TypeError(layer)
+        if "." in layer.name:
+            group, index = layer.name.split(".")
+            groups.setdefault(group, []).append((int(index), mod))
+        else:
+            singles[layer.name] = mod
+    order = []
+    for group, items in groups.items():
+        seq = tnn.Module()
+        for index, mod in items:
+            seq.add_module(str(index), mod)
+        root.add_module(group, seq)
+    for name, mod in singles.items():
+        root.add_module(name, mod)
+    for layer in net.layers:
+        group, _, index = layer.name.partition(".")
+        order.append(getattr(getattr(root, group), index) if index else getattr(root, group))
+    return root, order
+
+
+def run_torch(order, x):
+    out = x
+    for mod in order:
+        out = mod(out)
+    return out
+
+
+@pytest.mark.parametrize("norm", [None, "batch"])
+def test_vgg_matches_torch(norm, rng):
+    net = models.vgg("vgg11", norm=norm, width=1 / 8, dtype=np.float64, seed=2)
+    root, order = torch_twin(net)
+    root.double()
+    root.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
+    x = rng.standard_normal((4, 3, 32, 32))
+    y = rng.integers(0, 10, size=4)
+    loss, g = net.loss_and_grad(x, y, mode="train")
+    root.train()
+    out = run_torch(order, torch.from_numpy(x))
+    tloss = torch.nn.functional.cross_entropy(out, torch.from_numpy(y))
+    tloss.backward()
+    assert loss == pytest.approx(tloss.item(), rel=1e-12)
+    tgrad = {name: p.grad.numpy() for name, p in root.named_parameters()}
+    for name, s in net.param_slices().items():
+        np.testing.assert_allclose(g[s], tgrad[name].ravel(), rtol=1e-9, atol=1e-12, err_msg=name)
+    for key, value in root.state_dict().items():
+        np.testing.assert_allclose(net.state_dict()[key], value.numpy(), rtol=1e-12, err_msg=key)
+    root.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(net.forward(x, "eval"), run_torch(order, torch.from_numpy(x)).numpy(),
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_dln_matches_torch(rng):
+    net = models.dln(6, 10, in_dim=10, out_dim=10, norm="batch", seed=1)
+    root, order = torch_twin(net)
+    root.double()
+    root.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
+    x = rng.standard_normal((20, 10))
+    y = rng.standard_normal((20, 10))
+    loss, g = net.loss_and_grad(x, y)
+    out = run_torch(order, torch.from_numpy(x))
+    tloss = ((out - torch.from_numpy(y)) ** 2).sum()
+    tloss.backward()
+    assert loss == pytest.approx(tloss.item(), rel=1e-12)
+    for name, p in root.named_parameters():
+        np.testing.assert_allclose(g[net.param_slices()[name]], p.grad.numpy().ravel(), rtol=1e-9, atol=1e-12)
