@@ -12,7 +12,8 @@ def _as_float_array(name: str, a) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype not in (np.float32, np.float64):
         raise ValueError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
-    return np.ascontiguousarray(a)
+    # Not np.ascontiguousarray, which turns a 0-d array into shape (1,).
+    return np.asarray(a, order="C")
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -22,8 +23,8 @@ def _relu_forward(x, y):
     for block in prange((n + _BLOCK - 1) // _BLOCK):
         for i in range(block * _BLOCK, min(n, (block + 1) * _BLOCK)):
             v = x[i]
-            # `v <= 0` is False for NaN, so NaN passes through (as torch.relu); -0.0 maps to +0.0.
-            y[i] = zero if v <= zero else v
+            # `v < 0` is False for NaN, so NaN passes through; -0.0 stays -0.0. Both as torch.relu.
+            y[i] = zero if v < zero else v
 
 
 @njit(cache=True, parallel=True, error_model="numpy")

@@ -7,9 +7,11 @@ only the bias add and the bias-gradient column sums, which NumPy runs on one thr
 import numpy as np
 from numba import njit, prange
 
-# Columns per dbias task: wide enough for contiguous row segments, narrow enough to give both cores work
-# once out >= 2 * _COLUMN_BLOCK. Fixed, so the summation order does not depend on the thread count.
-_COLUMN_BLOCK = 128
+# dbias is summed over tiles of _ROW_CHUNK rows x _COLUMN_BLOCK columns: column blocks give the threads work for
+# wide layers, row chunks for tall batches. The tiling depends only on the shape, never on the thread count, so the
+# sums repeat to the bit.
+_ROW_CHUNK = 256
+_COLUMN_BLOCK = 256
 
 
 def _float_array(name: str, a, ndim: int, dtype=None) -> np.ndarray:
@@ -52,18 +54,28 @@ def _add_bias(y, bias):
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _column_sums(dy, out):
-    # Each task owns a block of columns and walks all rows in order: race-free, and the same sums (to the bit)
-    # for any thread count. Accumulate in float64 because the batch can be long.
+    # Each task owns one tile and its own row of float64 partials (race-free, and float64 because batches can be
+    # long); the partials are then merged per column in chunk order.
     rows, cols = dy.shape
-    for block in prange((cols + _COLUMN_BLOCK - 1) // _COLUMN_BLOCK):
-        start = block * _COLUMN_BLOCK
+    n_chunks = max(1, (rows + _ROW_CHUNK - 1) // _ROW_CHUNK)
+    n_blocks = (cols + _COLUMN_BLOCK - 1) // _COLUMN_BLOCK
+    partials = np.empty((n_chunks, cols), dtype=np.float64)
+    for task in prange(n_chunks * n_blocks):
+        chunk = task // n_blocks
+        start = (task % n_blocks) * _COLUMN_BLOCK
         stop = min(cols, start + _COLUMN_BLOCK)
-        acc = np.zeros(stop - start, dtype=np.float64)
-        for r in range(rows):
-            for j in range(start, stop):
-                acc[j - start] += dy[r, j]
-        for j in range(start, stop):
-            out[j] = acc[j - start]
+        acc = partials[chunk, start:stop]
+        acc[:] = 0.0
+        for r in range(chunk * _ROW_CHUNK, min(rows, (chunk + 1) * _ROW_CHUNK)):
+            row = dy[r, start:stop]
+            for j in range(stop - start):
+                acc[j] += row[j]
+    for block in prange(n_blocks):
+        for j in range(block * _COLUMN_BLOCK, min(cols, (block + 1) * _COLUMN_BLOCK)):
+            total = 0.0
+            for chunk in range(n_chunks):
+                total += partials[chunk, j]
+            out[j] = total
 
 
 def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
@@ -111,16 +123,7 @@ def linear_backward(
     # dy.T is a transposed view: BLAS reads it with a transpose flag, no copy.
     np.matmul(dy.T, x, out=dweight)
     if dbias is not None:
-        if dbias.flags.c_contiguous:
-            _column_sums(dy, dbias)
-        else:
-            dbias[...] = _column_sums_copy(dy)
+        _column_sums(dy, dbias)
     if not need_dx:
         return None
     return np.matmul(dy, weight)
-
-
-def _column_sums_copy(dy: np.ndarray) -> np.ndarray:
-    out = np.empty(dy.shape[1], dtype=dy.dtype)
-    _column_sums(dy, out)
-    return out

@@ -18,7 +18,8 @@ def _float_array(name: str, a, dtype=None) -> np.ndarray:
             raise ValueError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
     elif a.dtype != dtype:
         raise ValueError(f"{name}: expected dtype {dtype} (matching the first argument), got {a.dtype}")
-    return np.ascontiguousarray(a)
+    # Not np.ascontiguousarray, which turns a 0-d array into shape (1,).
+    return np.asarray(a, order="C")
 
 
 def _check_reduction(reduction) -> None:
@@ -41,14 +42,14 @@ def _labels_array(labels, n: int, n_classes: int) -> np.ndarray:
 @njit(cache=True, parallel=True, error_model="numpy")
 def _softmax_cross_entropy(logits, labels, probs, losses):
     # Per row: m = max, s = sum exp(x - m) (all in float64), loss = log(s) - (x[label] - m), p = exp(x - m) / s.
-    # Subtracting the max keeps exp <= 1 for any logit size. A NaN anywhere in a row makes s NaN; a +inf logit
-    # gives inf - inf = NaN; a -inf label logit gives an infinite loss. Nothing is masked.
+    # Subtracting the max keeps exp <= 1 for any logit size. A NaN anywhere in a row makes s NaN (whether or not
+    # it became m); a +inf logit gives inf - inf = NaN; a -inf label logit gives an infinite loss. Nothing is masked.
     n, n_classes = logits.shape
     for r in prange(n):
         m = np.float64(logits[r, 0])
         for j in range(1, n_classes):
             v = np.float64(logits[r, j])
-            if v > m or v != v:
+            if v > m:
                 m = v
         s = 0.0
         for j in range(n_classes):

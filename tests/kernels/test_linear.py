@@ -1,0 +1,192 @@
+import numba
+import numpy as np
+import pytest
+
+from smoothnorm.kernels.linear import linear_backward, linear_forward
+from tests.reference import central_difference, linear_ref, relative_error
+
+SHAPES = [(1, 1, 1), (5, 7, 3), (16, 33, 10), (3, 4, 300)]  # (N, in, out); out=300 spans two column blocks
+
+
+def _params(rng, n, n_in, n_out, dtype=np.float64):
+    x = rng.standard_normal((n, n_in)).astype(dtype)
+    weight = rng.standard_normal((n_out, n_in)).astype(dtype)
+    bias = rng.standard_normal(n_out).astype(dtype)
+    return x, weight, bias
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_forward_matches_reference(rng, shape, with_bias):
+    x, weight, bias = _params(rng, *shape)
+    bias = bias if with_bias else None
+    y = linear_forward(x, weight, bias)
+    assert y.shape == (shape[0], shape[2]) and y.dtype == np.float64
+    np.testing.assert_allclose(y, linear_ref(x, weight, bias), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3])
+def test_backward_matches_finite_differences(rng, shape):
+    x, weight, bias = _params(rng, *shape)
+    g = rng.standard_normal((shape[0], shape[2]))  # loss = sum(y * g), so dy = g
+    dweight = np.empty_like(weight)
+    dbias = np.empty_like(bias)
+    dx = linear_backward(g, x, weight, dweight, dbias)
+    num_dx = central_difference(lambda v: np.sum(linear_ref(v, weight, bias) * g), x)
+    num_dw = central_difference(lambda v: np.sum(linear_ref(x, v, bias) * g), weight)
+    num_db = central_difference(lambda v: np.sum(linear_ref(x, weight, v) * g), bias)
+    assert relative_error(dx, num_dx) < 1e-6
+    assert relative_error(dweight, num_dw) < 1e-6
+    assert relative_error(dbias, num_db) < 1e-6
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (600, 9, 300)])  # the second spans 3 row chunks x 2 column blocks
+def test_bias_gradient_is_column_sum(rng, shape):
+    x, weight, _ = _params(rng, *shape)
+    dy = rng.standard_normal((shape[0], shape[2]))
+    dweight = np.empty_like(weight)
+    dbias = np.empty(shape[2])
+    linear_backward(dy, x, weight, dweight, dbias, need_dx=False)
+    np.testing.assert_allclose(dbias, np.array([sum(dy[:, o]) for o in range(shape[2])]), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dweight, dy.T @ x, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_matches_float64(rng):
+    x, weight, bias = _params(rng, 12, 20, 6)
+    dy = rng.standard_normal((12, 6))
+    y64 = linear_forward(x, weight, bias)
+    y32 = linear_forward(x.astype(np.float32), weight.astype(np.float32), bias.astype(np.float32))
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, y64, rtol=1e-4, atol=1e-5)
+    dw64, db64 = np.empty_like(weight), np.empty_like(bias)
+    dx64 = linear_backward(dy, x, weight, dw64, db64)
+    dw32, db32 = np.empty_like(weight, np.float32), np.empty_like(bias, np.float32)
+    dx32 = linear_backward(dy.astype(np.float32), x.astype(np.float32), weight.astype(np.float32), dw32, db32)
+    assert dx32.dtype == np.float32
+    for a32, a64 in [(dx32, dx64), (dw32, dw64), (db32, db64)]:
+        np.testing.assert_allclose(a32, a64, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gradients_overwrite_views_into_flat_vector(rng, dtype):
+    n, n_in, n_out = 6, 5, 4
+    x, weight, bias = _params(rng, n, n_in, n_out, dtype)
+    dy = rng.standard_normal((n, n_out)).astype(dtype)
+    # Garbage (NaN) in the flat gradient: accumulating instead of overwriting would leave NaN behind.
+    flat = np.full(n_out * n_in + n_out, np.nan, dtype=dtype)
+    dweight = flat[: n_out * n_in].reshape(n_out, n_in)
+    dbias = flat[n_out * n_in :]
+    for _ in range(2):  # twice: a second call must not add to the first
+        linear_backward(dy, x, weight, dweight, dbias)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(flat[: n_out * n_in].reshape(n_out, n_in), dy.T @ x, rtol=tol, atol=tol)
+        np.testing.assert_allclose(flat[n_out * n_in :], dy.sum(axis=0), rtol=tol, atol=tol)
+
+
+def test_need_dx_false_returns_none(rng):
+    x, weight, bias = _params(rng, 4, 3, 2)
+    dweight, dbias = np.empty_like(weight), np.empty_like(bias)
+    assert linear_backward(np.ones((4, 2)), x, weight, dweight, dbias, need_dx=False) is None
+    np.testing.assert_allclose(dbias, [4.0, 4.0])
+
+
+def test_no_bias(rng):
+    x, weight, _ = _params(rng, 4, 3, 2)
+    dweight = np.full_like(weight, np.nan)
+    dx = linear_backward(np.ones((4, 2)), x, weight, dweight)
+    np.testing.assert_allclose(dx, np.ones((4, 2)) @ weight)
+    assert np.all(np.isfinite(dweight))
+
+
+def test_non_contiguous_inputs_are_accepted(rng):
+    x, weight, bias = _params(rng, 7, 5, 3)
+    x_f, weight_t = np.asfortranarray(x), np.ascontiguousarray(weight.T).T
+    bias_strided = np.repeat(bias, 2)[::2]
+    assert not x_f.flags.c_contiguous and not weight_t.flags.c_contiguous and not bias_strided.flags.c_contiguous
+    np.testing.assert_allclose(linear_forward(x_f, weight_t, bias_strided), linear_ref(x, weight, bias), rtol=1e-12)
+    dy = np.asfortranarray(rng.standard_normal((7, 3)))
+    dweight, dbias = np.empty_like(weight), np.empty_like(bias)
+    dx = linear_backward(dy, x_f, weight_t, dweight, dbias)
+    np.testing.assert_allclose(dx, dy @ weight, rtol=1e-12)
+    np.testing.assert_allclose(dweight, dy.T @ x, rtol=1e-12)
+
+
+def test_nan_propagates(rng):
+    x, weight, bias = _params(rng, 3, 4, 2)
+    x[1, 2] = np.nan
+    y = linear_forward(x, weight, bias)
+    assert np.all(np.isnan(y[1])) and np.all(np.isfinite(y[[0, 2]]))
+
+
+def test_bias_gradient_is_independent_of_thread_count(rng):
+    x, weight, _ = _params(rng, 700, 3, 520)
+    dy = rng.standard_normal((700, 520)).astype(np.float32) * 1e3
+    x, weight = x.astype(np.float32), weight.astype(np.float32)
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            dbias = np.empty(520, dtype=np.float32)
+            linear_backward(dy, x, weight, np.empty_like(weight), dbias, need_dx=False)
+            results.append(dbias)
+    finally:
+        numba.set_num_threads(before)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+def test_forward_bad_inputs_raise(rng):
+    x, weight, bias = _params(rng, 4, 3, 2)
+    with pytest.raises(ValueError, match=r"x: expected ndim 2"):
+        linear_forward(x[0], weight, bias)
+    with pytest.raises(ValueError, match=r"x: expected dtype float32 or float64, got int64"):
+        linear_forward(x.astype(np.int64), weight, bias)
+    with pytest.raises(ValueError, match=r"weight: expected shape \(out, 3\)"):
+        linear_forward(x, weight[:, :2], bias)
+    with pytest.raises(ValueError, match=r"weight: expected dtype float64.*got float32"):
+        linear_forward(x, weight.astype(np.float32), bias)
+    with pytest.raises(ValueError, match=r"bias: expected shape \(2,\), got \(3,\)"):
+        linear_forward(x, weight, np.zeros(3))
+    with pytest.raises(ValueError, match=r"bias: expected dtype float64.*got float32"):
+        linear_forward(x, weight, bias.astype(np.float32))
+
+
+def test_backward_bad_inputs_raise(rng):
+    x, weight, bias = _params(rng, 4, 3, 2)
+    dy = np.ones((4, 2))
+    dweight, dbias = np.empty_like(weight), np.empty_like(bias)
+    with pytest.raises(ValueError, match=r"dy: expected shape \(4, 2\), got \(4, 3\)"):
+        linear_backward(np.ones((4, 3)), x, weight, dweight, dbias)
+    with pytest.raises(ValueError, match=r"dy: expected dtype float64.*got float32"):
+        linear_backward(dy.astype(np.float32), x, weight, dweight, dbias)
+    with pytest.raises(ValueError, match=r"weight: expected shape \(2, 4\), got \(2, 3\)"):
+        linear_backward(dy, np.ones((4, 4)), weight, dweight, dbias)
+    with pytest.raises(ValueError, match=r"dweight: expected shape \(2, 3\), got \(3, 2\)"):
+        linear_backward(dy, x, weight, dweight.T.copy(), dbias)
+    with pytest.raises(ValueError, match=r"dweight: expected dtype float64.*got float32"):
+        linear_backward(dy, x, weight, dweight.astype(np.float32), dbias)
+    readonly = dweight.copy()
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match=r"dweight: expected a writeable array"):
+        linear_backward(dy, x, weight, readonly, dbias)
+    with pytest.raises(ValueError, match=r"dweight: expected a writeable numpy array"):
+        linear_backward(dy, x, weight, dweight.tolist(), dbias)
+    with pytest.raises(ValueError, match=r"dbias: expected shape \(2,\), got \(1,\)"):
+        linear_backward(dy, x, weight, dweight, np.empty(1))
+
+
+@pytest.mark.torch
+def test_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x, weight, bias = _params(rng, 8, 6, 4)
+    dy = rng.standard_normal((8, 4))
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, weight, bias))
+    ty = torch.nn.functional.linear(tx, tw, tb)
+    ty.backward(torch.tensor(dy))
+    dweight, dbias = np.empty_like(weight), np.empty_like(bias)
+    dx = linear_backward(dy, x, weight, dweight, dbias)
+    np.testing.assert_allclose(linear_forward(x, weight, bias), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dweight, tw.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dbias, tb.grad.numpy(), rtol=1e-12, atol=1e-12)
