@@ -9,7 +9,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 # Normalization names accepted by `norm=` in smoothnorm.models (see smoothnorm.nn.NORM_LAYERS).
-NORMS: tuple[str, ...] = ("batch",)
+NORMS: tuple[str, ...] = ("batch", "noisy_batch", "l1", "l2", "linf", "layer", "instance", "group")
 
 _SUBMODULES = ("kernels", "nn", "models", "optim", "data", "measure", "train", "experiment", "plots", "cli")
 

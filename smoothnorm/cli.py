@@ -1,4 +1,4 @@
-"""Command-line interface: `smoothnorm info` (more subcommands arrive with the experiment runner)."""
+"""Command-line interface: `smoothnorm list | run | reproduce | plot | info | data fetch`."""
 
 from __future__ import annotations
 
@@ -36,17 +36,139 @@ def _info(args) -> int:
     return 0
 
 
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _specs(args, names: list[str] | None):
+    from smoothnorm import experiment
+
+    paths = experiment.list_specs(args.specs)
+    if not paths:
+        raise experiment.SpecError(f"no specs (*.toml) in {args.specs or experiment.default_spec_folder()}")
+    if names:
+        by_name = {p.stem: p for p in paths}
+        chosen = []
+        for name in names:
+            if name.endswith(".toml") or "/" in name:
+                chosen.append(name)
+                continue
+            matches = [p for stem, p in by_name.items() if stem == name or stem.startswith(name + "_")]
+            if not matches:
+                raise experiment.SpecError(f"--only/SPEC {name!r}: no such spec; specs: {sorted(by_name)}")
+            chosen.extend(matches)
+        paths = chosen
+    return [experiment.load_spec(p, args.profile, args.set) for p in paths]
+
+
+def _list(args) -> int:
+    from smoothnorm import experiment
+
+    for path in experiment.list_specs(args.specs):
+        spec = experiment.load_spec(path, "quick")
+        print(f"{path.stem:28s} {spec.title}")
+    return 0
+
+
+def _run(args) -> int:
+    from smoothnorm import experiment
+
+    specs = _specs(args, args.spec)
+    root = experiment.results_root(args.runs, args.profile)
+    experiment.run_specs(specs, root, progress=_progress)
+    if not args.no_plot:
+        for spec in specs:
+            for path in experiment.draw_spec(spec, root, args.figures):
+                print(path)
+    return 0
+
+
+def _reproduce(args) -> int:
+    from smoothnorm import experiment
+
+    specs = _specs(args, args.only.split(",") if args.only else None)
+    root = experiment.results_root(args.runs, args.profile)
+    t0 = __import__("time").perf_counter()
+    experiment.run_specs(specs, root, progress=_progress)
+    for spec in specs:
+        for path in experiment.draw_spec(spec, root, args.figures):
+            print(path)
+    _progress(f"reproduce: {len(specs)} figures in {__import__('time').perf_counter() - t0:.0f}s")
+    return 0
+
+
+def _plot(args) -> int:
+    from smoothnorm import experiment
+
+    specs = _specs(args, args.only.split(",") if args.only else None)
+    root = experiment.results_root(args.runs, args.profile)
+    for spec in specs:
+        for path in experiment.draw_spec(spec, root, args.figures):
+            print(path)
+    return 0
+
+
+def _data_fetch(args) -> int:
+    from smoothnorm import data
+
+    path = data.fetch_cifar10(args.root)
+    print(path)
+    return 0
+
+
+def _add_common(p, *, spec_selection: bool = True) -> None:
+    p.add_argument("--profile", default="quick", choices=("tiny", "quick", "paper"),
+                   help="settings profile: tiny (tests), quick (synthetic data, minutes), paper (the paper's settings)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a [base] setting for every run, e.g. --set steps=200 (repeatable)")
+    p.add_argument("--runs", default=None, help="folder for run directories (default: $SMOOTHNORM_RUNS or ./runs)")
+    p.add_argument("--figures", default="figures", help="folder for figures (default: ./figures)")
+    p.add_argument("--specs", default=None, help="folder of spec files (default: ./experiments)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smoothnorm", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="smoothnorm",
+        description="Reproduce and extend Santurkar et al. 2018, 'How Does Batch Normalization Help Optimization?'",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="list the experiment specs (one per paper figure)")
+    p.add_argument("--specs", default=None, help="folder of spec files (default: ./experiments)")
+    p.set_defaults(func=_list)
+    p = sub.add_parser("run", help="run one or more specs (resumes; skips finished runs) and draw their figures")
+    p.add_argument("spec", nargs="+", help="spec names (fig4 or fig4_vgg_landscape) or paths to .toml files")
+    p.add_argument("--no-plot", action="store_true", help="train and record only")
+    _add_common(p)
+    p.set_defaults(func=_run)
+    p = sub.add_parser("reproduce", help="run every spec and draw every figure")
+    p.add_argument("--only", default=None, help="comma-separated spec names, e.g. fig4,fig10")
+    _add_common(p)
+    p.set_defaults(func=_reproduce)
+    p = sub.add_parser("plot", help="redraw figures from stored runs without training")
+    p.add_argument("--only", default=None, help="comma-separated spec names")
+    _add_common(p)
+    p.set_defaults(func=_plot)
     p = sub.add_parser("info", help="print versions, thread counts, Numba threading layer and BLAS")
     p.set_defaults(func=_info)
+    p = sub.add_parser("data", help="data sets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="download a data set into the cache ($SMOOTHNORM_DATA or ~/.cache/smoothnorm)")
+    f.add_argument("dataset", choices=("cifar10",))
+    f.add_argument("--root", default=None, help="target folder (default: the cache)")
+    f.set_defaults(func=_data_fetch)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted: completed steps are checkpointed; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from smoothnorm._validate import choice
+from smoothnorm.kernels.group_norm import group_norm_backward, group_norm_forward
+from smoothnorm.kernels.lp_norm import (
+    lp_norm_eval_backward,
+    lp_norm_eval_forward,
+    lp_norm_train_backward,
+    lp_norm_train_forward,
+    lp_norm_update_running,
+)
+from smoothnorm.kernels.noisy_norm import noisy_batch_norm_backward, noisy_batch_norm_forward
 from smoothnorm.kernels.norm import (
     batch_norm_eval_backward,
     batch_norm_eval_forward,
@@ -91,8 +102,307 @@ class BatchNorm(_RunningStatsNorm):
         return batch_norm_train_backward(dy, x, mean, invstd, gamma, dgamma, dbeta)
 
 
+NOISE_PLACEMENTS = ("after_affine", "before_affine")
+
+
+class NoisyBatchNorm(_RunningStatsNorm):
+    """BatchNorm with the paper's per-step noise (Algorithm 1, App. A.2.1) in train and probe modes.
+
+    Per unit j (a channel), `resample_noise(rng)` draws mu_j ~ U(-n_mu, n_mu), sigma_j ~ U(1, n_sigma) and a seed;
+    the per-element noise m ~ U(mu_j - r_mu, mu_j + r_mu), s ~ N(sigma_j, r_sigma) (r_sigma a standard deviation)
+    for an input shape is generated from that seed on the first forward that sees the shape and cached until the
+    next resample, so every probe at one step sees one fixed function. Output s * (gamma xhat + beta) + m
+    (placement "after_affine") or gamma * (s xhat + m) + beta ("before_affine"); `eval` mode is plain BatchNorm.
+    Running statistics and buffers are BatchNorm's (the noise does not enter them).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        *,
+        n_mu: float = 0.5,
+        n_sigma: float = 1.25,
+        r_mu: float = 0.1,
+        r_sigma: float = 0.1,
+        placement: str = "after_affine",
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine)
+        for name, value, low in (("n_mu", n_mu, 0.0), ("n_sigma", n_sigma, 1.0), ("r_mu", r_mu, 0.0),
+                                 ("r_sigma", r_sigma, 0.0)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
+                raise ValueError(f"{name}: expected a finite number >= {low}, got {value!r}")
+        self.n_mu, self.n_sigma, self.r_mu, self.r_sigma = float(n_mu), float(n_sigma), float(r_mu), float(r_sigma)
+        self.placement = choice("placement", placement, NOISE_PLACEMENTS)
+        self.dtype = np.dtype(np.float64)
+        self.noise_mu: np.ndarray | None = None
+        self.noise_sigma: np.ndarray | None = None
+        self.noise_seed: int | None = None
+        self._noise: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def allocate(self, dtype):
+        self.dtype = np.dtype(dtype)
+        self.running_mean = np.zeros(self.num_features, dtype=dtype)
+        self.running_var = np.ones(self.num_features, dtype=dtype)
+        self._noise = {}
+
+    def buffers(self):
+        return {
+            "running_mean": self.running_mean,
+            "running_var": self.running_var,
+            "num_batches_tracked": self.num_batches_tracked,
+        }
+
+    def resample_noise(self, rng: np.random.Generator) -> None:
+        """Draw this step's per-unit noise parameters (mu_j, sigma_j) and the seed of the per-element noise."""
+        c = self.num_features
+        self.noise_mu = rng.uniform(-self.n_mu, self.n_mu, size=c)
+        self.noise_sigma = rng.uniform(1.0, self.n_sigma, size=c)
+        self.noise_seed = int(rng.integers(0, 2**63 - 1))
+        self._noise = {}
+
+    def noise(self, shape: tuple[int, ...], dtype=None) -> tuple[np.ndarray, np.ndarray]:
+        """The current per-element noise (scale s, shift m) for an input of `shape`, (N, C) or (N, C, H, W).
+
+        Generated from (seed, shape) on first use and cached until the next resample_noise; treat as read-only.
+        dtype: float32 or float64, default the network's.
+        """
+        if self.noise_seed is None:
+            raise RuntimeError(f"{self.name or 'NoisyBatchNorm'}: no noise drawn yet; call resample_noise(rng)")
+        shape = tuple(int(v) for v in shape)
+        dt = self.dtype if dtype is None else np.dtype(dtype)
+        cached = self._noise.get((shape, dt))
+        if cached is None:
+            if len(shape) not in (2, 4) or shape[1] != self.num_features:
+                raise ValueError(f"shape: expected (N, {self.num_features}) or (N, {self.num_features}, H, W), "
+                                 f"got {shape}")
+            gen = np.random.default_rng(np.random.SeedSequence([self.noise_seed, *shape]))
+            per_unit = (1, -1) + (1,) * (len(shape) - 2)
+            # m = mu_j - r_mu + 2 r_mu U[0, 1); s = sigma_j + r_sigma Z. Drawn in float64 whatever the dtype, so a
+            # float32 and a float64 network with one seed see the same noise up to rounding (float32 draws use
+            # other algorithms, hence other values).
+            shift = gen.random(shape)
+            shift *= 2.0 * self.r_mu
+            shift += (self.noise_mu - self.r_mu).reshape(per_unit)
+            scale = gen.standard_normal(shape)
+            scale *= self.r_sigma
+            scale += self.noise_sigma.reshape(per_unit)
+            cached = self._noise[(shape, dt)] = (scale.astype(dt, copy=False), shift.astype(dt, copy=False))
+        return cached
+
+    def forward(self, x, mode):
+        gamma, beta = self.params.get("weight"), self.params.get("bias")
+        if mode == "eval":
+            self._cache = ("eval", x)
+            return batch_norm_eval_forward(x, self.running_mean, self.running_var, gamma, beta, self.eps)
+        scale, shift = self.noise(x.shape, x.dtype)
+        before = self.placement == "before_affine"
+        y, mean, invstd, var = noisy_batch_norm_forward(x, scale, shift, gamma, beta, self.eps, before)
+        if mode == "train":
+            count = x.size // x.shape[1]
+            batch_norm_update_running(self.running_mean, self.running_var, mean, var, count, self.momentum)
+            self.num_batches_tracked += 1
+        self._cache = ("noisy", x, mean, invstd, scale, shift)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        gamma = self.params.get("weight")
+        dgamma, dbeta = self.grads.get("weight"), self.grads.get("bias")
+        if self._cache[0] == "eval":
+            x = self._cache[1]
+            return batch_norm_eval_backward(
+                dy, x, self.running_mean, self.running_var, gamma, dgamma, dbeta, self.eps
+            )
+        _, x, mean, invstd, scale, shift = self._cache
+        return noisy_batch_norm_backward(
+            dy, x, scale, shift, mean, invstd, gamma, dgamma, dbeta, self.placement == "before_affine"
+        )
+
+    def extra_repr(self):
+        return (
+            f"{super().extra_repr()}, n_mu={self.n_mu}, n_sigma={self.n_sigma}, r_mu={self.r_mu}, "
+            f"r_sigma={self.r_sigma}, placement={self.placement!r}"
+        )
+
+
+class LpBatchNorm(_RunningStatsNorm):
+    """Lp batch normalization (paper section 3.3): (y - mean) / (mean p-norm of the un-centered y + eps), then the
+    affine. Buffers `running_mean`, `running_norm` (momentum average, no bias correction), `num_batches_tracked`."""
+
+    p: float = 2.0
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine)
+        del self.running_var
+        self.running_norm: np.ndarray | None = None
+
+    def allocate(self, dtype):
+        self.running_mean = np.zeros(self.num_features, dtype=dtype)
+        self.running_norm = np.ones(self.num_features, dtype=dtype)
+
+    def buffers(self):
+        return {
+            "running_mean": self.running_mean,
+            "running_norm": self.running_norm,
+            "num_batches_tracked": self.num_batches_tracked,
+        }
+
+    def forward(self, x, mode):
+        gamma, beta = self.params.get("weight"), self.params.get("bias")
+        if mode == "eval":
+            self._cache = ("eval", x)
+            return lp_norm_eval_forward(x, self.running_mean, self.running_norm, gamma, beta, self.eps)
+        y, mean, norm, argmax = lp_norm_train_forward(x, self.p, gamma, beta, self.eps)
+        if mode == "train":
+            lp_norm_update_running(self.running_mean, self.running_norm, mean, norm, self.momentum)
+            self.num_batches_tracked += 1
+        self._cache = ("batch", x, mean, norm, argmax)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        gamma = self.params.get("weight")
+        dgamma, dbeta = self.grads.get("weight"), self.grads.get("bias")
+        if self._cache[0] == "eval":
+            x = self._cache[1]
+            return lp_norm_eval_backward(
+                dy, x, self.running_mean, self.running_norm, gamma, dgamma, dbeta, self.eps
+            )
+        _, x, mean, norm, argmax = self._cache
+        return lp_norm_train_backward(dy, x, self.p, mean, norm, argmax, gamma, dgamma, dbeta, self.eps)
+
+
+class L1BatchNorm(LpBatchNorm):
+    """Lp batch normalization with p = 1: divide by mean |y| + eps."""
+
+    p = 1.0
+
+
+class L2BatchNorm(LpBatchNorm):
+    """Lp batch normalization with p = 2: divide by sqrt(mean y^2) + eps."""
+
+    p = 2.0
+
+
+class LinfBatchNorm(LpBatchNorm):
+    """Lp batch normalization with p = inf: divide by max |y| + eps (subgradient at the first arg-max)."""
+
+    p = math.inf
+
+
+class GroupNorm(Layer):
+    """GroupNorm with PyTorch's semantics: per sample, statistics over each group of C / groups channels (and H, W),
+    per-channel affine `weight`, `bias`; no running statistics (every mode uses the sample's own statistics).
+
+    groups: default 32, capped at the channel count; must divide it.
+    """
+
+    def __init__(self, num_features: int, groups: int = 32, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) or num_features < 1:
+            raise ValueError(f"num_features: expected a positive integer, got {num_features!r}")
+        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+            raise ValueError(f"groups: expected a positive integer, got {groups!r}")
+        if not eps > 0:
+            raise ValueError(f"eps: expected a positive value, got {eps}")
+        self.num_features, self.eps, self.affine = int(num_features), float(eps), bool(affine)
+        self.groups = min(int(groups), self.num_features)
+        if self.num_features % self.groups:
+            raise ValueError(
+                f"groups: expected a divisor of num_features {self.num_features}, got {self.groups}; "
+                f"pass norm_options={{'groups': k}} with k dividing {self.num_features}"
+            )
+        self._cache: tuple | None = None
+
+    def param_shapes(self):
+        return {"weight": (self.num_features,), "bias": (self.num_features,)} if self.affine else {}
+
+    def init_params(self, rng, init):
+        if self.affine:
+            self.params["weight"][...] = 1
+            self.params["bias"][...] = 0
+
+    def output_shape(self, input_shape):
+        if len(input_shape) not in (1, 3) or input_shape[0] != self.num_features:
+            raise ValueError(
+                f"{self.name}: expected input ({self.num_features},) or ({self.num_features}, H, W), "
+                f"got {input_shape}"
+            )
+        self._check_group_size(input_shape)
+        return input_shape
+
+    def _check_group_size(self, input_shape):
+        # One value per group normalizes to 0 whatever the input: the output is beta and no gradient flows back.
+        size = self.num_features // self.groups * int(np.prod(input_shape[1:], dtype=np.int64))
+        if size < 2:
+            raise ValueError(
+                f"{self.name}: {type(self).__name__} with {self.groups} groups on input {input_shape} normalizes "
+                f"groups of 1 value (the output would be constant); use fewer groups"
+            )
+
+    def forward(self, x, mode):
+        y, mean, invstd = group_norm_forward(x, self.groups, self.params.get("weight"), self.params.get("bias"),
+                                             self.eps)
+        self._cache = (x, mean, invstd)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        x, mean, invstd = self._cache
+        return group_norm_backward(dy, x, self.groups, mean, invstd, self.params.get("weight"),
+                                   self.grads.get("weight"), self.grads.get("bias"))
+
+    def extra_repr(self):
+        return f"{self.groups}, {self.num_features}, eps={self.eps}, affine={self.affine}"
+
+
+class LayerNorm(GroupNorm):
+    """Layer normalization: per sample over all of (C, H, W), per-channel affine (= GroupNorm(1, C); for (N, C)
+    inputs identical to torch's LayerNorm(C))."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__(num_features, 1, eps, affine)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
+
+
+class InstanceNorm(GroupNorm):
+    """Instance normalization: per sample and channel over (H, W), per-channel affine (= GroupNorm(C, C) =
+    torch's InstanceNorm2d(C, affine=True)); needs (C, H, W) inputs."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__(num_features, num_features, eps, affine)
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3 or input_shape[0] != self.num_features:
+            raise ValueError(
+                f"{self.name}: instance norm needs feature maps: expected input ({self.num_features}, H, W), got "
+                f"{input_shape} (for flat features use 'layer' or 'batch')"
+            )
+        self._check_group_size(input_shape)
+        return input_shape
+
+    def forward(self, x, mode):
+        if np.ndim(x) != 4:
+            raise ValueError(f"x: instance norm expected a 4D array (N, C, H, W), got shape {np.shape(x)}")
+        return super().forward(x, mode)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
+
+
 # Registry of normalization layers accepted by `norm=` in smoothnorm.models; keep in sync with smoothnorm.NORMS.
-NORM_LAYERS: dict[str, type[Layer]] = {"batch": BatchNorm}
+NORM_LAYERS: dict[str, type[Layer]] = {
+    "batch": BatchNorm,
+    "noisy_batch": NoisyBatchNorm,
+    "l1": L1BatchNorm,
+    "l2": L2BatchNorm,
+    "linf": LinfBatchNorm,
+    "layer": LayerNorm,
+    "instance": InstanceNorm,
+    "group": GroupNorm,
+}
 
 
 def make_norm(norm: str, num_features: int, **options) -> Layer:

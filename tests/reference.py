@@ -31,13 +31,220 @@ def relative_error(a, b):
 
 
 # === section: layers (linear, pool, activation, loss) ===
+def linear_ref(x, weight, bias=None):
+    """y[n, o] = sum_i x[n, i] * weight[o, i] + bias[o], in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    y = np.zeros((x.shape[0], weight.shape[0]))
+    for o in range(weight.shape[0]):
+        y[:, o] = x @ weight[o]
+        if bias is not None:
+            y[:, o] += float(bias[o])
+    return y
+
+
+def maxpool2d_ref(x):
+    """2x2, stride-2 max-pool with floor for odd H/W; np.max propagates NaN as torch does."""
+    x = np.asarray(x, dtype=np.float64)
+    n, c, h, w = x.shape
+    y = np.empty((n, c, h // 2, w // 2))
+    for i in range(h // 2):
+        for j in range(w // 2):
+            y[:, :, i, j] = np.max(x[:, :, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2], axis=(2, 3))
+    return y
+
+
+def relu_ref(x):
+    """max(x, 0); np.maximum propagates NaN."""
+    return np.maximum(np.asarray(x, dtype=np.float64), 0.0)
+
+
+def softmax_cross_entropy_ref(logits, labels):
+    """Mean over rows of logsumexp(row) - row[label], and the softmax probabilities, in float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    n = logits.shape[0]
+    losses = np.empty(n)
+    probs = np.empty_like(logits)
+    for r in range(n):
+        row = logits[r]
+        m = np.max(row)
+        e = np.exp(row - m)
+        losses[r] = m + np.log(np.sum(e)) - row[labels[r]]
+        probs[r] = e / np.sum(e)
+    return float(np.mean(losses)), probs
+
+
+def squared_error_ref(pred, target, reduction="sum"):
+    """Sum (or mean) over all elements of (pred - target)^2, in float64."""
+    d = np.asarray(pred, dtype=np.float64) - np.asarray(target, dtype=np.float64)
+    total = float(np.sum(d * d))
+    return total if reduction == "sum" else total / d.size
+
+
 # === end layers ===
 
 # === section: conv ===
+def conv2d_forward_ref(x, weight, bias=None, stride=1, padding=1):
+    """Naive float64 2-D cross-correlation with zero padding (torch.nn.functional.conv2d); int stride/padding."""
+    x = np.asarray(x, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    n, c_in, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    h_out = (h + 2 * padding - kh) // stride + 1
+    w_out = (w + 2 * padding - kw) // stride + 1
+    y = np.zeros((n, c_out, h_out, w_out))
+    for b in range(n):
+        for co in range(c_out):
+            for oh in range(h_out):
+                for ow in range(w_out):
+                    total = 0.0 if bias is None else float(bias[co])
+                    for ci in range(c_in):
+                        for ky in range(kh):
+                            for kx in range(kw):
+                                ih = oh * stride - padding + ky
+                                iw = ow * stride - padding + kx
+                                if 0 <= ih < h and 0 <= iw < w:
+                                    total += x[b, ci, ih, iw] * weight[co, ci, ky, kx]
+                    y[b, co, oh, ow] = total
+    return y
 # === end conv ===
 
 # === section: norms ===
+def _bn_ncs(x):
+    """Float64 (N, C, S) copy of an (N, C) or (N, C, H, W) array."""
+    x = np.asarray(x, dtype=np.float64)
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def batch_norm_stats_reference(x):
+    """Per-channel batch mean and biased variance over (N, H, W), two-pass in float64. Returns (mean, var)."""
+    x3 = _bn_ncs(x)
+    mean = x3.mean(axis=(0, 2))
+    var = ((x3 - mean[None, :, None]) ** 2).mean(axis=(0, 2))
+    return mean, var
+
+
+def batch_norm_reference(x, mean, var, gamma=None, beta=None, eps=1e-5):
+    """y = (x - mean) / sqrt(var + eps) * gamma + beta per channel (float64); pass batch or running statistics."""
+    x3 = _bn_ncs(x)
+    channels = x3.shape[1]
+    gamma = np.ones(channels) if gamma is None else np.asarray(gamma, dtype=np.float64)
+    beta = np.zeros(channels) if beta is None else np.asarray(beta, dtype=np.float64)
+    mean = np.asarray(mean, dtype=np.float64)
+    var = np.asarray(var, dtype=np.float64)
+    xhat = (x3 - mean[None, :, None]) / np.sqrt(var[None, :, None] + eps)
+    return (xhat * gamma[None, :, None] + beta[None, :, None]).reshape(np.shape(x))
+
+
+def batch_norm_train_reference(x, gamma=None, beta=None, eps=1e-5):
+    """Batch norm with batch statistics (train / probe modes), float64. Returns y."""
+    mean, var = batch_norm_stats_reference(x)
+    return batch_norm_reference(x, mean, var, gamma, beta, eps)
+
+
+def batch_norm_running_reference(running_mean, running_var, batches, momentum=0.1):
+    """Running statistics after one update per batch in `batches`, literally as torch defines them (float64)."""
+    rm = np.array(running_mean, dtype=np.float64)
+    rv = np.array(running_var, dtype=np.float64)
+    for x in batches:
+        x3 = _bn_ncs(x)
+        n = x3.shape[0] * x3.shape[2]
+        mean, var = batch_norm_stats_reference(x)
+        rm = (1 - momentum) * rm + momentum * mean
+        rv = (1 - momentum) * rv + momentum * var * n / (n - 1)
+    return rm, rv
+
+
 # === end norms ===
+
+# === section: norms2 ===
+# Noisy batch norm, Lp batch norm and group norm (layer = 1 group, instance = C groups), float64, literal.
+
+
+def _ncs64(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _affine_params(channels, gamma, beta):
+    gamma = np.ones(channels) if gamma is None else np.asarray(gamma, dtype=np.float64)
+    beta = np.zeros(channels) if beta is None else np.asarray(beta, dtype=np.float64)
+    return gamma, beta
+
+
+def lp_norm_stats_reference(x, p):
+    """Per-channel batch mean and p-norm average of the UN-centered values: mean|x|, sqrt(mean x^2), max|x|."""
+    x3 = _ncs64(x)
+    mean = x3.mean(axis=(0, 2))
+    if p == 1:
+        norm = np.abs(x3).mean(axis=(0, 2))
+    elif p == 2:
+        norm = np.sqrt((x3**2).mean(axis=(0, 2)))
+    else:
+        norm = np.abs(x3).max(axis=(0, 2))
+    return mean, norm
+
+
+def lp_norm_reference(x, mean, norm, gamma=None, beta=None, eps=1e-5):
+    """gamma (x - mean) / (norm + eps) + beta per channel; pass batch or running statistics."""
+    x3 = _ncs64(x)
+    gamma, beta = _affine_params(x3.shape[1], gamma, beta)
+    mean = np.asarray(mean, dtype=np.float64)[None, :, None]
+    norm = np.asarray(norm, dtype=np.float64)[None, :, None]
+    y = (x3 - mean) / (norm + eps) * gamma[None, :, None] + beta[None, :, None]
+    return y.reshape(np.shape(x))
+
+
+def lp_norm_train_reference(x, p, gamma=None, beta=None, eps=1e-5):
+    """Lp batch norm with batch statistics (train / probe modes). Returns y."""
+    mean, norm = lp_norm_stats_reference(x, p)
+    return lp_norm_reference(x, mean, norm, gamma, beta, eps)
+
+
+def lp_norm_running_reference(running_mean, running_norm, batches, p, momentum=0.1):
+    """Running mean and norm after one momentum update per batch in `batches` (no bias correction)."""
+    rm = np.array(running_mean, dtype=np.float64)
+    rn = np.array(running_norm, dtype=np.float64)
+    for x in batches:
+        mean, norm = lp_norm_stats_reference(x, p)
+        rm = (1 - momentum) * rm + momentum * mean
+        rn = (1 - momentum) * rn + momentum * norm
+    return rm, rn
+
+
+def group_norm_reference(x, groups, gamma=None, beta=None, eps=1e-5):
+    """torch's group_norm: per sample and group of C / groups channels, (x - mean) / sqrt(var + eps) (biased var),
+    then the per-channel affine. Loops over samples and groups."""
+    x3 = _ncs64(x)
+    n, c, _ = x3.shape
+    gamma, beta = _affine_params(c, gamma, beta)
+    per = c // groups
+    y = np.empty_like(x3)
+    for i in range(n):
+        for g in range(groups):
+            block = x3[i, g * per:(g + 1) * per]
+            mean = block.mean()
+            var = ((block - mean) ** 2).mean()
+            y[i, g * per:(g + 1) * per] = (block - mean) / np.sqrt(var + eps)
+    y = y * gamma[None, :, None] + beta[None, :, None]
+    return y.reshape(np.shape(x))
+
+
+def noisy_batch_norm_reference(x, scale_noise, shift_noise, gamma=None, beta=None, eps=1e-5, before_affine=False):
+    """Batch norm (batch statistics, biased variance) with fixed noise: s (gamma xhat + beta) + m after the affine,
+    gamma (s xhat + m) + beta before it."""
+    x3 = _ncs64(x)
+    gamma, beta = _affine_params(x3.shape[1], gamma, beta)
+    s = _ncs64(scale_noise)
+    m = _ncs64(shift_noise)
+    mean = x3.mean(axis=(0, 2))[None, :, None]
+    var = ((x3 - mean) ** 2).mean(axis=(0, 2))[None, :, None]
+    xhat = (x3 - mean) / np.sqrt(var + eps)
+    g, b = gamma[None, :, None], beta[None, :, None]
+    y = g * (s * xhat + m) + b if before_affine else s * (g * xhat + b) + m
+    return y.reshape(np.shape(x))
+
+# === end norms2 ===
 
 # === section: optim ===
 # One step of each torch.optim update rule, transcribed from the pseudocode in torch's documentation, in float64.

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
-import socket
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,7 +143,7 @@ def download(
         with contextlib.ExitStack() as stack:
             try:
                 response = stack.enter_context(urllib.request.urlopen(url, timeout=timeout))
-            except (urllib.error.URLError, OSError) as exc:
+            except (OSError, http.client.HTTPException) as exc:  # URLError, HTTPError, timeouts
                 reason = getattr(exc, "reason", exc)
                 raise DownloadError(f"could not download {url}: {reason}. {manual_help}".rstrip()) from exc
             length_header = response.headers.get("Content-Length")
@@ -159,7 +158,7 @@ def download(
                         digest.update(chunk)
                         received += len(chunk)
                         bar.update(received)
-                except (OSError, socket.timeout) as exc:
+                except (OSError, http.client.HTTPException) as exc:
                     raise DownloadError(
                         f"download of {url} failed after {received} bytes: {exc}. {manual_help}".rstrip()
                     ) from exc

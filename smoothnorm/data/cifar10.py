@@ -153,16 +153,24 @@ def _read_folder(folder: Path, names: tuple[str, ...], verify: bool) -> list[tup
     for name in names:
         path = folder / name
         if verify:
-            check_md5(path, FILE_MD5[name], "The file is corrupt or not the official one: delete it and extract "
-                      "the archive again, or pass verify=False to read it anyway.")
+            check_md5(
+                path,
+                FILE_MD5[name],
+                "The file is corrupt or not the official one: delete it and extract "
+                "the archive again, or pass verify=False to read it anyway.",
+            )
         batches.append(_parse_batch(path.read_bytes(), str(path)))
     return batches
 
 
 def _read_archive(archive: Path, names: tuple[str, ...], verify: bool) -> list[tuple[np.ndarray, np.ndarray]]:
     if verify:
-        check_md5(archive, ARCHIVE_MD5, "The archive is incomplete or not the official one: delete it and "
-                  "download it again (fetch_cifar10), or pass verify=False to read it anyway.")
+        check_md5(
+            archive,
+            ARCHIVE_MD5,
+            "The archive is incomplete or not the official one: delete it and "
+            "download it again (fetch_cifar10), or pass verify=False to read it anyway.",
+        )
     raw: dict[str, bytes] = {}
     try:
         # Stream mode reads the gzip once, front to back, without extracting anything to disk.
@@ -190,9 +198,7 @@ def _pixel_table(normalize: bool, dtype: np.dtype) -> np.ndarray:
     return np.broadcast_to(values, (3, 256)).astype(dtype)
 
 
-def to_float_images(
-    data: np.ndarray, normalize: bool = True, dtype: DTypeLike = np.float32
-) -> np.ndarray:
+def to_float_images(data: np.ndarray, normalize: bool = True, dtype: DTypeLike = np.float32) -> np.ndarray:
     """Turn CIFAR rows (uint8, (n, 3072)) or images ((n, 3, 32, 32)) into float NCHW images.
 
     normalize=True: `(pixel / 255 - MEAN[c]) / STD[c]` per channel; False: `pixel / 255` in [0, 1].

@@ -22,10 +22,12 @@ the channel's first element (the "shifted data" algorithm). var = mean(d^2) - me
 eps64 * (mean - K)^2 / var relatively, and since K is one of the samples, (mean - K)^2 <= n * var: the relative error
 is at most ~n * 2^-53 however large the mean is compared to the standard deviation (unshifted sum / sum of squares
 would lose everything at mean / std ~ 1e8, and in float32 accumulation already at ~1e3). Welford's update would cost
-a division per element; an exact two-pass mean-then-deviations scheme would cost a third pass. Elementwise passes
-compute in float64 too (x - mean with the float64 mean, so float32 outputs carry one rounding even when
-mean >> std); the kernels are memory-bound, so the wider arithmetic is free. NaN or Inf anywhere in a channel makes
-that channel's statistics, and so its whole output, NaN; nothing is masked.
+a division per element and serialize the loop; an exact two-pass mean-then-deviations scheme would cost a third
+pass. Elementwise passes compute in float64 too, with the float64 mean, so a float32 output carries one rounding
+even when mean >> std (a float32 mean alone would shift it by |mean| 2^-24 / std); the passes are memory-bound, so
+the wider arithmetic costs little. The cached mean is rounded to x's dtype (the public contract); the backward pass
+uses it as given. NaN or Inf anywhere in a channel makes that channel's variance, and so its whole output, NaN;
+nothing is masked.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ import math
 import numpy as np
 from numba import njit, prange
 
-# Bytes of input (all arrays a pass reads) per work item: well inside a 1-2 MiB L2 so the second pass over an item
-# hits cache. Items aim to be at least _MIN_ITEM_ELEMENTS elements (scheduling overhead) and at least _TARGET_ITEMS
-# in number (load balance on a few cores); both are constants so the split depends on the shape only.
-_BLOCK_BYTES = 1 << 20
+# Bytes of input (all arrays a pass reads) per work item: with the output it writes, well inside a 2 MiB L2
+# (1.25 MiB on older Intel, 1 MiB on AMD Zen 4), so the second pass over an item hits cache. Items aim to be at
+# least _MIN_ITEM_ELEMENTS elements (scheduling overhead) and at least _TARGET_ITEMS in number (load balance on a
+# few cores); all are constants, so the split depends on the shape only.
+_BLOCK_BYTES = 1 << 19
 _MIN_ITEM_ELEMENTS = 1 << 14
 _TARGET_ITEMS = 8
 
@@ -53,8 +56,9 @@ def _as_ncs(name: str, x, modes: str = "2D or 4D") -> np.ndarray:
     if x.dtype not in (np.float32, np.float64):
         raise ValueError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
     if x.ndim not in (2, 4):
-        raise ValueError(f"{name}: expected a {modes} array, (N, C) or (N, C, H, W), got ndim {x.ndim} "
-                         f"(shape {x.shape})")
+        raise ValueError(
+            f"{name}: expected a {modes} array, (N, C) or (N, C, H, W), got ndim {x.ndim} (shape {x.shape})"
+        )
     x = np.ascontiguousarray(x)
     n, c = x.shape[0], x.shape[1]
     s = x.shape[2] * x.shape[3] if x.ndim == 4 else 1
@@ -85,14 +89,13 @@ def _channel_vector(name: str, v, channels: int, dtype, default: float | None = 
 
 def _check_count(x_shape: tuple, n: int) -> None:
     if n < 2:
-        raise ValueError(f"x: batch statistics need more than 1 value per channel (N * H * W > 1), "
-                         f"got shape {x_shape}")
+        raise ValueError(f"x: batch statistics need more than 1 value per channel (N * H * W > 1), got shape {x_shape}")
 
 
 def _check_eps(eps: float) -> float:
     eps = float(eps)
-    if not eps > 0.0:
-        raise ValueError(f"eps: expected a positive number, got {eps}")
+    if not eps >= 0.0:
+        raise ValueError(f"eps: expected a non-negative number, got {eps}")
     return eps
 
 
@@ -117,115 +120,157 @@ def _plan(n: int, c: int, s: int, itemsize: int, arrays: int) -> tuple[int, int]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Block helpers (serial; called from inside the parallel kernels' prange). Channels [c0, c1), batch rows [n0, n1).
+# Block helpers (serial; called inside the parallel kernels' prange). A block is channels [c0, c1) of batch rows
+# [n0, n1); arrays are flat C-order views of (N, C, S), so row n of a block is the contiguous run
+# x[(n*C + c0)*S : (n*C + c1)*S]. Runs of one channel (S elements) are long enough for S >= _RUN to loop over
+# with per-channel scalars; below that (S = 1 for (N, C) inputs, 4 for 2x2 maps) each helper loops once over the
+# whole row of the block with per-position coefficients expanded from per-channel ones. Both loops vectorize.
+#
+# Reductions are "by column": position j of a block row accumulates over n into col[j] (elementwise, so it
+# vectorizes without letting the compiler reassociate sums), and each channel's S columns are added at the end in
+# order. Summation order is thus fixed in the source: results do not depend on the compiler, the CPU or the thread
+# count, and columns of N terms then S terms round less than one sequential sum of N * S terms.
+#
+# Indices are uint64: with signed indices Numba adds a negative-index wraparound select that turns vector loads
+# into gathers. Slicing a row per (n, c) instead would create views whose reference counts are atomics shared by
+# all threads.
+
+_RUN = 16
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _block_moments(x3, c0, c1, n0, n1, shift, acc_s, acc_q):
-    """acc_s[c] += sum(d), acc_q[c] += sum(d^2), d = x[n, c, :] - shift[c] in float64, for the block."""
-    C = x3.shape[1]
-    S = x3.shape[2]
-    xf = x3.reshape(-1)
-    for n in range(n0, n1):
-        for c in range(c0, c1):
-            base = (n * C + c) * S
-            k = shift[c]
-            # Four independent accumulators: the adds overlap instead of waiting on each other, and the summation
-            # order is fixed in the source (no reassociation by the compiler).
-            s0 = s1 = s2 = s3 = 0.0
-            q0 = q1 = q2 = q3 = 0.0
-            i = 0
-            while i + 4 <= S:
-                d0 = float(row[i]) - k
-                d1 = float(row[i + 1]) - k
-                d2 = float(row[i + 2]) - k
-                d3 = float(row[i + 3]) - k
-                s0 += d0
-                s1 += d1
-                s2 += d2
-                s3 += d3
-                q0 += d0 * d0
-                q1 += d1 * d1
-                q2 += d2 * d2
-                q3 += d3 * d3
-                i += 4
-            while i < S:
-                d0 = float(row[i]) - k
-                s0 += d0
-                q0 += d0 * d0
-                i += 1
-            acc_s[c] += (s0 + s1) + (s2 + s3)
-            acc_q[c] += (q0 + q1) + (q2 + q3)
+@njit(cache=True, error_model="numpy")
+def _expand(values, c0, c1, S):
+    """Per-position copy (float64) of per-channel values[c0:c1], each repeated S times."""
+    out = np.empty((c1 - c0) * S)
+    uS = np.uint64(S)
+    for c in range(c0, c1):
+        v = float(values[c])
+        off = np.uint64((c - c0) * S)
+        for j in range(off, off + uS):
+            out[j] = v
+    return out
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _block_grad_sums(dy3, x3, c0, c1, n0, n1, center, acc_dy, acc_dyx):
-    """acc_dy[c] += sum(dy), acc_dyx[c] += sum(dy * (x - center[c])) in float64, for the block."""
-    S = x3.shape[2]
-    for n in range(n0, n1):
-        for c in range(c0, c1):
-            grow = dy3[n, c]
-            row = x3[n, c]
-            k = center[c]
-            s0 = s1 = s2 = s3 = 0.0
-            p0 = p1 = p2 = p3 = 0.0
-            i = 0
-            while i + 4 <= S:
-                g0 = float(grow[i])
-                g1 = float(grow[i + 1])
-                g2 = float(grow[i + 2])
-                g3 = float(grow[i + 3])
-                s0 += g0
-                s1 += g1
-                s2 += g2
-                s3 += g3
-                p0 += g0 * (float(row[i]) - k)
-                p1 += g1 * (float(row[i + 1]) - k)
-                p2 += g2 * (float(row[i + 2]) - k)
-                p3 += g3 * (float(row[i + 3]) - k)
-                i += 4
-            while i < S:
-                g0 = float(grow[i])
-                s0 += g0
-                p0 += g0 * (float(row[i]) - k)
-                i += 1
-            acc_dy[c] += (s0 + s1) + (s2 + s3)
-            acc_dyx[c] += (p0 + p1) + (p2 + p3)
+@njit(cache=True, error_model="numpy")
+def _fold_columns(col, c0, c1, S, acc, row):
+    """acc[row, c] += sum of channel c's S columns of col, in order."""
+    for c in range(c0, c1):
+        t = 0.0
+        for j in range((c - c0) * S, (c - c0 + 1) * S):
+            t += col[j]
+        acc[row, c] += t
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _block_affine(x3, c0, c1, n0, n1, center, scale, offset, y3):
-    """y = (x - center[c]) * scale[c] + offset[c], computed in float64, stored in y's dtype."""
-    S = x3.shape[2]
-    for n in range(n0, n1):
-        for c in range(c0, c1):
-            row = x3[n, c]
-            out = y3[n, c]
-            k = center[c]
-            a = scale[c]
-            b = offset[c]
-            for i in range(S):
-                out[i] = (float(row[i]) - k) * a + b
+@njit(cache=True, error_model="numpy")
+def _block_moments(x, C, S, c0, c1, n0, n1, shift, acc_s, acc_q, row):
+    """acc_s[row, c] += sum(d), acc_q[row, c] += sum(d^2), d = x[n, c, :] - shift[c] in float64, over the block."""
+    width = np.uint64((c1 - c0) * S)
+    col_s = np.zeros(width)
+    col_q = np.zeros(width)
+    if S >= _RUN:
+        uS = np.uint64(S)
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                base = np.uint64((n * C + c) * S)
+                off = np.uint64((c - c0) * S)
+                k = shift[c]
+                for s in range(uS):
+                    d = float(x[base + s]) - k
+                    col_s[off + s] += d
+                    col_q[off + s] += d * d
+    else:
+        ke = _expand(shift, c0, c1, S)
+        for n in range(n0, n1):
+            base = np.uint64((n * C + c0) * S)
+            for j in range(width):
+                d = float(x[base + j]) - ke[j]
+                col_s[j] += d
+                col_q[j] += d * d
+    _fold_columns(col_s, c0, c1, S, acc_s, row)
+    _fold_columns(col_q, c0, c1, S, acc_q, row)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _block_grad_apply(dy3, x3, c0, c1, n0, n1, center, a, b, k, dx3):
+@njit(cache=True, error_model="numpy")
+def _block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, row):
+    """acc_dy[row, c] += sum(dy), acc_dyx[row, c] += sum(dy * (x - center[c])) in float64, over the block."""
+    width = np.uint64((c1 - c0) * S)
+    col_dy = np.zeros(width)
+    col_dyx = np.zeros(width)
+    if S >= _RUN:
+        uS = np.uint64(S)
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                base = np.uint64((n * C + c) * S)
+                off = np.uint64((c - c0) * S)
+                k = center[c]
+                for s in range(uS):
+                    g = float(dy[base + s])
+                    col_dy[off + s] += g
+                    col_dyx[off + s] += g * (float(x[base + s]) - k)
+    else:
+        ke = _expand(center, c0, c1, S)
+        for n in range(n0, n1):
+            base = np.uint64((n * C + c0) * S)
+            for j in range(width):
+                g = float(dy[base + j])
+                col_dy[j] += g
+                col_dyx[j] += g * (float(x[base + j]) - ke[j])
+    _fold_columns(col_dy, c0, c1, S, acc_dy, row)
+    _fold_columns(col_dyx, c0, c1, S, acc_dyx, row)
+
+
+@njit(cache=True, error_model="numpy")
+def _block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y):
+    """y = (x - center[c]) * scale[c] + offset[c], computed in float64, stored in y's dtype, over the block."""
+    if S >= _RUN:
+        uS = np.uint64(S)
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                base = np.uint64((n * C + c) * S)
+                k = center[c]
+                a = scale[c]
+                b = offset[c]
+                for i in range(base, base + uS):
+                    y[i] = (float(x[i]) - k) * a + b
+    else:
+        width = np.uint64((c1 - c0) * S)
+        ke = _expand(center, c0, c1, S)
+        ae = _expand(scale, c0, c1, S)
+        be = _expand(offset, c0, c1, S)
+        for n in range(n0, n1):
+            base = np.uint64((n * C + c0) * S)
+            for j in range(width):
+                y[base + j] = (float(x[base + j]) - ke[j]) * ae[j] + be[j]
+
+
+@njit(cache=True, error_model="numpy")
+def _block_grad_apply(dy, x, C, S, c0, c1, n0, n1, center, a, b, k, dx):
     """dx = a[c] * dy + b[c] * (x - center[c]) + k[c], computed in float64, stored in dx's dtype."""
-    S = x3.shape[2]
-    for n in range(n0, n1):
-        for c in range(c0, c1):
-            grow = dy3[n, c]
-            row = x3[n, c]
-            out = dx3[n, c]
-            m = center[c]
-            ac = a[c]
-            bc = b[c]
-            kc = k[c]
-            for i in range(S):
-                out[i] = ac * float(grow[i]) + bc * (float(row[i]) - m) + kc
+    if S >= _RUN:
+        uS = np.uint64(S)
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                base = np.uint64((n * C + c) * S)
+                m = center[c]
+                ac = a[c]
+                bc = b[c]
+                kc = k[c]
+                for i in range(base, base + uS):
+                    dx[i] = ac * float(dy[i]) + bc * (float(x[i]) - m) + kc
+    else:
+        width = np.uint64((c1 - c0) * S)
+        me = _expand(center, c0, c1, S)
+        ae = _expand(a, c0, c1, S)
+        be = _expand(b, c0, c1, S)
+        ke = _expand(k, c0, c1, S)
+        for n in range(n0, n1):
+            base = np.uint64((n * C + c0) * S)
+            for j in range(width):
+                i = base + j
+                dx[i] = ae[j] * float(dy[i]) + be[j] * (float(x[i]) - me[j]) + ke[j]
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _item_range(item, chunks, block, C, N):
     """Channel range and batch range of work item `item` (items are block-major, chunk-minor)."""
     b = item // chunks
@@ -237,7 +282,7 @@ def _item_range(item, chunks, block, C, N):
     return c0, c1, n0, n1
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _merge_rows(partials, c):
     """Sum of partials[:, c] in row order (a fixed order: deterministic)."""
     t = 0.0
@@ -246,13 +291,9 @@ def _merge_rows(partials, c):
     return t
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Parallel kernels
-
-
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy")
 def _finish_moments(sum_d, sum_q, shift, count, eps, c, mean, var, invstd):
-    """Mean, biased variance and 1/sqrt(var + eps) of channel c from shifted sums."""
+    """Mean, biased variance and 1/sqrt(var + eps) of channel c from its shifted sums."""
     md = sum_d / count
     v = sum_q / count - md * md
     # Rounding can leave a tiny negative value; `v < 0` is False for NaN, so NaN survives.
@@ -263,13 +304,31 @@ def _finish_moments(sum_d, sum_q, shift, count, eps, c, mean, var, invstd):
     invstd[c] = 1.0 / math.sqrt(v + eps)
 
 
+@njit(cache=True, error_model="numpy")
+def _train_grad_coefficients(c, sum_dy, sum_dyx, gamma, invstd, count, a, b, k, dgamma, dbeta):
+    """Channel c of dx = a dy + b (x - mean) + k: a = gamma invstd, b = -a invstd mean(dy xhat), k = -a mean(dy).
+
+    sum_dyx = sum(dy (x - mean)), so mean(dy xhat) = invstd sum_dyx / count; dgamma = sum(dy xhat), dbeta = sum(dy).
+    """
+    inv = float(invstd[c])
+    g = float(gamma[c])
+    a[c] = g * inv
+    b[c] = -g * inv * inv * inv * (sum_dyx / count)
+    k[c] = -g * inv * (sum_dy / count)
+    dgamma[c] = sum_dyx * inv
+    dbeta[c] = sum_dy
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parallel kernels: x, y, dy, dx are flat views of (N, C, S) arrays.
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
-def _batch_norm_train_forward(x3, gamma, beta, eps, block, chunks, y3):
-    N, C, S = x3.shape
+def _batch_norm_train_forward(x, N, C, S, gamma, beta, eps, block, chunks, y):
     count = float(N * S)
     shift = np.empty(C)
     for c in range(C):
-        shift[c] = float(x3[0, c, 0])
+        shift[c] = float(x[c * S])
     mean = np.empty(C)
     var = np.empty(C)
     invstd = np.empty(C)
@@ -283,42 +342,28 @@ def _batch_norm_train_forward(x3, gamma, beta, eps, block, chunks, y3):
         for b in prange(blocks):
             c0 = b * block
             c1 = min(C, c0 + block)
-            _block_moments(x3, c0, c1, 0, N, shift, acc_s[0], acc_q[0])
+            _block_moments(x, C, S, c0, c1, 0, N, shift, acc_s, acc_q, 0)
             for c in range(c0, c1):
                 _finish_moments(acc_s[0, c], acc_q[0, c], shift, count, eps, c, mean, var, invstd)
                 scale[c] = float(gamma[c]) * invstd[c]
                 offset[c] = float(beta[c])
-            _block_affine(x3, c0, c1, 0, N, mean, scale, offset, y3)
+            _block_affine(x, C, S, c0, c1, 0, N, mean, scale, offset, y)
     else:
         for item in prange(blocks * chunks):
             c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
-            _block_moments(x3, c0, c1, n0, n1, shift, acc_s[item % chunks], acc_q[item % chunks])
+            _block_moments(x, C, S, c0, c1, n0, n1, shift, acc_s, acc_q, item % chunks)
         for c in range(C):
             _finish_moments(_merge_rows(acc_s, c), _merge_rows(acc_q, c), shift, count, eps, c, mean, var, invstd)
             scale[c] = float(gamma[c]) * invstd[c]
             offset[c] = float(beta[c])
         for item in prange(blocks * chunks):
             c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
-            _block_affine(x3, c0, c1, n0, n1, mean, scale, offset, y3)
+            _block_affine(x, C, S, c0, c1, n0, n1, mean, scale, offset, y)
     return mean, var, invstd
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _train_grad_coefficients(sum_dy, sum_dyx, gamma, mean, invstd, count, c, center, a, b, k, dgamma, dbeta):
-    """dx = a dy + b (x - mean) + k with a = gamma invstd, b = -a invstd mean(dy xhat), k = -a mean(dy)."""
-    inv = float(invstd[c])
-    g = float(gamma[c])
-    center[c] = float(mean[c])
-    a[c] = g * inv
-    b[c] = -g * inv * inv * inv * (sum_dyx / count)
-    k[c] = -g * inv * (sum_dy / count)
-    dgamma[c] = sum_dyx * inv
-    dbeta[c] = sum_dy
-
-
 @njit(cache=True, parallel=True, error_model="numpy")
-def _batch_norm_train_backward(dy3, x3, mean, invstd, gamma, block, chunks, dx3):
-    N, C, S = x3.shape
+def _batch_norm_train_backward(dy, x, N, C, S, mean, invstd, gamma, block, chunks, dx):
     count = float(N * S)
     center = np.empty(C)
     for c in range(C):
@@ -335,28 +380,26 @@ def _batch_norm_train_backward(dy3, x3, mean, invstd, gamma, block, chunks, dx3)
         for blk in prange(blocks):
             c0 = blk * block
             c1 = min(C, c0 + block)
-            _block_grad_sums(dy3, x3, c0, c1, 0, N, center, acc_dy[0], acc_dyx[0])
+            _block_grad_sums(dy, x, C, S, c0, c1, 0, N, center, acc_dy, acc_dyx, 0)
             for c in range(c0, c1):
-                _train_grad_coefficients(acc_dy[0, c], acc_dyx[0, c], gamma, mean, invstd, count, c,
-                                         center, a, b, k, dgamma, dbeta)
-            _block_grad_apply(dy3, x3, c0, c1, 0, N, center, a, b, k, dx3)
+                _train_grad_coefficients(c, acc_dy[0, c], acc_dyx[0, c], gamma, invstd, count, a, b, k, dgamma, dbeta)
+            _block_grad_apply(dy, x, C, S, c0, c1, 0, N, center, a, b, k, dx)
     else:
         for item in prange(blocks * chunks):
             c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
-            j = item % chunks
-            _block_grad_sums(dy3, x3, c0, c1, n0, n1, center, acc_dy[j], acc_dyx[j])
+            _block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, item % chunks)
         for c in range(C):
-            _train_grad_coefficients(_merge_rows(acc_dy, c), _merge_rows(acc_dyx, c), gamma, mean, invstd,
-                                     count, c, center, a, b, k, dgamma, dbeta)
+            sum_dy = _merge_rows(acc_dy, c)
+            sum_dyx = _merge_rows(acc_dyx, c)
+            _train_grad_coefficients(c, sum_dy, sum_dyx, gamma, invstd, count, a, b, k, dgamma, dbeta)
         for item in prange(blocks * chunks):
             c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
-            _block_grad_apply(dy3, x3, c0, c1, n0, n1, center, a, b, k, dx3)
+            _block_grad_apply(dy, x, C, S, c0, c1, n0, n1, center, a, b, k, dx)
     return dgamma, dbeta
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _batch_norm_eval_forward(x3, running_mean, running_var, gamma, beta, eps, block, chunks, y3):
-    N, C, S = x3.shape
+def _batch_norm_eval_forward(x, N, C, S, running_mean, running_var, gamma, beta, eps, block, chunks, y):
     center = np.empty(C)
     scale = np.empty(C)
     offset = np.empty(C)
@@ -367,12 +410,11 @@ def _batch_norm_eval_forward(x3, running_mean, running_var, gamma, beta, eps, bl
     blocks = (C + block - 1) // block
     for item in prange(blocks * chunks):
         c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
-        _block_affine(x3, c0, c1, n0, n1, center, scale, offset, y3)
+        _block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _batch_norm_eval_backward(dy3, x3, running_mean, running_var, gamma, eps, need_sums, block, chunks, dx3):
-    N, C, S = x3.shape
+def _batch_norm_eval_backward(dy, x, N, C, S, running_mean, running_var, gamma, eps, need_sums, block, chunks, dx):
     center = np.empty(C)
     inv = np.empty(C)
     a = np.empty(C)
@@ -386,11 +428,10 @@ def _batch_norm_eval_backward(dy3, x3, running_mean, running_var, gamma, eps, ne
     blocks = (C + block - 1) // block
     for item in prange(blocks * chunks):
         c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
-        j = item % chunks
         if need_sums:
-            _block_grad_sums(dy3, x3, c0, c1, n0, n1, center, acc_dy[j], acc_dyx[j])
+            _block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, item % chunks)
         # Running statistics are constants here: dx = gamma / sqrt(running_var + eps) * dy.
-        _block_affine(dy3, c0, c1, n0, n1, zeros, a, zeros, dx3)
+        _block_affine(dy, C, S, c0, c1, n0, n1, zeros, a, zeros, dx)
     dgamma = np.empty(C)
     dbeta = np.empty(C)
     for c in range(C):
@@ -420,7 +461,9 @@ def batch_norm_train_forward(
     beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
     y3 = np.empty_like(x3)
     block, chunks = _plan(N, C, S, x3.itemsize, 1)
-    mean, var, invstd = _batch_norm_train_forward(x3, gamma, beta, eps, block, chunks, y3)
+    mean, var, invstd = _batch_norm_train_forward(
+        x3.reshape(-1), N, C, S, gamma, beta, eps, block, chunks, y3.reshape(-1)
+    )
     dt = x3.dtype
     return y3.reshape(np.shape(x)), mean.astype(dt), invstd.astype(dt), var.astype(dt)
 
@@ -451,7 +494,9 @@ def batch_norm_train_backward(
     _check_output("dbeta", dbeta, C, x3.dtype)
     dx3 = np.empty_like(x3)
     block, chunks = _plan(N, C, S, x3.itemsize, 2)
-    dg, db = _batch_norm_train_backward(dy3, x3, mean, invstd, gamma, block, chunks, dx3)
+    dg, db = _batch_norm_train_backward(
+        dy3.reshape(-1), x3.reshape(-1), N, C, S, mean, invstd, gamma, block, chunks, dx3.reshape(-1)
+    )
     if dgamma is not None:
         dgamma[...] = dg
     if dbeta is not None:
@@ -481,7 +526,9 @@ def batch_norm_eval_forward(
     beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
     y3 = np.empty_like(x3)
     block, chunks = _plan(N, C, S, x3.itemsize, 1)
-    _batch_norm_eval_forward(x3, running_mean, running_var, gamma, beta, eps, block, chunks, y3)
+    _batch_norm_eval_forward(
+        x3.reshape(-1), N, C, S, running_mean, running_var, gamma, beta, eps, block, chunks, y3.reshape(-1)
+    )
     return y3.reshape(np.shape(x))
 
 
@@ -513,8 +560,21 @@ def batch_norm_eval_backward(
     need_sums = dgamma is not None or dbeta is not None
     dx3 = np.empty_like(x3)
     block, chunks = _plan(N, C, S, x3.itemsize, 2)
-    dg, db = _batch_norm_eval_backward(dy3, x3, running_mean, running_var, gamma, eps, need_sums, block, chunks,
-                                       dx3)
+    dg, db = _batch_norm_eval_backward(
+        dy3.reshape(-1),
+        x3.reshape(-1),
+        N,
+        C,
+        S,
+        running_mean,
+        running_var,
+        gamma,
+        eps,
+        need_sums,
+        block,
+        chunks,
+        dx3.reshape(-1),
+    )
     if dgamma is not None:
         dgamma[...] = dg
     if dbeta is not None:

@@ -1,0 +1,544 @@
+"""2-D convolution kernels (cross-correlation with zero padding, PyTorch's semantics and weight layout).
+
+Method: im2col + GEMM, with the batch split between workers. Each worker owns a contiguous block of samples and
+walks it in sub-chunks of `nb` samples: it unfolds the sub-chunk into cols (K, nb*P), K = C_in*kh*kw rows ordered
+like weight.reshape(C_out, K), column b*P + p for output pixel p of sample b, then runs its own GEMMs:
+    forward:  Y = W @ cols                                      (C_out, nb*P) -> NCHW, plus bias
+    backward: dW_worker (+)= dY @ cols.T;  dcols = W.T @ dY;  dx = col2im(dcols)
+With nb == 1 the (C_out, P) matrices are y[n] and dy[n] themselves, so large images need no layout copies.
+dW partials are merged in worker order, so results repeat to the bit for a given thread count.
+
+Why workers call a single-threaded BLAS instead of one multithreaded GEMM at Python level: on this 2-core target,
+alternating Numba's thread pool (im2col) with the BLAS pool (GEMM) made each pool spin while the other needed the
+cores; the OpenBLAS threaded GEMM also synchronises internally many times per call and collapses when the machine
+is shared. One parallel region whose threads run independent im2col + sgemm work avoids both (2-4x faster in our
+measurements, see benchmarks/bench_conv.py). The GEMM is SciPy's BLAS (scipy.linalg.cython_blas, the library
+Numba's own np.dot uses), called with leading dimensions and beta so no temporary is needed; while our workers run
+it, every OpenBLAS loaded in the process is set to one thread and restored afterwards. If no OpenBLAS can be found
+(MKL, Accelerate), one worker runs serially and the BLAS threads itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+import numba
+import numpy as np
+from numba import njit, prange
+from numba.extending import get_cython_function_address
+
+# Per-call buffer budget in bytes, summed over workers (cols plus the (C_out, nb*P) matrix of each worker).
+_WORKSPACE_BYTES = 32 << 20
+# Samples per sub-chunk: one when an image has at least this many output pixels (the GEMM is wide enough alone and
+# y[n], dy[n] serve as the matrices), otherwise enough samples for about _TARGET_COLUMNS columns per GEMM.
+_DIRECT_PIXELS = 256
+_TARGET_COLUMNS = 1024
+# Below this output width the im2col rows are gathered through an index table (a segment loop per output row has
+# more overhead than work).
+_GATHER_WIDTH = 8
+
+_GEMM_TYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
+_SGEMM = _GEMM_TYPE(get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
+_DGEMM = _GEMM_TYPE(get_cython_function_address("scipy.linalg.cython_blas", "dgemm"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# BLAS threads.
+
+
+class _SingleThreadedBlas:
+    """Context manager: every OpenBLAS in the process runs on one thread inside, and as before outside.
+
+    Re-entrant and shared between Python threads (a depth count under a lock), so concurrent calls cannot leave
+    the BLAS at one thread.
+    """
+
+    _NAMES = ("openblas", "scipy_openblas")
+    _SUFFIXES = ("", "64_")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: list[tuple[object, int]] = []
+        self._controls: list[tuple[object, object]] | None = None
+
+    def _find(self) -> list[tuple[object, object]]:
+        """(get, set) thread-count functions of each OpenBLAS mapped into this process (Linux)."""
+        controls = []
+        try:
+            with open("/proc/self/maps") as maps:
+                # address perms offset dev inode path: the path may contain spaces, so split at most 5 times.
+                fields = (line.split(None, 5) for line in maps)
+                paths = {f[5].strip() for f in fields if len(f) == 6 and "openblas" in f[5].rsplit("/", 1)[-1].lower()}
+        except OSError:
+            return controls
+        for path in sorted(paths):
+            try:
+                lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
+            except OSError:
+                continue
+            for name in self._NAMES:
+                for suffix in self._SUFFIXES:
+                    getter = getattr(lib, f"{name}_get_num_threads{suffix}", None)
+                    setter = getattr(lib, f"{name}_set_num_threads{suffix}", None)
+                    if getter is not None and setter is not None:
+                        getter.restype = ctypes.c_int
+                        setter.argtypes = [ctypes.c_int]
+                        controls.append((getter, setter))
+        return controls
+
+    def available(self) -> bool:
+        with self._lock:
+            if self._controls is None:
+                self._controls = self._find()
+            return bool(self._controls)
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                self._saved = [(setter, getter()) for getter, setter in self._controls or ()]
+                for setter, _ in self._saved:
+                    setter(1)
+            self._depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for setter, threads in self._saved:
+                    setter(threads)
+                self._saved = []
+
+
+_single_threaded_blas = _SingleThreadedBlas()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Argument checks (kernels import nothing from smoothnorm, so these are local).
+
+
+def _float_array(name: str, a, ndim: int, dtype=None) -> np.ndarray:
+    """Check ndim and dtype (float32/float64, or exactly `dtype`); return a C-contiguous array."""
+    a = np.asarray(a)
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected ndim {ndim}, got ndim {a.ndim} with shape {a.shape}")
+    if dtype is None:
+        if a.dtype not in (np.float32, np.float64):
+            raise ValueError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
+    elif a.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {dtype} (matching x), got {a.dtype}")
+    return np.ascontiguousarray(a)
+
+
+def _check_output(name: str, a, shape: tuple, dtype) -> None:
+    """An output buffer is written in place, so it must already be right: no coercion, no copy."""
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name}: expected a writeable numpy array of shape {shape}, got {type(a).__name__}")
+    if a.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
+    if a.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {dtype} (matching x), got {a.dtype}")
+    if not a.flags.writeable:
+        raise ValueError(f"{name}: expected a writeable array (it is overwritten in place), got a read-only one")
+
+
+def _pair(name: str, value, minimum: int) -> tuple[int, int]:
+    """An int or an (h, w) pair of ints, each >= minimum."""
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(items) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items):
+        raise ValueError(f"{name}: expected an int or a pair of ints, got {value!r}")
+    if min(items) < minimum:
+        raise ValueError(f"{name}: expected >= {minimum}, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+def _geometry(x: np.ndarray, weight: np.ndarray, stride, padding) -> tuple[int, ...]:
+    """Validate the conv geometry; return (kh, kw, sh, sw, ph, pw, h_out, w_out)."""
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"weight: expected {x.shape[1]} input channels (x has shape {x.shape}), got weight of shape {weight.shape}"
+        )
+    if min(weight.shape) < 1:
+        raise ValueError(f"weight: expected all dimensions >= 1, got shape {weight.shape}")
+    sh, sw = _pair("stride", stride, 1)
+    ph, pw = _pair("padding", padding, 0)
+    kh, kw = weight.shape[2:]
+    h_out = (x.shape[2] + 2 * ph - kh) // sh + 1
+    w_out = (x.shape[3] + 2 * pw - kw) // sw + 1
+    if h_out < 1 or w_out < 1:
+        raise ValueError(
+            f"x: expected spatial size of at least the kernel ({kh}, {kw}) after padding {(ph, pw)}, "
+            f"got (H, W) = {x.shape[2:]} (output would be ({h_out}, {w_out}))"
+        )
+    return (kh, kw, sh, sw, ph, pw, h_out, w_out)
+
+
+def _plan(n: int, k: int, c_out: int, pixels: int, itemsize: int) -> tuple[int, int, bool]:
+    """(workers, samples per sub-chunk, parallel): depends on the shape and thread count only."""
+    parallel = _single_threaded_blas.available()
+    workers = max(1, min(n, numba.get_num_threads())) if parallel else 1
+    per_worker = -(-n // workers)
+    if pixels >= _DIRECT_PIXELS:
+        return workers, 1, parallel
+    budget = _WORKSPACE_BYTES // workers
+    nb = min(per_worker, -(-_TARGET_COLUMNS // pixels), max(1, budget // ((k + c_out) * pixels * itemsize)))
+    subchunks = -(-per_worker // nb)
+    return workers, -(-per_worker // subchunks), parallel
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Serial building blocks (run inside one worker).
+
+
+@njit(cache=True, error_model="numpy")
+def _gemm(sgemm, dgemm, a, trans_a, b, trans_b, c, beta):
+    """c = op(a) @ op(b) + beta * c for C-contiguous 2-D arrays, through Fortran BLAS on the transposed problem."""
+    ints = np.empty(6, dtype=np.int32)
+    ints[0] = c.shape[1]
+    ints[1] = c.shape[0]
+    ints[2] = a.shape[0] if trans_a else a.shape[1]
+    ints[3] = b.shape[1]
+    ints[4] = a.shape[1]
+    ints[5] = c.shape[1]
+    flags = np.empty(2, dtype=np.uint8)
+    flags[0] = 84 if trans_b else 78  # 'T' or 'N'
+    flags[1] = 84 if trans_a else 78
+    scalars = np.empty(2, dtype=c.dtype)
+    scalars[0] = 1
+    scalars[1] = beta
+    gemm = sgemm if c.itemsize == 4 else dgemm
+    gemm(
+        flags[0:].ctypes.data, flags[1:].ctypes.data, ints[0:].ctypes.data, ints[1:].ctypes.data,
+        ints[2:].ctypes.data, scalars[0:].ctypes.data, b.ctypes.data, ints[3:].ctypes.data, a.ctypes.data,
+        ints[4:].ctypes.data, scalars[1:].ctypes.data, c.ctypes.data, ints[5:].ctypes.data,
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def _pixel_offsets(geom, wp):
+    """offsets[oh*w_out + ow] = flat index of the window's top-left corner in a padded plane of width wp."""
+    sh, sw, h_out, w_out = geom[2], geom[3], geom[6], geom[7]
+    offsets = np.empty(h_out * w_out, dtype=np.int64)
+    for oh in range(h_out):
+        for ow in range(w_out):
+            offsets[oh * w_out + ow] = oh * sh * wp + ow * sw
+    return offsets
+
+
+@njit(cache=True, error_model="numpy")
+def _im2col(x, n0, nb, cols, geom, padded, offsets):
+    """cols[(ci*kh + ky)*kw + kx, b*P + oh*w_out + ow] = x[n0+b, ci, oh*sh - ph + ky, ow*sw - pw + kx], 0 outside.
+
+    Each plane is first copied into `padded`, whose zero border never changes, so the unfolding has no bounds
+    tests. Channels outermost: consecutive samples then write adjacent segments of the same kh*kw rows.
+    """
+    kh, kw, sh, sw, ph, pw, h_out, w_out = geom
+    h, w = x.shape[2], x.shape[3]
+    hp, wp = padded.shape
+    flat = padded.reshape(hp * wp)
+    pixels = h_out * w_out
+    rows_in = min(h, hp - ph)
+    cols_in = min(w, wp - pw)
+    for ci in range(x.shape[1]):
+        for b in range(nb):
+            plane = x[n0 + b, ci]
+            for i in range(rows_in):
+                src = plane[i]
+                start = (ph + i) * wp + pw
+                for j in range(cols_in):
+                    flat[start + j] = src[j]
+            base = b * pixels
+            for ky in range(kh):
+                for kx in range(kw):
+                    row = cols[(ci * kh + ky) * kw + kx]
+                    corner = ky * wp + kx
+                    if w_out < _GATHER_WIDTH:
+                        for p in range(pixels):
+                            row[base + p] = flat[corner + offsets[p]]
+                    else:
+                        for oh in range(h_out):
+                            src_start = corner + oh * sh * wp
+                            dst_start = base + oh * w_out
+                            if sw == 1:
+                                for ow in range(w_out):
+                                    row[dst_start + ow] = flat[src_start + ow]
+                            else:
+                                for ow in range(w_out):
+                                    row[dst_start + ow] = flat[src_start + ow * sw]
+
+
+@njit(cache=True, error_model="numpy")
+def _col2im(dcols, dx, n0, nb, geom, padded, offsets):
+    """Adjoint of _im2col: dx[n0+b] = dcols scattered back and summed (in a fixed tap order)."""
+    kh, kw, sh, sw, ph, pw, h_out, w_out = geom
+    h, w = dx.shape[2], dx.shape[3]
+    hp, wp = padded.shape
+    flat = padded.reshape(hp * wp)
+    pixels = h_out * w_out
+    rows_in = min(h, hp - ph)
+    cols_in = min(w, wp - pw)
+    zero = dx.dtype.type(0)
+    for ci in range(dx.shape[1]):
+        for b in range(nb):
+            flat[:] = zero
+            base = b * pixels
+            for ky in range(kh):
+                for kx in range(kw):
+                    row = dcols[(ci * kh + ky) * kw + kx]
+                    corner = ky * wp + kx
+                    if w_out < _GATHER_WIDTH:
+                        for p in range(pixels):
+                            flat[corner + offsets[p]] += row[base + p]
+                    else:
+                        for oh in range(h_out):
+                            dst_start = corner + oh * sh * wp
+                            src_start = base + oh * w_out
+                            if sw == 1:
+                                for ow in range(w_out):
+                                    flat[dst_start + ow] += row[src_start + ow]
+                            else:
+                                for ow in range(w_out):
+                                    flat[dst_start + ow * sw] += row[src_start + ow]
+            plane = dx[n0 + b, ci]
+            # Input pixels no window reaches (stride leaving a remainder) get zero gradient.
+            plane[rows_in:, :] = zero
+            for i in range(rows_in):
+                dst = plane[i]
+                start = (ph + i) * wp + pw
+                for j in range(cols_in):
+                    dst[j] = flat[start + j]
+                dst[cols_in:] = zero
+
+
+@njit(cache=True, error_model="numpy")
+def _add_row_sums(mat, sums):
+    """sums[r] += float64 sum of mat[r]; four interleaved partials pipeline the adds in a shape-fixed order."""
+    cols = mat.shape[1]
+    for r in range(mat.shape[0]):
+        row = mat[r]
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        j = 0
+        while j + 4 <= cols:
+            s0 += row[j]
+            s1 += row[j + 1]
+            s2 += row[j + 2]
+            s3 += row[j + 3]
+            j += 4
+        while j < cols:
+            s0 += row[j]
+            j += 1
+        sums[r] += (s0 + s1) + (s2 + s3)
+
+
+@njit(cache=True, error_model="numpy")
+def _padded_scratch(geom, dtype_source):
+    """Zeroed plane covering every window position: ((h_out-1)*sh + kh, (w_out-1)*sw + kw)."""
+    kh, kw, sh, sw, h_out, w_out = geom[0], geom[1], geom[2], geom[3], geom[6], geom[7]
+    return np.zeros(((h_out - 1) * sh + kh, (w_out - 1) * sw + kw), dtype=dtype_source.dtype)
+
+
+@njit(cache=True, error_model="numpy")
+def _forward_worker(sgemm, dgemm, x, w2, bias, y, s0, s1, nb, geom, cols_buf, mat_buf):
+    """y[s0:s1] for one worker, in sub-chunks of nb samples."""
+    c_out, k = w2.shape
+    pixels = geom[6] * geom[7]
+    padded = _padded_scratch(geom, x)
+    offsets = _pixel_offsets(geom, padded.shape[1])
+    y3 = y.reshape(y.shape[0], c_out, pixels)
+    has_bias = bias.shape[0] > 0
+    for n0 in range(s0, s1, nb):
+        m = min(nb, s1 - n0)
+        cols = cols_buf[: k * m * pixels].reshape(k, m * pixels)
+        _im2col(x, n0, m, cols, geom, padded, offsets)
+        if nb == 1:
+            # y[n] is the (C_out, P) result itself; the bias enters as C with beta = 1.
+            out = y3[n0]
+            if has_bias:
+                for co in range(c_out):
+                    out[co, :] = bias[co]
+            _gemm(sgemm, dgemm, w2, False, cols, False, out, 1.0 if has_bias else 0.0)
+        else:
+            mat = mat_buf[: c_out * m * pixels].reshape(c_out, m * pixels)
+            _gemm(sgemm, dgemm, w2, False, cols, False, mat, 0.0)
+            for co in range(c_out):
+                bv = bias[co] if has_bias else y.dtype.type(0)
+                for b in range(m):
+                    src = mat[co, b * pixels : (b + 1) * pixels]
+                    dst = y3[n0 + b, co]
+                    for p in range(pixels):
+                        dst[p] = src[p] + bv
+
+
+@njit(cache=True, error_model="numpy")
+def _backward_worker(sgemm, dgemm, dy, x, w2, dw, db, dx, need_dx, s0, s1, nb, geom, cols_buf, mat_buf):
+    """For samples s0:s1: dw = sum dY @ cols.T, db = float64 sums of dy per channel, dx[s0:s1] if need_dx."""
+    c_out, k = w2.shape
+    pixels = geom[6] * geom[7]
+    padded = _padded_scratch(geom, x)
+    # col2im needs its own plane: _im2col relies on the border of `padded` staying zero.
+    grad_padded = _padded_scratch(geom, x)
+    offsets = _pixel_offsets(geom, padded.shape[1])
+    dy3 = dy.reshape(dy.shape[0], c_out, pixels)
+    db[:] = 0.0
+    if s1 <= s0:
+        dw[:, :] = 0
+    for n0 in range(s0, s1, nb):
+        m = min(nb, s1 - n0)
+        if nb == 1:
+            mat = dy3[n0]
+        else:
+            mat = mat_buf[: c_out * m * pixels].reshape(c_out, m * pixels)
+            for co in range(c_out):
+                for b in range(m):
+                    mat[co, b * pixels : (b + 1) * pixels] = dy3[n0 + b, co]
+        _add_row_sums(mat, db)
+        cols = cols_buf[: k * m * pixels].reshape(k, m * pixels)
+        _im2col(x, n0, m, cols, geom, padded, offsets)
+        _gemm(sgemm, dgemm, mat, False, cols, True, dw, 0.0 if n0 == s0 else 1.0)
+        if need_dx:
+            # cols is spent once dW has it: its memory takes dcols.
+            _gemm(sgemm, dgemm, w2, True, mat, False, cols, 0.0)
+            _col2im(cols, dx, n0, m, geom, grad_padded, offsets)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parallel drivers: one prange over workers, each owning a contiguous block of samples and its own buffers.
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _forward_parallel(sgemm, dgemm, x, w2, bias, y, workers, nb, geom, cols_ws, mat_ws):
+    n = x.shape[0]
+    for t in prange(workers):
+        _forward_worker(
+            sgemm, dgemm, x, w2, bias, y, n * t // workers, n * (t + 1) // workers, nb, geom, cols_ws[t], mat_ws[t]
+        )
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _backward_parallel(sgemm, dgemm, dy, x, w2, dw_ws, db_ws, dx, need_dx, workers, nb, geom, cols_ws, mat_ws):
+    n = x.shape[0]
+    for t in prange(workers):
+        _backward_worker(
+            sgemm, dgemm, dy, x, w2, dw_ws[t], db_ws[t], dx, need_dx, n * t // workers, n * (t + 1) // workers,
+            nb, geom, cols_ws[t], mat_ws[t],
+        )
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _sum_partials(parts, out):
+    """out[r] = parts[0, r] + parts[1, r] + ... in worker order; threads own rows."""
+    for r in prange(out.shape[0]):
+        dst = out[r]
+        dst[:] = parts[0, r]
+        for t in range(1, parts.shape[0]):
+            src = parts[t, r]
+            for j in range(dst.shape[0]):
+                dst[j] += src[j]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public API.
+
+
+def conv2d_forward(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 1,
+) -> np.ndarray:
+    """2-D cross-correlation with zero padding (torch.nn.functional.conv2d).
+
+    x: (N, C_in, H, W) float32 or float64; weight: (C_out, C_in, kh, kw) and bias: (C_out,) or None, in x's dtype.
+    stride >= 1 and padding >= 0: an int or an (h, w) pair.
+    Returns y (N, C_out, H_out, W_out) with H_out = (H + 2*padding - kh) // stride + 1 (W_out likewise).
+    """
+    x = _float_array("x", x, 4)
+    weight = _float_array("weight", weight, 4, x.dtype)
+    geom = _geometry(x, weight, stride, padding)
+    n = x.shape[0]
+    c_out = weight.shape[0]
+    if bias is None:
+        bias = np.empty(0, dtype=x.dtype)
+    else:
+        bias = _float_array("bias", bias, 1, x.dtype)
+        if bias.shape != (c_out,):
+            raise ValueError(f"bias: expected shape ({c_out},), got {bias.shape}")
+    h_out, w_out = geom[6], geom[7]
+    y = np.empty((n, c_out, h_out, w_out), dtype=x.dtype)
+    if n == 0:
+        return y
+    pixels = h_out * w_out
+    w2 = weight.reshape(c_out, -1)
+    k = w2.shape[1]
+    workers, nb, parallel = _plan(n, k, c_out, pixels, x.itemsize)
+    cols_ws = np.empty((workers, k * nb * pixels), dtype=x.dtype)
+    mat_ws = np.empty((workers, c_out * nb * pixels if nb > 1 else 0), dtype=x.dtype)
+    if parallel:
+        with _single_threaded_blas:
+            _forward_parallel(_SGEMM, _DGEMM, x, w2, bias, y, workers, nb, geom, cols_ws, mat_ws)
+    else:
+        _forward_worker(_SGEMM, _DGEMM, x, w2, bias, y, 0, n, nb, geom, cols_ws[0], mat_ws[0])
+    return y
+
+
+def conv2d_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    weight: np.ndarray,
+    dweight: np.ndarray,
+    dbias: np.ndarray | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 1,
+    need_dx: bool = True,
+) -> np.ndarray | None:
+    """Gradients of conv2d_forward; OVERWRITES dweight and dbias in place.
+
+    dy: (N, C_out, H_out, W_out); x: (N, C_in, H, W) the forward input; weight: (C_out, C_in, kh, kw); one dtype
+    (float32 or float64) for all. dweight: (C_out, C_in, kh, kw) and dbias: (C_out,) or None, written in place
+    (views into a flat gradient vector). stride and padding as in the forward.
+    Returns dx (N, C_in, H, W), or None when need_dx is False (the first layer does not need it).
+    """
+    x = _float_array("x", x, 4)
+    weight = _float_array("weight", weight, 4, x.dtype)
+    geom = _geometry(x, weight, stride, padding)
+    n = x.shape[0]
+    c_out = weight.shape[0]
+    h_out, w_out = geom[6], geom[7]
+    dy = _float_array("dy", dy, 4, x.dtype)
+    if dy.shape != (n, c_out, h_out, w_out):
+        raise ValueError(f"dy: expected shape {(n, c_out, h_out, w_out)} (the forward output), got {dy.shape}")
+    _check_output("dweight", dweight, weight.shape, x.dtype)
+    if dbias is not None:
+        _check_output("dbias", dbias, (c_out,), x.dtype)
+    pixels = h_out * w_out
+    w2 = weight.reshape(c_out, -1)
+    k = w2.shape[1]
+    dx = np.empty_like(x) if need_dx else np.empty((0, 0, 0, 0), dtype=x.dtype)
+    workers, nb, parallel = _plan(max(n, 1), k, c_out, pixels, x.itemsize)
+    cols_ws = np.empty((workers, k * nb * pixels), dtype=x.dtype)
+    mat_ws = np.empty((workers, c_out * nb * pixels if nb > 1 else 0), dtype=x.dtype)
+    dw_ws = np.empty((workers, c_out, k), dtype=x.dtype)
+    db_ws = np.empty((workers, c_out), dtype=np.float64)
+    args = (dy, x, w2, dw_ws, db_ws, dx, bool(need_dx))
+    if parallel:
+        with _single_threaded_blas:
+            _backward_parallel(_SGEMM, _DGEMM, *args, workers, nb, geom, cols_ws, mat_ws)
+    else:
+        _backward_worker(_SGEMM, _DGEMM, dy, x, w2, dw_ws[0], db_ws[0], dx, bool(need_dx), 0, n, nb, geom,
+                         cols_ws[0], mat_ws[0])
+    if dweight.flags.c_contiguous:
+        _sum_partials(dw_ws, dweight.reshape(c_out, k))
+    else:
+        merged = np.empty((c_out, k), dtype=x.dtype)
+        _sum_partials(dw_ws, merged)
+        dweight[...] = merged.reshape(weight.shape)
+    if dbias is not None:
+        dbias[...] = db_ws.sum(axis=0)
+    return dx if need_dx else None

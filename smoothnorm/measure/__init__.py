@@ -1,0 +1,82 @@
+"""Measurements of a network on one batch: landscape probes, internal covariate shift, activation distributions,
+Hessian spectra and the paper's theory, each a function of (network, batch).
+
+Every measurement runs in "probe" mode (batch statistics; running statistics, optimizer state and layer noise
+untouched) and leaves the network bit-identical (params, grads, buffers). Choices the paper leaves open are
+explained in docs/PROTOCOL.md ("Measurements").
+"""
+
+from smoothnorm.measure.distributions import (
+    DEFAULT_QUANTILES,
+    ActivationSampler,
+    layer_output_shapes,
+    moment_series,
+    sample_units,
+    stack_records,
+)
+from smoothnorm.measure.hessian import (
+    HessianOperator,
+    SpectralDensity,
+    TraceEstimate,
+    dense_hessian,
+    float64_copy,
+    hessian_min_eigenvalue,
+    hessian_operator,
+    hessian_spectral_density,
+    hessian_top_eigenvalues,
+    hessian_trace,
+    hessian_vector_product,
+    hutchinson_trace,
+    lanczos_tridiagonal,
+    power_iteration,
+    spectral_density,
+    top_eigenvalues,
+)
+from smoothnorm.measure.ics import gradient_change, internal_covariate_shift, weight_layer_names
+from smoothnorm.measure.landscape import (
+    BETA_NORMALIZATIONS,
+    INFERRED_STEP_MULTIPLIERS,
+    NORM_PARAM_POLICIES,
+    PAPER_STEP_RANGES,
+    DirectionProbe,
+    LossSurface1D,
+    LossSurface2D,
+    filter_normalized_direction,
+    loss_surface_1d,
+    loss_surface_2d,
+    probe_direction,
+    probe_gradient_direction,
+    probe_random_direction,
+    random_direction,
+    step_grid,
+)
+from smoothnorm.measure.theory import (
+    Theorem41,
+    Theorem42,
+    lemma_4_5_toy,
+    theorem_4_1,
+    theorem_4_1_network,
+    theorem_4_2,
+    theorem_4_2_toy,
+)
+
+__all__ = [
+    # landscape
+    "PAPER_STEP_RANGES", "INFERRED_STEP_MULTIPLIERS", "BETA_NORMALIZATIONS", "NORM_PARAM_POLICIES",
+    "DirectionProbe", "LossSurface1D", "LossSurface2D", "step_grid", "probe_gradient_direction", "probe_direction",
+    "probe_random_direction", "random_direction", "filter_normalized_direction", "loss_surface_1d",
+    "loss_surface_2d",
+    # ics
+    "internal_covariate_shift", "weight_layer_names", "gradient_change",
+    # distributions
+    "DEFAULT_QUANTILES", "ActivationSampler", "layer_output_shapes", "sample_units", "stack_records",
+    "moment_series",
+    # hessian
+    "HessianOperator", "hessian_operator", "hessian_vector_product", "dense_hessian", "float64_copy",
+    "hessian_top_eigenvalues", "hessian_min_eigenvalue", "hessian_trace", "hessian_spectral_density",
+    "top_eigenvalues", "power_iteration", "lanczos_tridiagonal", "hutchinson_trace", "spectral_density",
+    "TraceEstimate", "SpectralDensity",
+    # theory
+    "Theorem41", "Theorem42", "theorem_4_1", "theorem_4_1_network", "theorem_4_2", "theorem_4_2_toy",
+    "lemma_4_5_toy",
+]

@@ -1,0 +1,448 @@
+"""Curvature of the loss: Hessian-vector products, extreme eigenvalues, trace and spectral density.
+
+Hessian-vector products are central differences of the gradient, H v ~ (g(w + h v) - g(w - h v)) / (2 h), computed
+in a float64 copy of the network (a float32 network is copied to float64 first, so the difference of two gradients
+does not drown in float32 rounding), on one batch in probe mode. The step h = step * (1 + ||w||) / ||v|| with
+step = cbrt(float64 eps) ~ 6e-6 by default balances the O(h^2) truncation error against the O(eps / h) rounding
+error; on a quadratic loss the result is exact up to rounding. Piecewise-linear networks (ReLU, max-pool) have
+kinks: a perturbation that crosses one sees a one-sided curvature, which a step this small makes rare.
+The network passed in is never modified (the copy is).
+
+Generic routines (`top_eigenvalues`, `power_iteration`, `lanczos_tridiagonal`, `hutchinson_trace`,
+`spectral_density`) act on any symmetric `scipy.sparse.linalg.LinearOperator`; the `hessian_*` functions wrap them
+for a network and batch, for all parameters or a subset named by `layer_slices()` / `param_slices()` keys.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import eigh_tridiagonal
+from scipy.sparse.linalg import LinearOperator, eigsh
+
+from smoothnorm._validate import choice
+from smoothnorm.measure.landscape import _check_batch
+
+__all__ = [
+    "DEFAULT_RELATIVE_STEP",
+    "float64_copy",
+    "HessianOperator",
+    "hessian_operator",
+    "hessian_vector_product",
+    "dense_hessian",
+    "hessian_top_eigenvalues",
+    "hessian_min_eigenvalue",
+    "hessian_trace",
+    "hessian_spectral_density",
+    "top_eigenvalues",
+    "power_iteration",
+    "lanczos_tridiagonal",
+    "hutchinson_trace",
+    "spectral_density",
+    "TraceEstimate",
+    "SpectralDensity",
+]
+
+DEFAULT_RELATIVE_STEP = float(np.finfo(np.float64).eps ** (1 / 3))
+
+
+def float64_copy(net):
+    """An independent float64 copy of `net` (params, grads, buffers and any float32 layer state such as noise)."""
+    new = net.copy()
+    if new.dtype == np.float64:
+        return new
+    for layer in new.layers:
+        for key, value in vars(layer).items():
+            if isinstance(value, np.ndarray) and value.dtype == np.float32:
+                setattr(layer, key, value.astype(np.float64))
+    new.params = new.params.astype(np.float64)
+    new.grads = new.grads.astype(np.float64)
+    new.dtype = np.dtype(np.float64)
+    # Rebind every layer's parameter and gradient views to the new flat vectors (as Network.copy does).
+    new._bind()
+    return new
+
+
+def _rng(seed) -> np.random.Generator:
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The operator
+# ----------------------------------------------------------------------------------------------------------------
+class HessianOperator(LinearOperator):
+    """The Hessian of the probe-mode loss on (x, y) w.r.t. all parameters or a subset, as a LinearOperator.
+
+    Holds a float64 copy of the network (the original is never touched). `params`: None (all) or names of layers
+    (`layer_slices()` keys) or parameters (`param_slices()` keys); the operator's coordinates are those slices
+    concatenated in flat-vector order. `matvec_count` counts Hessian-vector products (2 forward+backward each).
+    """
+
+    def __init__(self, net, x, y, *, params: Sequence[str] | None = None, step: float | None = None) -> None:
+        x, y = _check_batch(net, x, y)
+        self.net = float64_copy(net)
+        self.x, self.y = self.net.check_input(x), self.net.check_targets(y, x.shape[0])
+        self.slices = _subset_slices(net, params)
+        self.w0 = self.net.params.copy()
+        self.step = DEFAULT_RELATIVE_STEP if step is None else float(step)
+        if not (math.isfinite(self.step) and self.step > 0):
+            raise ValueError(f"step: expected a positive finite relative step, got {step!r}")
+        self.scale = 1.0 + float(np.linalg.norm(self._gather(self.w0)))
+        self.matvec_count = 0
+        n = sum(s.stop - s.start for s in self.slices)
+        super().__init__(dtype=np.dtype(np.float64), shape=(n, n))
+
+    def _gather(self, full: np.ndarray) -> np.ndarray:
+        return np.concatenate([full[s] for s in self.slices]) if len(self.slices) > 1 else full[self.slices[0]]
+
+    def gradient_at(self, v: np.ndarray, h: float) -> np.ndarray:
+        """The subset's gradient at w + h v (v in operator coordinates), params restored afterwards."""
+        params = self.net.params
+        offset = 0
+        for s in self.slices:
+            size = s.stop - s.start
+            params[s] += h * v[offset : offset + size]
+            offset += size
+        try:
+            _, g = self.net.loss_and_grad(self.x, self.y, mode="probe")
+            return self._gather(g).copy()
+        finally:
+            params[...] = self.w0
+
+    def _matvec(self, v):
+        v = np.asarray(v, dtype=np.float64).reshape(-1)
+        self.matvec_count += 1
+        norm = float(np.linalg.norm(v))
+        if norm == 0.0:
+            return np.zeros_like(v)
+        h = self.step * self.scale / norm
+        return (self.gradient_at(v, h) - self.gradient_at(v, -h)) / (2.0 * h)
+
+    def _rmatvec(self, v):
+        return self._matvec(v)
+
+    def _adjoint(self):
+        return self
+
+
+def _subset_slices(net, params: Sequence[str] | None) -> list[slice]:
+    if params is None:
+        return [slice(0, net.num_params)]
+    if isinstance(params, str):
+        params = [params]
+    known = {**net.layer_slices(), **net.param_slices()}
+    unknown = [name for name in params if name not in known]
+    if unknown:
+        raise ValueError(
+            f"params: unknown names {unknown}; expected layer names {list(net.layer_slices())} or parameter names "
+            f"{list(net.param_slices())}"
+        )
+    chosen = sorted({(known[name].start, known[name].stop) for name in params})
+    for (_, stop), (start, _) in zip(chosen, chosen[1:]):
+        if start < stop:
+            raise ValueError(
+                f"params: expected non-overlapping names (a layer and one of its parameters?), got {params}"
+            )
+    return [slice(a, b) for a, b in chosen]
+
+
+def hessian_operator(net, x, y, *, params: Sequence[str] | None = None, step: float | None = None) -> HessianOperator:
+    """The loss Hessian on batch (x, y) as a symmetric LinearOperator (finite differences in a float64 copy)."""
+    return HessianOperator(net, x, y, params=params, step=step)
+
+
+def hessian_vector_product(net, x, y, v, *, params: Sequence[str] | None = None, step: float | None = None):
+    """H v for one vector v (in the subset's coordinates; (n,) for all parameters), float64."""
+    op = HessianOperator(net, x, y, params=params, step=step)
+    v = np.asarray(v, dtype=np.float64)
+    if v.shape != (op.shape[0],):
+        raise ValueError(f"v: expected shape ({op.shape[0]},), got {v.shape}")
+    return op.matvec(v)
+
+
+def _dense(op: LinearOperator) -> np.ndarray:
+    n = op.shape[0]
+    cols = np.empty((n, n))
+    e = np.zeros(n)
+    for i in range(n):
+        e[i] = 1.0
+        cols[:, i] = op.matvec(e)
+        e[i] = 0.0
+    return 0.5 * (cols + cols.T)
+
+
+def dense_hessian(net, x, y, *, params: Sequence[str] | None = None, step: float | None = None) -> np.ndarray:
+    """The full (n, n) Hessian, column by column (n Hessian-vector products), symmetrized. For small n only."""
+    return _dense(HessianOperator(net, x, y, params=params, step=step))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generic symmetric-operator routines
+# ----------------------------------------------------------------------------------------------------------------
+def _check_operator(op) -> LinearOperator:
+    if isinstance(op, np.ndarray):
+        op = np.asarray(op, dtype=np.float64)
+        if op.ndim != 2 or op.shape[0] != op.shape[1]:
+            raise ValueError(f"op: expected a square matrix, got shape {op.shape}")
+        matrix = op
+        return LinearOperator(op.shape, matvec=lambda v: matrix @ v, matmat=lambda m: matrix @ m, dtype=np.float64)
+    if not isinstance(op, LinearOperator) or op.shape[0] != op.shape[1]:
+        raise ValueError(f"op: expected a square LinearOperator or matrix, got {type(op).__name__}")
+    return op
+
+
+def _check_k(k, n: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+        raise ValueError(f"k: expected an integer in [1, {n}] (the operator's size), got {k!r}")
+    return int(k)
+
+
+def power_iteration(
+    op, k: int = 1, *, maxiter: int = 1000, tol: float = 1e-6, seed: int | np.random.Generator = 0
+) -> np.ndarray:
+    """The k eigenvalues of largest magnitude of a symmetric operator by subspace (block power) iteration with a
+    Rayleigh-Ritz step, sorted by magnitude, descending.
+
+    Stops when every Ritz pair's residual ||A y - theta y|| is below tol * |theta| (the eigenvalue error is then
+    about residual^2 / gap, far below tol), or after maxiter iterations of k products each.
+    """
+    op = _check_operator(op)
+    n = op.shape[0]
+    k = _check_k(k, n)
+    q, _ = np.linalg.qr(_rng(seed).standard_normal((n, k)))
+    theta = np.full(k, np.nan)
+    for _ in range(int(maxiter)):
+        z = np.column_stack([op.matvec(q[:, j]) for j in range(k)])
+        t = q.T @ z
+        theta, s = np.linalg.eigh(0.5 * (t + t.T))
+        order = np.argsort(-np.abs(theta))
+        theta, s = theta[order], s[:, order]
+        ritz_images = z @ s
+        residuals = np.linalg.norm(ritz_images - (q @ s) * theta, axis=0)
+        if np.all(residuals <= tol * np.maximum(np.abs(theta), 1e-300)):
+            break
+        q, _ = np.linalg.qr(ritz_images)
+    return theta
+
+
+def top_eigenvalues(
+    op,
+    k: int = 1,
+    *,
+    method: str = "lanczos",
+    tol: float = 1e-6,
+    maxiter: int | None = None,
+    seed: int | np.random.Generator = 0,
+) -> np.ndarray:
+    """The k algebraically largest eigenvalues of a symmetric operator, descending.
+
+    method: "lanczos" (ARPACK's implicitly restarted Lanczos via scipy's eigsh, which="LA") or "power" (subspace
+    iteration; it finds the largest magnitudes, so if any of those is negative it reruns on op + |lambda| I).
+    Operators too small for ARPACK (k >= n - 1) are densified.
+    """
+    choice("method", method, ("lanczos", "power"))
+    op = _check_operator(op)
+    n = op.shape[0]
+    k = _check_k(k, n)
+    rng = _rng(seed)
+    if k >= n - 1:
+        return np.sort(np.linalg.eigvalsh(_dense(op)))[::-1][:k].copy()
+    if method == "lanczos":
+        values = eigsh(op, k=k, which="LA", tol=tol, maxiter=maxiter, v0=rng.standard_normal(n),
+                       return_eigenvectors=False)
+        return np.sort(values)[::-1]
+    iters = 1000 if maxiter is None else maxiter
+    values = power_iteration(op, k, maxiter=iters, tol=tol, seed=rng)
+    if values.min() < 0:
+        shift = float(np.abs(values).max())
+        shifted = LinearOperator(op.shape, matvec=lambda v: op.matvec(v) + shift * v, dtype=np.float64)
+        values = power_iteration(shifted, k, maxiter=iters, tol=tol, seed=rng) - shift
+    return np.sort(values)[::-1]
+
+
+def lanczos_tridiagonal(op, v0: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """`steps` Lanczos iterations from v0 with full reorthogonalization: the tridiagonal (alpha, beta).
+
+    alpha: (m,) diagonal, beta: (m - 1,) off-diagonal, m <= steps (fewer if an invariant subspace is found).
+    Memory: m vectors of the operator's size.
+    """
+    op = _check_operator(op)
+    n = op.shape[0]
+    m = min(int(steps), n)
+    if m < 1:
+        raise ValueError(f"steps: expected a positive integer, got {steps!r}")
+    v = np.asarray(v0, dtype=np.float64).reshape(-1)
+    if v.shape != (n,):
+        raise ValueError(f"v0: expected shape ({n},), got {v.shape}")
+    basis = np.empty((m, n))
+    alpha, beta = np.empty(m), np.empty(max(m - 1, 0))
+    v = v / np.linalg.norm(v)
+    for j in range(m):
+        basis[j] = v
+        w = op.matvec(v)
+        alpha[j] = w @ v
+        # Full reorthogonalization, twice ("twice is enough"): keeps the Ritz values free of ghost copies.
+        for _ in range(2):
+            w -= basis[: j + 1].T @ (basis[: j + 1] @ w)
+        if j == m - 1:
+            break
+        b = float(np.linalg.norm(w))
+        if b <= 1e-12 * max(abs(alpha[j]), 1.0):
+            return alpha[: j + 1].copy(), beta[:j].copy()
+        beta[j] = b
+        v = w / b
+    return alpha, beta
+
+
+@dataclass(frozen=True)
+class TraceEstimate:
+    """Hutchinson's trace estimate: mean of v^T H v over `samples`, with its standard error."""
+
+    trace: float
+    stderr: float
+    samples: np.ndarray
+
+
+def hutchinson_trace(op, num_probes: int = 100, *, seed: int | np.random.Generator = 0) -> TraceEstimate:
+    """Hutchinson's estimator tr(H) ~ mean of v^T H v over Rademacher vectors v (variance 2 sum_{i != j} H_ij^2)."""
+    op = _check_operator(op)
+    if isinstance(num_probes, bool) or not isinstance(num_probes, (int, np.integer)) or num_probes < 1:
+        raise ValueError(f"num_probes: expected a positive integer, got {num_probes!r}")
+    rng = _rng(seed)
+    n = op.shape[0]
+    samples = np.empty(int(num_probes))
+    for i in range(samples.size):
+        v = rng.choice(np.array([-1.0, 1.0]), size=n)
+        samples[i] = v @ op.matvec(v)
+    stderr = float(samples.std(ddof=1) / math.sqrt(samples.size)) if samples.size > 1 else math.nan
+    return TraceEstimate(float(samples.mean()), stderr, samples)
+
+
+@dataclass(frozen=True)
+class SpectralDensity:
+    """Stochastic Lanczos quadrature: per probe, Ritz values (nodes) and quadrature weights (summing to 1).
+
+    nodes, weights: (probes, m) (NaN-padded where a probe's Lanczos stopped early).
+    `density(grid, sigma)` gives the Gaussian-smoothed spectral density (integrates to ~1) on a grid.
+    """
+
+    nodes: np.ndarray
+    weights: np.ndarray
+
+    def density(self, grid, sigma: float | None = None) -> np.ndarray:
+        """Gaussian-smoothed density on `grid`; sigma defaults to 1% of the nodes' range (at least 1e-12)."""
+        grid = np.asarray(grid, dtype=np.float64)
+        ok = np.isfinite(self.nodes)
+        nodes, weights = self.nodes[ok], self.weights[ok]
+        if sigma is None:
+            sigma = max(0.01 * float(nodes.max() - nodes.min()), 1e-12)
+        z = (grid[..., None] - nodes) / sigma
+        kernel = np.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi))
+        return kernel @ weights / self.nodes.shape[0]
+
+
+def spectral_density(
+    op, *, num_probes: int = 10, lanczos_steps: int = 50, seed: int | np.random.Generator = 0
+) -> SpectralDensity:
+    """Spectral density of a symmetric operator by stochastic Lanczos quadrature (Ghorbani et al. 2019): for each
+    Rademacher probe, `lanczos_steps` Lanczos steps; the tridiagonal's eigenvalues are the nodes and the squared
+    first components of its eigenvectors the weights."""
+    op = _check_operator(op)
+    if isinstance(num_probes, bool) or not isinstance(num_probes, (int, np.integer)) or num_probes < 1:
+        raise ValueError(f"num_probes: expected a positive integer, got {num_probes!r}")
+    rng = _rng(seed)
+    n = op.shape[0]
+    m = min(int(lanczos_steps), n)
+    nodes = np.full((int(num_probes), m), np.nan)
+    weights = np.zeros((int(num_probes), m))
+    for p in range(int(num_probes)):
+        alpha, beta = lanczos_tridiagonal(op, rng.choice(np.array([-1.0, 1.0]), size=n), m)
+        theta, vectors = eigh_tridiagonal(alpha, beta) if alpha.size > 1 else (alpha.copy(), np.ones((1, 1)))
+        nodes[p, : theta.size] = theta
+        weights[p, : theta.size] = vectors[0] ** 2
+    return SpectralDensity(nodes, weights)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Network wrappers
+# ----------------------------------------------------------------------------------------------------------------
+def hessian_top_eigenvalues(
+    net,
+    x,
+    y,
+    k: int = 1,
+    *,
+    params: Sequence[str] | None = None,
+    method: str = "lanczos",
+    tol: float = 1e-6,
+    maxiter: int | None = None,
+    seed: int | np.random.Generator = 0,
+    step: float | None = None,
+) -> np.ndarray:
+    """The k largest eigenvalues of the loss Hessian on batch (x, y), descending (float64 copy, probe mode).
+
+    params: None (all) or layer / parameter names. method: "lanczos" or "power" (see `top_eigenvalues`).
+    tol: relative accuracy of the eigenvalues. seed: the starting vector's. Cost: 2 forward+backward per
+    Hessian-vector product; Lanczos typically needs tens of products for k = 1.
+    """
+    op = HessianOperator(net, x, y, params=params, step=step)
+    return top_eigenvalues(op, k, method=method, tol=tol, maxiter=maxiter, seed=seed)
+
+
+def hessian_min_eigenvalue(
+    net,
+    x,
+    y,
+    *,
+    params: Sequence[str] | None = None,
+    tol: float = 1e-6,
+    maxiter: int | None = None,
+    seed: int | np.random.Generator = 0,
+    step: float | None = None,
+) -> float:
+    """The most negative (algebraically smallest) eigenvalue of the loss Hessian on (x, y), by Lanczos."""
+    op = HessianOperator(net, x, y, params=params, step=step)
+    n = op.shape[0]
+    if n <= 2:
+        return float(np.linalg.eigvalsh(_dense(op))[0])
+    value = eigsh(op, k=1, which="SA", tol=tol, maxiter=maxiter, v0=_rng(seed).standard_normal(n),
+                  return_eigenvectors=False)
+    return float(value[0])
+
+
+def hessian_trace(
+    net,
+    x,
+    y,
+    num_probes: int = 100,
+    *,
+    params: Sequence[str] | None = None,
+    seed: int | np.random.Generator = 0,
+    step: float | None = None,
+) -> TraceEstimate:
+    """Hutchinson's estimate of the loss Hessian's trace on (x, y) (see `hutchinson_trace`)."""
+    return hutchinson_trace(HessianOperator(net, x, y, params=params, step=step), num_probes, seed=seed)
+
+
+def hessian_spectral_density(
+    net,
+    x,
+    y,
+    *,
+    num_probes: int = 10,
+    lanczos_steps: int = 50,
+    params: Sequence[str] | None = None,
+    seed: int | np.random.Generator = 0,
+    step: float | None = None,
+) -> SpectralDensity:
+    """The loss Hessian's spectral density on (x, y) by stochastic Lanczos quadrature (see `spectral_density`).
+
+    Cost: num_probes * lanczos_steps Hessian-vector products; memory: lanczos_steps float64 parameter vectors.
+    """
+    op = HessianOperator(net, x, y, params=params, step=step)
+    return spectral_density(op, num_probes=num_probes, lanczos_steps=lanczos_steps, seed=seed)
