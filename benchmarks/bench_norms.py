@@ -1,11 +1,13 @@
 """Normalization layers forward + backward (train mode) beside our BatchNorm and, if installed, PyTorch CPU.
 
-Run: python -m benchmarks.bench_norms [--repeats 15] [--shapes 128x64x32x32,128x512x4x4]
-Each row times one forward and one backward producing dx, dgamma and dbeta, float32. For each norm, our BatchNorm,
+Run: python -m benchmarks.bench_norms [--repeats 15] [--shapes 128x64x32x32,128x512x4x4] [--threads 1]
+Each row times one forward and one backward producing dx, dgamma and dbeta, float32 (repeated within a sample so
+that each timed sample lasts ~30 ms; times are per call). For each norm, our BatchNorm,
 the norm and its PyTorch equivalent alternate in one process (A, B, C, A, B, C, ...), and "/ batch" is the ratio of
 medians against our BatchNorm from the same rounds (target: <= 1.5). PyTorch equivalents: F.batch_norm (+ the same
 fixed noise as two elementwise ops for noisy_batch), the Lp formulas written with torch ops (autograd backward),
-F.group_norm (groups 1 for "layer", 32 for "group") and F.instance_norm; 2 threads.
+F.group_norm (groups 1 for "layer", 32 for "group") and F.instance_norm; torch on 2 threads unless
+--threads says otherwise.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import time
 
 import numpy as np
 
@@ -88,19 +91,40 @@ def _torch(torch, norm: str, x, dy, gamma, beta, noise):
     return run
 
 
+def _batched(fn, seconds: float = 0.03):
+    """fn repeated enough times per call that one timed sample lasts about `seconds` (small shapes run in ~1 ms,
+    where a single call's time is mostly scheduler noise on a shared machine)."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    reps = max(1, int(seconds / max(time.perf_counter() - t0, 1e-6)))
+
+    def run():
+        for _ in range(reps):
+            fn()
+
+    return run, reps
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15, help="alternating rounds per norm (median reported)")
     parser.add_argument("--shapes", default="128x64x32x32,128x512x4x4", help="comma-separated NxCxHxW")
     parser.add_argument("--norms", default=",".join(NORMS), help="comma-separated subset of " + ",".join(NORMS))
+    parser.add_argument("--threads", type=int, default=0, help="Numba and torch threads (0: Numba's default)")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        import numba
+
+        numba.set_num_threads(args.threads)
+    threads = args.threads if args.threads > 0 else None
 
     torch = None
     if torch_available():
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # must precede the import
         import torch
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(threads or 2)
     print(describe_machine())
     print(f"normalization forward + backward (dx, dgamma, dbeta), float32, median of {args.repeats} alternating "
           f"rounds\n")
@@ -123,7 +147,9 @@ def main(argv: list[str] | None = None) -> None:
             if torch is not None:
                 candidates["torch"] = _torch(torch, norm, x, dy, gamma, beta, noise)
                 candidates["torch batch"] = torch_batch
-            times = time_alternating(candidates, repeats=args.repeats)
+            batched = {name: _batched(fn) for name, fn in candidates.items()}
+            times = time_alternating({name: run for name, (run, _) in batched.items()}, repeats=args.repeats)
+            times = {name: t / batched[name][1] for name, t in times.items()}
             row = {
                 "shape": "x".join(map(str, shape)),
                 "norm": norm,

@@ -7,12 +7,12 @@ channels; per sample and group, with the M = (C / G) * H * W values of the group
 
 with a per-channel affine. There are no running statistics: every mode uses the sample's own statistics.
 
-A sample's group is one contiguous slab of M elements, so the forward pass runs one work item per (sample, group):
+A sample's group is one contiguous slab of M elements, so the forward pass works on tiles of consecutive slabs:
 statistics in one pass (shifted sums in float64, shift = the slab's first element, which bounds the relative
-error of the variance by ~M * 2^-53 however large the mean), then the output while the slab is in cache. The
-backward pass reduces dgamma, dbeta over samples, so its items are (sample chunk, group) pairs, each owning one row
-of per-channel partial sums; rows merge in a fixed order. The chunk count depends on the shape only, so results are
-bit-identical for any thread count. NaN or Inf in a group makes that group's output NaN.
+error of the variance by ~M * 2^-53 however large the mean), then the output while the tile is in cache. The
+backward pass reduces dgamma, dbeta over samples, so its items are (sample chunk, block of groups) pairs, each
+owning part of one row of per-channel partial sums; rows merge in a fixed order. The split depends on the shape
+only, so results are bit-identical for any thread count. NaN or Inf in a group makes that group's output NaN.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-# Sample chunks in the backward pass (each owns a row of dgamma / dbeta partials): enough for load balance on a
-# few cores when G = 1, a constant so the split depends on the shape only.
+# Sample chunks in the backward pass (each owns a row of dgamma / dbeta partials): enough items for load balance on a
+# few cores, a constant so the split depends on the shape only.
 _BACKWARD_CHUNKS = 16
 
 
@@ -81,201 +81,151 @@ def _check_output(name: str, out, channels: int, dtype) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Kernels: x, y, dy, dx are flat views of (N, C, S) arrays; the slab of (sample n, group g) starts at (n C + g Cg) S.
+# Kernels: x, y, dy, dx are flat views of (N, C, S) arrays; slab `item` = (sample n, group g), item = n G + g, is
+# the contiguous run [item L, (item + 1) L) with L = (C / G) S.
 #
-# Reductions use _LANES independent accumulators over consecutive elements (lane l sums elements l, l + _LANES,
-# ...), then add the lanes in order: the loop over lanes vectorizes without letting the compiler reassociate, and
-# the order is fixed in the source. Indices are uint64 (signed ones make Numba add a wraparound select that turns
-# vector loads into gathers). Work is split into a shape-only number of tasks, each with its own lane buffers.
+# Reductions (a slab's sum and sum of squares, a channel's sum(dy) and sum(dy (x - mean))) are short horizontal sums
+# of one contiguous run (16 values per slab for instance norm on 4x4 maps), which a fixed-order loop cannot
+# vectorize: they are compiled with the `reassoc` flag alone (no nnan / ninf, so NaN and Inf still propagate), which
+# lets LLVM vectorize them, 2-3x faster. Their summation order is then LLVM's: fixed for a given machine and
+# independent of the thread count. Indices are uint64 (signed ones make Numba add a wraparound select that turns
+# vector loads into gathers). Work splits into a shape-only number of tasks.
 
-_LANES = 64
 _TASKS = 256
+# The forward pass handles slabs in tiles of up to _TILE slabs and about _TILE_ELEMENTS values: statistics of the
+# tile, then one vectorizable loop for the square roots and divisions, then the output while the tile is in cache.
+_TILE = 64
+_TILE_ELEMENTS = 1 << 13
 
 
-@njit(cache=True, error_model="numpy")
-def _lane_moments(x, start, length, k, lane_s, lane_q):
-    """(sum(d), sum(d^2)) with d = x - k over x[start:start + length], float64, by lanes."""
-    rows = np.uint64(length // _LANES)
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _run_moments(x, start, length, k):
+    """(sum(d), sum(d^2)) with d = x - k over x[start:start + length], float64; reassociated."""
     ustart = np.uint64(start)
     s = 0.0
     q = 0.0
-    if rows > 0:  # short runs (instance norm on 4x4 maps) skip the lane set-up and fold
-        lane_s[:] = 0.0
-        lane_q[:] = 0.0
-        for r in range(rows):
-            base = ustart + r * np.uint64(_LANES)
-            for lane in range(np.uint64(_LANES)):
-                d = float(x[base + lane]) - k
-                lane_s[lane] += d
-                lane_q[lane] += d * d
-        for lane in range(np.uint64(_LANES)):
-            s += lane_s[lane]
-            q += lane_q[lane]
-    # The rest (all of a short run): four accumulators so the adds do not wait on each other.
-    s0 = s1 = s2 = s3 = 0.0
-    q0 = q1 = q2 = q3 = 0.0
-    i = ustart + rows * np.uint64(_LANES)
-    end = ustart + np.uint64(length)
-    four = np.uint64(4)
-    while i + four <= end:
-        d0 = float(x[i]) - k
-        d1 = float(x[i + np.uint64(1)]) - k
-        d2 = float(x[i + np.uint64(2)]) - k
-        d3 = float(x[i + np.uint64(3)]) - k
-        s0 += d0
-        s1 += d1
-        s2 += d2
-        s3 += d3
-        q0 += d0 * d0
-        q1 += d1 * d1
-        q2 += d2 * d2
-        q3 += d3 * d3
-        i += four
-    while i < end:
-        d0 = float(x[i]) - k
-        s0 += d0
-        q0 += d0 * d0
-        i += np.uint64(1)
-    return s + ((s0 + s1) + (s2 + s3)), q + ((q0 + q1) + (q2 + q3))
+    for i in range(ustart, ustart + np.uint64(length)):
+        d = float(x[i]) - k
+        s += d
+        q += d * d
+    return s, q
 
 
-@njit(cache=True, error_model="numpy")
-def _lane_grad_sums(dy, x, start, length, m, lane_g, lane_p):
-    """(sum(dy), sum(dy (x - m))) over [start, start + length), float64, by lanes."""
-    rows = np.uint64(length // _LANES)
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _run_grad_sums(dy, x, start, length, m):
+    """(sum(dy), sum(dy (x - m))) over [start, start + length), float64; reassociated."""
     ustart = np.uint64(start)
     sg = 0.0
     sp = 0.0
-    if rows > 0:
-        lane_g[:] = 0.0
-        lane_p[:] = 0.0
-        for r in range(rows):
-            base = ustart + r * np.uint64(_LANES)
-            for lane in range(np.uint64(_LANES)):
-                g = float(dy[base + lane])
-                lane_g[lane] += g
-                lane_p[lane] += g * (float(x[base + lane]) - m)
-        for lane in range(np.uint64(_LANES)):
-            sg += lane_g[lane]
-            sp += lane_p[lane]
-    g0 = g1 = g2 = g3 = 0.0
-    p0 = p1 = p2 = p3 = 0.0
-    i = ustart + rows * np.uint64(_LANES)
-    end = ustart + np.uint64(length)
-    four = np.uint64(4)
-    while i + four <= end:
-        a0 = float(dy[i])
-        a1 = float(dy[i + np.uint64(1)])
-        a2 = float(dy[i + np.uint64(2)])
-        a3 = float(dy[i + np.uint64(3)])
-        g0 += a0
-        g1 += a1
-        g2 += a2
-        g3 += a3
-        p0 += a0 * (float(x[i]) - m)
-        p1 += a1 * (float(x[i + np.uint64(1)]) - m)
-        p2 += a2 * (float(x[i + np.uint64(2)]) - m)
-        p3 += a3 * (float(x[i + np.uint64(3)]) - m)
-        i += four
-    while i < end:
-        a0 = float(dy[i])
-        g0 += a0
-        p0 += a0 * (float(x[i]) - m)
-        i += np.uint64(1)
-    return sg + ((g0 + g1) + (g2 + g3)), sp + ((p0 + p1) + (p2 + p3))
+    for i in range(ustart, ustart + np.uint64(length)):
+        g = float(dy[i])
+        sg += g
+        sp += g * (float(x[i]) - m)
+    return sg, sp
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _group_norm_forward(x, N, C, S, G, gamma, beta, eps, tasks, y, mean, invstd):
+def _group_norm_forward(x, N, C, S, G, gamma, beta, eps, tasks, tile, y, mean, invstd):
     cg = C // G
     length = cg * S
     count = float(length)
     uS = np.uint64(S)
     total = N * G
     for t in prange(tasks):
-        lane_s = np.empty(_LANES)
-        lane_q = np.empty(_LANES)
+        tile_k = np.empty(tile)
+        tile_s = np.empty(tile)
+        tile_q = np.empty(tile)
         i0 = (t * total) // tasks
-        g = i0 % G
-        for item in range(i0, ((t + 1) * total) // tasks):
-            # Slabs are laid out in (n, g) order: slab `item` starts at item * length (no division per slab).
-            start = item * length
-            # Shifted sums (shift = the slab's first element) keep var accurate however large the mean.
-            k = float(x[start])
-            sd, sq = _lane_moments(x, start, length, k, lane_s, lane_q)
-            md = sd / count
-            v = sq / count - md * md
-            # Rounding can leave a tiny negative value; `v < 0` is False for NaN, so NaN survives.
-            if v < 0.0:
-                v = 0.0
-            m = k + md
-            inv = 1.0 / math.sqrt(v + eps)
-            mean[item] = m
-            invstd[item] = inv
-            c0 = g * cg
-            ustart = np.uint64(start)
-            if S == 1:
-                for j in range(np.uint64(cg)):
-                    c = np.uint64(c0) + j
-                    y[ustart + j] = (float(x[ustart + j]) - m) * (float(gamma[c]) * inv) + float(beta[c])
-            else:
-                for jc in range(cg):
-                    a = float(gamma[c0 + jc]) * inv
-                    b = float(beta[c0 + jc])
-                    base = ustart + np.uint64(jc) * uS
-                    for i in range(base, base + uS):
-                        y[i] = (float(x[i]) - m) * a + b
-            g += 1
-            if g == G:
-                g = 0
+        i1 = ((t + 1) * total) // tasks
+        for t0 in range(i0, i1, tile):
+            t1 = min(i1, t0 + tile)
+            for item in range(t0, t1):
+                start = item * length
+                # Shifted sums (shift = the slab's first value) keep var accurate however large the mean.
+                k = float(x[start])
+                tile_k[item - t0] = k
+                tile_s[item - t0], tile_q[item - t0] = _run_moments(x, start, length, k)
+            for j in range(t1 - t0):
+                md = tile_s[j] / count
+                v = tile_q[j] / count - md * md
+                # Rounding can leave a tiny negative value; `v < 0` is False for NaN, so NaN survives.
+                if v < 0.0:
+                    v = 0.0
+                mean[t0 + j] = tile_k[j] + md
+                invstd[t0 + j] = 1.0 / math.sqrt(v + eps)
+            g = t0 % G
+            for item in range(t0, t1):
+                m = mean[item]
+                inv = invstd[item]
+                c0 = g * cg
+                ustart = np.uint64(item * length)
+                if S == 1:
+                    for j in range(np.uint64(cg)):
+                        c = np.uint64(c0) + j
+                        y[ustart + j] = (float(x[ustart + j]) - m) * (float(gamma[c]) * inv) + float(beta[c])
+                else:
+                    for jc in range(cg):
+                        a = float(gamma[c0 + jc]) * inv
+                        b = float(beta[c0 + jc])
+                        base = ustart + np.uint64(jc) * uS
+                        for i in range(base, base + uS):
+                            y[i] = (float(x[i]) - m) * a + b
+                g += 1
+                if g == G:
+                    g = 0
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _group_norm_backward(dy, x, N, C, S, G, mean, invstd, gamma, chunks, dx, part_g, part_b):
-    """dx = invstd (gamma dy - mean(gamma dy) - xhat mean(gamma dy xhat)) per slab; per-chunk dgamma, dbeta rows."""
+def _group_norm_backward(dy, x, N, C, S, G, mean, invstd, gamma, chunks, gblocks, dx, part_g, part_b):
+    """dx = invstd (gamma dy - mean(gamma dy) - xhat mean(gamma dy xhat)) per slab; per-chunk dgamma, dbeta rows.
+
+    Items are (sample chunk, block of groups); an item walks its samples, and each sample's groups in order, so it
+    reads memory contiguously, and it owns its chunk's row of partial sums for the channels of its groups.
+    """
     cg = C // G
     count = float(cg * S)
     uS = np.uint64(S)
-    for item in prange(chunks * G):
-        lane_g = np.empty(_LANES)
-        lane_p = np.empty(_LANES)
-        j = item // G
-        g = item % G
-        c0 = g * cg
+    per = (G + gblocks - 1) // gblocks
+    for item in prange(chunks * gblocks):
+        j = item // gblocks
+        g0 = (item % gblocks) * per
+        g1 = min(G, g0 + per)
         for n in range((j * N) // chunks, ((j + 1) * N) // chunks):
-            ng = n * G + g
-            m = float(mean[ng])
-            inv = float(invstd[ng])
-            start = (n * C + c0) * S
-            ustart = np.uint64(start)
-            sum_gdy = 0.0
-            sum_gdyx = 0.0
-            for jc in range(cg):
-                c = c0 + jc
-                if S == 1:
-                    sdy = float(dy[ustart + np.uint64(jc)])
-                    sdyx = sdy * (float(x[ustart + np.uint64(jc)]) - m)
-                else:
-                    sdy, sdyx = _lane_grad_sums(dy, x, start + jc * S, S, m, lane_g, lane_p)
-                part_b[j, c] += sdy
-                part_g[j, c] += sdyx * inv
-                gc = float(gamma[c])
-                sum_gdy += gc * sdy
-                sum_gdyx += gc * sdyx
-            # dx = a_c dy + b (x - mean) + k with a_c = gamma_c inv, b = -inv^3 mean(gamma dy (x - mean)),
-            # k = -inv mean(gamma dy).
-            b = -inv * inv * inv * (sum_gdyx / count)
-            kk = -inv * (sum_gdy / count)
-            if S == 1:
-                for jj in range(np.uint64(cg)):
-                    i = ustart + jj
-                    dx[i] = float(gamma[np.uint64(c0) + jj]) * inv * float(dy[i]) + b * (float(x[i]) - m) + kk
-            else:
+            for g in range(g0, g1):
+                c0 = g * cg
+                ng = n * G + g
+                m = float(mean[ng])
+                inv = float(invstd[ng])
+                start = ng * cg * S
+                ustart = np.uint64(start)
+                sum_gdy = 0.0
+                sum_gdyx = 0.0
                 for jc in range(cg):
-                    a = float(gamma[c0 + jc]) * inv
-                    base = ustart + np.uint64(jc) * uS
-                    for i in range(base, base + uS):
-                        dx[i] = a * float(dy[i]) + b * (float(x[i]) - m) + kk
+                    c = c0 + jc
+                    if S == 1:
+                        sdy = float(dy[ustart + np.uint64(jc)])
+                        sdyx = sdy * (float(x[ustart + np.uint64(jc)]) - m)
+                    else:
+                        sdy, sdyx = _run_grad_sums(dy, x, start + jc * S, S, m)
+                    part_b[j, c] += sdy
+                    part_g[j, c] += sdyx * inv
+                    gc = float(gamma[c])
+                    sum_gdy += gc * sdy
+                    sum_gdyx += gc * sdyx
+                # dx = a_c dy + b (x - mean) + k with a_c = gamma_c inv, b = -inv^3 mean(gamma dy (x - mean)),
+                # k = -inv mean(gamma dy).
+                b = -inv * inv * inv * (sum_gdyx / count)
+                kk = -inv * (sum_gdy / count)
+                if S == 1:
+                    for jj in range(np.uint64(cg)):
+                        i = ustart + jj
+                        dx[i] = float(gamma[np.uint64(c0) + jj]) * inv * float(dy[i]) + b * (float(x[i]) - m) + kk
+                else:
+                    for jc in range(cg):
+                        a = float(gamma[c0 + jc]) * inv
+                        base = ustart + np.uint64(jc) * uS
+                        for i in range(base, base + uS):
+                            dx[i] = a * float(dy[i]) + b * (float(x[i]) - m) + kk
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -307,7 +257,9 @@ def group_norm_forward(
     invstd = np.empty(N * G)
     if x3.size:
         tasks = min(N * G, _TASKS)
-        _group_norm_forward(x3.reshape(-1), N, C, S, G, gamma, beta, eps, tasks, y3.reshape(-1), mean, invstd)
+        tile = max(1, min(_TILE, _TILE_ELEMENTS // (C // G * S)))
+        _group_norm_forward(x3.reshape(-1), N, C, S, G, gamma, beta, eps, tasks, tile, y3.reshape(-1), mean,
+                            invstd)
     dt = x3.dtype
     return y3.reshape(np.shape(x)), mean.reshape(N, G).astype(dt), invstd.reshape(N, G).astype(dt)
 
@@ -344,12 +296,14 @@ def group_norm_backward(
     _check_output("dgamma", dgamma, C, x3.dtype)
     _check_output("dbeta", dbeta, C, x3.dtype)
     chunks = max(1, min(N, _BACKWARD_CHUNKS))
+    # With few samples, split the groups too so there are enough items for the threads.
+    gblocks = max(1, min(G, -(-_BACKWARD_CHUNKS // chunks)))
     part_g = np.zeros((chunks, C))
     part_b = np.zeros((chunks, C))
     dx3 = np.empty_like(x3)
     if x3.size:
         _group_norm_backward(dy3.reshape(-1), x3.reshape(-1), N, C, S, G, mean.reshape(-1), invstd.reshape(-1),
-                             gamma, chunks, dx3.reshape(-1), part_g, part_b)
+                             gamma, chunks, gblocks, dx3.reshape(-1), part_g, part_b)
     # Rows summed in chunk order: a fixed order, so dgamma and dbeta repeat bit for bit.
     if dgamma is not None:
         dgamma[...] = part_g.sum(axis=0) if chunks > 1 else part_g[0]

@@ -33,17 +33,17 @@ _MIN_ITEM_ELEMENTS = 1 << 14
 _TARGET_ITEMS = 8
 # Runs of one channel at least this long use per-channel scalars in elementwise passes, shorter ones per-position
 # coefficient arrays (so the loop over a block row still vectorizes when S is 1 or 4).
-RUN = 16
+_RUN = 16
 
 # Integer codes for p (a jitted function never takes another as an argument, so the norm is chosen by a code).
-P_CODES = {1: 1, 2: 2, math.inf: 0}
+_P_CODES = {1: 1, 2: 2, math.inf: 0}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Validation (shared with kernels/noisy_norm.py)
 
 
-def as_ncs(name: str, x) -> np.ndarray:
+def _as_ncs(name: str, x) -> np.ndarray:
     """Validate a float32/float64 (N, C) or (N, C, H, W) array; return a C-contiguous (N, C, S) view."""
     x = np.asarray(x)
     if x.dtype not in (np.float32, np.float64):
@@ -56,7 +56,7 @@ def as_ncs(name: str, x) -> np.ndarray:
     return x.reshape(x.shape[0], x.shape[1], s)
 
 
-def same_as(name: str, a, ref: np.ndarray, ref_name: str) -> np.ndarray:
+def _same_as(name: str, a, ref: np.ndarray, ref_name: str) -> np.ndarray:
     """Validate that a has ref's shape and dtype; return it C-contiguous."""
     a = np.asarray(a)
     if a.shape != ref.shape:
@@ -66,7 +66,7 @@ def same_as(name: str, a, ref: np.ndarray, ref_name: str) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def channel_vector(name: str, v, channels: int, dtype, default: float | None = None):
+def _channel_vector(name: str, v, channels: int, dtype, default: float | None = None):
     """Validate a (C,) vector of the given dtype; None gives `default` filled (or None when default is None)."""
     if v is None:
         return None if default is None else np.full(channels, default, dtype=dtype)
@@ -78,7 +78,7 @@ def channel_vector(name: str, v, channels: int, dtype, default: float | None = N
     return np.ascontiguousarray(v)
 
 
-def check_output(name: str, out, channels: int, dtype) -> None:
+def _check_output(name: str, out, channels: int, dtype) -> None:
     """An in-place output must be a writeable (C,) array of the given dtype (a view into a flat vector is fine)."""
     if out is None:
         return
@@ -92,30 +92,30 @@ def check_output(name: str, out, channels: int, dtype) -> None:
         raise ValueError(f"{name}: expected a writeable array (it is overwritten in place)")
 
 
-def check_count(x_shape: tuple, count: int) -> None:
+def _check_count(x_shape: tuple, count: int) -> None:
     if count < 2:
         raise ValueError(f"x: batch statistics need more than 1 value per channel (N * H * W > 1), "
                          f"got shape {x_shape}")
 
 
-def check_eps(eps: float) -> float:
+def _check_eps(eps: float) -> float:
     eps = float(eps)
     if not eps > 0.0:
         raise ValueError(f"eps: expected a positive number, got {eps}")
     return eps
 
 
-def check_momentum(momentum: float) -> float:
+def _check_momentum(momentum: float) -> float:
     momentum = float(momentum)
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum: expected a number in [0, 1], got {momentum}")
     return momentum
 
 
-def p_code(p) -> int:
+def _p_code(p) -> int:
     """The kernel code of p in {1, 2, inf}."""
     try:
-        return P_CODES[float(p)]
+        return _P_CODES[float(p)]
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"p: expected 1, 2 or math.inf, got {p!r}") from None
 
@@ -124,7 +124,7 @@ def p_code(p) -> int:
 # Work split (shared with kernels/noisy_norm.py)
 
 
-def plan(n: int, c: int, s: int, itemsize: int, arrays: int) -> tuple[int, int]:
+def _plan(n: int, c: int, s: int, itemsize: int, arrays: int) -> tuple[int, int]:
     """Channels per block and number of batch chunks for an (n, c, s) problem reading `arrays` inputs.
 
     Depends on the shape only (never on the thread count), so results repeat bit for bit on any machine setting.
@@ -141,7 +141,7 @@ def plan(n: int, c: int, s: int, itemsize: int, arrays: int) -> tuple[int, int]:
 
 
 @njit(cache=True, error_model="numpy")
-def item_range(item, chunks, block, C, N):
+def _item_range(item, chunks, block, C, N):
     """Channel range and batch range of work item `item` (items are block-major, chunk-minor)."""
     b = item // chunks
     j = item % chunks
@@ -153,7 +153,7 @@ def item_range(item, chunks, block, C, N):
 
 
 @njit(cache=True, error_model="numpy")
-def merge_rows(partials, c):
+def _merge_rows(partials, c):
     """Sum of partials[:, c] in row order (a fixed order: deterministic)."""
     t = 0.0
     for j in range(partials.shape[0]):
@@ -166,7 +166,7 @@ def merge_rows(partials, c):
 # batch rows [n0, n1); arrays are flat C-order views of (N, C, S), so row n of a block is the contiguous run
 # x[(n C + c0) S : (n C + c1) S] of width (c1 - c0) S. Each helper loops once over that run per row with
 # per-position coefficients expanded from per-channel ones, so the loop vectorizes whatever S is (1 for (N, C)
-# inputs, 4 for 2x2 maps); elementwise passes over runs of S >= RUN use per-channel scalars instead.
+# inputs, 4 for 2x2 maps); elementwise passes over runs of S >= _RUN use per-channel scalars instead.
 #
 # Reductions are "by column": position j of a block row accumulates over n into col[j] (elementwise, so it
 # vectorizes without letting the compiler reassociate), and each channel's S columns are then added in order. The
@@ -178,7 +178,7 @@ def merge_rows(partials, c):
 
 
 @njit(cache=True, error_model="numpy")
-def expand(values, c0, c1, S):
+def _expand(values, c0, c1, S):
     """Per-position float64 copy of per-channel values[c0:c1], each repeated S times."""
     out = np.empty((c1 - c0) * S)
     uS = np.uint64(S)
@@ -191,7 +191,7 @@ def expand(values, c0, c1, S):
 
 
 @njit(cache=True, error_model="numpy")
-def fold_columns(col, c0, c1, S, acc, row):
+def _fold_columns(col, c0, c1, S, acc, row):
     """acc[row, c] += the sum of channel c's S columns of col, in order."""
     for c in range(c0, c1):
         t = 0.0
@@ -231,9 +231,9 @@ def _block_lp_sums(x, C, S, p, c0, c1, n0, n1, acc_s, acc_n, acc_i, row):
                 if a > col_n[j]:
                     col_n[j] = a
                     col_i[j] = n
-    fold_columns(col_s, c0, c1, S, acc_s, row)
+    _fold_columns(col_s, c0, c1, S, acc_s, row)
     if p != 0:
-        fold_columns(col_n, c0, c1, S, acc_n, row)
+        _fold_columns(col_n, c0, c1, S, acc_n, row)
         return
     for c in range(c0, c1):
         best = acc_n[row, c]
@@ -266,9 +266,9 @@ def _finish_lp(sum_x, acc_norm, p, count, eps, gamma, beta, c, mean, norm, scale
 
 
 @njit(cache=True, error_model="numpy")
-def block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y):
+def _block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y):
     """y = (x - center[c]) * scale[c] + offset[c] in float64, stored in y's dtype, over the block."""
-    if S >= RUN:
+    if S >= _RUN:
         # Long runs: per-channel scalars (no per-position coefficient loads).
         uS = np.uint64(S)
         for n in range(n0, n1):
@@ -281,9 +281,9 @@ def block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y):
                     y[i] = (float(x[i]) - k) * a + b
         return
     width = np.uint64((c1 - c0) * S)
-    ke = expand(center, c0, c1, S)
-    ae = expand(scale, c0, c1, S)
-    be = expand(offset, c0, c1, S)
+    ke = _expand(center, c0, c1, S)
+    ae = _expand(scale, c0, c1, S)
+    be = _expand(offset, c0, c1, S)
     for n in range(n0, n1):
         base = np.uint64((n * C + c0) * S)
         for j in range(width):
@@ -291,26 +291,38 @@ def block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y):
 
 
 @njit(cache=True, error_model="numpy")
-def block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, row):
+def _block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, row):
     """acc_dy[row, c] += sum(dy), acc_dyx[row, c] += sum(dy * (x - center[c])) in float64, over the block."""
     width = np.uint64((c1 - c0) * S)
     col_dy = np.zeros(width)
     col_dyx = np.zeros(width)
-    ke = expand(center, c0, c1, S)
-    for n in range(n0, n1):
-        base = np.uint64((n * C + c0) * S)
-        for j in range(width):
-            g = float(dy[base + j])
-            col_dy[j] += g
-            col_dyx[j] += g * (float(x[base + j]) - ke[j])
-    fold_columns(col_dy, c0, c1, S, acc_dy, row)
-    fold_columns(col_dyx, c0, c1, S, acc_dyx, row)
+    if S >= _RUN:
+        uS = np.uint64(S)
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                base = np.uint64((n * C + c) * S)
+                off = np.uint64((c - c0) * S)
+                k = center[c]
+                for j in range(uS):
+                    g = float(dy[base + j])
+                    col_dy[off + j] += g
+                    col_dyx[off + j] += g * (float(x[base + j]) - k)
+    else:
+        ke = _expand(center, c0, c1, S)
+        for n in range(n0, n1):
+            base = np.uint64((n * C + c0) * S)
+            for j in range(width):
+                g = float(dy[base + j])
+                col_dy[j] += g
+                col_dyx[j] += g * (float(x[base + j]) - ke[j])
+    _fold_columns(col_dy, c0, c1, S, acc_dy, row)
+    _fold_columns(col_dyx, c0, c1, S, acc_dyx, row)
 
 
 @njit(cache=True, error_model="numpy")
 def _block_lp_grad_apply(dy, x, C, S, p, c0, c1, n0, n1, a, b, k, dx):
     """dx = a[c] dy + k[c] + b[c] * (sign(x) for p=1, x for p=2, nothing for p=inf), in float64."""
-    if S >= RUN:
+    if S >= _RUN:
         uS = np.uint64(S)
         for n in range(n0, n1):
             for c in range(c0, c1):
@@ -331,9 +343,9 @@ def _block_lp_grad_apply(dy, x, C, S, p, c0, c1, n0, n1, a, b, k, dx):
                         dx[i] = ac * float(dy[i]) + kc
         return
     width = np.uint64((c1 - c0) * S)
-    ae = expand(a, c0, c1, S)
-    be = expand(b, c0, c1, S)
-    ke = expand(k, c0, c1, S)
+    ae = _expand(a, c0, c1, S)
+    be = _expand(b, c0, c1, S)
+    ke = _expand(k, c0, c1, S)
     for n in range(n0, n1):
         base = np.uint64((n * C + c0) * S)
         if p == 1:
@@ -404,10 +416,10 @@ def _lp_norm_forward(x, N, C, S, p, gamma, beta, eps, block, chunks, y):
             for c in range(c0, c1):
                 _finish_lp(acc_s[0, c], acc_n[0, c], p, count, eps, gamma, beta, c, mean, norm, scale, offset)
                 argmax[c] = acc_i[0, c]
-            block_affine(x, C, S, c0, c1, 0, N, mean, scale, offset, y)
+            _block_affine(x, C, S, c0, c1, 0, N, mean, scale, offset, y)
     else:
         for item in prange(blocks * chunks):
-            c0, c1, n0, n1 = item_range(item, chunks, block, C, N)
+            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
             _block_lp_sums(x, C, S, p, c0, c1, n0, n1, acc_s, acc_n, acc_i, item % chunks)
         for c in range(C):
             if p == 0:
@@ -419,11 +431,11 @@ def _lp_norm_forward(x, N, C, S, p, gamma, beta, eps, block, chunks, y):
                         best = acc_n[j, c]
                         argmax[c] = acc_i[j, c]
             else:
-                best = merge_rows(acc_n, c)
-            _finish_lp(merge_rows(acc_s, c), best, p, count, eps, gamma, beta, c, mean, norm, scale, offset)
+                best = _merge_rows(acc_n, c)
+            _finish_lp(_merge_rows(acc_s, c), best, p, count, eps, gamma, beta, c, mean, norm, scale, offset)
         for item in prange(blocks * chunks):
-            c0, c1, n0, n1 = item_range(item, chunks, block, C, N)
-            block_affine(x, C, S, c0, c1, n0, n1, mean, scale, offset, y)
+            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
+            _block_affine(x, C, S, c0, c1, n0, n1, mean, scale, offset, y)
     return mean, norm, argmax
 
 
@@ -446,20 +458,20 @@ def _lp_norm_backward(dy, x, N, C, S, p, mean, norm, argmax, gamma, eps, block, 
         for blk in prange(blocks):
             c0 = blk * block
             c1 = min(C, c0 + block)
-            block_grad_sums(dy, x, C, S, c0, c1, 0, N, center, acc_dy, acc_dyx, 0)
+            _block_grad_sums(dy, x, C, S, c0, c1, 0, N, center, acc_dy, acc_dyx, 0)
             for c in range(c0, c1):
                 _lp_grad_coefficients(acc_dy[0, c], acc_dyx[0, c], p, gamma, norm, eps, count, c, a, b, k, kinf,
                                       dgamma, dbeta)
             _block_lp_grad_apply(dy, x, C, S, p, c0, c1, 0, N, a, b, k, dx)
     else:
         for item in prange(blocks * chunks):
-            c0, c1, n0, n1 = item_range(item, chunks, block, C, N)
-            block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, item % chunks)
+            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
+            _block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, item % chunks)
         for c in range(C):
-            _lp_grad_coefficients(merge_rows(acc_dy, c), merge_rows(acc_dyx, c), p, gamma, norm, eps, count, c,
+            _lp_grad_coefficients(_merge_rows(acc_dy, c), _merge_rows(acc_dyx, c), p, gamma, norm, eps, count, c,
                                   a, b, k, kinf, dgamma, dbeta)
         for item in prange(blocks * chunks):
-            c0, c1, n0, n1 = item_range(item, chunks, block, C, N)
+            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
             _block_lp_grad_apply(dy, x, C, S, p, c0, c1, n0, n1, a, b, k, dx)
     if p == 0:
         # The max's derivative lands on one element per channel: rewrite it with the extra term (serial, C writes).
@@ -476,8 +488,8 @@ def _lp_norm_backward(dy, x, N, C, S, p, mean, norm, argmax, gamma, eps, block, 
 def _channel_affine(x, N, C, S, center, scale, offset, block, chunks, y):
     blocks = (C + block - 1) // block
     for item in prange(blocks * chunks):
-        c0, c1, n0, n1 = item_range(item, chunks, block, C, N)
-        block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y)
+        c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
+        _block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -490,16 +502,16 @@ def _lp_norm_eval_backward(dy, x, N, C, S, center, inv, gamma, need_sums, block,
     acc_dyx = np.zeros((chunks, C))
     blocks = (C + block - 1) // block
     for item in prange(blocks * chunks):
-        c0, c1, n0, n1 = item_range(item, chunks, block, C, N)
+        c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
         if need_sums:
-            block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, item % chunks)
+            _block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, item % chunks)
         # Running statistics are constants here: dx = gamma / (running_norm + eps) * dy.
-        block_affine(dy, C, S, c0, c1, n0, n1, zeros, scale, zeros, dx)
+        _block_affine(dy, C, S, c0, c1, n0, n1, zeros, scale, zeros, dx)
     dgamma = np.empty(C)
     dbeta = np.empty(C)
     for c in range(C):
-        dgamma[c] = merge_rows(acc_dyx, c) * inv[c]
-        dbeta[c] = merge_rows(acc_dy, c)
+        dgamma[c] = _merge_rows(acc_dyx, c) * inv[c]
+        dbeta[c] = _merge_rows(acc_dy, c)
     return dgamma, dbeta
 
 
@@ -521,15 +533,15 @@ def lp_norm_train_forward(
     int64, the position n * H * W + h * W + w of the first max |x| per channel (p = inf; zeros otherwise).
     Keep (mean, norm, argmax) for the backward pass and (mean, norm) for the running update.
     """
-    code = p_code(p)
-    x3 = as_ncs("x", x)
+    code = _p_code(p)
+    x3 = _as_ncs("x", x)
     N, C, S = x3.shape
-    check_count(np.shape(x), N * S)
-    eps = check_eps(eps)
-    gamma = channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    beta = channel_vector("beta", beta, C, x3.dtype, 0.0)
+    _check_count(np.shape(x), N * S)
+    eps = _check_eps(eps)
+    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
     y3 = np.empty_like(x3)
-    block, chunks = plan(N, C, S, x3.itemsize, 1)
+    block, chunks = _plan(N, C, S, x3.itemsize, 1)
     mean, norm, argmax = _lp_norm_forward(x3.reshape(-1), N, C, S, code, gamma, beta, eps, block, chunks,
                                           y3.reshape(-1))
     dt = x3.dtype
@@ -554,14 +566,14 @@ def lp_norm_train_backward(
     the forward pass (required for p = inf); gamma: (C,) or None; eps: the forward's eps.
     dgamma, dbeta: (C,) arrays overwritten in place with sum(dy * xhat) and sum(dy) when given. Returns dx.
     """
-    code = p_code(p)
-    x3 = as_ncs("x", x)
-    dy3 = same_as("dy", dy, np.asarray(x), "x").reshape(x3.shape)
+    code = _p_code(p)
+    x3 = _as_ncs("x", x)
+    dy3 = _same_as("dy", dy, np.asarray(x), "x").reshape(x3.shape)
     N, C, S = x3.shape
-    check_count(np.shape(x), N * S)
-    eps = check_eps(eps)
-    mean = channel_vector("mean", mean, C, x3.dtype)
-    norm = channel_vector("norm", norm, C, x3.dtype)
+    _check_count(np.shape(x), N * S)
+    eps = _check_eps(eps)
+    mean = _channel_vector("mean", mean, C, x3.dtype)
+    norm = _channel_vector("norm", norm, C, x3.dtype)
     if code == 0:
         if argmax is None:
             raise ValueError("argmax: expected the (C,) int64 arg-max from lp_norm_train_forward for p = inf, "
@@ -573,11 +585,11 @@ def lp_norm_train_backward(
             raise ValueError(f"argmax: expected positions in [0, {N * S}), got [{argmax.min()}, {argmax.max()}]")
     else:
         argmax = np.zeros(C, dtype=np.int64)
-    gamma = channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    check_output("dgamma", dgamma, C, x3.dtype)
-    check_output("dbeta", dbeta, C, x3.dtype)
+    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    _check_output("dgamma", dgamma, C, x3.dtype)
+    _check_output("dbeta", dbeta, C, x3.dtype)
     dx3 = np.empty_like(x3)
-    block, chunks = plan(N, C, S, x3.itemsize, 2)
+    block, chunks = _plan(N, C, S, x3.itemsize, 2)
     dg, db = _lp_norm_backward(dy3.reshape(-1), x3.reshape(-1), N, C, S, code, mean, norm, argmax, gamma, eps,
                                block, chunks, dx3.reshape(-1))
     if dgamma is not None:
@@ -600,17 +612,17 @@ def lp_norm_eval_forward(
     x: (N, C) or (N, C, H, W), float32 or float64; running_mean, running_norm, gamma, beta: (C,) of x's dtype
     (gamma, beta may be None). Returns y, like x.
     """
-    x3 = as_ncs("x", x)
+    x3 = _as_ncs("x", x)
     N, C, S = x3.shape
-    eps = check_eps(eps)
-    running_mean = channel_vector("running_mean", running_mean, C, x3.dtype)
-    running_norm = channel_vector("running_norm", running_norm, C, x3.dtype)
-    gamma = channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    beta = channel_vector("beta", beta, C, x3.dtype, 0.0)
+    eps = _check_eps(eps)
+    running_mean = _channel_vector("running_mean", running_mean, C, x3.dtype)
+    running_norm = _channel_vector("running_norm", running_norm, C, x3.dtype)
+    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
     center = running_mean.astype(np.float64)
     scale = gamma.astype(np.float64) / (running_norm.astype(np.float64) + eps)
     y3 = np.empty_like(x3)
-    block, chunks = plan(N, C, S, x3.itemsize, 1)
+    block, chunks = _plan(N, C, S, x3.itemsize, 1)
     _channel_affine(x3.reshape(-1), N, C, S, center, scale, beta.astype(np.float64), block, chunks, y3.reshape(-1))
     return y3.reshape(np.shape(x))
 
@@ -630,18 +642,18 @@ def lp_norm_eval_backward(
     dy, x: (N, C) or (N, C, H, W) of one dtype; running_mean, running_norm, gamma: (C,) (gamma may be None).
     dgamma, dbeta: (C,) arrays overwritten in place with sum(dy * xhat) and sum(dy) when given. Returns dx.
     """
-    x3 = as_ncs("x", x)
-    dy3 = same_as("dy", dy, np.asarray(x), "x").reshape(x3.shape)
+    x3 = _as_ncs("x", x)
+    dy3 = _same_as("dy", dy, np.asarray(x), "x").reshape(x3.shape)
     N, C, S = x3.shape
-    eps = check_eps(eps)
-    running_mean = channel_vector("running_mean", running_mean, C, x3.dtype)
-    running_norm = channel_vector("running_norm", running_norm, C, x3.dtype)
-    gamma = channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    check_output("dgamma", dgamma, C, x3.dtype)
-    check_output("dbeta", dbeta, C, x3.dtype)
+    eps = _check_eps(eps)
+    running_mean = _channel_vector("running_mean", running_mean, C, x3.dtype)
+    running_norm = _channel_vector("running_norm", running_norm, C, x3.dtype)
+    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    _check_output("dgamma", dgamma, C, x3.dtype)
+    _check_output("dbeta", dbeta, C, x3.dtype)
     inv = 1.0 / (running_norm.astype(np.float64) + eps)
     dx3 = np.empty_like(x3)
-    block, chunks = plan(N, C, S, x3.itemsize, 2)
+    block, chunks = _plan(N, C, S, x3.itemsize, 2)
     need_sums = dgamma is not None or dbeta is not None
     dg, db = _lp_norm_eval_backward(dy3.reshape(-1), x3.reshape(-1), N, C, S, running_mean.astype(np.float64), inv,
                                     gamma, need_sums, block, chunks, dx3.reshape(-1))
@@ -669,10 +681,10 @@ def lp_norm_update_running(
     C, dt = rm.shape[0], rm.dtype
     if dt not in (np.float32, np.float64):
         raise ValueError(f"running_mean: expected dtype float32 or float64, got {dt}")
-    check_output("running_mean", running_mean, C, dt)
-    check_output("running_norm", running_norm, C, dt)
-    mean = channel_vector("mean", mean, C, dt)
-    norm = channel_vector("norm", norm, C, dt)
-    momentum = check_momentum(momentum)
+    _check_output("running_mean", running_mean, C, dt)
+    _check_output("running_norm", running_norm, C, dt)
+    mean = _channel_vector("mean", mean, C, dt)
+    norm = _channel_vector("norm", norm, C, dt)
+    momentum = _check_momentum(momentum)
     running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * mean.astype(np.float64)
     running_norm[...] = (1.0 - momentum) * running_norm.astype(np.float64) + momentum * norm.astype(np.float64)

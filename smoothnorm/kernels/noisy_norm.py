@@ -21,18 +21,18 @@ import numpy as np
 from numba import njit, prange
 
 from smoothnorm.kernels.lp_norm import (
-    RUN,
-    as_ncs,
-    channel_vector,
-    check_count,
-    check_eps,
-    check_output,
-    expand,
-    fold_columns,
-    item_range,
-    merge_rows,
-    plan,
-    same_as,
+    _RUN,
+    _as_ncs,
+    _channel_vector,
+    _check_count,
+    _check_eps,
+    _check_output,
+    _expand,
+    _fold_columns,
+    _item_range,
+    _merge_rows,
+    _plan,
+    _same_as,
 )
 
 
@@ -42,15 +42,27 @@ def _block_moments(x, C, S, c0, c1, n0, n1, shift, acc_s, acc_q, row):
     width = np.uint64((c1 - c0) * S)
     col_s = np.zeros(width)
     col_q = np.zeros(width)
-    ke = expand(shift, c0, c1, S)
-    for n in range(n0, n1):
-        base = np.uint64((n * C + c0) * S)
-        for j in range(width):
-            d = float(x[base + j]) - ke[j]
-            col_s[j] += d
-            col_q[j] += d * d
-    fold_columns(col_s, c0, c1, S, acc_s, row)
-    fold_columns(col_q, c0, c1, S, acc_q, row)
+    if S >= _RUN:
+        uS = np.uint64(S)
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                base = np.uint64((n * C + c) * S)
+                off = np.uint64((c - c0) * S)
+                k = shift[c]
+                for j in range(uS):
+                    d = float(x[base + j]) - k
+                    col_s[off + j] += d
+                    col_q[off + j] += d * d
+    else:
+        ke = _expand(shift, c0, c1, S)
+        for n in range(n0, n1):
+            base = np.uint64((n * C + c0) * S)
+            for j in range(width):
+                d = float(x[base + j]) - ke[j]
+                col_s[j] += d
+                col_q[j] += d * d
+    _fold_columns(col_s, c0, c1, S, acc_s, row)
+    _fold_columns(col_q, c0, c1, S, acc_q, row)
 
 
 @njit(cache=True, error_model="numpy")
@@ -79,7 +91,7 @@ def _finish(sum_d, sum_q, shift, count, eps, gamma, beta, before, c, mean, var, 
 @njit(cache=True, error_model="numpy")
 def _block_noisy_affine(x, s, m, C, S, c0, c1, n0, n1, center, scale, off_s, gain_m, off, before, y):
     """y = s ((x - center) scale + off_s) + m (after the affine) or s (x - center) scale + m gain_m + off (before)."""
-    if S >= RUN:
+    if S >= _RUN:
         uS = np.uint64(S)
         for n in range(n0, n1):
             for c in range(c0, c1):
@@ -97,18 +109,18 @@ def _block_noisy_affine(x, s, m, C, S, c0, c1, n0, n1, center, scale, off_s, gai
                         y[i] = float(s[i]) * ((float(x[i]) - k) * a + b1) + float(m[i])
         return
     width = np.uint64((c1 - c0) * S)
-    ke = expand(center, c0, c1, S)
-    ae = expand(scale, c0, c1, S)
+    ke = _expand(center, c0, c1, S)
+    ae = _expand(scale, c0, c1, S)
     if before:
-        gm = expand(gain_m, c0, c1, S)
-        b2 = expand(off, c0, c1, S)
+        gm = _expand(gain_m, c0, c1, S)
+        b2 = _expand(off, c0, c1, S)
         for n in range(n0, n1):
             base = np.uint64((n * C + c0) * S)
             for j in range(width):
                 i = base + j
                 y[i] = float(s[i]) * ((float(x[i]) - ke[j]) * ae[j]) + float(m[i]) * gm[j] + b2[j]
     else:
-        b1 = expand(off_s, c0, c1, S)
+        b1 = _expand(off_s, c0, c1, S)
         for n in range(n0, n1):
             base = np.uint64((n * C + c0) * S)
             for j in range(width):
@@ -123,7 +135,23 @@ def _block_noisy_grad_sums(dout, x, s, m, C, S, c0, c1, n0, n1, center, before, 
     width = np.uint64((c1 - c0) * S)
     col1 = np.zeros(width)
     col2 = np.zeros(width)
-    ke = expand(center, c0, c1, S)
+    if S >= _RUN and not before:
+        # The default placement on long runs: per-channel centers, no per-position loads besides the data.
+        uS = np.uint64(S)
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                base = np.uint64((n * C + c) * S)
+                off = np.uint64((c - c0) * S)
+                k = center[c]
+                for j in range(uS):
+                    i = base + j
+                    g = float(dout[i]) * float(s[i])
+                    col1[off + j] += g
+                    col2[off + j] += g * (float(x[i]) - k)
+        _fold_columns(col1, c0, c1, S, acc1, row)
+        _fold_columns(col2, c0, c1, S, acc2, row)
+        return
+    ke = _expand(center, c0, c1, S)
     if before:
         col3 = np.zeros(width)
         col4 = np.zeros(width)
@@ -137,8 +165,8 @@ def _block_noisy_grad_sums(dout, x, s, m, C, S, c0, c1, n0, n1, center, before, 
                 col2[j] += g * (float(x[i]) - ke[j])
                 col3[j] += d * float(m[i])
                 col4[j] += d
-        fold_columns(col3, c0, c1, S, acc3, row)
-        fold_columns(col4, c0, c1, S, acc4, row)
+        _fold_columns(col3, c0, c1, S, acc3, row)
+        _fold_columns(col4, c0, c1, S, acc4, row)
     else:
         for n in range(n0, n1):
             base = np.uint64((n * C + c0) * S)
@@ -147,8 +175,8 @@ def _block_noisy_grad_sums(dout, x, s, m, C, S, c0, c1, n0, n1, center, before, 
                 g = float(dout[i]) * float(s[i])
                 col1[j] += g
                 col2[j] += g * (float(x[i]) - ke[j])
-    fold_columns(col1, c0, c1, S, acc1, row)
-    fold_columns(col2, c0, c1, S, acc2, row)
+    _fold_columns(col1, c0, c1, S, acc1, row)
+    _fold_columns(col2, c0, c1, S, acc2, row)
 
 
 @njit(cache=True, error_model="numpy")
@@ -170,7 +198,7 @@ def _grad_coefficients(t1, t2, t3, t4, gamma, invstd, count, before, c, a, b, k,
 @njit(cache=True, error_model="numpy")
 def _block_noisy_grad_apply(dout, x, s, C, S, c0, c1, n0, n1, center, a, b, k, dx):
     """dx = a[c] (dout s) + b[c] (x - center[c]) + k[c] in float64, over the block."""
-    if S >= RUN:
+    if S >= _RUN:
         uS = np.uint64(S)
         for n in range(n0, n1):
             for c in range(c0, c1):
@@ -183,10 +211,10 @@ def _block_noisy_grad_apply(dout, x, s, C, S, c0, c1, n0, n1, center, a, b, k, d
                     dx[i] = ac * (float(dout[i]) * float(s[i])) + bc * (float(x[i]) - mc) + kc
         return
     width = np.uint64((c1 - c0) * S)
-    me = expand(center, c0, c1, S)
-    ae = expand(a, c0, c1, S)
-    be = expand(b, c0, c1, S)
-    ke = expand(k, c0, c1, S)
+    me = _expand(center, c0, c1, S)
+    ae = _expand(a, c0, c1, S)
+    be = _expand(b, c0, c1, S)
+    ke = _expand(k, c0, c1, S)
     for n in range(n0, n1):
         base = np.uint64((n * C + c0) * S)
         for j in range(width):
@@ -221,13 +249,13 @@ def _noisy_batch_norm_forward(x, s, m, N, C, S, gamma, beta, eps, before, block,
             _block_noisy_affine(x, s, m, C, S, c0, c1, 0, N, mean, scale, off_s, gain_m, off, before, y)
     else:
         for item in prange(blocks * chunks):
-            c0, c1, n0, n1 = item_range(item, chunks, block, C, N)
+            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
             _block_moments(x, C, S, c0, c1, n0, n1, shift, acc_s, acc_q, item % chunks)
         for c in range(C):
-            _finish(merge_rows(acc_s, c), merge_rows(acc_q, c), shift, count, eps, gamma, beta, before, c, mean,
+            _finish(_merge_rows(acc_s, c), _merge_rows(acc_q, c), shift, count, eps, gamma, beta, before, c, mean,
                     var, invstd, scale, off_s, gain_m, off)
         for item in prange(blocks * chunks):
-            c0, c1, n0, n1 = item_range(item, chunks, block, C, N)
+            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
             _block_noisy_affine(x, s, m, C, S, c0, c1, n0, n1, mean, scale, off_s, gain_m, off, before, y)
     return mean, var, invstd
 
@@ -259,23 +287,23 @@ def _noisy_batch_norm_backward(dout, x, s, m, N, C, S, mean, invstd, gamma, befo
             _block_noisy_grad_apply(dout, x, s, C, S, c0, c1, 0, N, center, a, b, k, dx)
     else:
         for item in prange(blocks * chunks):
-            c0, c1, n0, n1 = item_range(item, chunks, block, C, N)
+            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
             _block_noisy_grad_sums(dout, x, s, m, C, S, c0, c1, n0, n1, center, before, acc1, acc2, acc3, acc4,
                                    item % chunks)
         for c in range(C):
-            _grad_coefficients(merge_rows(acc1, c), merge_rows(acc2, c), merge_rows(acc3, c), merge_rows(acc4, c),
+            _grad_coefficients(_merge_rows(acc1, c), _merge_rows(acc2, c), _merge_rows(acc3, c), _merge_rows(acc4, c),
                                gamma, invstd, count, before, c, a, b, k, dgamma, dbeta)
         for item in prange(blocks * chunks):
-            c0, c1, n0, n1 = item_range(item, chunks, block, C, N)
+            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
             _block_noisy_grad_apply(dout, x, s, C, S, c0, c1, n0, n1, center, a, b, k, dx)
     return dgamma, dbeta
 
 
 def _noise_arrays(scale_noise, shift_noise, x: np.ndarray, shape: tuple, need_shift: bool = True):
-    s = same_as("scale_noise", scale_noise, x, "x").reshape(shape)
+    s = _same_as("scale_noise", scale_noise, x, "x").reshape(shape)
     if not need_shift and shift_noise is None:
         return s, s  # a placeholder the kernel never reads
-    m = same_as("shift_noise", shift_noise, x, "x").reshape(shape)
+    m = _same_as("shift_noise", shift_noise, x, "x").reshape(shape)
     return s, m
 
 
@@ -294,16 +322,16 @@ def noisy_batch_norm_forward(
     gamma, beta: (C,) of x's dtype or None; before_affine: gamma * (s xhat + m) + beta instead.
     Returns (y, mean, invstd, var) as batch_norm_train_forward: the statistics are those of x (noise-free).
     """
-    x3 = as_ncs("x", x)
+    x3 = _as_ncs("x", x)
     xa = np.asarray(x)
     N, C, S = x3.shape
-    check_count(xa.shape, N * S)
-    eps = check_eps(eps)
+    _check_count(xa.shape, N * S)
+    eps = _check_eps(eps)
     s3, m3 = _noise_arrays(scale_noise, shift_noise, xa, x3.shape)
-    gamma = channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    beta = channel_vector("beta", beta, C, x3.dtype, 0.0)
+    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
     y3 = np.empty_like(x3)
-    block, chunks = plan(N, C, S, x3.itemsize, 3)
+    block, chunks = _plan(N, C, S, x3.itemsize, 3)
     mean, var, invstd = _noisy_batch_norm_forward(x3.reshape(-1), s3.reshape(-1), m3.reshape(-1), N, C, S, gamma,
                                                   beta, eps, bool(before_affine), block, chunks, y3.reshape(-1))
     dt = x3.dtype
@@ -328,20 +356,20 @@ def noisy_batch_norm_backward(
     otherwise); mean, invstd: (C,) from the forward pass; gamma: (C,) or None.
     dgamma, dbeta: (C,) arrays overwritten in place when given. Returns dx, like x.
     """
-    x3 = as_ncs("x", x)
+    x3 = _as_ncs("x", x)
     xa = np.asarray(x)
-    dy3 = same_as("dy", dy, xa, "x").reshape(x3.shape)
+    dy3 = _same_as("dy", dy, xa, "x").reshape(x3.shape)
     N, C, S = x3.shape
-    check_count(xa.shape, N * S)
+    _check_count(xa.shape, N * S)
     before = bool(before_affine)
     s3, m3 = _noise_arrays(scale_noise, shift_noise, xa, x3.shape, need_shift=before)
-    mean = channel_vector("mean", mean, C, x3.dtype)
-    invstd = channel_vector("invstd", invstd, C, x3.dtype)
-    gamma = channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    check_output("dgamma", dgamma, C, x3.dtype)
-    check_output("dbeta", dbeta, C, x3.dtype)
+    mean = _channel_vector("mean", mean, C, x3.dtype)
+    invstd = _channel_vector("invstd", invstd, C, x3.dtype)
+    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    _check_output("dgamma", dgamma, C, x3.dtype)
+    _check_output("dbeta", dbeta, C, x3.dtype)
     dx3 = np.empty_like(x3)
-    block, chunks = plan(N, C, S, x3.itemsize, 4 if before else 3)
+    block, chunks = _plan(N, C, S, x3.itemsize, 4 if before else 3)
     dg, db = _noisy_batch_norm_backward(dy3.reshape(-1), x3.reshape(-1), s3.reshape(-1), m3.reshape(-1), N, C, S,
                                         mean, invstd, gamma, before, block, chunks, dx3.reshape(-1))
     if dgamma is not None:

@@ -48,8 +48,8 @@ def test_chunked_shapes_take_the_batch_split_path():
     for shape in CHUNKED:
         n, c = shape[:2]
         s = int(np.prod(shape[2:], dtype=int))
-        assert lp_norm.plan(n, c, s, 8, 1)[1] > 1
-        assert lp_norm.plan(n, c, s, 8, 2)[1] > 1
+        assert lp_norm._plan(n, c, s, 8, 1)[1] > 1
+        assert lp_norm._plan(n, c, s, 8, 2)[1] > 1
 
 
 @pytest.mark.parametrize("p", PS)
