@@ -150,18 +150,21 @@ def download(
             total = int(length_header) if length_header and length_header.isdigit() else None
             bar = _Progress(dest.name, total, progress)
             with atomic_open(dest) as f:
-                try:
-                    # http.client returns a short read (not an exception) when the peer closes early,
-                    # so completeness is checked against Content-Length below.
-                    for chunk in iter(lambda: response.read(_CHUNK), b""):
-                        f.write(chunk)
-                        digest.update(chunk)
-                        received += len(chunk)
-                        bar.update(received)
-                except (OSError, http.client.HTTPException) as exc:
-                    raise DownloadError(
-                        f"download of {url} failed after {received} bytes: {exc}. {manual_help}".rstrip()
-                    ) from exc
+                while True:
+                    try:
+                        # http.client returns a short read (not an exception) when the peer closes early,
+                        # so completeness is checked against Content-Length below.
+                        chunk = response.read(_CHUNK)
+                    except (OSError, http.client.HTTPException) as exc:
+                        raise DownloadError(
+                            f"download of {url} failed after {received} bytes: {exc}. {manual_help}".rstrip()
+                        ) from exc
+                    if not chunk:
+                        break
+                    f.write(chunk)  # a local write error (disk full) propagates as itself
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(received)
                 bar.update(received, final=True)
                 if total is not None and received != total:
                     raise DownloadError(

@@ -43,7 +43,7 @@ class _Server:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def url(self, path: str) -> str:
@@ -163,6 +163,9 @@ def test_atomic_open_keeps_old_file_on_failure(tmp_path, error):
     assert target.read_bytes() == b"new" and list(tmp_path.iterdir()) == [target]
 
 
-def test_fetch_validates_timeout(tmp_path):
+def test_fetch_validates_arguments(tmp_path):
     with pytest.raises(ValueError, match="timeout"):
         fetch_cifar10(tmp_path, url="http://127.0.0.1:9/x", md5="0" * 32, timeout=0)
+    with pytest.raises(ValueError, match="32 hexadecimal"):
+        fetch_cifar10(tmp_path, url="http://127.0.0.1:9/x", md5="abc")
+    assert list(tmp_path.iterdir()) == []
