@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import numpy as np
 
@@ -81,17 +82,38 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for shape in SHAPES:
         candidates, nbytes = _candidates(shape, have_torch)
-        times = time_alternating(candidates, repeats=args.repeats, warmup=3)
+        samples = {name: [] for name in candidates}
+        times = time_alternating(
+            {name: _recorded(fn, samples[name]) for name, fn in candidates.items()}, repeats=args.repeats, warmup=3
+        )
+        best = {name: min(v[3:]) for name, v in samples.items()}  # the warmup calls are recorded too
         row = {
             "shape": "x".join(map(str, shape)),
             "ours ms": f"{times['ours'] * 1e3:.2f}",
             "ours GB/s": f"{5 * nbytes / times['ours'] / 1e9:.1f}",
+            "ours min": f"{best['ours'] * 1e3:.2f}",
         }
         if have_torch:
             row["torch ms"] = f"{times['torch'] * 1e3:.2f}"
             row["torch/ours"] = f"{times['torch'] / times['ours']:.2f}"
+            row["torch min"] = f"{best['torch'] * 1e3:.2f}"
+            row["min ratio"] = f"{best['torch'] / best['ours']:.2f}"
         rows.append(row)
-    print(format_table(rows, ["shape", "ours ms", "torch ms", "torch/ours", "ours GB/s"]))
+    columns = ["shape", "ours ms", "torch ms", "torch/ours", "ours GB/s", "ours min", "torch min", "min ratio"]
+    print(format_table(rows, columns))
+    print("\nms: medians; min: fastest of the same calls (less sensitive to a busy machine than the median).")
+
+
+def _recorded(fn, durations: list[float]):
+    """fn, also appending each call's duration to `durations`."""
+
+    def timed():
+        t0 = time.perf_counter()
+        out = fn()
+        durations.append(time.perf_counter() - t0)
+        return out
+
+    return timed
 
 
 if __name__ == "__main__":

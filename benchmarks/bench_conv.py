@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(2)
     print(describe_machine())
-    print(f"conv2d 3x3/s1/p1 forward + backward (dx, dW, db), float32, batch {args.batch}, "
-          f"median of {args.repeats} alternating rounds\n")
+    print(
+        f"conv2d 3x3/s1/p1 forward + backward (dx, dW, db), float32, batch {args.batch}, "
+        f"median of {args.repeats} alternating rounds\n"
+    )
 
     rng = np.random.default_rng(0)
     rows = []

@@ -13,7 +13,7 @@ import pytest
 
 from smoothnorm import experiment
 from smoothnorm.cli import main
-from smoothnorm.results import load_run, read_jsonl
+from smoothnorm.results import load_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "experiments").glob("*.toml"))

@@ -11,11 +11,11 @@ dW partials are merged in worker order, so results repeat to the bit for a given
 Why workers call a single-threaded BLAS instead of one multithreaded GEMM at Python level: on this 2-core target,
 alternating Numba's thread pool (im2col) with the BLAS pool (GEMM) made each pool spin while the other needed the
 cores; the OpenBLAS threaded GEMM also synchronises internally many times per call and collapses when the machine
-is shared. One parallel region whose threads run independent im2col + sgemm work avoids both (2-4x faster in our
-measurements, see benchmarks/bench_conv.py). The GEMM is SciPy's BLAS (scipy.linalg.cython_blas, the library
-Numba's own np.dot uses), called with leading dimensions and beta so no temporary is needed; while our workers run
-it, every OpenBLAS loaded in the process is set to one thread and restored afterwards. If no OpenBLAS can be found
-(MKL, Accelerate), one worker runs serially and the BLAS threads itself.
+is shared. One parallel region whose threads run independent im2col + sgemm work avoids both (2-4x faster than
+that design on VGG's layers, measured on a shared 2-core machine). The GEMM is SciPy's BLAS
+(scipy.linalg.cython_blas, the library Numba's own np.dot uses), called with beta so bias and dW accumulate in
+place; while our workers run it, every OpenBLAS loaded in the process is set to one thread and restored afterwards.
+If no OpenBLAS can be found (MKL, Accelerate), one worker runs serially and the BLAS threads itself.
 """
 
 from __future__ import annotations
@@ -29,15 +29,20 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import get_cython_function_address
 
-# Per-call buffer budget in bytes, summed over workers (cols plus the (C_out, nb*P) matrix of each worker).
+# Cap in bytes on the sub-chunk buffers of one call, summed over workers (cols plus the (C_out, nb*P) matrix).
+# Sub-chunks of ~_TARGET_COLUMNS columns stay far below it; it binds only for very deep layers on small images.
 _WORKSPACE_BYTES = 32 << 20
 # Samples per sub-chunk: one when an image has at least this many output pixels (the GEMM is wide enough alone and
-# y[n], dy[n] serve as the matrices), otherwise enough samples for about _TARGET_COLUMNS columns per GEMM.
+# y[n], dy[n] serve as the matrices), otherwise enough samples for about _TARGET_COLUMNS columns per GEMM (256-512
+# columns ran fastest on VGG's layers: the sub-chunk then stays in cache between im2col and the GEMMs).
 _DIRECT_PIXELS = 256
-_TARGET_COLUMNS = 1024
+_TARGET_COLUMNS = 512
 # Below this output width the im2col rows are gathered through an index table (a segment loop per output row has
 # more overhead than work).
 _GATHER_WIDTH = 8
+# Calls with fewer multiply-adds than this run as one serial worker: starting the thread team costs more than it
+# saves (and much more on a loaded machine, where waking the second thread can take milliseconds).
+_PARALLEL_MIN_MACS = 1 << 20
 
 _GEMM_TYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
 _SGEMM = _GEMM_TYPE(get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
@@ -178,7 +183,7 @@ def _geometry(x: np.ndarray, weight: np.ndarray, stride, padding) -> tuple[int, 
 
 def _plan(n: int, k: int, c_out: int, pixels: int, itemsize: int) -> tuple[int, int, bool]:
     """(workers, samples per sub-chunk, parallel): depends on the shape and thread count only."""
-    parallel = _single_threaded_blas.available()
+    parallel = n * k * c_out * pixels >= _PARALLEL_MIN_MACS and _single_threaded_blas.available()
     workers = max(1, min(n, numba.get_num_threads())) if parallel else 1
     per_worker = -(-n // workers)
     if pixels >= _DIRECT_PIXELS:
@@ -211,21 +216,51 @@ def _gemm(sgemm, dgemm, a, trans_a, b, trans_b, c, beta):
     scalars[1] = beta
     gemm = sgemm if c.itemsize == 4 else dgemm
     gemm(
-        flags[0:].ctypes.data, flags[1:].ctypes.data, ints[0:].ctypes.data, ints[1:].ctypes.data,
-        ints[2:].ctypes.data, scalars[0:].ctypes.data, b.ctypes.data, ints[3:].ctypes.data, a.ctypes.data,
-        ints[4:].ctypes.data, scalars[1:].ctypes.data, c.ctypes.data, ints[5:].ctypes.data,
+        flags[0:].ctypes.data,
+        flags[1:].ctypes.data,
+        ints[0:].ctypes.data,
+        ints[1:].ctypes.data,
+        ints[2:].ctypes.data,
+        scalars[0:].ctypes.data,
+        b.ctypes.data,
+        ints[3:].ctypes.data,
+        a.ctypes.data,
+        ints[4:].ctypes.data,
+        scalars[1:].ctypes.data,
+        c.ctypes.data,
+        ints[5:].ctypes.data,
     )
 
 
 @njit(cache=True, error_model="numpy")
 def _pixel_offsets(geom, wp):
-    """offsets[oh*w_out + ow] = flat index of the window's top-left corner in a padded plane of width wp."""
+    """offsets[oh*w_out + ow] = flat index of the window's top-left corner in a padded plane of width wp.
+
+    Unsigned, so indexing with them needs no negative-index wraparound test.
+    """
     sh, sw, h_out, w_out = geom[2], geom[3], geom[6], geom[7]
-    offsets = np.empty(h_out * w_out, dtype=np.int64)
+    offsets = np.empty(h_out * w_out, dtype=np.uintp)
     for oh in range(h_out):
         for ow in range(w_out):
             offsets[oh * w_out + ow] = oh * sh * wp + ow * sw
     return offsets
+
+
+# In the loops below every inner index is a bare loop counter over a view (`dst[j] = src[j]`), never `a[start + j]`:
+# Numba must test a computed index for being negative (Python's wraparound), and that test in the inner loop kept
+# LLVM from vectorising the copies (half the speed, measured).
+
+
+@njit(cache=True, error_model="numpy")
+def _fill_padded(plane, padded, ph, pw):
+    """padded[ph + i, pw + j] = plane[i, j] wherever padded reaches; the border is left as it is."""
+    rows = min(plane.shape[0], padded.shape[0] - ph)
+    width = min(plane.shape[1], padded.shape[1] - pw)
+    for i in range(rows):
+        src = plane[i, :width]
+        dst = padded[ph + i, pw : pw + width]
+        for j in range(width):
+            dst[j] = src[j]
 
 
 @njit(cache=True, error_model="numpy")
@@ -236,38 +271,30 @@ def _im2col(x, n0, nb, cols, geom, padded, offsets):
     tests. Channels outermost: consecutive samples then write adjacent segments of the same kh*kw rows.
     """
     kh, kw, sh, sw, ph, pw, h_out, w_out = geom
-    h, w = x.shape[2], x.shape[3]
     hp, wp = padded.shape
     flat = padded.reshape(hp * wp)
     pixels = h_out * w_out
-    rows_in = min(h, hp - ph)
-    cols_in = min(w, wp - pw)
     for ci in range(x.shape[1]):
         for b in range(nb):
-            plane = x[n0 + b, ci]
-            for i in range(rows_in):
-                src = plane[i]
-                start = (ph + i) * wp + pw
-                for j in range(cols_in):
-                    flat[start + j] = src[j]
+            _fill_padded(x[n0 + b, ci], padded, ph, pw)
             base = b * pixels
             for ky in range(kh):
                 for kx in range(kw):
-                    row = cols[(ci * kh + ky) * kw + kx]
-                    corner = ky * wp + kx
+                    row = cols[(ci * kh + ky) * kw + kx, base : base + pixels]
+                    window = flat[ky * wp + kx :]
                     if w_out < _GATHER_WIDTH:
                         for p in range(pixels):
-                            row[base + p] = flat[corner + offsets[p]]
+                            row[p] = window[offsets[p]]
                     else:
                         for oh in range(h_out):
-                            src_start = corner + oh * sh * wp
-                            dst_start = base + oh * w_out
+                            dst = row[oh * w_out : (oh + 1) * w_out]
+                            src = window[oh * sh * wp :]
                             if sw == 1:
                                 for ow in range(w_out):
-                                    row[dst_start + ow] = flat[src_start + ow]
+                                    dst[ow] = src[ow]
                             else:
                                 for ow in range(w_out):
-                                    row[dst_start + ow] = flat[src_start + ow * sw]
+                                    dst[ow] = src[ow * sw]
 
 
 @njit(cache=True, error_model="numpy")
@@ -287,29 +314,29 @@ def _col2im(dcols, dx, n0, nb, geom, padded, offsets):
             base = b * pixels
             for ky in range(kh):
                 for kx in range(kw):
-                    row = dcols[(ci * kh + ky) * kw + kx]
-                    corner = ky * wp + kx
+                    row = dcols[(ci * kh + ky) * kw + kx, base : base + pixels]
+                    window = flat[ky * wp + kx :]
                     if w_out < _GATHER_WIDTH:
                         for p in range(pixels):
-                            flat[corner + offsets[p]] += row[base + p]
+                            window[offsets[p]] += row[p]
                     else:
                         for oh in range(h_out):
-                            dst_start = corner + oh * sh * wp
-                            src_start = base + oh * w_out
+                            src = row[oh * w_out : (oh + 1) * w_out]
+                            dst = window[oh * sh * wp :]
                             if sw == 1:
                                 for ow in range(w_out):
-                                    flat[dst_start + ow] += row[src_start + ow]
+                                    dst[ow] += src[ow]
                             else:
                                 for ow in range(w_out):
-                                    flat[dst_start + ow * sw] += row[src_start + ow]
+                                    dst[ow * sw] += src[ow]
             plane = dx[n0 + b, ci]
             # Input pixels no window reaches (stride leaving a remainder) get zero gradient.
             plane[rows_in:, :] = zero
             for i in range(rows_in):
+                src = padded[ph + i, pw : pw + cols_in]
                 dst = plane[i]
-                start = (ph + i) * wp + pw
                 for j in range(cols_in):
-                    dst[j] = flat[start + j]
+                    dst[j] = src[j]
                 dst[cols_in:] = zero
 
 
@@ -425,8 +452,21 @@ def _backward_parallel(sgemm, dgemm, dy, x, w2, dw_ws, db_ws, dx, need_dx, worke
     n = x.shape[0]
     for t in prange(workers):
         _backward_worker(
-            sgemm, dgemm, dy, x, w2, dw_ws[t], db_ws[t], dx, need_dx, n * t // workers, n * (t + 1) // workers,
-            nb, geom, cols_ws[t], mat_ws[t],
+            sgemm,
+            dgemm,
+            dy,
+            x,
+            w2,
+            dw_ws[t],
+            db_ws[t],
+            dx,
+            need_dx,
+            n * t // workers,
+            n * (t + 1) // workers,
+            nb,
+            geom,
+            cols_ws[t],
+            mat_ws[t],
         )
 
 
@@ -531,9 +571,12 @@ def conv2d_backward(
         with _single_threaded_blas:
             _backward_parallel(_SGEMM, _DGEMM, *args, workers, nb, geom, cols_ws, mat_ws)
     else:
-        _backward_worker(_SGEMM, _DGEMM, dy, x, w2, dw_ws[0], db_ws[0], dx, bool(need_dx), 0, n, nb, geom,
-                         cols_ws[0], mat_ws[0])
-    if dweight.flags.c_contiguous:
+        _backward_worker(
+            _SGEMM, _DGEMM, dy, x, w2, dw_ws[0], db_ws[0], dx, bool(need_dx), 0, n, nb, geom, cols_ws[0], mat_ws[0]
+        )
+    if workers == 1:
+        dweight[...] = dw_ws[0].reshape(weight.shape)
+    elif dweight.flags.c_contiguous:
         _sum_partials(dw_ws, dweight.reshape(c_out, k))
     else:
         merged = np.empty((c_out, k), dtype=x.dtype)

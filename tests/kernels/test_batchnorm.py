@@ -109,7 +109,7 @@ def test_train_input_gradient_is_orthogonal_to_shift_and_scale(rng, shape):
     np.testing.assert_array_less(np.abs((rows * xhat).sum(axis=1)), 1e-12 * scale + 1e-300)
 
 
-@pytest.mark.parametrize("shape", [(5, 3), (3, 2, 2, 3), (4, 3, 1, 1)])
+@pytest.mark.parametrize("shape", [(5, 3), (3, 2, 2, 3), (4, 3, 1, 1), (2, 2, 4, 4)])
 @pytest.mark.parametrize("affine", [True, False])
 def test_train_backward_matches_finite_differences(rng, shape, affine):
     x = 1.0 + rng.standard_normal(shape)
@@ -121,7 +121,7 @@ def test_train_backward_matches_finite_differences(rng, shape, affine):
     dx = batch_norm_train_backward(dy, x, mean, invstd, gamma, dgamma, dbeta)
 
     def loss(x_, gamma_=gamma, beta_=beta):
-        return float(np.sum(batch_norm_train_forward(x_, gamma_, beta_)[0] * dy))
+        return float(np.sum(batch_norm_train_reference(x_, gamma_, beta_) * dy))
 
     assert relative_error(dx, central_difference(loss, x)) < 1e-6
     g = np.ones(shape[1]) if gamma is None else gamma
@@ -143,7 +143,15 @@ def test_eval_forward_matches_reference(rng, shape, affine):
         np.testing.assert_allclose(y, batch_norm_reference(x, rm, rv, gamma, beta), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("shape", [(5, 3), (3, 2, 2, 3), (64, 1, 32, 32)])
+def test_eval_accepts_a_single_sample(rng):
+    x = rng.standard_normal((1, 3, 1, 1))
+    rm, rv = rng.standard_normal(3), rng.uniform(0.5, 2.0, 3)
+    np.testing.assert_allclose(batch_norm_eval_forward(x, rm, rv), batch_norm_reference(x, rm, rv), rtol=1e-14)
+    dx = batch_norm_eval_backward(np.ones_like(x), x, rm, rv)
+    np.testing.assert_allclose(dx[0, :, 0, 0], 1.0 / np.sqrt(rv + 1e-5), rtol=1e-14)
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (3, 2, 2, 3), (2, 2, 4, 4), (64, 1, 32, 32)])
 def test_eval_backward_matches_finite_differences(rng, shape):
     small = int(np.prod(shape)) <= 100
     x = rng.standard_normal(shape)
@@ -156,7 +164,7 @@ def test_eval_backward_matches_finite_differences(rng, shape):
     dx = batch_norm_eval_backward(dy, x, rm, rv, gamma, dgamma, dbeta)
 
     def loss(x_, gamma_=gamma, beta_=beta):
-        return float(np.sum(batch_norm_eval_forward(x_, rm, rv, gamma_, beta_) * dy))
+        return float(np.sum(batch_norm_reference(x_, rm, rv, gamma_, beta_) * dy))
 
     if small:
         assert relative_error(dx, central_difference(loss, x)) < 1e-6

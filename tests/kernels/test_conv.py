@@ -1,3 +1,4 @@
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -61,7 +62,7 @@ def test_forward_matches_reference(rng, case):
     padding=st.integers(0, 2),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_forward_matches_reference_any_geometry(n, c_in, c_out, h, w, kh, kw, stride, padding, seed):
+def test_any_geometry_matches_reference_and_adjoint(n, c_in, c_out, h, w, kh, kw, stride, padding, seed):
     if h + 2 * padding < kh or w + 2 * padding < kw:
         with pytest.raises(ValueError, match="^x:"):
             conv2d_forward(np.zeros((n, c_in, h, w)), np.zeros((c_out, c_in, kh, kw)), None, stride, padding)
@@ -70,6 +71,15 @@ def test_forward_matches_reference_any_geometry(n, c_in, c_out, h, w, kh, kw, st
     x, weight, bias, _, _ = _case_arrays(rng, (n, c_in, c_out, h, w, kh, kw, stride, padding, True))
     y = conv2d_forward(x, weight, bias, stride, padding)
     np.testing.assert_allclose(y, conv2d_forward_ref(x, weight, bias, stride, padding), rtol=1e-12, atol=1e-12)
+    # The bias-free conv is bilinear, so with f = <conv(x, W), dy>: <dx, x> = <dW, W> = f and sum(db) = sum(dy).
+    # This checks the backward on every geometry, including input pixels no window reaches (their dx must be 0).
+    dy = rng.standard_normal(y.shape)
+    dx, dweight, dbias = _backward(dy, x, weight, stride, padding)
+    f = float(np.sum(conv2d_forward(x, weight, None, stride, padding) * dy))
+    scale = float(np.sum(conv2d_forward(np.abs(x), np.abs(weight), None, stride, padding) * np.abs(dy)))
+    assert abs(float(np.sum(dx * x)) - f) <= 1e-12 * scale
+    assert abs(float(np.sum(dweight * weight)) - f) <= 1e-12 * scale
+    np.testing.assert_allclose(dbias, dy.sum(axis=(0, 2, 3)), rtol=1e-12, atol=1e-12)
 
 
 BACKWARD_CASES = [
@@ -78,6 +88,7 @@ BACKWARD_CASES = [
     (2, 2, 2, 5, 5, 1, 1, 2, 0, True),
     (1, 2, 2, 6, 6, 5, 5, 1, 2, False),
     (2, 1, 2, 7, 6, 3, 2, 2, 0, True),
+    (1, 2, 2, 6, 6, 3, 3, 2, 0, True),  # the last input row and column are in no window
 ]
 
 
@@ -137,35 +148,102 @@ def test_backward_overwrites_gradient_views_in_place(rng):
     assert flat[0] == 7.0 and np.all(flat[-2:] == 7.0)
 
 
-def test_backward_writes_non_contiguous_dweight(rng):
+@pytest.mark.parametrize("parallel", [False, True])
+def test_backward_writes_non_contiguous_dweight(rng, monkeypatch, parallel):
     x, weight, bias, stride, padding = _case_arrays(rng, FORWARD_CASES[0])
     dy = rng.standard_normal(conv2d_forward(x, weight, bias, stride, padding).shape)
     _, dweight_ref, _ = _backward(dy, x, weight, stride, padding)
+    if parallel:  # two workers' partials are merged into a temporary, then copied
+        monkeypatch.setattr(conv, "_PARALLEL_MIN_MACS", 0)
     holder = np.full((weight.shape[0], 2) + weight.shape[1:], np.nan)
     dweight = holder[:, 0]
     conv2d_backward(dy, x, weight, dweight, None, stride, padding)
-    np.testing.assert_array_equal(dweight, dweight_ref)
+    assert relative_error(dweight, dweight_ref) < 1e-12
     assert np.isnan(holder[:, 1]).all()
 
 
+def _force_plan(monkeypatch, plan):
+    """Steer conv's work split (tiny shapes otherwise run as one serial worker with one sub-chunk)."""
+    if plan == "serial":
+        monkeypatch.setattr(conv._single_threaded_blas, "available", lambda: False)
+        return
+    monkeypatch.setattr(conv, "_PARALLEL_MIN_MACS", 0)
+    if plan == "per_sample":
+        monkeypatch.setattr(conv, "_DIRECT_PIXELS", 1)
+    elif plan == "two_per_chunk":
+        monkeypatch.setattr(conv, "_DIRECT_PIXELS", 10**9)
+        monkeypatch.setattr(conv, "_TARGET_COLUMNS", 2 * 30)
+
+
+@pytest.mark.parametrize("plan", ["parallel", "per_sample", "two_per_chunk", "serial"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_chunked_batch_matches_single_chunk(rng, monkeypatch, dtype):
-    # Tiny shapes fit one chunk; shrink the workspace so the batch is split (with a partial last chunk).
-    x, weight, bias, stride, padding = _case_arrays(rng, (7, 3, 4, 6, 5, 3, 3, 1, 1, True), dtype)
+def test_every_work_split_gives_the_same_result(rng, monkeypatch, plan, dtype):
+    # Workers get 2 and 3 of the 5 samples, so two per chunk leaves a partial last chunk. BLAS may block a GEMM
+    # differently for a different column count, so equal up to rounding, not to the bit.
+    x, weight, bias, stride, padding = _case_arrays(rng, (5, 3, 4, 6, 5, 3, 3, 1, 1, True), dtype)
     y = conv2d_forward(x, weight, bias, stride, padding)
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dx, dweight, dbias = _backward(dy, x, weight, stride, padding)
-    per_sample = (3 * 9 + 4) * 30 * x.itemsize
-    monkeypatch.setattr(conv, "_WORKSPACE_BYTES", 3 * per_sample)
-    y_chunked = conv2d_forward(x, weight, bias, stride, padding)
-    dx_chunked, dweight_chunked, dbias_chunked = _backward(dy, x, weight, stride, padding)
-    # BLAS may block a GEMM differently for a different column count, so equal up to rounding, not to the bit.
+    expected = _backward(dy, x, weight, stride, padding)
+    _force_plan(monkeypatch, plan)
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    assert relative_error(y_chunked, y) < tol
-    assert relative_error(dx_chunked, dx) < tol
-    assert relative_error(dweight_chunked, dweight) < tol
-    assert relative_error(dbias_chunked, dbias) < tol
-    np.testing.assert_allclose(y, conv2d_forward_ref(x, weight, bias, stride, padding), rtol=tol, atol=tol)
+    got_y = conv2d_forward(x, weight, bias, stride, padding)
+    assert relative_error(got_y, conv2d_forward_ref(x, weight, bias, stride, padding)) < tol
+    for got, want in zip(_backward(dy, x, weight, stride, padding), expected):
+        assert relative_error(got, want) < tol
+    none, dweight, _ = _backward(dy, x, weight, stride, padding, need_dx=False)
+    assert none is None and relative_error(dweight, expected[1]) < tol
+
+
+def test_large_images_match_reference_and_finite_differences(rng, monkeypatch):
+    # 16x16 outputs take the one-sample-per-GEMM path (y[n] and dy[n] are the GEMM matrices, bias enters as C).
+    monkeypatch.setattr(conv, "_PARALLEL_MIN_MACS", 0)
+    x, weight, bias, stride, padding = _case_arrays(rng, (3, 2, 3, 16, 16, 3, 3, 1, 1, True))
+    assert 16 * 16 >= conv._DIRECT_PIXELS
+    y = conv2d_forward(x, weight, bias, stride, padding)
+    np.testing.assert_allclose(y, conv2d_forward_ref(x, weight, bias, stride, padding), rtol=1e-12, atol=1e-12)
+    probe = rng.standard_normal(y.shape)
+
+    def loss(x_, w_, b_):
+        return float(np.sum(conv2d_forward(x_, w_, b_, stride, padding) * probe))
+
+    dx, dweight, dbias = _backward(probe, x, weight, stride, padding)
+    assert relative_error(dweight, central_difference(lambda v: loss(x, v, bias), weight)) < 1e-6
+    assert relative_error(dbias, central_difference(lambda v: loss(x, weight, v), bias)) < 1e-6
+    # dx is linear in dy: check it through random directions instead of 1536 coordinates.
+    for _ in range(3):
+        direction = rng.standard_normal(x.shape)
+        eps = 1e-6
+        numeric = (loss(x + eps * direction, weight, bias) - loss(x - eps * direction, weight, bias)) / (2 * eps)
+        assert abs(np.sum(dx * direction) - numeric) < 1e-6 * max(1.0, abs(numeric))
+
+
+def test_one_thread_matches_two(rng, monkeypatch):
+    monkeypatch.setattr(conv, "_PARALLEL_MIN_MACS", 0)
+    x, weight, bias, stride, padding = _case_arrays(rng, (4, 3, 5, 9, 9, 3, 3, 1, 1, True))
+    y = conv2d_forward(x, weight, bias, stride, padding)
+    dy = rng.standard_normal(y.shape)
+    expected = _backward(dy, x, weight, stride, padding)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        y1 = conv2d_forward(x, weight, bias, stride, padding)
+        got = _backward(dy, x, weight, stride, padding)
+    finally:
+        numba.set_num_threads(previous)
+    assert relative_error(y1, y) < 1e-12
+    for a, b in zip(got, expected):
+        assert relative_error(a, b) < 1e-12
+
+
+def test_blas_thread_counts_are_restored(rng, monkeypatch):
+    monkeypatch.setattr(conv, "_PARALLEL_MIN_MACS", 0)
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [(info["filepath"], info["num_threads"]) for info in threadpoolctl.threadpool_info()]
+    x, weight, bias, stride, padding = _case_arrays(rng, FORWARD_CASES[0], np.float32)
+    y = conv2d_forward(x, weight, bias, stride, padding)
+    _backward(y, x, weight, stride, padding)
+    after = [(info["filepath"], info["num_threads"]) for info in threadpoolctl.threadpool_info()]
+    assert [a for a in after if a[0] in dict(before)] == before
 
 
 def test_repeated_calls_are_bit_identical(rng):
@@ -194,7 +272,9 @@ def test_non_contiguous_inputs_are_copied(rng):
 
 def test_pair_stride_and_padding_match_int(rng):
     x, weight, bias, _, _ = _case_arrays(rng, FORWARD_CASES[4])
-    np.testing.assert_array_equal(conv2d_forward(x, weight, bias, (2, 2), (1, 1)), conv2d_forward(x, weight, bias, 2, 1))
+    np.testing.assert_array_equal(
+        conv2d_forward(x, weight, bias, (2, 2), (1, 1)), conv2d_forward(x, weight, bias, 2, 1)
+    )
     # Different strides per axis: rows of the (2, 1) result are the even rows of the stride-1 result.
     np.testing.assert_allclose(
         conv2d_forward(x, weight, bias, (2, 1), 1), conv2d_forward(x, weight, bias, 1, 1)[:, :, ::2], rtol=1e-12
@@ -232,8 +312,14 @@ def _good():
     x = np.zeros((2, 3, 6, 6), dtype=np.float32)
     weight = np.zeros((4, 3, 3, 3), dtype=np.float32)
     return dict(
-        x=x, weight=weight, bias=np.zeros(4, np.float32), dy=np.zeros((2, 4, 6, 6), np.float32),
-        dweight=np.zeros_like(weight), dbias=np.zeros(4, np.float32), stride=1, padding=1,
+        x=x,
+        weight=weight,
+        bias=np.zeros(4, np.float32),
+        dy=np.zeros((2, 4, 6, 6), np.float32),
+        dweight=np.zeros_like(weight),
+        dbias=np.zeros(4, np.float32),
+        stride=1,
+        padding=1,
     )
 
 
@@ -260,14 +346,18 @@ def test_forward_rejects_bad_input(name, change):
         conv2d_forward(a["x"], a["weight"], a["bias"], a["stride"], a["padding"])
 
 
-BAD_BACKWARD = BAD_FORWARD[:6] + BAD_FORWARD[8:] + [
-    ("dy", dict(dy=np.zeros((2, 4, 5, 6), np.float32))),
-    ("dy", dict(dy=np.zeros((2, 4, 6, 6), np.float64))),
-    ("dweight", dict(dweight=np.zeros((4, 3, 3, 2), np.float32))),
-    ("dweight", dict(dweight=np.zeros((4, 3, 3, 3), np.float64))),
-    ("dweight", dict(dweight=[[0.0]])),
-    ("dbias", dict(dbias=np.zeros(3, np.float32))),
-]
+BAD_BACKWARD = (
+    BAD_FORWARD[:6]
+    + BAD_FORWARD[8:]
+    + [
+        ("dy", dict(dy=np.zeros((2, 4, 5, 6), np.float32))),
+        ("dy", dict(dy=np.zeros((2, 4, 6, 6), np.float64))),
+        ("dweight", dict(dweight=np.zeros((4, 3, 3, 2), np.float32))),
+        ("dweight", dict(dweight=np.zeros((4, 3, 3, 3), np.float64))),
+        ("dweight", dict(dweight=[[0.0]])),
+        ("dbias", dict(dbias=np.zeros(3, np.float32))),
+    ]
+)
 
 
 @pytest.mark.parametrize(("name", "change"), BAD_BACKWARD)
@@ -286,7 +376,9 @@ def test_backward_rejects_read_only_dweight():
 
 @pytest.mark.torch
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", [FORWARD_CASES[0], FORWARD_CASES[4], FORWARD_CASES[5], (4, 16, 8, 10, 10, 3, 3, 1, 1, True)])
+@pytest.mark.parametrize(
+    "case", [FORWARD_CASES[0], FORWARD_CASES[4], FORWARD_CASES[5], (4, 16, 8, 10, 10, 3, 3, 1, 1, True)]
+)
 def test_matches_torch(rng, dtype, case):
     torch = pytest.importorskip("torch")
     x, weight, bias, stride, padding = _case_arrays(rng, case, dtype)

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from smoothnorm import measure, models
+import smoothnorm
+from smoothnorm import measure, models, nn, optim
 from tests.measure.conftest import linear_model, regression_batch, stepped
 from tests.measure.naive import assert_unchanged, linear_regression_hessian, snapshot
 from tests.reference import relative_error
@@ -190,3 +191,28 @@ def test_loss_surface_reports_accuracy_for_classifiers(tiny_vgg_batch):
     s = measure.loss_surface_1d(net, x, y, d, [0.0])
     assert s.losses[0] == pytest.approx(net.loss(x, y, mode="probe"), rel=1e-12)
     assert s.accuracies[0] == net.accuracy(x, y, mode="probe")
+
+
+@pytest.mark.parametrize("norm", sorted(smoothnorm.NORMS))
+def test_every_norm_is_left_untouched_by_the_measurements(rng, norm):
+    # A small conv net, so that norms needing feature maps (instance, group) fit too.
+    layers = [("layers.0", nn.Conv2d(2, 4)), ("layers.1", nn.make_norm(norm, 4)), ("layers.2", nn.ReLU()),
+              ("layers.3", nn.MaxPool2d()), ("flatten", nn.Flatten()), ("layers.4", nn.Linear(16, 3))]
+    net = nn.Network(layers, input_shape=(2, 4, 4), loss=nn.SoftmaxCrossEntropy(), dtype=np.float32, seed=1)
+    x = rng.standard_normal((10, 2, 4, 4)).astype(np.float32)
+    y = rng.integers(0, 3, size=10)
+    stepped(net, x, y)
+    layer_state = [{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(la).items()
+                    if k.startswith("noise")} for la in net.layers]
+    before = net.loss(x, y, mode="probe")
+    snap = snapshot(net)
+    probe = measure.probe_gradient_direction(net, x, y, [0.01, 0.1])
+    measure.internal_covariate_shift(net, x, y, optim.SGD(lr=0.1, momentum=0.9))
+    measure.ActivationSampler(net, ["layers.1"], 2, np.random.default_rng(0)).record(x)
+    top = measure.hessian_top_eigenvalues(net, x, y)
+    assert_unchanged(net, snap)
+    for la, saved in zip(net.layers, layer_state):
+        for k, v in saved.items():
+            assert np.array_equal(getattr(la, k), v), (la.name, k)
+    assert net.loss(x, y, mode="probe") == before
+    assert probe.num_diverged == 0 and np.isfinite(top).all()
