@@ -1,0 +1,144 @@
+"""Whole train steps against PyTorch CPU: VGG-11-BN / VGG-16-BN at batch 128 (float32) and the 25-layer DLN on 1000
+samples (float64, with and without BatchNorm); plus the first step of a fresh process (Numba cache warm).
+
+    python -m benchmarks.bench_train [--repeats 7] [--batch 128] [--threads 2] [--skip-vgg16]
+
+A train step is forward, loss, backward and an SGD update. Ours and PyTorch's are timed alternately in one process
+(medians over repeats); the ratio is torch time / our time (> 1: we are faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # PyTorch's allocator on huge pages, as NumPy's arrays already are
+
+import numpy as np  # noqa: E402
+
+from benchmarks._timing import describe_machine, format_table, time_alternating, torch_available  # noqa: E402
+from smoothnorm import models, optim  # noqa: E402
+
+
+def our_step(net, opt, x, y):
+    def fn():
+        net.loss_and_grad(x, y, mode="train")
+        opt.step(net.params, net.grads)
+
+    return fn
+
+
+def torch_vgg(name: str, width: float = 1.0):
+    import torch
+
+    cfg = models.VGG_CONFIGS[name]
+    layers, c = [], 3
+    for item in cfg:
+        if item == "M":
+            layers.append(torch.nn.MaxPool2d(2, 2))
+        else:
+            out = round(item * width)
+            layers += [torch.nn.Conv2d(c, out, 3, padding=1), torch.nn.BatchNorm2d(out), torch.nn.ReLU()]
+            c = out
+    return torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(round(512 * width), 10))
+
+
+def torch_dln(norm: bool):
+    import torch
+
+    layers = []
+    for i in range(25):
+        layers.append(torch.nn.Linear(10, 10, bias=False))
+        if norm and i < 24:
+            layers.append(torch.nn.BatchNorm1d(10))
+    return torch.nn.Sequential(*layers).double()
+
+
+def torch_step(model, x, y, loss_kind: str):
+    import torch
+
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def fn():
+        opt.zero_grad(set_to_none=True)
+        out = model(xt)
+        loss = torch.nn.functional.cross_entropy(out, yt) if loss_kind == "ce" else ((out - yt) ** 2).sum()
+        loss.backward()
+        opt.step()
+
+    return fn
+
+
+def first_step_of_fresh_process() -> float:
+    """Seconds for import + build + first VGG-11-BN train step in a new interpreter (Numba's cache already warm)."""
+    code = (
+        "import time; t=time.perf_counter(); import numpy as np; from smoothnorm import models, optim;"
+        "net=models.vgg('vgg11', norm='batch'); opt=optim.SGD(lr=0.1);"
+        "x=np.zeros((128,3,32,32),np.float32); y=np.zeros(128,np.int64);"
+        "net.loss_and_grad(x,y); opt.step(net.params, net.grads); print(time.perf_counter()-t)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)  # make sure the cache is warm
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip())
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-vgg16", action="store_true")
+    args = parser.parse_args(argv)
+    import numba
+
+    numba.set_num_threads(args.threads)
+    have_torch = torch_available()
+    if have_torch:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    print(describe_machine())
+    rng = np.random.default_rng(0)
+    rows = []
+    vggs = ["vgg11"] + ([] if args.skip_vgg16 else ["vgg16"])
+    for name in vggs:
+        x = rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
+        y = rng.integers(0, 10, size=args.batch)
+        net = models.vgg(name, norm="batch")
+        cands = {"ours": our_step(net, optim.SGD(lr=1e-3), x, y)}
+        if have_torch:
+            cands["torch"] = torch_step(torch_vgg(name), x, y, "ce")
+        t = time_alternating(cands, repeats=args.repeats, warmup=1)
+        rows.append(_row(f"{name}-bn train step, batch {args.batch}, float32", t, imgs=args.batch))
+    for norm in (False, True):
+        x = rng.standard_normal((1000, 10))
+        y = x @ rng.standard_normal((10, 10)).T
+        net = models.dln(25, 10, in_dim=10, out_dim=10, norm="batch" if norm else None)
+        cands = {"ours": our_step(net, optim.SGD(lr=1e-6), x, y)}
+        if have_torch:
+            cands["torch"] = torch_step(torch_dln(norm), x, y, "mse")
+        t = time_alternating(cands, repeats=args.repeats * 10, warmup=3)
+        rows.append(_row(f"DLN 25x(10x10){' + BN' if norm else ''}, 1000 samples, float64", t))
+    print(format_table(rows, ["work", "ours (ms)", "torch (ms)", "torch/ours", "ours img/s"]))
+    t0 = time.perf_counter()
+    first = first_step_of_fresh_process()
+    print(f"\nfresh process, import + build VGG-11-BN + first train step (cache warm): {first:.2f} s "
+          f"(measured in {time.perf_counter() - t0:.1f} s)")
+
+
+def _row(work: str, t: dict, imgs: int | None = None) -> dict:
+    row = {"work": work, "ours (ms)": f"{t['ours'] * 1e3:.2f}"}
+    if "torch" in t:
+        row["torch (ms)"] = f"{t['torch'] * 1e3:.2f}"
+        row["torch/ours"] = f"{t['torch'] / t['ours']:.2f}"
+    if imgs:
+        row["ours img/s"] = f"{imgs / t['ours']:.0f}"
+    return row
+
+
+if __name__ == "__main__":
+    main()
