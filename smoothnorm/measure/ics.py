@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from smoothnorm.measure.landscape import _base_loss_and_grad, _check_batch, _distance64, _norm64, _preserved
+from smoothnorm.measure.landscape import _base_loss_and_grad, _check_batch, _preserved, _sums
 from smoothnorm.nn import Conv2d, Linear
 
 __all__ = ["weight_layer_names", "internal_covariate_shift", "gradient_change"]
@@ -32,16 +32,15 @@ def gradient_change(g: np.ndarray, g_prime: np.ndarray) -> tuple[float, float]:
 
     NaN/Inf in either vector propagate to both numbers.
     """
-    l2 = _distance64(g, g_prime)
-    norm_g, norm_gp = _norm64(g), _norm64(g_prime)
+    gg, pp, gp, dd = _sums(g, g_prime)
+    l2, norm_g, norm_gp = math.sqrt(dd), math.sqrt(gg), math.sqrt(pp)
     if norm_g == 0.0 or norm_gp == 0.0:
         return l2, math.nan
-    if np.array_equal(g, g_prime):
+    if dd == 0.0:
         # Identical vectors: exactly parallel (the rounded formula can give 1 - 2e-16).
         return l2, 1.0
     with np.errstate(all="ignore"):
-        dot = float(np.dot(np.asarray(g, dtype=np.float64), np.asarray(g_prime, dtype=np.float64)))
-        cosine = dot / (norm_g * norm_gp)
+        cosine = gp / (norm_g * norm_gp)
     # Rounding can push |cos| a hair past 1 for (anti)parallel vectors.
     return l2, float(min(1.0, max(-1.0, cosine))) if math.isfinite(cosine) else cosine
 
@@ -98,8 +97,7 @@ def internal_covariate_shift(
     slices = net.layer_slices()
     index = {layer.name: i for i, layer in enumerate(net.layers)}
     result: dict[str, tuple[float, float]] = {}
-    with _preserved(net):
-        w0 = net.params.copy()
+    with _preserved(net) as w0:
         # loss=0.0: the base loss is not reported, so skip the forward pass that would compute it.
         _, g = _base_loss_and_grad(net, x, y, grad, loss=0.0)
         with np.errstate(all="ignore"):

@@ -1,0 +1,124 @@
+"""Cost of the measurements relative to a training step (forward + backward + SGD update).
+
+    python -m benchmarks.bench_measure [--repeats 5] [--batch 128] [--width 1.0]
+
+- Gradient-direction probe with 4 step sizes on VGG-11-BN (float32): target <= 4 forward+backward passes + 10%
+  when the training step's gradient and loss are passed in (`grad=`, `loss=`); also timed without them (+1 pass).
+- ICS over the weight layers (the default) and over every parameterized layer of VGG-11-BN.
+- Lanczos top Hessian eigenvalue of the paper's DLN (25 layers of 10x10, 1000 samples, float64), with and without BN.
+
+Candidates are timed alternately in one process (benchmarks/_timing.py) and reported as ratios of medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from benchmarks._timing import describe_machine, format_table, time_alternating
+from smoothnorm import measure, models, optim
+
+
+def _vgg_rows(repeats: int, batch: int, width: float) -> list[dict]:
+    rng = np.random.default_rng(0)
+    net = models.vgg("vgg11", norm="batch", width=width, dtype=np.float32, seed=0)
+    x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, size=batch)
+    lr = 0.1
+    opt = optim.SGD(lr=lr)
+    etas = measure.step_grid(lr, "vgg")
+    w0 = net.params.copy()
+
+    def train_step():
+        net.loss_and_grad(x, y, mode="train")
+        opt.step(net.params, net.grads)
+        net.params[...] = w0  # stay at one point so every candidate sees the same network
+
+    def four_passes():
+        for _ in range(4):
+            net.loss_and_grad(x, y, mode="probe")
+
+    loss, g = net.loss_and_grad(x, y, mode="probe")
+    g = g.copy()
+    candidates = {
+        "train step": train_step,
+        "4 x forward+backward": four_passes,
+        "probe, 4 etas (grad given)": lambda: measure.probe_gradient_direction(net, x, y, etas, grad=g, loss=loss),
+        "probe, 4 etas": lambda: measure.probe_gradient_direction(net, x, y, etas),
+        "ICS, weight layers": lambda: measure.internal_covariate_shift(net, x, y, opt, grad=g),
+        "ICS, all param layers": lambda: measure.internal_covariate_shift(
+            net, x, y, opt, layers=list(net.layer_slices()), grad=g
+        ),
+    }
+    times = time_alternating(candidates, repeats=repeats, warmup=1)
+    base = times["train step"]
+    passes = times["4 x forward+backward"]
+    rows = []
+    for name, t in times.items():
+        rows.append({
+            "what": f"VGG-11-BN w={width} b={batch}: {name}",
+            "median s": f"{t:.3f}",
+            "x train step": f"{t / base:.2f}",
+            "x (4 f+b)": f"{t / passes:.3f}",
+        })
+    return rows
+
+
+def _dln_rows(repeats: int) -> list[dict]:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1000, 10))
+    a = rng.standard_normal((10, 10))
+    t = x @ a.T
+    rows = []
+    for norm in (None, "batch"):
+        net = models.dln(25, 10, in_dim=10, out_dim=10, norm=norm, seed=0)
+        opt = optim.SGD(lr=1e-6)
+        w0 = net.params.copy()
+
+        def train_step(net=net, opt=opt, w0=w0):
+            net.loss_and_grad(x, t, mode="train")
+            opt.step(net.params, net.grads)
+            net.params[...] = w0
+
+        products = {}
+
+        def top_eigenvalue(scheme, net=net, products=products):
+            op = measure.hessian_operator(net, x, t, scheme=scheme)
+            measure.top_eigenvalues(op, 1)
+            products[scheme] = op.matvec_count
+
+        candidates = {
+            "train step": train_step,
+            "Lanczos top eigenvalue, central": lambda: top_eigenvalue("central"),
+            "Lanczos top eigenvalue, forward": lambda: top_eigenvalue("forward"),
+        }
+        times = time_alternating(candidates, repeats=repeats, warmup=1)
+        base = times["train step"]
+        for name, value in times.items():
+            scheme = name.rsplit(" ", 1)[-1]
+            extra = f" ({products[scheme]} H-vector products)" if scheme in products else ""
+            rows.append({
+                "what": f"DLN 25x10 n=1000 norm={norm}: {name}{extra}",
+                "median s": f"{value:.4f}",
+                "x train step": f"{value / base:.1f}",
+                "x (4 f+b)": "-",
+            })
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--skip-vgg", action="store_true")
+    args = parser.parse_args(argv)
+    print(describe_machine())
+    rows = [] if args.skip_vgg else _vgg_rows(args.repeats, args.batch, args.width)
+    rows += _dln_rows(args.repeats)
+    print(format_table(rows, ["what", "median s", "x train step", "x (4 f+b)"]))
+
+
+if __name__ == "__main__":
+    main()
