@@ -85,9 +85,13 @@ class LandscapeProbe(Probe):
         if self.direction == "gradient":
             r = probe_gradient_direction(net, x, y, self._etas, beta_normalization=self.beta_normalization)
         else:
+            grads_before = net.grads.copy()
             loss, g = net.loss_and_grad(x, y, mode="probe")
+            g = g.copy()
+            net.grads[:] = grads_before  # measurements leave the network as they found it
             d = random_direction(net, trainer.probe_rng, norm=float(np.linalg.norm(g.astype(np.float64))))
-            r = probe_direction(net, x, y, self._etas, d, beta_normalization=self.beta_normalization)
+            r = probe_direction(net, x, y, self._etas, d, beta_normalization=self.beta_normalization,
+                                grad=g, loss=loss)
         return {
             "losses": r.losses,
             "grad_distances": r.grad_distances,
