@@ -59,16 +59,20 @@ def _softmax_cross_entropy(logits, labels, probs, losses):
         losses[r] = np.log(s) - (np.float64(logits[r, labels[r]]) - m)
 
 
+@njit(cache=True, error_model="numpy")
+def _squared_error_block(pred, target, diff, partials, block):
+    acc = 0.0
+    for i in range(block * _BLOCK, min(pred.size, (block + 1) * _BLOCK)):
+        d = pred[i] - target[i]
+        diff[i] = d
+        acc += np.float64(d) * np.float64(d)
+    partials[block] = acc
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
 def _squared_error(pred, target, diff, partials):
-    n = pred.size
     for block in prange(partials.size):
-        acc = 0.0
-        for i in range(block * _BLOCK, min(n, (block + 1) * _BLOCK)):
-            d = pred[i] - target[i]
-            diff[i] = d
-            acc += np.float64(d) * np.float64(d)
-        partials[block] = acc
+        _squared_error_block(pred, target, diff, partials, block)
 
 
 def softmax_cross_entropy_forward(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
@@ -126,7 +130,10 @@ def squared_error_forward(pred: np.ndarray, target: np.ndarray, reduction: str =
         raise ValueError(f"target: expected shape {pred.shape} (the shape of pred), got {target.shape}")
     diff = np.empty_like(pred)
     partials = np.empty((pred.size + _BLOCK - 1) // _BLOCK, dtype=np.float64)
-    _squared_error(pred.reshape(-1), target.reshape(-1), diff.reshape(-1), partials)
+    if partials.size == 1:  # one block: waking the thread pool would cost more than the work
+        _squared_error_block(pred.reshape(-1), target.reshape(-1), diff.reshape(-1), partials, 0)
+    else:
+        _squared_error(pred.reshape(-1), target.reshape(-1), diff.reshape(-1), partials)
     loss = float(np.sum(partials))
     if reduction == "mean":
         loss /= pred.size if pred.size else np.nan

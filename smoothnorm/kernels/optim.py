@@ -293,7 +293,8 @@ def sgd_update(
         "momentum_buffer", momentum_buffer, params,
         use_momentum and (update_state or not first_step), update_state,
     )
-    _sgd_kernel(
+    # One block needs no parallel region: waking the thread pool costs more than the update.
+    (_sgd_block if params.size <= _BLOCK else _sgd_kernel)(
         params, grads, buf, target, t(lr), t(momentum), t(1 - dampening), t(weight_decay), bool(nesterov),
         use_momentum, bool(first_step), bool(update_state), in_place,
     )
@@ -321,7 +322,10 @@ def adagrad_update(
     t = params.dtype.type
     state_sum = _state("state_sum", state_sum, params, True, update_state)
     clr = lr / (1 + (step - 1) * lr_decay)
-    _adagrad_kernel(params, grads, state_sum, target, t(clr), t(weight_decay), t(eps), bool(update_state), in_place)
+    # One block needs no parallel region: waking the thread pool costs more than the update.
+    (_adagrad_block if params.size <= _BLOCK else _adagrad_kernel)(
+        params, grads, state_sum, target, t(clr), t(weight_decay), t(eps), bool(update_state), in_place
+    )
     return out
 
 
@@ -353,7 +357,8 @@ def rmsprop_update(
     grad_avg = _state("grad_avg", grad_avg, params, bool(centered), update_state)
     buf = _state("momentum_buffer", momentum_buffer, params, use_momentum, update_state)
     weight = t(1 - alpha)
-    _rmsprop_kernel(
+    # One block needs no parallel region: waking the thread pool costs more than the update.
+    (_rmsprop_block if params.size <= _BLOCK else _rmsprop_kernel)(
         params, grads, square_avg, grad_avg, buf, target, t(lr), t(alpha), weight, t(1) - weight,
         bool(abs(weight) < 0.5), t(eps), t(weight_decay), t(momentum), bool(centered), use_momentum,
         bool(update_state), in_place,
@@ -393,7 +398,8 @@ def adam_update(
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     weight = t(1 - beta1)
-    _adam_kernel(
+    # One block needs no parallel region: waking the thread pool costs more than the update.
+    (_adam_block if params.size <= _BLOCK else _adam_kernel)(
         params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, target, t(weight_decay),
         bool(decoupled_weight_decay), t(1 - lr * weight_decay), weight, t(1) - weight, bool(abs(weight) < 0.5),
         t(beta2), t(1 - beta2), t(bias_correction2**0.5), t(eps), t(lr / bias_correction1), bool(amsgrad),
