@@ -3,8 +3,9 @@
 Run as `python -m benchmarks.bench_batchnorm [--repeats R] [--threads T]`. Both sides allocate their outputs
 (y, dx) on every call, as a layer does; torch runs F.batch_norm + autograd backward with running statistics.
 Candidates are timed alternately in one process (see benchmarks/_timing.py); ratio = torch / ours (> 1: ours
-faster). GB/s counts the bytes ours must move at least: x read and y written (forward), dy and x read and dx
-written (backward), i.e. 5 arrays of the input's size.
+faster). A third candidate passes `out=` buffers reused across calls, as a layer owning its outputs could.
+GB/s counts the bytes ours must move at least: x read and y written (forward), dy and x read and dx written
+(backward), i.e. 5 arrays of the input's size.
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ def _candidates(shape: tuple[int, ...], with_torch: bool) -> tuple[dict, int]:
         y, mean, invstd, var = batch_norm_train_forward(x, gamma, beta)
         return batch_norm_train_backward(dy, x, mean, invstd, gamma, dgamma, dbeta)
 
-    candidates = {"ours": ours}
+    y_buffer, dx_buffer = np.empty_like(x), np.empty_like(x)
+
+    def ours_reusing_buffers():
+        y, mean, invstd, var = batch_norm_train_forward(x, gamma, beta, out=y_buffer)
+        return batch_norm_train_backward(dy, x, mean, invstd, gamma, dgamma, dbeta, out=dx_buffer)
+
+    candidates = {"ours": ours, "ours out=": ours_reusing_buffers}
     if with_torch:
         import torch
 
@@ -93,15 +100,20 @@ def main(argv: list[str] | None = None) -> None:
             "ours GB/s": f"{5 * nbytes / times['ours'] / 1e9:.1f}",
             "ours min": f"{best['ours'] * 1e3:.2f}",
         }
+        row["out= ms"] = f"{times['ours out='] * 1e3:.2f}"
         if have_torch:
             row["torch ms"] = f"{times['torch'] * 1e3:.2f}"
             row["torch/ours"] = f"{times['torch'] / times['ours']:.2f}"
             row["torch min"] = f"{best['torch'] * 1e3:.2f}"
             row["min ratio"] = f"{best['torch'] / best['ours']:.2f}"
+            row["torch/out="] = f"{times['torch'] / times['ours out=']:.2f}"
         rows.append(row)
     columns = ["shape", "ours ms", "torch ms", "torch/ours", "ours GB/s", "ours min", "torch min", "min ratio"]
-    print(format_table(rows, columns))
-    print("\nms: medians; min: fastest of the same calls (less sensitive to a busy machine than the median).")
+    print(format_table(rows, columns + ["out= ms", "torch/out="]))
+    print(
+        "\nms: medians; min: fastest of the same calls (less sensitive to a busy machine than the median);\n"
+        "out=: ours writing y and dx into buffers reused across calls (no page faults of fresh memory)."
+    )
 
 
 def _recorded(fn, durations: list[float]):

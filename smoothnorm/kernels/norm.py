@@ -28,6 +28,10 @@ even when mean >> std (a float32 mean alone would shift it by |mean| 2^-24 / std
 the wider arithmetic costs little. The cached mean is rounded to x's dtype (the public contract); the backward pass
 uses it as given. NaN or Inf anywhere in a channel makes that channel's variance, and so its whole output, NaN;
 nothing is masked.
+
+Outputs. y and dx are new arrays unless `out=` is given (keyword-only, beyond the fixed API): for arrays of tens of
+MB the page faults of fresh memory cost about as much as the kernel, so a caller that owns its buffers can pass
+them (see `_output`; in place over x or dy is allowed).
 """
 
 from __future__ import annotations
@@ -50,14 +54,14 @@ _TARGET_ITEMS = 8
 # Validation
 
 
-def _as_ncs(name: str, x, modes: str = "2D or 4D") -> np.ndarray:
-    """Validate a float32/float64 (N, C) or (N, C, H, W) array; return a C-contiguous (N, C, S) view."""
+def _as_ncs(name: str, x) -> np.ndarray:
+    """Validate a float32/float64 (N, C) or (N, C, H, W) array; return it as a C-contiguous (N, C, S) array."""
     x = np.asarray(x)
     if x.dtype not in (np.float32, np.float64):
         raise ValueError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
     if x.ndim not in (2, 4):
         raise ValueError(
-            f"{name}: expected a {modes} array, (N, C) or (N, C, H, W), got ndim {x.ndim} (shape {x.shape})"
+            f"{name}: expected a 2D or 4D array, (N, C) or (N, C, H, W), got ndim {x.ndim} (shape {x.shape})"
         )
     x = np.ascontiguousarray(x)
     n, c = x.shape[0], x.shape[1]
@@ -445,13 +449,19 @@ def _batch_norm_eval_backward(dy, x, N, C, S, running_mean, running_var, gamma, 
 
 
 def batch_norm_train_forward(
-    x: np.ndarray, gamma: np.ndarray | None = None, beta: np.ndarray | None = None, eps: float = 1e-5
+    x: np.ndarray,
+    gamma: np.ndarray | None = None,
+    beta: np.ndarray | None = None,
+    eps: float = 1e-5,
+    *,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Batch normalization with batch statistics (train and probe modes), as torch's BatchNorm1d/2d.
 
     x: (N, C) or (N, C, H, W), float32 or float64; gamma, beta: (C,) of x's dtype, or None (no scale / no shift).
     Returns (y, mean, invstd, var): y like x; mean, invstd = 1 / sqrt(var + eps) and the biased variance var,
     each (C,) of x's dtype. Keep (mean, invstd) for the backward pass and (mean, var) for the running update.
+    out: optional C-contiguous array like x to write y into (returned as y); see _output.
     """
     x3 = _as_ncs("x", x)
     N, C, S = x3.shape
@@ -459,13 +469,13 @@ def batch_norm_train_forward(
     eps = _check_eps(eps)
     gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
     beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
-    y3 = np.empty_like(x3)
+    y = _output(out, x3, np.shape(x), (x3,))
     block, chunks = _plan(N, C, S, x3.itemsize, 1)
     mean, var, invstd = _batch_norm_train_forward(
-        x3.reshape(-1), N, C, S, gamma, beta, eps, block, chunks, y3.reshape(-1)
+        x3.reshape(-1), N, C, S, gamma, beta, eps, block, chunks, y.reshape(-1)
     )
     dt = x3.dtype
-    return y3.reshape(np.shape(x)), mean.astype(dt), invstd.astype(dt), var.astype(dt)
+    return y, mean.astype(dt), invstd.astype(dt), var.astype(dt)
 
 
 def batch_norm_train_backward(
@@ -476,12 +486,14 @@ def batch_norm_train_backward(
     gamma: np.ndarray | None = None,
     dgamma: np.ndarray | None = None,
     dbeta: np.ndarray | None = None,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Gradient of batch_norm_train_forward, through the batch statistics.
 
     dy, x: (N, C) or (N, C, H, W) of one dtype; mean, invstd: (C,) from the forward pass; gamma: (C,) or None.
     dgamma, dbeta: (C,) arrays overwritten in place with sum(dy * xhat) and sum(dy) when given.
-    Returns dx, like x.
+    Returns dx, like x; out: optional C-contiguous array like x to write dx into (dy itself is allowed).
     """
     x3 = _as_ncs("x", x)
     dy3 = _same_as("dy", dy, np.asarray(x), "x").reshape(x3.shape)
@@ -492,16 +504,16 @@ def batch_norm_train_backward(
     gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
     _check_output("dgamma", dgamma, C, x3.dtype)
     _check_output("dbeta", dbeta, C, x3.dtype)
-    dx3 = np.empty_like(x3)
+    dx = _output(out, x3, np.shape(x), (x3, dy3))
     block, chunks = _plan(N, C, S, x3.itemsize, 2)
     dg, db = _batch_norm_train_backward(
-        dy3.reshape(-1), x3.reshape(-1), N, C, S, mean, invstd, gamma, block, chunks, dx3.reshape(-1)
+        dy3.reshape(-1), x3.reshape(-1), N, C, S, mean, invstd, gamma, block, chunks, dx.reshape(-1)
     )
     if dgamma is not None:
         dgamma[...] = dg
     if dbeta is not None:
         dbeta[...] = db
-    return dx3.reshape(np.shape(x))
+    return dx
 
 
 def batch_norm_eval_forward(
@@ -511,11 +523,13 @@ def batch_norm_eval_forward(
     gamma: np.ndarray | None = None,
     beta: np.ndarray | None = None,
     eps: float = 1e-5,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Batch normalization with running statistics (eval mode): y = (x - rm) / sqrt(rv + eps) * gamma + beta.
 
     x: (N, C) or (N, C, H, W), float32 or float64; running_mean, running_var, gamma, beta: (C,) of x's dtype
-    (gamma, beta may be None). Returns y, like x.
+    (gamma, beta may be None). Returns y, like x; out: optional C-contiguous array like x to write y into.
     """
     x3 = _as_ncs("x", x)
     N, C, S = x3.shape
@@ -524,12 +538,12 @@ def batch_norm_eval_forward(
     running_var = _channel_vector("running_var", running_var, C, x3.dtype)
     gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
     beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
-    y3 = np.empty_like(x3)
+    y = _output(out, x3, np.shape(x), (x3,))
     block, chunks = _plan(N, C, S, x3.itemsize, 1)
     _batch_norm_eval_forward(
-        x3.reshape(-1), N, C, S, running_mean, running_var, gamma, beta, eps, block, chunks, y3.reshape(-1)
+        x3.reshape(-1), N, C, S, running_mean, running_var, gamma, beta, eps, block, chunks, y.reshape(-1)
     )
-    return y3.reshape(np.shape(x))
+    return y
 
 
 def batch_norm_eval_backward(
@@ -541,12 +555,14 @@ def batch_norm_eval_backward(
     dgamma: np.ndarray | None = None,
     dbeta: np.ndarray | None = None,
     eps: float = 1e-5,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Gradient of batch_norm_eval_forward (running statistics are constants).
 
     dy, x: (N, C) or (N, C, H, W) of one dtype; running_mean, running_var, gamma: (C,) (gamma may be None).
     dgamma, dbeta: (C,) arrays overwritten in place with sum(dy * xhat) and sum(dy) when given.
-    Returns dx, like x.
+    Returns dx, like x; out: optional C-contiguous array like x to write dx into (dy itself is allowed).
     """
     x3 = _as_ncs("x", x)
     dy3 = _same_as("dy", dy, np.asarray(x), "x").reshape(x3.shape)
@@ -558,7 +574,7 @@ def batch_norm_eval_backward(
     _check_output("dgamma", dgamma, C, x3.dtype)
     _check_output("dbeta", dbeta, C, x3.dtype)
     need_sums = dgamma is not None or dbeta is not None
-    dx3 = np.empty_like(x3)
+    dx = _output(out, x3, np.shape(x), (x3, dy3))
     block, chunks = _plan(N, C, S, x3.itemsize, 2)
     dg, db = _batch_norm_eval_backward(
         dy3.reshape(-1),
@@ -573,13 +589,13 @@ def batch_norm_eval_backward(
         need_sums,
         block,
         chunks,
-        dx3.reshape(-1),
+        dx.reshape(-1),
     )
     if dgamma is not None:
         dgamma[...] = dg
     if dbeta is not None:
         dbeta[...] = db
-    return dx3.reshape(np.shape(x))
+    return dx
 
 
 def batch_norm_update_running(
@@ -615,6 +631,31 @@ def batch_norm_update_running(
     unbiased = var.astype(np.float64) * (count / (count - 1))
     running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * mean.astype(np.float64)
     running_var[...] = (1.0 - momentum) * running_var.astype(np.float64) + momentum * unbiased
+
+
+def _output(out, x3: np.ndarray, shape: tuple, inputs: tuple) -> np.ndarray:
+    """The array a kernel writes its (N, C, ...) result into: a new one, or `out` after checks.
+
+    A caller that owns its buffers (a layer reusing its output between steps) saves the page faults of fresh
+    memory, which for arrays of tens of MB cost about as much as the kernel itself. `out` may be one of the inputs
+    exactly (in place: every kernel reads a block's inputs before writing that block's outputs), but must not
+    overlap one partially.
+    """
+    if out is None:
+        return np.empty(shape, dtype=x3.dtype)
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"out: expected a numpy array of shape {shape}, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"out: expected shape {shape} (the shape of x), got {out.shape}")
+    if out.dtype != x3.dtype:
+        raise ValueError(f"out: expected dtype {x3.dtype} (the dtype of x), got {out.dtype}")
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError("out: expected a writeable C-contiguous array")
+    start = out.__array_interface__["data"][0]
+    for a in inputs:
+        if np.may_share_memory(out, a) and a.__array_interface__["data"][0] != start:
+            raise ValueError("out: overlaps an input partially (it may be an input itself, or separate memory)")
+    return out
 
 
 def _check_output(name: str, out, channels: int, dtype) -> None:

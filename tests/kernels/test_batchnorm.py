@@ -347,9 +347,42 @@ def test_non_contiguous_inputs_are_accepted(rng):
     np.testing.assert_allclose(y, batch_norm_train_reference(x), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(6, 5), (4, 3, 5, 5), (64, 1, 32, 32)])
+def test_out_buffers_and_in_place(rng, shape):
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    gamma, beta = _affine(rng, shape[1], np.float32)
+    rm, rv = np.zeros(shape[1], np.float32), np.ones(shape[1], np.float32)
+    y, mean, invstd, _ = batch_norm_train_forward(x, gamma, beta)
+    dx = batch_norm_train_backward(dy, x, mean, invstd, gamma)
+    ye = batch_norm_eval_forward(x, rm, rv, gamma, beta)
+    dxe = batch_norm_eval_backward(dy, x, rm, rv, gamma, np.empty_like(gamma))
+    buffer = np.full_like(x, np.nan)
+    assert batch_norm_train_forward(x, gamma, beta, out=buffer)[0] is buffer
+    np.testing.assert_array_equal(buffer, y)
+    assert batch_norm_train_backward(dy, x, mean, invstd, gamma, out=buffer) is buffer
+    np.testing.assert_array_equal(buffer, dx)
+    assert batch_norm_eval_forward(x, rm, rv, gamma, beta, out=buffer) is buffer
+    np.testing.assert_array_equal(buffer, ye)
+    assert batch_norm_eval_backward(dy, x, rm, rv, gamma, np.empty_like(gamma), out=buffer) is buffer
+    np.testing.assert_array_equal(buffer, dxe)
+    # In place: dx over dy, y over x.
+    dgamma = np.empty_like(gamma)
+    inplace = dy.copy()
+    batch_norm_train_backward(inplace, x, mean, invstd, gamma, dgamma, out=inplace)
+    np.testing.assert_array_equal(inplace, dx)
+    inplace = dy.copy()
+    batch_norm_eval_backward(inplace, x, rm, rv, gamma, dgamma, out=inplace)
+    np.testing.assert_array_equal(inplace, dxe)
+    inplace = x.copy()
+    batch_norm_train_forward(inplace, gamma, beta, out=inplace)
+    np.testing.assert_array_equal(inplace, y)
+
+
 def _bad_input_cases():
     x = np.zeros((4, 3, 2, 2), np.float32)
     x32 = np.ones(3, np.float32)
+    xbig = np.zeros((5, 3, 2, 2), np.float32)
     return [
         (lambda: batch_norm_train_forward(np.zeros((4, 3, 2))), "x", "ndim 3"),
         (lambda: batch_norm_train_forward(np.zeros((4, 3, 2, 2, 2))), "x", "ndim 5"),
@@ -376,6 +409,15 @@ def _bad_input_cases():
             "mean",
             "float32",
         ),
+        (lambda: batch_norm_train_forward(x, out=np.empty((4, 3, 2, 1), np.float32)), "out", "(4, 3, 2, 1)"),
+        (lambda: batch_norm_train_forward(x, out=np.empty(x.shape)), "out", "float64"),
+        (
+            lambda: batch_norm_eval_forward(x, x32, x32, out=np.empty((4, 3, 2, 2), np.float32, order="F")),
+            "out",
+            "C-contig",
+        ),
+        (lambda: batch_norm_train_backward(x, x, x32, x32, out=[0.0]), "out", "list"),
+        (lambda: batch_norm_train_backward(x, xbig[1:], x32, x32, out=xbig[:-1]), "out", "partially"),
     ]
 
 
