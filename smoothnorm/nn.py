@@ -361,6 +361,7 @@ class Network:
         """Run the layers on a batch; returns the output (logits or predictions). Caches what backward needs.
 
         capture: names of layers whose outputs are kept in `self.captured` ({name: array}; treat as read-only).
+        Layer outputs (and `captured`) are valid until the next forward: some layers reuse their output buffers.
         """
         choice("mode", mode, MODES)
         out = self.check_input(x)

@@ -59,6 +59,15 @@ class _RunningStatsNorm(Layer):
             )
         return input_shape
 
+    def _reused(self, key: str, like: np.ndarray) -> np.ndarray:
+        """A buffer shaped like `like`, kept between calls: fresh output memory (page faults) cost about a third
+        of BatchNorm's time at (128, 64, 32, 32). The layer's outputs are therefore valid until its next call."""
+        buffers = self.__dict__.setdefault("_buffers", {})
+        buf = buffers.get(key)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = buffers[key] = np.empty_like(like, order="C")
+        return buf
+
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
 
@@ -81,8 +90,9 @@ class BatchNorm(_RunningStatsNorm):
         gamma, beta = self.params.get("weight"), self.params.get("bias")
         if mode == "eval":
             self._cache = ("eval", x)
-            return batch_norm_eval_forward(x, self.running_mean, self.running_var, gamma, beta, self.eps)
-        y, mean, invstd, var = batch_norm_train_forward(x, gamma, beta, self.eps)
+            return batch_norm_eval_forward(x, self.running_mean, self.running_var, gamma, beta, self.eps,
+                                           out=self._reused("y", x))
+        y, mean, invstd, var = batch_norm_train_forward(x, gamma, beta, self.eps, out=self._reused("y", x))
         if mode == "train":
             count = x.size // x.shape[1]
             batch_norm_update_running(self.running_mean, self.running_var, mean, var, count, self.momentum)
@@ -96,10 +106,10 @@ class BatchNorm(_RunningStatsNorm):
         if self._cache[0] == "eval":
             x = self._cache[1]
             return batch_norm_eval_backward(
-                dy, x, self.running_mean, self.running_var, gamma, dgamma, dbeta, self.eps
+                dy, x, self.running_mean, self.running_var, gamma, dgamma, dbeta, self.eps, out=self._reused("dx", x)
             )
         _, x, mean, invstd = self._cache
-        return batch_norm_train_backward(dy, x, mean, invstd, gamma, dgamma, dbeta)
+        return batch_norm_train_backward(dy, x, mean, invstd, gamma, dgamma, dbeta, out=self._reused("dx", x))
 
 
 NOISE_PLACEMENTS = ("after_affine", "before_affine")
@@ -213,7 +223,7 @@ class NoisyBatchNorm(_RunningStatsNorm):
         if self._cache[0] == "eval":
             x = self._cache[1]
             return batch_norm_eval_backward(
-                dy, x, self.running_mean, self.running_var, gamma, dgamma, dbeta, self.eps
+                dy, x, self.running_mean, self.running_var, gamma, dgamma, dbeta, self.eps, out=self._reused("dx", x)
             )
         _, x, mean, invstd, scale, shift = self._cache
         return noisy_batch_norm_backward(
