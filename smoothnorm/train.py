@@ -3,8 +3,8 @@
 `Trainer` owns a network, an optimizer, a batch function and a list of probes. Every step t it:
 1. takes the batch (x_t, y_t) = batch_fn(t) (a pure function of t, so a resumed run sees the same batches);
 2. draws fresh layer noise (noisy BatchNorm) from its own generator;
-3. runs every probe due at t on (x_t, y_t) at the current weights w_t, in probe mode (nothing in the network moves);
-4. computes the training loss and gradient in train mode and takes the optimizer step;
+3. computes the training loss and gradient at w_t in train mode;
+4. runs every probe due at t on (x_t, y_t) at w_t, in probe mode (reusing that gradient), then takes the step;
 5. every `eval_every` steps, evaluates test accuracy in eval mode.
 Its whole state (network, optimizer, noise generator, step, metrics, probe records) is a `state_dict()`, so the
 experiment runner can checkpoint and resume bit for bit. The trainer knows no files.
@@ -49,7 +49,9 @@ class Probe:
     def setup(self, trainer: Trainer) -> None:
         """Called once when the trainer is built (before any step)."""
 
-    def measure(self, trainer: Trainer, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    def measure(self, trainer: Trainer, x: np.ndarray, y: np.ndarray, grad: np.ndarray,
+                loss: float) -> dict[str, np.ndarray]:
+        """One row of measurements at the current weights; `grad`, `loss`: the step's gradient and loss there."""
         raise NotImplementedError
 
     def meta(self) -> dict[str, Any]:
@@ -80,18 +82,15 @@ class LandscapeProbe(Probe):
         else:
             self._etas = step_grid(lr, self.preset, self.spacing, self.num)
 
-    def measure(self, trainer, x, y):
+    def measure(self, trainer, x, y, grad, loss):
         net = trainer.net
         if self.direction == "gradient":
-            r = probe_gradient_direction(net, x, y, self._etas, beta_normalization=self.beta_normalization)
+            r = probe_gradient_direction(net, x, y, self._etas, beta_normalization=self.beta_normalization,
+                                         grad=grad, loss=loss)
         else:
-            grads_before = net.grads.copy()
-            loss, g = net.loss_and_grad(x, y, mode="probe")
-            g = g.copy()
-            net.grads[:] = grads_before  # measurements leave the network as they found it
-            d = random_direction(net, trainer.probe_rng, norm=float(np.linalg.norm(g.astype(np.float64))))
+            d = random_direction(net, trainer.probe_rng, norm=float(np.linalg.norm(grad.astype(np.float64))))
             r = probe_direction(net, x, y, self._etas, d, beta_normalization=self.beta_normalization,
-                                grad=g, loss=loss)
+                                grad=grad, loss=loss)
         return {
             "losses": r.losses,
             "grad_distances": r.grad_distances,
@@ -118,8 +117,8 @@ class ICSProbe(Probe):
 
         self._layers = list(self.layers) if self.layers else weight_layer_names(trainer.net)
 
-    def measure(self, trainer, x, y):
-        result = internal_covariate_shift(trainer.net, x, y, trainer.optimizer, self._layers)
+    def measure(self, trainer, x, y, grad, loss):
+        result = internal_covariate_shift(trainer.net, x, y, trainer.optimizer, self._layers, grad=grad)
         return {
             "l2": np.array([result[n][0] for n in self._layers]),
             "cosine": np.array([result[n][1] for n in self._layers]),
@@ -143,7 +142,7 @@ class DistributionProbe(Probe):
             trainer.net, list(self.layers), self.units, np.random.default_rng([self.seed, 7]), bins=self.bins
         )
 
-    def measure(self, trainer, x, y):
+    def measure(self, trainer, x, y, grad, loss):
         record = self._sampler.record(x)
         row = {}
         for layer, arrays in record.items():
@@ -162,7 +161,7 @@ class HessianProbe(Probe):
 
     k: int = 1
 
-    def measure(self, trainer, x, y):
+    def measure(self, trainer, x, y, grad, loss):
         return {"top_eigenvalues": np.asarray(hessian_top_eigenvalues(trainer.net, x, y, k=self.k))}
 
     def meta(self):
@@ -252,15 +251,20 @@ class Trainer:
         step = self.step
         x, y = self.batch_fn(step)
         self.net.resample_noise(self.noise_rng)
-        for probe in self.probes:
-            if probe.due(step):
-                self.records[probe.name].append(step, probe.measure(self, x, y))
+        # The train-mode gradient at w_t is the probe-mode one (both use batch statistics; only the running
+        # statistics differ, and probes never read them), so probes reuse it instead of recomputing it.
         with np.errstate(all="ignore"):
             loss, grads = self.net.loss_and_grad(x, y, mode="train")
         row: dict[str, Any] = {"step": step, "loss": float(loss), "lr": float(self.optimizer.lr)}
         out = self.net.output
         if out.ndim == 2 and np.asarray(y).ndim == 1:
             row["train_acc"] = float(np.mean(np.argmax(out, axis=1) == y))
+        due = [probe for probe in self.probes if probe.due(step)]
+        if due:
+            grad = grads.copy()
+            for probe in due:
+                # Measurements restore params, grads and buffers bit for bit, so the update below is unchanged.
+                self.records[probe.name].append(step, probe.measure(self, x, y, grad, float(loss)))
         if not (math.isfinite(loss) and np.isfinite(grads).all()):
             self.diverged = True
             row["diverged"] = True
