@@ -34,35 +34,7 @@ from smoothnorm.kernels.lp_norm import (
     _plan,
     _same_as,
 )
-
-
-@njit(cache=True, error_model="numpy")
-def _block_moments(x, C, S, c0, c1, n0, n1, shift, acc_s, acc_q, row):
-    """acc_s[row, c] += sum(d), acc_q[row, c] += sum(d^2), d = x - shift[c] in float64, by columns."""
-    width = np.uint64((c1 - c0) * S)
-    col_s = np.zeros(width)
-    col_q = np.zeros(width)
-    if S >= _RUN:
-        uS = np.uint64(S)
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                base = np.uint64((n * C + c) * S)
-                off = np.uint64((c - c0) * S)
-                k = shift[c]
-                for j in range(uS):
-                    d = float(x[base + j]) - k
-                    col_s[off + j] += d
-                    col_q[off + j] += d * d
-    else:
-        ke = _expand(shift, c0, c1, S)
-        for n in range(n0, n1):
-            base = np.uint64((n * C + c0) * S)
-            for j in range(width):
-                d = float(x[base + j]) - ke[j]
-                col_s[j] += d
-                col_q[j] += d * d
-    _fold_columns(col_s, c0, c1, S, acc_s, row)
-    _fold_columns(col_q, c0, c1, S, acc_q, row)
+from smoothnorm.kernels.norm import _block_moments  # BatchNorm's shifted float64 moments, shared
 
 
 @njit(cache=True, error_model="numpy")
