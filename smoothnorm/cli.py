@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 
@@ -53,7 +54,9 @@ def _specs(args, names: list[str] | None):
             if name.endswith(".toml") or "/" in name:
                 chosen.append(name)
                 continue
-            matches = [p for stem, p in by_name.items() if stem == name or stem.startswith(name + "_")]
+            # "fig4" names fig4_vgg_landscape; "fig3" names both panels' specs fig3a_... and fig3b_...
+            matches = [p for stem, p in by_name.items()
+                       if stem == name or re.match(re.escape(name) + r"[a-z]?_", stem)]
             if not matches:
                 raise experiment.SpecError(f"--only/SPEC {name!r}: no such spec; specs: {sorted(by_name)}")
             chosen.extend(matches)

@@ -195,3 +195,15 @@ def _to_toml(obj, prefix=""):
             for item in value:
                 out += f"\n[[{name}]]\n" + _to_toml(item, name + ".")
     return out
+
+
+def test_short_spec_names_select_their_specs():
+    import argparse
+
+    from smoothnorm.cli import _specs
+
+    args = argparse.Namespace(specs=str(ROOT / "experiments"), profile="tiny", set=[])
+    names = [s.name for s in _specs(args, ["fig3", "fig1", "fig11b"])]
+    assert names == ["fig3a_vgg_ics", "fig3b_dln_ics", "fig1_vgg_accuracy", "fig11b_dln_grad_vs_eta"]
+    with pytest.raises(experiment.SpecError, match="no such spec"):
+        _specs(args, ["fig7"])
