@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from smoothnorm import measure, models
-from tests.measure.naive import assert_unchanged, snapshot
+from tests.reference import assert_unchanged, snapshot
 
 
 def test_units_are_drawn_once_and_reproducibly(tiny_vgg_batch):

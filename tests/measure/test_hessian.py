@@ -6,8 +6,13 @@ from scipy.sparse.linalg import LinearOperator
 
 from smoothnorm import measure, models
 from tests.measure.conftest import linear_model, regression_batch
-from tests.measure.naive import assert_unchanged, dense_hessian_reference, linear_regression_hessian, snapshot
-from tests.reference import relative_error
+from tests.reference import (
+    assert_unchanged,
+    dense_hessian_reference,
+    linear_regression_hessian,
+    relative_error,
+    snapshot,
+)
 
 
 def tiny_networks(rng):

@@ -7,7 +7,7 @@ import pytest
 
 from smoothnorm import measure, models, optim
 from tests.measure.conftest import regression_batch, stepped
-from tests.measure.naive import assert_unchanged, ics_brute_force, snapshot
+from tests.reference import assert_unchanged, ics_brute_force, snapshot
 
 
 def dln_batch(rng, norm):

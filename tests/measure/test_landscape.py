@@ -8,8 +8,7 @@ import pytest
 import smoothnorm
 from smoothnorm import measure, models, nn, optim
 from tests.measure.conftest import linear_model, regression_batch, stepped
-from tests.measure.naive import assert_unchanged, linear_regression_hessian, snapshot
-from tests.reference import relative_error
+from tests.reference import assert_unchanged, linear_regression_hessian, relative_error, snapshot
 
 
 def quadratic_setup(rng, in_dim=5, out_dim=3):
