@@ -22,6 +22,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from smoothnorm.kernels.norm import _check_output
+
 # Sample chunks in the backward pass (each owns a row of dgamma / dbeta partials): enough items for load balance on a
 # few cores, a constant so the split depends on the shape only.
 _BACKWARD_CHUNKS = 16
@@ -65,19 +67,6 @@ def _stats(name: str, v, n: int, groups: int, dtype) -> np.ndarray:
     if v.dtype != dtype:
         raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {v.dtype}")
     return np.ascontiguousarray(v)
-
-
-def _check_output(name: str, out, channels: int, dtype) -> None:
-    if out is None:
-        return
-    if not isinstance(out, np.ndarray):
-        raise ValueError(f"{name}: expected a numpy array of shape ({channels},), got {type(out).__name__}")
-    if out.shape != (channels,):
-        raise ValueError(f"{name}: expected shape ({channels},) (C, the channels of x), got {out.shape}")
-    if out.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError(f"{name}: expected a writeable array (it is overwritten in place)")
 
 
 # ---------------------------------------------------------------------------------------------------------------

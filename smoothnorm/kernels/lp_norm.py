@@ -18,7 +18,8 @@ Items own their channels or their own row of partial sums; rows merge in a fixed
 shape only, so results are bit-identical for any thread count. Sums are float64. NaN or Inf in a channel makes that
 channel's output NaN (the mean carries it); nothing is masked.
 
-Also here: the validation and work-split helpers shared with kernels/noisy_norm.py.
+The validation and work-split helpers (_as_ncs, _plan, _item_range, _expand, ...) are BatchNorm's, from
+kernels/norm.py; the p-norm checks and block kernels below are shared with kernels/noisy_norm.py.
 """
 
 from __future__ import annotations
@@ -28,12 +29,18 @@ import math
 import numpy as np
 from numba import njit, prange
 
-_BLOCK_BYTES = 1 << 19
-_MIN_ITEM_ELEMENTS = 1 << 14
-_TARGET_ITEMS = 8
-# Runs of one channel at least this long use per-channel scalars in elementwise passes, shorter ones per-position
-# coefficient arrays (so the loop over a block row still vectorizes when S is 1 or 4).
-_RUN = 16
+from smoothnorm.kernels.norm import (
+    _RUN,
+    _as_ncs,
+    _channel_vector,
+    _check_output,
+    _expand,
+    _fold_columns,
+    _item_range,
+    _merge_rows,
+    _plan,
+    _same_as,
+)
 
 # Integer codes for p (a jitted function never takes another as an argument, so the norm is chosen by a code).
 _P_CODES = {1: 1, 2: 2, math.inf: 0}
@@ -41,55 +48,6 @@ _P_CODES = {1: 1, 2: 2, math.inf: 0}
 
 # ---------------------------------------------------------------------------------------------------------------
 # Validation (shared with kernels/noisy_norm.py)
-
-
-def _as_ncs(name: str, x) -> np.ndarray:
-    """Validate a float32/float64 (N, C) or (N, C, H, W) array; return a C-contiguous (N, C, S) view."""
-    x = np.asarray(x)
-    if x.dtype not in (np.float32, np.float64):
-        raise ValueError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
-    if x.ndim not in (2, 4):
-        raise ValueError(f"{name}: expected a 2D or 4D array, (N, C) or (N, C, H, W), got ndim {x.ndim} "
-                         f"(shape {x.shape})")
-    x = np.ascontiguousarray(x)
-    s = x.shape[2] * x.shape[3] if x.ndim == 4 else 1
-    return x.reshape(x.shape[0], x.shape[1], s)
-
-
-def _same_as(name: str, a, ref: np.ndarray, ref_name: str) -> np.ndarray:
-    """Validate that a has ref's shape and dtype; return it C-contiguous."""
-    a = np.asarray(a)
-    if a.shape != ref.shape:
-        raise ValueError(f"{name}: expected shape {ref.shape} (the shape of {ref_name}), got {a.shape}")
-    if a.dtype != ref.dtype:
-        raise ValueError(f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {a.dtype}")
-    return np.ascontiguousarray(a)
-
-
-def _channel_vector(name: str, v, channels: int, dtype, default: float | None = None):
-    """Validate a (C,) vector of the given dtype; None gives `default` filled (or None when default is None)."""
-    if v is None:
-        return None if default is None else np.full(channels, default, dtype=dtype)
-    v = np.asarray(v)
-    if v.shape != (channels,):
-        raise ValueError(f"{name}: expected shape ({channels},) (C, the channels of x), got {v.shape}")
-    if v.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {v.dtype}")
-    return np.ascontiguousarray(v)
-
-
-def _check_output(name: str, out, channels: int, dtype) -> None:
-    """An in-place output must be a writeable (C,) array of the given dtype (a view into a flat vector is fine)."""
-    if out is None:
-        return
-    if not isinstance(out, np.ndarray):
-        raise ValueError(f"{name}: expected a numpy array of shape ({channels},), got {type(out).__name__}")
-    if out.shape != (channels,):
-        raise ValueError(f"{name}: expected shape ({channels},) (C, the channels of x), got {out.shape}")
-    if out.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError(f"{name}: expected a writeable array (it is overwritten in place)")
 
 
 def _check_count(x_shape: tuple, count: int) -> None:
@@ -121,48 +79,7 @@ def _p_code(p) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Work split (shared with kernels/noisy_norm.py)
-
-
-def _plan(n: int, c: int, s: int, itemsize: int, arrays: int) -> tuple[int, int]:
-    """Channels per block and number of batch chunks for an (n, c, s) problem reading `arrays` inputs.
-
-    Depends on the shape only (never on the thread count), so results repeat bit for bit on any machine setting.
-    """
-    total = n * c * s
-    target = max(1, min(_TARGET_ITEMS, total // _MIN_ITEM_ELEMENTS))
-    per_channel = max(1, n * s * itemsize * arrays)
-    block = max(1, min(_BLOCK_BYTES // per_channel, -(-c // target)))
-    blocks = -(-c // block) if c > 0 else 0
-    chunks = 1
-    if 0 < blocks < target:
-        chunks = max(1, min(n, -(-target // blocks)))
-    return block, chunks
-
-
-@njit(cache=True, error_model="numpy")
-def _item_range(item, chunks, block, C, N):
-    """Channel range and batch range of work item `item` (items are block-major, chunk-minor)."""
-    b = item // chunks
-    j = item % chunks
-    c0 = b * block
-    c1 = min(C, c0 + block)
-    n0 = (j * N) // chunks
-    n1 = ((j + 1) * N) // chunks
-    return c0, c1, n0, n1
-
-
-@njit(cache=True, error_model="numpy")
-def _merge_rows(partials, c):
-    """Sum of partials[:, c] in row order (a fixed order: deterministic)."""
-    t = 0.0
-    for j in range(partials.shape[0]):
-        t += partials[j, c]
-    return t
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Block helpers (serial; called inside prange; shared with kernels/noisy_norm.py). A block is channels [c0, c1) of
+# Block helpers (serial; called inside prange; the layout is kernels/norm.py's). A block is channels [c0, c1) of
 # batch rows [n0, n1); arrays are flat C-order views of (N, C, S), so row n of a block is the contiguous run
 # x[(n C + c0) S : (n C + c1) S] of width (c1 - c0) S. Each helper loops once over that run per row with
 # per-position coefficients expanded from per-channel ones, so the loop vectorizes whatever S is (1 for (N, C)
@@ -175,29 +92,6 @@ def _merge_rows(partials, c):
 # Indices are uint64: with signed indices Numba adds a negative-index wraparound select that turns vector loads into
 # gathers. Slicing a row per (n, c) instead would create views whose reference counts are atomics shared by all
 # threads.
-
-
-@njit(cache=True, error_model="numpy")
-def _expand(values, c0, c1, S):
-    """Per-position float64 copy of per-channel values[c0:c1], each repeated S times."""
-    out = np.empty((c1 - c0) * S)
-    uS = np.uint64(S)
-    for c in range(c0, c1):
-        v = float(values[c])
-        off = np.uint64((c - c0) * S)
-        for j in range(off, off + uS):
-            out[j] = v
-    return out
-
-
-@njit(cache=True, error_model="numpy")
-def _fold_columns(col, c0, c1, S, acc, row):
-    """acc[row, c] += the sum of channel c's S columns of col, in order."""
-    for c in range(c0, c1):
-        t = 0.0
-        for j in range((c - c0) * S, (c - c0 + 1) * S):
-            t += col[j]
-        acc[row, c] += t
 
 
 @njit(cache=True, error_model="numpy")

@@ -20,12 +20,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from smoothnorm.kernels.lp_norm import (
+from smoothnorm.kernels.lp_norm import _check_count, _check_eps
+from smoothnorm.kernels.norm import (  # BatchNorm's statistics and work split, shared
     _RUN,
     _as_ncs,
+    _block_moments,
     _channel_vector,
-    _check_count,
-    _check_eps,
     _check_output,
     _expand,
     _fold_columns,
@@ -34,7 +34,6 @@ from smoothnorm.kernels.lp_norm import (
     _plan,
     _same_as,
 )
-from smoothnorm.kernels.norm import _block_moments  # BatchNorm's shifted float64 moments, shared
 
 
 @njit(cache=True, error_model="numpy")
