@@ -26,22 +26,12 @@ from smoothnorm.kernels.norm import (
 from smoothnorm.layer import Layer
 
 
-class _RunningStatsNorm(Layer):
-    """Shared parts of normalizations over (N, H, W) per channel: affine parameters and running buffers."""
+class _PerChannelAffine(Layer):
+    """Shared by every normalization here: per-channel affine `weight` (ones) and `bias` (zeros) when `affine`,
+    inputs (N, C) or (N, C, H, W) with C = num_features. Subclasses set num_features and affine."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True) -> None:
-        super().__init__()
-        if num_features < 1:
-            raise ValueError(f"num_features: expected a positive integer, got {num_features}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum: expected a value in [0, 1], got {momentum}")
-        if not eps > 0:
-            raise ValueError(f"eps: expected a positive value, got {eps}")
-        self.num_features, self.eps, self.momentum, self.affine = int(num_features), float(eps), momentum, affine
-        self.running_mean: np.ndarray | None = None
-        self.running_var: np.ndarray | None = None
-        self.num_batches_tracked = np.zeros((), dtype=np.int64)
-        self._cache: tuple | None = None
+    num_features: int
+    affine: bool
 
     def param_shapes(self):
         return {"weight": (self.num_features,), "bias": (self.num_features,)} if self.affine else {}
@@ -58,6 +48,24 @@ class _RunningStatsNorm(Layer):
                 f"got {input_shape}"
             )
         return input_shape
+
+
+class _RunningStatsNorm(_PerChannelAffine):
+    """Shared parts of normalizations over (N, H, W) per channel: affine parameters and running buffers."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True) -> None:
+        super().__init__()
+        if num_features < 1:
+            raise ValueError(f"num_features: expected a positive integer, got {num_features}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"momentum: expected a value in [0, 1], got {momentum}")
+        if not eps > 0:
+            raise ValueError(f"eps: expected a positive value, got {eps}")
+        self.num_features, self.eps, self.momentum, self.affine = int(num_features), float(eps), momentum, affine
+        self.running_mean: np.ndarray | None = None
+        self.running_var: np.ndarray | None = None
+        self.num_batches_tracked = np.zeros((), dtype=np.int64)
+        self._cache: tuple | None = None
 
     def _reused(self, key: str, like: np.ndarray) -> np.ndarray:
         """A buffer shaped like `like`, kept between calls: fresh output memory (page faults) cost about a third
@@ -301,7 +309,7 @@ class LinfBatchNorm(LpBatchNorm):
     p = math.inf
 
 
-class GroupNorm(Layer):
+class GroupNorm(_PerChannelAffine):
     """GroupNorm with PyTorch's semantics: per sample, statistics over each group of C / groups channels (and H, W),
     per-channel affine `weight`, `bias`; no running statistics (every mode uses the sample's own statistics).
 
@@ -325,22 +333,10 @@ class GroupNorm(Layer):
             )
         self._cache: tuple | None = None
 
-    def param_shapes(self):
-        return {"weight": (self.num_features,), "bias": (self.num_features,)} if self.affine else {}
-
-    def init_params(self, rng, init):
-        if self.affine:
-            self.params["weight"][...] = 1
-            self.params["bias"][...] = 0
-
     def output_shape(self, input_shape):
-        if len(input_shape) not in (1, 3) or input_shape[0] != self.num_features:
-            raise ValueError(
-                f"{self.name}: expected input ({self.num_features},) or ({self.num_features}, H, W), "
-                f"got {input_shape}"
-            )
+        shape = super().output_shape(input_shape)
         self._check_group_size(input_shape)
-        return input_shape
+        return shape
 
     def _check_group_size(self, input_shape):
         # One value per group normalizes to 0 whatever the input: the output is beta and no gradient flows back.
