@@ -511,17 +511,14 @@ def execute_run(run: RunSpec, root: Path, *, progress: Callable[[str], None] | N
     config_path = path / "config.json"
     old = json.loads(config_path.read_text()) if config_path.exists() else None
     same = old is not None and old.get("identity") == run.identity
-    if same and status.get("status") in ("finished", "diverged"):
-        have = old.get("probes", [])
-        if all(p in have for p in wanted):
-            if progress:
-                progress(f"{run.run_id}: already {status['status']}, skipped")
-            return path
+    have = old.get("probes", []) if same else []
+    if same and status.get("status") in ("finished", "diverged") and all(p in have for p in wanted):
+        if progress:
+            progress(f"{run.run_id}: already {status['status']}, skipped")
+        return path
+    if same and have != wanted:
+        # Other probes than recorded: retrain from scratch with the union (deterministic, so metrics are the same).
         wanted = _probe_key(_union_probes(have, run.probes))
-        run = RunSpec(run.label, s, [ProbeSpec(**_probe_from_identity(p)) for p in wanted])
-        same = False  # more probes needed: retrain from scratch (deterministic, so the metrics are the same)
-    elif same and old.get("probes") != wanted:
-        wanted = _probe_key(_union_probes(old.get("probes", []), run.probes))
         run = RunSpec(run.label, s, [ProbeSpec(**_probe_from_identity(p)) for p in wanted])
         same = False
     xtr, ytr, xte, yte = _dataset(s["data"], s["n_train"], s["n_test"], s["dim"], s["data_seed"], s["data_root"])
