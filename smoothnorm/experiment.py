@@ -37,6 +37,7 @@ import numpy as np
 from smoothnorm import NORMS, __version__
 from smoothnorm.results import (
     RunResult,
+    jsonl_line,
     load_run,
     read_jsonl,
     read_npz,
@@ -564,9 +565,7 @@ def execute_run(run: RunSpec, root: Path, *, progress: Callable[[str], None] | N
                                           "probe_meta": probe_meta, "elapsed": trainer.elapsed})
 
     def callback(tr: Trainer, row: dict) -> None:
-        from smoothnorm.results import _jsonable
-
-        metrics_file.write(json.dumps(_jsonable(row)) + "\n")
+        metrics_file.write(jsonl_line(row))
         if tr.step % every == 0 and tr.step < steps:
             save("running")
         now = time.perf_counter()

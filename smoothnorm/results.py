@@ -37,6 +37,11 @@ def _jsonable(value):
     return value
 
 
+def jsonl_line(row: dict) -> str:
+    """One JSON-lines record (NaN as null, Inf as "inf"), newline included."""
+    return json.dumps(_jsonable(row)) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically (NaN as null, Inf as "inf")."""
     with atomic_open(path, "w") as f:
@@ -64,7 +69,7 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     """Rewrite a JSON-lines file atomically (used on resume to drop rows past the checkpoint)."""
     with atomic_open(path, "w") as f:
         for row in rows:
-            f.write(json.dumps(_jsonable(row)) + "\n")
+            f.write(jsonl_line(row))
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
