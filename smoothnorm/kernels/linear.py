@@ -1,7 +1,14 @@
 """Fully connected layer kernels: y = x @ weight.T + bias (PyTorch's weight layout, (out, in)).
 
-The matrix products go to NumPy's BLAS (multithreaded, far faster than any loop we could write); Numba handles
-only the bias add and the bias-gradient column sums, which NumPy runs on one thread.
+The matrix products go to BLAS. Large products (more than _SMALL_MACS multiply-adds) are NumPy calls that BLAS
+threads itself. Small ones (a deep linear network's 1000 x 10 x 10) are the opposite case: OpenBLAS runs them on
+one thread, so they run inside one Numba kernel, the batch rows split into _SMALL_PARTS parts, each part's BLAS
+calls on one of Numba's threads. Forward and backward split the rows alike, so through a chain of layers each
+thread keeps finding its rows in its own core's cache: the backward pass computes each part's rows of dx and its
+share of dW and db, and adds the shares in a fixed order. (Giving dW to one thread and dx to the other was faster
+on one layer but slower through a 25-layer chain: every product then read the other core's rows.) Measured on the
+25-layer 10x10 deep linear network, 1000 samples, float64, 2 cores: forward pass 330 us against 410 us with NumPy
+calls, backward pass 320 us against 410 us.
 """
 
 import numpy as np
@@ -12,6 +19,13 @@ from numba import njit, prange
 # sums repeat to the bit.
 _ROW_CHUNK = 256
 _COLUMN_BLOCK = 256
+# At most this many multiply-adds (N * in * out): one BLAS call per Numba thread (see the module docstring). It is
+# OpenBLAS's own limit below which a GEMM runs on one thread (65536 * GEMM_MULTITHREAD_THRESHOLD 4).
+_SMALL_MACS = 1 << 18
+# Row parts of a small product (a constant, so results do not depend on the thread count); below _SPLIT_MIN_MACS
+# multiply-adds one part: waking a second thread (~2 us) would cost more than it saves.
+_SMALL_PARTS = 2
+_SPLIT_MIN_MACS = 1 << 15
 
 
 def _float_array(name: str, a, ndim: int, dtype=None) -> np.ndarray:
@@ -78,6 +92,67 @@ def _column_sums(dy, out):
             out[j] = total
 
 
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _small_forward(x, weight_t, bias, has_bias, parts, y):
+    """y = x @ weight_t (+ bias): part p of the batch rows is one BLAS call on one of Numba's threads."""
+    n = x.shape[0]
+    for p in prange(parts):
+        r0 = (p * n) // parts
+        r1 = ((p + 1) * n) // parts
+        np.dot(x[r0:r1], weight_t, y[r0:r1])
+        if has_bias:
+            for r in range(r0, r1):
+                for j in range(y.shape[1]):
+                    y[r, j] += bias[j]
+
+
+@njit(cache=True, error_model="numpy")
+def _merge_parts(dw_parts, db_parts, has_bias, dweight, dbias):
+    """dweight = sum of dw_parts, dbias = sum of db_parts, in part order (serial: in a parallel kernel, array
+    expressions would each start a parallel region of their own)."""
+    parts, n_out, n_in = dw_parts.shape
+    for j in range(n_out):
+        for k in range(n_in):
+            t = dw_parts[0, j, k]
+            for p in range(1, parts):
+                t += dw_parts[p, j, k]
+            dweight[j, k] = t
+        if has_bias:
+            t = db_parts[0, j]
+            for p in range(1, parts):
+                t += db_parts[p, j]
+            dbias[j] = t
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _small_backward(dy, x, weight, has_bias, need_dx, parts, dweight, dbias, dx):
+    """The backward pass on the forward pass's row parts: part p computes its rows of dx and its share of dweight
+    and dbias (summed in float64); the shares are then added in part order (a fixed order: the result does not
+    depend on the thread count)."""
+    n, n_out = dy.shape
+    dw_parts = np.empty((parts, n_out, x.shape[1]), dtype=dweight.dtype)
+    db_parts = np.empty((parts, n_out))
+    for p in prange(parts):
+        r0 = (p * n) // parts
+        r1 = ((p + 1) * n) // parts
+        np.dot(dy[r0:r1].T, x[r0:r1], dw_parts[p])
+        if has_bias:
+            for j in range(n_out):
+                db_parts[p, j] = 0.0
+            for r in range(r0, r1):
+                for j in range(n_out):
+                    db_parts[p, j] += dy[r, j]
+        if need_dx:
+            np.dot(dy[r0:r1], weight, dx[r0:r1])
+    _merge_parts(dw_parts, db_parts, has_bias, dweight, dbias)
+
+def _parts(n: int, macs: int) -> int:
+    """Row parts of a small product: _SMALL_PARTS, or one when that would cost more than it saves. Depends on the
+    shape only, and forward and backward split alike (each thread then finds its rows in its own cache)."""
+    return min(n, _SMALL_PARTS) if macs >= _SPLIT_MIN_MACS else 1
+
+
 def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """Affine map y = x @ weight.T + bias.
 
@@ -88,10 +163,20 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
     weight = _float_array("weight", weight, 2, x.dtype)
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"weight: expected shape (out, {x.shape[1]}) to match x {x.shape}, got {weight.shape}")
-    y = np.matmul(x, weight.T)
     if bias is not None:
         bias = _float_array("bias", bias, 1, x.dtype)
         _check_shape("bias", bias, (weight.shape[0],))
+    n, n_in = x.shape
+    n_out = weight.shape[0]
+    macs = n * n_in * n_out
+    if 0 < macs <= _SMALL_MACS:
+        y = np.empty((n, n_out), dtype=x.dtype)
+        has_bias = bias is not None
+        # BLAS is slower on a transposed operand at these sizes; the copy of W.T costs under a microsecond.
+        _small_forward(x, np.ascontiguousarray(weight.T), bias if has_bias else y[0], has_bias, _parts(n, macs), y)
+        return y
+    y = np.matmul(x, weight.T)
+    if bias is not None:
         _add_bias(y, bias)
     return y
 
@@ -120,6 +205,16 @@ def linear_backward(
     _check_output("dweight", dweight, (n_out, n_in), x.dtype)
     if dbias is not None:
         _check_output("dbias", dbias, (n_out,), x.dtype)
+    macs = n * n_in * n_out
+    if 0 < macs <= _SMALL_MACS:
+        dx = np.empty((n, n_in), dtype=x.dtype) if need_dx else x
+        has_bias = dbias is not None
+        # BLAS writes only C-contiguous outputs; a strided dweight gets the result through a copy.
+        dw = dweight if dweight.flags.c_contiguous else np.empty((n_out, n_in), dtype=x.dtype)
+        _small_backward(dy, x, weight, has_bias, bool(need_dx), _parts(n, macs), dw, dbias if has_bias else dy[0], dx)
+        if dw is not dweight:
+            dweight[...] = dw
+        return dx if need_dx else None
     # dy.T is a transposed view: BLAS reads it with a transpose flag, no copy.
     np.matmul(dy.T, x, out=dweight)
     if dbias is not None:

@@ -2,6 +2,7 @@ import numba
 import numpy as np
 import pytest
 
+from smoothnorm.kernels import linear
 from smoothnorm.kernels.linear import linear_backward, linear_forward
 from tests.reference import central_difference, linear_ref, relative_error
 
@@ -190,3 +191,82 @@ def test_matches_torch(rng):
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dweight, tw.grad.numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dbias, tb.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+# Each product takes one of three routes by its multiply-adds (N * in * out): one BLAS call, rows split in
+# linear._SMALL_PARTS parts on Numba's threads, or NumPy with BLAS's own threads. Shapes on each side of the limits:
+ROUTE_SHAPES = {
+    "one call": (40, 9, 10),  # 3600 < _SPLIT_MIN_MACS
+    "split rows": (501, 10, 10),  # odd N: parts of unequal size
+    "split, N < parts": (1, 200, 200),
+    "numpy": (300, 30, 30),  # 270000 > _SMALL_MACS
+}
+
+
+def test_route_shapes_cover_every_route():
+    macs = {k: n * i * o for k, (n, i, o) in ROUTE_SHAPES.items()}
+    assert macs["one call"] < linear._SPLIT_MIN_MACS <= macs["split rows"] <= linear._SMALL_MACS < macs["numpy"]
+    assert linear._SPLIT_MIN_MACS <= macs["split, N < parts"] <= linear._SMALL_MACS
+
+
+@pytest.mark.parametrize("route", ROUTE_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_every_route_matches_reference(rng, route, dtype, with_bias):
+    n, n_in, n_out = ROUTE_SHAPES[route]
+    x, weight, bias = _params(rng, n, n_in, n_out)
+    dy = rng.standard_normal((n, n_out))
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    c = (lambda a: a.astype(dtype)) if dtype == np.float32 else (lambda a: a)
+    y = linear_forward(c(x), c(weight), c(bias) if with_bias else None)
+    assert y.dtype == dtype
+    ref = linear_ref(x, weight, bias if with_bias else None)
+    np.testing.assert_allclose(y, ref, rtol=tol, atol=tol * np.abs(ref).max())
+    dweight = np.full((n_out, n_in), np.nan, dtype=dtype)
+    dbias = np.full(n_out, np.nan, dtype=dtype) if with_bias else None
+    dx = linear_backward(c(dy), c(x), c(weight), dweight, dbias)
+    for got, want in [(dx, dy @ weight), (dweight, dy.T @ x)] + ([(dbias, dy.sum(axis=0))] if with_bias else []):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    assert linear_backward(c(dy), c(x), c(weight), dweight, dbias, need_dx=False) is None
+    np.testing.assert_allclose(dweight, dy.T @ x, rtol=tol, atol=tol * np.abs(dy.T @ x).max())
+
+
+@pytest.mark.parametrize("route", ["split rows", "numpy"])
+def test_strided_weight_gradient_is_written(rng, route):
+    n, n_in, n_out = ROUTE_SHAPES[route]
+    x, weight, _ = _params(rng, n, n_in, n_out)
+    dy = rng.standard_normal((n, n_out))
+    dweight_t = np.zeros((n_in, n_out)).T  # a transposed view: not C-contiguous
+    linear_backward(dy, x, weight, dweight_t, need_dx=False)
+    np.testing.assert_allclose(dweight_t, dy.T @ x, rtol=1e-12, atol=1e-12)
+
+
+def test_split_rows_route_is_independent_of_thread_count(rng):
+    n, n_in, n_out = ROUTE_SHAPES["split rows"]
+    x, weight, bias = _params(rng, n, n_in, n_out)
+    dy = rng.standard_normal((n, n_out)) * 1e3
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            dweight, dbias = np.empty_like(weight), np.empty_like(bias)
+            dx = linear_backward(dy, x, weight, dweight, dbias)
+            results.append((linear_forward(x, weight, bias), dx, dweight, dbias))
+    finally:
+        numba.set_num_threads(before)
+    for r in results[1:]:
+        for a, b in zip(r, results[0]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_nan_propagates_through_split_rows(rng):
+    n, n_in, n_out = ROUTE_SHAPES["split rows"]
+    x, weight, bias = _params(rng, n, n_in, n_out)
+    x[n - 1, 0] = np.nan  # a row of the second part
+    y = linear_forward(x, weight, bias)
+    assert np.all(np.isnan(y[n - 1])) and np.all(np.isfinite(y[: n - 1]))
+    dweight, dbias = np.empty_like(weight), np.empty_like(bias)
+    dx = linear_backward(np.ones((n, n_out)), x, weight, dweight, dbias)
+    assert np.all(np.isnan(dweight[:, 0])) and np.all(np.isfinite(dweight[:, 1:])) and np.all(np.isfinite(dx))
