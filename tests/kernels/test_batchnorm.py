@@ -22,7 +22,11 @@ from tests.reference import (
 )
 
 # 2D and 4D; S = 1, tiny and larger maps; the last two split the batch into chunks (C too small to keep threads busy).
-SHAPES = [(5, 3), (16, 7), (2, 3, 4, 5), (8, 4, 3, 3), (3, 6, 1, 1), (64, 1, 32, 32), (40000, 1)]
+# Where C*S < norm._WIDE, short-run loops take groups of rows: (16, 7) and (50, 3) end with a partial group,
+# (30, 2, 2, 2) too with S > 1, (1000, 10) is the deep linear network's layer.
+SHAPES = [(5, 3), (16, 7), (50, 3), (1000, 10), (2, 3, 4, 5), (8, 4, 3, 3), (30, 2, 2, 2), (3, 6, 1, 1),
+          (64, 1, 32, 32), (40000, 1)]
+GROUPED = [(16, 7), (50, 3), (1000, 10), (30, 2, 2, 2)]
 CHUNKED = [(64, 1, 32, 32), (40000, 1)]
 
 
@@ -36,6 +40,14 @@ def _channels_last(a):
     """(N, C, ...) -> (C, N * S): one row per channel."""
     a = np.asarray(a, dtype=np.float64)
     return np.moveaxis(a.reshape(a.shape[0], a.shape[1], -1), 1, 0).reshape(a.shape[1], -1)
+
+
+def test_grouped_shapes_take_row_groups_with_a_partial_last_group():
+    for shape in GROUPED:
+        n, c = shape[:2]
+        s = int(np.prod(shape[2:], dtype=int))
+        rows = norm._group_rows(c, s, 0, c)
+        assert rows > 1 and (n % rows != 0 or shape == (1000, 10))
 
 
 def test_chunked_shapes_take_the_batch_split_path():
@@ -83,7 +95,7 @@ def test_train_forward_any_shape(n, c, hw, seed):
     np.testing.assert_allclose(y, batch_norm_train_reference(x, gamma, beta), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(16, 5), (6, 4, 3, 3), (64, 1, 32, 32)])
+@pytest.mark.parametrize("shape", [(16, 5), (1000, 10), (6, 4, 3, 3), (30, 2, 2, 2), (64, 1, 32, 32)])
 def test_train_output_is_standardized_per_channel(rng, shape):
     x = 5.0 + 3.0 * rng.standard_normal(shape)
     y = batch_norm_train_forward(x, eps=0.0)[0]
@@ -92,7 +104,7 @@ def test_train_output_is_standardized_per_channel(rng, shape):
     np.testing.assert_allclose(rows.var(axis=1), 1.0, rtol=1e-12)  # biased variance
 
 
-@pytest.mark.parametrize("shape", [(16, 5), (6, 4, 3, 3), (64, 1, 32, 32)])
+@pytest.mark.parametrize("shape", [(16, 5), (1000, 10), (6, 4, 3, 3), (30, 2, 2, 2), (64, 1, 32, 32)])
 def test_train_input_gradient_is_orthogonal_to_shift_and_scale(rng, shape):
     x = rng.standard_normal(shape)
     dy = rng.standard_normal(shape)
@@ -109,7 +121,7 @@ def test_train_input_gradient_is_orthogonal_to_shift_and_scale(rng, shape):
     np.testing.assert_array_less(np.abs((rows * xhat).sum(axis=1)), 1e-12 * scale + 1e-300)
 
 
-@pytest.mark.parametrize("shape", [(5, 3), (3, 2, 2, 3), (4, 3, 1, 1), (2, 2, 4, 4)])
+@pytest.mark.parametrize("shape", [(5, 3), (50, 3), (3, 2, 2, 3), (4, 3, 1, 1), (2, 2, 4, 4), (11, 2, 2, 2)])
 @pytest.mark.parametrize("affine", [True, False])
 def test_train_backward_matches_finite_differences(rng, shape, affine):
     x = 1.0 + rng.standard_normal(shape)
