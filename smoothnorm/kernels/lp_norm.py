@@ -35,11 +35,14 @@ from smoothnorm.kernels.norm import (
     _channel_vector,
     _check_output,
     _expand,
+    _filled,
     _fold_columns,
+    _int_zeros,
     _item_range,
     _merge_rows,
     _plan,
     _same_as,
+    _zeros,
 )
 
 # Integer codes for p (a jitted function never takes another as an argument, so the norm is chosen by a code).
@@ -294,12 +297,10 @@ def _lp_norm_forward(x, N, C, S, p, gamma, beta, eps, block, chunks, y):
     norm = np.empty(C)
     scale = np.empty(C)
     offset = np.empty(C)
-    acc_s = np.zeros((chunks, C))
-    acc_n = np.zeros((chunks, C))
-    if p == 0:
-        acc_n[:, :] = -1.0
-    acc_i = np.zeros((chunks, C), dtype=np.int64)
-    argmax = np.zeros(C, dtype=np.int64)
+    acc_s = _zeros((chunks, C))
+    acc_n = _filled((chunks, C), -1.0 if p == 0 else 0.0)
+    acc_i = _int_zeros((chunks, C))
+    argmax = _int_zeros(C)
     blocks = (C + block - 1) // block
     if chunks == 1:
         # Fused: statistics of a block, then its output while the block is still in cache.
@@ -345,8 +346,8 @@ def _lp_norm_backward(dy, x, N, C, S, p, mean, norm, argmax, gamma, eps, block, 
     kinf = np.empty(C)
     dgamma = np.empty(C)
     dbeta = np.empty(C)
-    acc_dy = np.zeros((chunks, C))
-    acc_dyx = np.zeros((chunks, C))
+    acc_dy = _zeros((chunks, C))
+    acc_dyx = _zeros((chunks, C))
     blocks = (C + block - 1) // block
     if chunks == 1:
         for blk in prange(blocks):
@@ -389,11 +390,11 @@ def _channel_affine(x, N, C, S, center, scale, offset, block, chunks, y):
 @njit(cache=True, parallel=True, error_model="numpy")
 def _lp_norm_eval_backward(dy, x, N, C, S, center, inv, gamma, need_sums, block, chunks, dx):
     scale = np.empty(C)
-    zeros = np.zeros(C)
+    zeros = _zeros(C)
     for c in range(C):
         scale[c] = float(gamma[c]) * inv[c]
-    acc_dy = np.zeros((chunks, C))
-    acc_dyx = np.zeros((chunks, C))
+    acc_dy = _zeros((chunks, C))
+    acc_dyx = _zeros((chunks, C))
     blocks = (C + block - 1) // block
     for item in prange(blocks * chunks):
         c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)

@@ -33,6 +33,7 @@ from smoothnorm.kernels.norm import (  # BatchNorm's statistics and work split, 
     _merge_rows,
     _plan,
     _same_as,
+    _zeros,
 )
 
 
@@ -206,8 +207,8 @@ def _noisy_batch_norm_forward(x, s, m, N, C, S, gamma, beta, eps, before, block,
     off_s = np.empty(C)
     gain_m = np.empty(C)
     off = np.empty(C)
-    acc_s = np.zeros((chunks, C))
-    acc_q = np.zeros((chunks, C))
+    acc_s = _zeros((chunks, C))
+    acc_q = _zeros((chunks, C))
     blocks = (C + block - 1) // block
     if chunks == 1:
         for blk in prange(blocks):
@@ -242,10 +243,10 @@ def _noisy_batch_norm_backward(dout, x, s, m, N, C, S, mean, invstd, gamma, befo
     k = np.empty(C)
     dgamma = np.empty(C)
     dbeta = np.empty(C)
-    acc1 = np.zeros((chunks, C))
-    acc2 = np.zeros((chunks, C))
-    acc3 = np.zeros((chunks, C))
-    acc4 = np.zeros((chunks, C))
+    acc1 = _zeros((chunks, C))
+    acc2 = _zeros((chunks, C))
+    acc3 = _zeros((chunks, C))
+    acc4 = _zeros((chunks, C))
     blocks = (C + block - 1) // block
     if chunks == 1:
         for blk in prange(blocks):

@@ -163,6 +163,18 @@ def _zeros(shape):
 
 
 @njit(cache=True, error_model="numpy")
+def _int_zeros(shape):
+    """np.zeros(shape, np.int64) for parallel kernels (see _zeros)."""
+    return np.zeros(shape, dtype=np.int64)
+
+
+@njit(cache=True, error_model="numpy")
+def _filled(shape, value):
+    """np.full(shape, value) in float64 for parallel kernels (see _zeros)."""
+    return np.full(shape, float(value))
+
+
+@njit(cache=True, error_model="numpy")
 def _expand(values, c0, c1, S, R=1):
     """Per-position copy (float64) of per-channel values[c0:c1], each repeated S times; all that R times over."""
     width = (c1 - c0) * S
