@@ -454,6 +454,28 @@ class Network:
         """An independent deep copy (own flat vectors, views rebound)."""
         return copy.deepcopy(self)
 
+    def astype(self, dtype) -> Network:
+        """An independent copy computing in `dtype` (float32 or float64): parameters, gradients, buffers and any
+        floating layer state (such as drawn noise) converted. Measurements take float64 copies of float32 networks."""
+        dtype = as_float_dtype(dtype)
+        new = self.copy()
+        if new.dtype == dtype:
+            return new
+        old = new.dtype
+        for layer in new.layers:
+            for key, value in list(vars(layer).items()):
+                if isinstance(value, np.ndarray) and value.dtype == old:
+                    setattr(layer, key, value.astype(dtype))
+                elif isinstance(value, np.dtype) and value == old:
+                    setattr(layer, key, dtype)  # a layer's own record of the network dtype
+        new.params = new.params.astype(dtype)
+        new.grads = new.grads.astype(dtype)
+        new.dtype = dtype
+        new.output = None
+        new.captured = {}
+        new._bind()  # every layer's parameter and gradient views onto the new flat vectors
+        return new
+
     def __deepcopy__(self, memo):
         new = object.__new__(Network)
         memo[id(self)] = new

@@ -168,6 +168,33 @@ def test_copy_is_independent(rng):
     assert np.shares_memory(twin["features.0"].params["weight"], twin.params)
 
 
+@pytest.mark.parametrize("norm", ["batch", "noisy_batch"])
+def test_astype_converts_a_float32_network_to_an_independent_float64_one(rng, norm):
+    net = tiny_vgg(norm=norm, dtype=np.float32)
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, size=4)
+    net.loss_and_grad(x, y, mode="train")  # running statistics move away from their defaults
+    wide = net.astype(np.float64)
+    assert wide.dtype == np.float64 and wide.params.dtype == wide.grads.dtype == np.float64
+    for layer in wide.layers:
+        for name, view in layer.params.items():
+            assert view.dtype == np.float64 and np.shares_memory(view, wide.params), (layer.name, name)
+        for name, buf in layer.buffers().items():
+            assert buf.dtype == (np.int64 if name == "num_batches_tracked" else np.float64), (layer.name, name)
+    np.testing.assert_allclose(wide.params, net.params.astype(np.float64), rtol=0, atol=0)
+    out32 = net.forward(x, "probe").copy()
+    out64 = wide.forward(x, "probe")  # x (float32) is coerced to the network's dtype
+    assert out64.dtype == np.float64
+    np.testing.assert_allclose(out64, out32, rtol=1e-4, atol=1e-4)
+    wide.params[:] = 0
+    assert np.any(net.params != 0) and net.dtype == np.float32
+    back = net.astype("float64").astype(np.float32)
+    assert back.dtype == np.float32 and back.params.dtype == np.float32
+    np.testing.assert_array_equal(back.params, net.params)
+    with pytest.raises(ValueError, match="dtype: expected float32 or float64"):
+        net.astype(np.int32)
+
+
 def test_seed_determines_initialization():
     a, b, c = tiny_vgg(seed=5), tiny_vgg(seed=5), tiny_vgg(seed=6)
     assert np.array_equal(a.params, b.params)

@@ -50,22 +50,9 @@ DEFAULT_RELATIVE_STEP = float(np.finfo(np.float64).eps ** (1 / 3))
 
 
 def float64_copy(net):
-    """An independent float64 copy of `net` (params, grads, buffers and any float32 layer state such as noise)."""
-    new = net.copy()
-    if new.dtype == np.float64:
-        return new
-    for layer in new.layers:
-        for key, value in list(vars(layer).items()):
-            if isinstance(value, np.ndarray) and value.dtype == np.float32:
-                setattr(layer, key, value.astype(np.float64))
-            elif isinstance(value, np.dtype) and value == np.float32:
-                setattr(layer, key, np.dtype(np.float64))  # a layer's own record of the network dtype
-    new.params = new.params.astype(np.float64)
-    new.grads = new.grads.astype(np.float64)
-    new.dtype = np.dtype(np.float64)
-    # Rebind every layer's parameter and gradient views to the new flat vectors (as Network.copy does).
-    new._bind()
-    return new
+    """An independent float64 copy of `net` (Network.astype(np.float64)): Hessian-vector products by finite
+    differences need float64."""
+    return net.astype(np.float64)
 
 
 def _rng(seed) -> np.random.Generator:
