@@ -22,23 +22,11 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from smoothnorm.kernels.norm import _check_output
+from smoothnorm.kernels.channel_blocks import _as_ncs, _channel_vector, _check_output
 
 # Sample chunks in the backward pass (each owns a row of dgamma / dbeta partials): enough items for load balance on a
 # few cores, a constant so the split depends on the shape only.
 _BACKWARD_CHUNKS = 16
-
-
-def _as_ncs(name: str, x) -> np.ndarray:
-    x = np.asarray(x)
-    if x.dtype not in (np.float32, np.float64):
-        raise ValueError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
-    if x.ndim not in (2, 4):
-        raise ValueError(f"{name}: expected a 2D or 4D array, (N, C) or (N, C, H, W), got ndim {x.ndim} "
-                         f"(shape {x.shape})")
-    x = np.ascontiguousarray(x)
-    s = x.shape[2] * x.shape[3] if x.ndim == 4 else 1
-    return x.reshape(x.shape[0], x.shape[1], s)
 
 
 def _check_groups(groups, channels: int) -> int:
@@ -47,17 +35,6 @@ def _check_groups(groups, channels: int) -> int:
     if channels % groups != 0:
         raise ValueError(f"groups: expected a divisor of the channel count {channels}, got {groups}")
     return int(groups)
-
-
-def _vector(name: str, v, channels: int, dtype, default: float | None = None):
-    if v is None:
-        return None if default is None else np.full(channels, default, dtype=dtype)
-    v = np.asarray(v)
-    if v.shape != (channels,):
-        raise ValueError(f"{name}: expected shape ({channels},) (C, the channels of x), got {v.shape}")
-    if v.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {v.dtype}")
-    return np.ascontiguousarray(v)
 
 
 def _stats(name: str, v, n: int, groups: int, dtype) -> np.ndarray:
@@ -239,8 +216,8 @@ def group_norm_forward(
     eps = float(eps)
     if not eps > 0.0:
         raise ValueError(f"eps: expected a positive number, got {eps}")
-    gamma = _vector("gamma", gamma, C, x3.dtype, 1.0)
-    beta = _vector("beta", beta, C, x3.dtype, 0.0)
+    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
     y3 = np.empty_like(x3)
     mean = np.empty(N * G)
     invstd = np.empty(N * G)
@@ -281,7 +258,7 @@ def group_norm_backward(
     G = _check_groups(groups, C)
     mean = _stats("mean", mean, N, G, x3.dtype)
     invstd = _stats("invstd", invstd, N, G, x3.dtype)
-    gamma = _vector("gamma", gamma, C, x3.dtype, 1.0)
+    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
     _check_output("dgamma", dgamma, C, x3.dtype)
     _check_output("dbeta", dbeta, C, x3.dtype)
     chunks = max(1, min(N, _BACKWARD_CHUNKS))

@@ -11,15 +11,15 @@ goes through both mu and n_p; for p = inf the subgradient puts the whole derivat
 first arg-max in (n, h, w) order, so ties resolve the same way on every run; sign(0) = 0 for p = 1, and the p = 2
 norm's derivative y / (M n_2) is taken as 0 when n_2 = 0 (every y is 0; the output is beta).
 
-Work split (as kernels/norm.py): inputs are viewed as (N, C, S); a work item is a block of consecutive channels and,
-when there are too few blocks for the threads, a chunk of the batch. Loops run batch-outer, channel-inner inside an
-item so memory is read in runs of (block * S) elements, and a block is sized to stay in L2 for the second pass.
-Items own their channels or their own row of partial sums; rows merge in a fixed order; the split depends on the
-shape only, so results are bit-identical for any thread count. Sums are float64. NaN or Inf in a channel makes that
-channel's output NaN (the mean carries it); nothing is masked.
+Work split (kernels/channel_blocks.py): inputs are viewed as (N, C, S); a work item is a block of consecutive
+channels and, when there are too few blocks for the threads, a chunk of the batch. Loops run batch-outer,
+channel-inner inside an item so memory is read in runs of (block * S) elements, and a block is sized to stay in L2
+for the second pass. Items own their channels or their own row of partial sums; rows merge in a fixed order; the
+split depends on the shape only, so results are bit-identical for any thread count. Sums are float64. NaN or Inf
+in a channel makes that channel's output NaN (the mean carries it); nothing is masked.
 
-The validation and work-split helpers (_as_ncs, _plan, _item_range, _expand, ...) are BatchNorm's, from
-kernels/norm.py; the p-norm checks and block kernels below are shared with kernels/noisy_norm.py.
+The validation and work-split helpers (_as_ncs, _plan, _item_range, _expand, ...) come from
+kernels/channel_blocks.py; the block kernels below are shared with kernels/noisy_norm.py.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from smoothnorm.kernels.norm import (
+from smoothnorm.kernels.channel_blocks import (
     _RUN,
     _as_ncs,
     _channel_vector,
+    _check_count,
+    _check_eps,
     _check_output,
     _expand,
     _filled,
@@ -50,20 +52,7 @@ _P_CODES = {1: 1, 2: 2, math.inf: 0}
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Validation (shared with kernels/noisy_norm.py)
-
-
-def _check_count(x_shape: tuple, count: int) -> None:
-    if count < 2:
-        raise ValueError(f"x: batch statistics need more than 1 value per channel (N * H * W > 1), "
-                         f"got shape {x_shape}")
-
-
-def _check_eps(eps: float) -> float:
-    eps = float(eps)
-    if not eps > 0.0:
-        raise ValueError(f"eps: expected a positive number, got {eps}")
-    return eps
+# Validation
 
 
 def _check_momentum(momentum: float) -> float:
@@ -82,7 +71,7 @@ def _p_code(p) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Block helpers (serial; called inside prange; the layout is kernels/norm.py's). A block is channels [c0, c1) of
+# Block helpers (serial; called inside prange; the layout is channel_blocks.py's). A block is channels [c0, c1) of
 # batch rows [n0, n1); arrays are flat C-order views of (N, C, S), so row n of a block is the contiguous run
 # x[(n C + c0) S : (n C + c1) S] of width (c1 - c0) S. Each helper loops once over that run per row with
 # per-position coefficients expanded from per-channel ones, so the loop vectorizes whatever S is (1 for (N, C)
@@ -432,7 +421,7 @@ def lp_norm_train_forward(
     x3 = _as_ncs("x", x)
     N, C, S = x3.shape
     _check_count(np.shape(x), N * S)
-    eps = _check_eps(eps)
+    eps = _check_eps(eps, positive=True)
     gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
     beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
     y3 = np.empty_like(x3)
@@ -466,7 +455,7 @@ def lp_norm_train_backward(
     dy3 = _same_as("dy", dy, np.asarray(x), "x").reshape(x3.shape)
     N, C, S = x3.shape
     _check_count(np.shape(x), N * S)
-    eps = _check_eps(eps)
+    eps = _check_eps(eps, positive=True)
     mean = _channel_vector("mean", mean, C, x3.dtype)
     norm = _channel_vector("norm", norm, C, x3.dtype)
     if code == 0:
@@ -509,7 +498,7 @@ def lp_norm_eval_forward(
     """
     x3 = _as_ncs("x", x)
     N, C, S = x3.shape
-    eps = _check_eps(eps)
+    eps = _check_eps(eps, positive=True)
     running_mean = _channel_vector("running_mean", running_mean, C, x3.dtype)
     running_norm = _channel_vector("running_norm", running_norm, C, x3.dtype)
     gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
@@ -540,7 +529,7 @@ def lp_norm_eval_backward(
     x3 = _as_ncs("x", x)
     dy3 = _same_as("dy", dy, np.asarray(x), "x").reshape(x3.shape)
     N, C, S = x3.shape
-    eps = _check_eps(eps)
+    eps = _check_eps(eps, positive=True)
     running_mean = _channel_vector("running_mean", running_mean, C, x3.dtype)
     running_norm = _channel_vector("running_norm", running_norm, C, x3.dtype)
     gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)

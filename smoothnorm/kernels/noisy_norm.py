@@ -9,8 +9,8 @@ s (scale) and m (shift) of x's shape, drawn by the caller:
 The noise is a constant for the backward pass. Fusing it into batch norm's passes saves two full passes over
 memory against batch norm followed by an elementwise noise kernel: the statistics pass reads x, the output pass
 reads x, s, m; the gradient-sum pass reads dout, s, x (and m before the affine), the dx pass reads them again from
-cache. Statistics use the same shifted float64 sums as kernels/norm.py, and the work split of kernels/lp_norm.py
-(shape-only, so bit-identical for any thread count). NaN or Inf propagates.
+cache. Statistics use the same shifted float64 sums as kernels/norm.py (_block_moments), and the work split of
+kernels/lp_norm.py (shape-only, so bit-identical for any thread count). NaN or Inf propagates.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from smoothnorm.kernels.lp_norm import _check_count, _check_eps
-from smoothnorm.kernels.norm import (  # BatchNorm's statistics and work split, shared
+from smoothnorm.kernels.channel_blocks import (  # BatchNorm's statistics and work split
     _RUN,
     _as_ncs,
     _block_moments,
     _channel_vector,
+    _check_count,
+    _check_eps,
     _check_output,
     _expand,
     _fold_columns,

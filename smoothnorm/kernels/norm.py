@@ -1,21 +1,5 @@
-"""Normalization kernels: batch normalization (train / probe / eval) forward and backward.
-
-Layout. Every input is viewed as (N, C, S): (N, C) has S = 1, (N, C, H, W) has S = H * W. Batch statistics are
-per channel over (N, S). The building blocks below are reusable by other normalizations that need per-channel
-statistics over (N, S) (noisy and Lp batch norm):
-
-- `_plan(N, C, S, itemsize, arrays)` splits the work into items of (channel block, batch chunk);
-- `_block_moments` adds shifted sums of x and x^2 of a block into per-channel float64 accumulators;
-- `_block_grad_sums` adds sum(dy) and sum(dy * (x - center)) of a block;
-- `_block_affine` writes y = (x - center) * scale + offset, `_block_grad_apply` writes dx = a dy + b (x - center) + k.
-
-Work split. A work item is a block of consecutive channels (and, when there are too few blocks to keep the threads
-busy, a chunk of the batch). Within an item the loops run batch-outer, channel-inner, so memory is read in
-contiguous runs of (block channels * S) elements even when S is tiny (4x4 feature maps); a block is sized so that
-the arrays it touches fit in L2, and the second pass over a block (normalize after statistics, write dx after the
-sums) is served from cache. One pass over memory for statistics, one for the output. Each item owns its channels (or
-its own row of partial sums), partials are merged in a fixed order, and the split depends on the shape only: results
-are bit-identical for any thread count.
+"""Batch normalization kernels (train / probe / eval) forward and backward, on the per-channel building blocks of
+channel_blocks.py (layout, work split, block helpers).
 
 Numerics of the statistics. One pass computes, per channel, sums of d = x - K and d^2 in float64, with the shift K
 the channel's first element (the "shifted data" algorithm). var = mean(d^2) - mean(d)^2 then loses only about
@@ -31,345 +15,33 @@ nothing is masked.
 
 Outputs. y and dx are new arrays unless `out=` is given (keyword-only, beyond the fixed API): for arrays of tens of
 MB the page faults of fresh memory cost about as much as the kernel, so a caller that owns its buffers can pass
-them (see `_output`; in place over x or dy is allowed).
+them (in place over x or dy is allowed).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 from numba import njit, prange
 
-# Bytes of input (all arrays a pass reads) per work item: with the output it writes, well inside a 2 MiB L2
-# (1.25 MiB on older Intel, 1 MiB on AMD Zen 4), so the second pass over an item hits cache. Items aim to be at
-# least _MIN_ITEM_ELEMENTS elements (scheduling overhead) and at least _TARGET_ITEMS in number (load balance on a
-# few cores); all are constants, so the split depends on the shape only.
-_BLOCK_BYTES = 1 << 19
-_MIN_ITEM_ELEMENTS = 1 << 14
-_TARGET_ITEMS = 8
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Validation
-
-
-def _as_ncs(name: str, x) -> np.ndarray:
-    """Validate a float32/float64 (N, C) or (N, C, H, W) array; return it as a C-contiguous (N, C, S) array."""
-    x = np.asarray(x)
-    if x.dtype not in (np.float32, np.float64):
-        raise ValueError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
-    if x.ndim not in (2, 4):
-        raise ValueError(
-            f"{name}: expected a 2D or 4D array, (N, C) or (N, C, H, W), got ndim {x.ndim} (shape {x.shape})"
-        )
-    x = np.ascontiguousarray(x)
-    n, c = x.shape[0], x.shape[1]
-    s = x.shape[2] * x.shape[3] if x.ndim == 4 else 1
-    return x.reshape(n, c, s)
-
-
-def _same_as(name: str, a, ref: np.ndarray, ref_name: str) -> np.ndarray:
-    """Validate that a matches ref's shape and dtype; return it C-contiguous."""
-    a = np.asarray(a)
-    if a.shape != ref.shape:
-        raise ValueError(f"{name}: expected shape {ref.shape} (the shape of {ref_name}), got {a.shape}")
-    if a.dtype != ref.dtype:
-        raise ValueError(f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {a.dtype}")
-    return np.ascontiguousarray(a)
-
-
-def _channel_vector(name: str, v, channels: int, dtype, default: float | None = None):
-    """Validate a per-channel vector of shape (C,) and the given dtype; None gives `default` filled (or None)."""
-    if v is None:
-        return None if default is None else np.full(channels, default, dtype=dtype)
-    v = np.asarray(v)
-    if v.shape != (channels,):
-        raise ValueError(f"{name}: expected shape ({channels},) (C, the channels of x), got {v.shape}")
-    if v.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {v.dtype}")
-    return np.ascontiguousarray(v)
-
-
-def _check_count(x_shape: tuple, n: int) -> None:
-    if n < 2:
-        raise ValueError(f"x: batch statistics need more than 1 value per channel (N * H * W > 1), got shape {x_shape}")
-
-
-def _check_eps(eps: float) -> float:
-    eps = float(eps)
-    if not eps >= 0.0:
-        raise ValueError(f"eps: expected a non-negative number, got {eps}")
-    return eps
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Work split
-
-
-@functools.lru_cache(maxsize=256)
-def _plan(n: int, c: int, s: int, itemsize: int, arrays: int) -> tuple[int, int]:
-    """Channels per block and number of batch chunks for an (n, c, s) problem reading `arrays` inputs.
-
-    Depends on the shape only (never on the thread count), so results repeat bit for bit on any machine setting.
-    """
-    total = n * c * s
-    target = max(1, min(_TARGET_ITEMS, total // _MIN_ITEM_ELEMENTS))
-    per_channel = max(1, n * s * itemsize * arrays)
-    block = max(1, min(_BLOCK_BYTES // per_channel, -(-c // target)))
-    blocks = -(-c // block) if c > 0 else 0
-    chunks = 1
-    if 0 < blocks < target:
-        chunks = max(1, min(n, -(-target // blocks)))
-    return block, chunks
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Block helpers (serial; called inside the parallel kernels' prange). A block is channels [c0, c1) of batch rows
-# [n0, n1); arrays are flat C-order views of (N, C, S), so row n of a block is the contiguous run
-# x[(n*C + c0)*S : (n*C + c1)*S]. Runs of one channel (S elements) are long enough for S >= _RUN to loop over
-# with per-channel scalars; below that (S = 1 for (N, C) inputs, 4 for 2x2 maps) each helper loops once over the
-# whole row of the block with per-position coefficients expanded from per-channel ones. Both loops vectorize.
-#
-# Reductions are "by column": position j of a block row accumulates over n into col[j] (elementwise, so it
-# vectorizes without letting the compiler reassociate sums), and each channel's S columns are added at the end in
-# order. Summation order is thus fixed in the source: results do not depend on the compiler, the CPU or the thread
-# count, and columns of N terms then S terms round less than one sequential sum of N * S terms.
-#
-# Indices are uint64: with signed indices Numba adds a negative-index wraparound select that turns vector loads
-# into gathers. Slicing a row per (n, c) instead would create views whose reference counts are atomics shared by
-# all threads.
-
-_RUN = 16
-# In a block that spans all channels, consecutive batch rows follow each other in memory: the short-run loops then
-# take _WIDE // (C*S) rows at a time, so (N, 10) inputs loop over 60 elements instead of 10 (the moments pass 2.4x
-# faster at (1000, 10)). Columns are then per (row in group, position), folded in that order.
-_WIDE = 64
-
-
-@njit(cache=True, error_model="numpy")
-def _group_rows(C, S, c0, c1):
-    """Batch rows the short-run loops take at a time: more than one only when the block spans all channels."""
-    if c0 == 0 and c1 == C and C * S < _WIDE:
-        return _WIDE // (C * S)
-    return 1
-
-
-@njit(cache=True, error_model="numpy")
-def _zeros(shape):
-    """np.zeros for parallel kernels: there, np.zeros would be a parallel loop of its own (a thread-team start)."""
-    return np.zeros(shape)
-
-
-@njit(cache=True, error_model="numpy")
-def _int_zeros(shape):
-    """np.zeros(shape, np.int64) for parallel kernels (see _zeros)."""
-    return np.zeros(shape, dtype=np.int64)
-
-
-@njit(cache=True, error_model="numpy")
-def _filled(shape, value):
-    """np.full(shape, value) in float64 for parallel kernels (see _zeros)."""
-    return np.full(shape, float(value))
-
-
-@njit(cache=True, error_model="numpy")
-def _expand(values, c0, c1, S, R=1):
-    """Per-position copy (float64) of per-channel values[c0:c1], each repeated S times; all that R times over."""
-    width = (c1 - c0) * S
-    out = np.empty(width * R)
-    uS = np.uint64(S)
-    for r in range(R):
-        for c in range(c0, c1):
-            v = float(values[c])
-            off = np.uint64(r * width + (c - c0) * S)
-            for j in range(off, off + uS):
-                out[j] = v
-    return out
-
-
-@njit(cache=True, error_model="numpy")
-def _fold_columns(col, c0, c1, S, acc, row, R=1):
-    """acc[row, c] += sum of channel c's columns of col (R groups of S), in order."""
-    width = (c1 - c0) * S
-    for c in range(c0, c1):
-        t = 0.0
-        for r in range(R):
-            for j in range(r * width + (c - c0) * S, r * width + (c - c0 + 1) * S):
-                t += col[j]
-        acc[row, c] += t
-
-
-@njit(cache=True, error_model="numpy")
-def _block_moments(x, C, S, c0, c1, n0, n1, shift, acc_s, acc_q, row):
-    """acc_s[row, c] += sum(d), acc_q[row, c] += sum(d^2), d = x[n, c, :] - shift[c] in float64, over the block."""
-    width = (c1 - c0) * S
-    if S >= _RUN:
-        col_s = np.zeros(width)
-        col_q = np.zeros(width)
-        uS = np.uint64(S)
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                base = np.uint64((n * C + c) * S)
-                off = np.uint64((c - c0) * S)
-                k = shift[c]
-                for s in range(uS):
-                    d = float(x[base + s]) - k
-                    col_s[off + s] += d
-                    col_q[off + s] += d * d
-        _fold_columns(col_s, c0, c1, S, acc_s, row)
-        _fold_columns(col_q, c0, c1, S, acc_q, row)
-        return
-    R = _group_rows(C, S, c0, c1)
-    wide = np.uint64(width * R)
-    col_s = np.zeros(wide)
-    col_q = np.zeros(wide)
-    ke = _expand(shift, c0, c1, S, R)
-    groups = (n1 - n0) // R
-    for g in range(groups):
-        base = np.uint64(((n0 + g * R) * C + c0) * S)
-        for j in range(wide):
-            d = float(x[base + j]) - ke[j]
-            col_s[j] += d
-            col_q[j] += d * d
-    for n in range(n0 + groups * R, n1):
-        base = np.uint64((n * C + c0) * S)
-        for j in range(np.uint64(width)):
-            d = float(x[base + j]) - ke[j]
-            col_s[j] += d
-            col_q[j] += d * d
-    _fold_columns(col_s, c0, c1, S, acc_s, row, R)
-    _fold_columns(col_q, c0, c1, S, acc_q, row, R)
-
-
-@njit(cache=True, error_model="numpy")
-def _block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, row):
-    """acc_dy[row, c] += sum(dy), acc_dyx[row, c] += sum(dy * (x - center[c])) in float64, over the block."""
-    width = (c1 - c0) * S
-    if S >= _RUN:
-        col_dy = np.zeros(width)
-        col_dyx = np.zeros(width)
-        uS = np.uint64(S)
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                base = np.uint64((n * C + c) * S)
-                off = np.uint64((c - c0) * S)
-                k = center[c]
-                for s in range(uS):
-                    g = float(dy[base + s])
-                    col_dy[off + s] += g
-                    col_dyx[off + s] += g * (float(x[base + s]) - k)
-        _fold_columns(col_dy, c0, c1, S, acc_dy, row)
-        _fold_columns(col_dyx, c0, c1, S, acc_dyx, row)
-        return
-    R = _group_rows(C, S, c0, c1)
-    wide = np.uint64(width * R)
-    col_dy = np.zeros(wide)
-    col_dyx = np.zeros(wide)
-    ke = _expand(center, c0, c1, S, R)
-    groups = (n1 - n0) // R
-    for gr in range(groups):
-        base = np.uint64(((n0 + gr * R) * C + c0) * S)
-        for j in range(wide):
-            g = float(dy[base + j])
-            col_dy[j] += g
-            col_dyx[j] += g * (float(x[base + j]) - ke[j])
-    for n in range(n0 + groups * R, n1):
-        base = np.uint64((n * C + c0) * S)
-        for j in range(np.uint64(width)):
-            g = float(dy[base + j])
-            col_dy[j] += g
-            col_dyx[j] += g * (float(x[base + j]) - ke[j])
-    _fold_columns(col_dy, c0, c1, S, acc_dy, row, R)
-    _fold_columns(col_dyx, c0, c1, S, acc_dyx, row, R)
-
-
-@njit(cache=True, error_model="numpy")
-def _block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y):
-    """y = (x - center[c]) * scale[c] + offset[c], computed in float64, stored in y's dtype, over the block."""
-    if S >= _RUN:
-        uS = np.uint64(S)
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                base = np.uint64((n * C + c) * S)
-                k = center[c]
-                a = scale[c]
-                b = offset[c]
-                for i in range(base, base + uS):
-                    y[i] = (float(x[i]) - k) * a + b
-        return
-    R = _group_rows(C, S, c0, c1)
-    width = (c1 - c0) * S
-    wide = np.uint64(width * R)
-    ke = _expand(center, c0, c1, S, R)
-    ae = _expand(scale, c0, c1, S, R)
-    be = _expand(offset, c0, c1, S, R)
-    groups = (n1 - n0) // R
-    for g in range(groups):
-        base = np.uint64(((n0 + g * R) * C + c0) * S)
-        for j in range(wide):
-            y[base + j] = (float(x[base + j]) - ke[j]) * ae[j] + be[j]
-    for n in range(n0 + groups * R, n1):
-        base = np.uint64((n * C + c0) * S)
-        for j in range(np.uint64(width)):
-            y[base + j] = (float(x[base + j]) - ke[j]) * ae[j] + be[j]
-
-
-@njit(cache=True, error_model="numpy")
-def _block_grad_apply(dy, x, C, S, c0, c1, n0, n1, center, a, b, k, dx):
-    """dx = a[c] * dy + b[c] * (x - center[c]) + k[c], computed in float64, stored in dx's dtype."""
-    if S >= _RUN:
-        uS = np.uint64(S)
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                base = np.uint64((n * C + c) * S)
-                m = center[c]
-                ac = a[c]
-                bc = b[c]
-                kc = k[c]
-                for i in range(base, base + uS):
-                    dx[i] = ac * float(dy[i]) + bc * (float(x[i]) - m) + kc
-        return
-    R = _group_rows(C, S, c0, c1)
-    width = (c1 - c0) * S
-    wide = np.uint64(width * R)
-    me = _expand(center, c0, c1, S, R)
-    ae = _expand(a, c0, c1, S, R)
-    be = _expand(b, c0, c1, S, R)
-    ke = _expand(k, c0, c1, S, R)
-    groups = (n1 - n0) // R
-    for g in range(groups):
-        base = np.uint64(((n0 + g * R) * C + c0) * S)
-        for j in range(wide):
-            i = base + j
-            dx[i] = ae[j] * float(dy[i]) + be[j] * (float(x[i]) - me[j]) + ke[j]
-    for n in range(n0 + groups * R, n1):
-        base = np.uint64((n * C + c0) * S)
-        for j in range(np.uint64(width)):
-            i = base + j
-            dx[i] = ae[j] * float(dy[i]) + be[j] * (float(x[i]) - me[j]) + ke[j]
-
-
-@njit(cache=True, error_model="numpy")
-def _item_range(item, chunks, block, C, N):
-    """Channel range and batch range of work item `item` (items are block-major, chunk-minor)."""
-    b = item // chunks
-    j = item % chunks
-    c0 = b * block
-    c1 = min(C, c0 + block)
-    n0 = (j * N) // chunks
-    n1 = ((j + 1) * N) // chunks
-    return c0, c1, n0, n1
-
-
-@njit(cache=True, error_model="numpy")
-def _merge_rows(partials, c):
-    """Sum of partials[:, c] in row order (a fixed order: deterministic)."""
-    t = 0.0
-    for j in range(partials.shape[0]):
-        t += partials[j, c]
-    return t
+from smoothnorm.kernels.channel_blocks import (
+    _as_ncs,
+    _block_affine,
+    _block_grad_apply,
+    _block_grad_sums,
+    _block_moments,
+    _channel_vector,
+    _check_count,
+    _check_eps,
+    _check_output,
+    _item_range,
+    _merge_rows,
+    _output,
+    _plan,
+    _same_as,
+    _zeros,
+)
 
 
 @njit(cache=True, error_model="numpy")
@@ -735,41 +407,3 @@ def batch_norm_update_running(
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum: expected a number in [0, 1], got {momentum}")
     _update_running(running_mean, running_var, mean, var, count, momentum)
-
-
-def _output(out, x3: np.ndarray, shape: tuple, inputs: tuple) -> np.ndarray:
-    """The array a kernel writes its (N, C, ...) result into: a new one, or `out` after checks.
-
-    A caller that owns its buffers (a layer reusing its output between steps) saves the page faults of fresh
-    memory, which for arrays of tens of MB cost about as much as the kernel itself. `out` may be one of the inputs
-    exactly (in place: every kernel reads a block's inputs before writing that block's outputs), but must not
-    overlap one partially.
-    """
-    if out is None:
-        return np.empty(shape, dtype=x3.dtype)
-    if not isinstance(out, np.ndarray):
-        raise ValueError(f"out: expected a numpy array of shape {shape}, got {type(out).__name__}")
-    if out.shape != shape:
-        raise ValueError(f"out: expected shape {shape} (the shape of x), got {out.shape}")
-    if out.dtype != x3.dtype:
-        raise ValueError(f"out: expected dtype {x3.dtype} (the dtype of x), got {out.dtype}")
-    if not (out.flags.c_contiguous and out.flags.writeable):
-        raise ValueError("out: expected a writeable C-contiguous array")
-    for a in inputs:
-        if np.may_share_memory(out, a) and a.__array_interface__["data"][0] != out.__array_interface__["data"][0]:
-            raise ValueError("out: overlaps an input partially (it may be an input itself, or separate memory)")
-    return out
-
-
-def _check_output(name: str, out, channels: int, dtype) -> None:
-    """An in-place output must be a writeable (C,) array of the given dtype (a view into a flat vector is fine)."""
-    if out is None:
-        return
-    if not isinstance(out, np.ndarray):
-        raise ValueError(f"{name}: expected a numpy array of shape ({channels},), got {type(out).__name__}")
-    if out.shape != (channels,):
-        raise ValueError(f"{name}: expected shape ({channels},) (C, the channels of x), got {out.shape}")
-    if out.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError(f"{name}: expected a writeable array (it is overwritten in place)")

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smoothnorm.kernels import norm
+from smoothnorm.kernels import channel_blocks
 from smoothnorm.kernels.norm import (
     batch_norm_eval_backward,
     batch_norm_eval_forward,
@@ -22,7 +22,7 @@ from tests.reference import (
 )
 
 # 2D and 4D; S = 1, tiny and larger maps; the last two split the batch into chunks (C too small to keep threads busy).
-# Where C*S < norm._WIDE, short-run loops take groups of rows: (16, 7) and (50, 3) end with a partial group,
+# Where C*S < channel_blocks._WIDE, short-run loops take groups of rows: (16, 7) and (50, 3) end with a partial group,
 # (30, 2, 2, 2) too with S > 1, (1000, 10) is the deep linear network's layer.
 SHAPES = [(5, 3), (16, 7), (50, 3), (1000, 10), (2, 3, 4, 5), (8, 4, 3, 3), (30, 2, 2, 2), (3, 6, 1, 1),
           (64, 1, 32, 32), (40000, 1)]
@@ -46,7 +46,7 @@ def test_grouped_shapes_take_row_groups_with_a_partial_last_group():
     for shape in GROUPED:
         n, c = shape[:2]
         s = int(np.prod(shape[2:], dtype=int))
-        rows = norm._group_rows(c, s, 0, c)
+        rows = channel_blocks._group_rows(c, s, 0, c)
         assert rows > 1 and (n % rows != 0 or shape == (1000, 10))
 
 
@@ -54,8 +54,8 @@ def test_chunked_shapes_take_the_batch_split_path():
     for shape in CHUNKED:
         n, c = shape[:2]
         s = int(np.prod(shape[2:], dtype=int))
-        assert norm._plan(n, c, s, 8, 1)[1] > 1
-        assert norm._plan(n, c, s, 8, 2)[1] > 1
+        assert channel_blocks._plan(n, c, s, 8, 1)[1] > 1
+        assert channel_blocks._plan(n, c, s, 8, 2)[1] > 1
 
 
 @pytest.mark.parametrize("shape", SHAPES)
