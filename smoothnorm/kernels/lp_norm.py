@@ -19,7 +19,7 @@ split depends on the shape only, so results are bit-identical for any thread cou
 in a channel makes that channel's output NaN (the mean carries it); nothing is masked.
 
 The validation and work-split helpers (_as_ncs, _plan, _item_range, _expand, ...) come from
-kernels/channel_blocks.py; the block kernels below are shared with kernels/noisy_norm.py.
+kernels/channel_blocks.py, as do the affine and gradient-sum block helpers; the ones below are the p-norm's.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from numba import njit, prange
 from smoothnorm.kernels.channel_blocks import (
     _RUN,
     _as_ncs,
+    _block_affine,
+    _block_grad_sums,
     _channel_vector,
     _check_count,
     _check_eps,
@@ -149,60 +151,6 @@ def _finish_lp(sum_x, acc_norm, p, count, eps, gamma, beta, c, mean, norm, scale
     norm[c] = nrm
     scale[c] = float(gamma[c]) / (nrm + eps)
     offset[c] = float(beta[c])
-
-
-@njit(cache=True, error_model="numpy")
-def _block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y):
-    """y = (x - center[c]) * scale[c] + offset[c] in float64, stored in y's dtype, over the block."""
-    if S >= _RUN:
-        # Long runs: per-channel scalars (no per-position coefficient loads).
-        uS = np.uint64(S)
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                base = np.uint64((n * C + c) * S)
-                k = center[c]
-                a = scale[c]
-                b = offset[c]
-                for i in range(base, base + uS):
-                    y[i] = (float(x[i]) - k) * a + b
-        return
-    width = np.uint64((c1 - c0) * S)
-    ke = _expand(center, c0, c1, S)
-    ae = _expand(scale, c0, c1, S)
-    be = _expand(offset, c0, c1, S)
-    for n in range(n0, n1):
-        base = np.uint64((n * C + c0) * S)
-        for j in range(width):
-            y[base + j] = (float(x[base + j]) - ke[j]) * ae[j] + be[j]
-
-
-@njit(cache=True, error_model="numpy")
-def _block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, row):
-    """acc_dy[row, c] += sum(dy), acc_dyx[row, c] += sum(dy * (x - center[c])) in float64, over the block."""
-    width = np.uint64((c1 - c0) * S)
-    col_dy = np.zeros(width)
-    col_dyx = np.zeros(width)
-    if S >= _RUN:
-        uS = np.uint64(S)
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                base = np.uint64((n * C + c) * S)
-                off = np.uint64((c - c0) * S)
-                k = center[c]
-                for j in range(uS):
-                    g = float(dy[base + j])
-                    col_dy[off + j] += g
-                    col_dyx[off + j] += g * (float(x[base + j]) - k)
-    else:
-        ke = _expand(center, c0, c1, S)
-        for n in range(n0, n1):
-            base = np.uint64((n * C + c0) * S)
-            for j in range(width):
-                g = float(dy[base + j])
-                col_dy[j] += g
-                col_dyx[j] += g * (float(x[base + j]) - ke[j])
-    _fold_columns(col_dy, c0, c1, S, acc_dy, row)
-    _fold_columns(col_dyx, c0, c1, S, acc_dyx, row)
 
 
 @njit(cache=True, error_model="numpy")

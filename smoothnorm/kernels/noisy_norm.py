@@ -10,7 +10,7 @@ The noise is a constant for the backward pass. Fusing it into batch norm's passe
 memory against batch norm followed by an elementwise noise kernel: the statistics pass reads x, the output pass
 reads x, s, m; the gradient-sum pass reads dout, s, x (and m before the affine), the dx pass reads them again from
 cache. Statistics use the same shifted float64 sums as kernels/norm.py (_block_moments), and the work split of
-kernels/lp_norm.py (shape-only, so bit-identical for any thread count). NaN or Inf propagates.
+kernels/channel_blocks.py (shape-only, so bit-identical for any thread count). NaN or Inf propagates.
 """
 
 from __future__ import annotations

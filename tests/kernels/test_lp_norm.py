@@ -28,9 +28,11 @@ from tests.reference import (
 
 PS = [1, 2, math.inf]
 # 2D and 4D; S = 1, tiny and larger maps; the last two split the batch into chunks (C too small for the threads).
-SHAPES = [(5, 3), (16, 7), (2, 3, 4, 5), (8, 4, 3, 3), (3, 6, 1, 1), (64, 1, 32, 32), (40000, 1)]
+# (50, 3), (1000, 10) and (11, 2, 2, 2) take row groups with a partial last group (channel_blocks._group_rows).
+SHAPES = [(5, 3), (16, 7), (50, 3), (1000, 10), (2, 3, 4, 5), (8, 4, 3, 3), (11, 2, 2, 2), (3, 6, 1, 1),
+          (64, 1, 32, 32), (40000, 1)]
 CHUNKED = [(64, 1, 32, 32), (40000, 1)]
-SMALL = [(5, 3), (2, 3, 2, 3), (4, 2, 1, 1)]
+SMALL = [(5, 3), (25, 3), (2, 3, 2, 3), (11, 2, 2, 2), (4, 2, 1, 1)]  # (25, 3), (11, 2, 2, 2): row groups
 
 
 def _affine(rng, channels, dtype=np.float64):
