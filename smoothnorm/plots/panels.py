@@ -1,238 +1,38 @@
-"""Figures of the paper drawn from stored runs: one `draw_<kind>(ax, runs, **options)` per panel kind, and
-`draw_figure`, which lays panels out in a grid and writes PNG and PDF atomically.
-
-Matplotlib only, and never through pyplot: figures are `matplotlib.figure.Figure` objects on an Agg canvas, so
-importing or drawing changes no global state (no backend switch, no figure manager, nothing to leak).
-Conventions shared by every panel:
-- x is the training step; non-finite values (steps after divergence, NaN metrics) are left out, and the finite
-  points are joined, so a metric recorded only at evaluation steps draws as one connected line;
-- a run whose status is "diverged" draws what it recorded and reads "<label> (diverged)" in the legend
-  ("<label> (running)" for a run still in progress);
-- colours follow the run label (`run_colors`), so a run keeps its colour in every panel of a figure.
-Accuracies are stored as fractions in [0, 1] (smoothnorm.train, smoothnorm.experiment) and drawn in percent.
-"""
+"""One `draw_<kind>(ax, runs, **options)` per panel kind (see smoothnorm.plots for the shared conventions)."""
 
 from __future__ import annotations
 
-import inspect
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
-from matplotlib import rc_context
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.collections import LineCollection
-from matplotlib.colors import LinearSegmentedColormap, Normalize, to_rgb
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
+from matplotlib.colors import Normalize, to_rgb
 
 from smoothnorm.measure.distributions import moment_series
-from smoothnorm.results import RunResult
-
-__all__ = [
-    "PANELS",
-    "run_colors",
-    "moving_average",
-    "draw_accuracy",
-    "draw_band",
-    "draw_beta",
-    "draw_ics",
-    "draw_grad_vs_eta",
-    "draw_ridge",
-    "draw_moments",
-    "draw_hessian",
-    "draw_figure",
-]
-
-# The paper draws the standard network in blue and the BatchNorm network in red/orange (Figs 1-5).
-KNOWN_COLORS: dict[str, str] = {
-    "standard": "#1f77b4",
-    "standard + batchnorm": "#d62728",
-    "standard + noisy batchnorm": "#2ca02c",
-}
-_CYCLE = (
-    "#ff7f0e",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#17becf",
-    "#bcbd22",
-    "#7f7f7f",
-    "#2ca02c",
-    "#1f77b4",
-    "#d62728",
+from smoothnorm.plots.style import (
+    ETA_LABEL,
+    GRAD_DIFF_LABEL,
+    STEP_CMAP,
+    STEP_LABEL,
+    _check_runs,
+    _choice,
+    _colors,
+    _etas,
+    _finite_xy,
+    _legend,
+    _legend_label,
+    _mark_divergence,
+    _positive_int,
+    _probe,
+    _resolve_layer,
+    _run_legend,
+    _select_run,
+    moving_average,
 )
-# Fig 11: early steps blue, late steps red.
-STEP_CMAP = LinearSegmentedColormap.from_list("early_blue_late_red", ["#1f3fd6", "#8a2bb0", "#d62020"])
-
-STEP_LABEL = "training step"
-ETA_LABEL = "step size eta"
-GRAD_DIFF_LABEL = "l2 difference of gradient"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Helpers
-# ----------------------------------------------------------------------------------------------------------------
-def _label_key(label: str) -> str:
-    return " ".join(label.lower().replace('"', "").replace("'", "").split())
-
-
-def run_colors(labels: Sequence[str]) -> dict[str, str]:
-    """Colour per run label: the paper's colours for the labels it uses (`KNOWN_COLORS`), a fixed cycle otherwise."""
-    colors = {label: KNOWN_COLORS[_label_key(label)] for label in labels if _label_key(label) in KNOWN_COLORS}
-    free = [c for c in _CYCLE if c not in colors.values()] or list(_CYCLE)
-    i = 0
-    for label in labels:
-        if label not in colors:
-            colors[label] = free[i % len(free)]
-            i += 1
-    return colors
-
-
-def moving_average(values, window: int) -> np.ndarray:
-    """Centred moving average over `window` points; windows shrink at both ends so no point is lost or shifted.
-
-    values: (n,) finite floats. window: odd or even positive int (an even window leans one point to the right).
-    """
-    v = np.asarray(values, dtype=np.float64)
-    window = _positive_int("smooth", window)
-    if window == 1 or v.size == 0:
-        return v.copy()
-    left = (window - 1) // 2
-    right = window - 1 - left
-    csum = np.concatenate([[0.0], np.cumsum(v)])
-    idx = np.arange(v.size)
-    lo = np.maximum(idx - left, 0)
-    hi = np.minimum(idx + right + 1, v.size)
-    return (csum[hi] - csum[lo]) / (hi - lo)
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
-def _choice(name: str, value, allowed: Sequence) -> Any:
-    if value not in allowed:
-        raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
-    return value
-
-
-def _legend_label(run: RunResult) -> str:
-    if run.status == "diverged":
-        return f"{run.label} (diverged)"
-    if run.status == "running":
-        return f"{run.label} (running)"
-    return run.label
-
-
-def _colors(runs: Sequence[RunResult], colors: Mapping[str, str] | None) -> dict[str, str]:
-    out = run_colors([r.label for r in runs])
-    if colors:
-        out.update(colors)
-    return out
-
-
-def _finite_xy(x, y) -> tuple[np.ndarray, np.ndarray]:
-    x, y = np.asarray(x), np.asarray(y, dtype=np.float64)
-    keep = np.isfinite(y)
-    return x[keep], y[keep]
-
-
-def _check_runs(runs: Sequence[RunResult]) -> list[RunResult]:
-    runs = list(runs)
-    if not runs:
-        raise ValueError("runs: expected at least one RunResult, got none")
-    return runs
-
-
-def _select_run(runs: Sequence[RunResult], run: str | int) -> RunResult:
-    runs = _check_runs(runs)
-    labels = [r.label for r in runs]
-    if isinstance(run, str):
-        if run in labels:
-            return runs[labels.index(run)]
-    elif isinstance(run, (int, np.integer)) and not isinstance(run, bool) and -len(runs) <= run < len(runs):
-        return runs[int(run)]
-    raise ValueError(f"run: expected a label from {labels} or an index below {len(runs)}, got {run!r}")
-
-
-def _probe(run: RunResult, probe: str, key: str) -> np.ndarray:
-    full = f"{probe}/{key}"
-    if full not in run.probes:
-        have = sorted({k.split("/")[0] for k in run.probes})
-        raise ValueError(f"probe: run {run.label!r} has no array {full!r}; probes recorded: {have}")
-    return np.asarray(run.probes[full])
-
-
-def _layer_names(run: RunResult, probe: str) -> list[str] | None:
-    """Layer names of a per-layer probe: its metadata, else (distributions) the names in its array keys."""
-    meta = run.probe_meta.get(probe, {}) if isinstance(run.probe_meta, Mapping) else {}
-    if meta.get("layers"):
-        return [str(n) for n in meta["layers"]]
-    prefix, suffix = f"{probe}/", "/mean"
-    inferred = [
-        k[len(prefix) : -len(suffix)] for k in run.probes if k.startswith(prefix) and k.endswith(suffix)
-    ]
-    return inferred or None
-
-
-def _resolve_layer(run: RunResult, probe: str, layer: str | int, count: int | None = None) -> tuple[int, str]:
-    """(index, name) of `layer` (a name, or an index into the probe's layer list) in one run."""
-    names = _layer_names(run, probe)
-    if names is None and count is not None:
-        names = [f"#{i}" for i in range(count)]
-    if names is None:
-        raise ValueError(f"layer: run {run.label!r} records no layer names for probe {probe!r}")
-    if isinstance(layer, str):
-        if layer in names:
-            return names.index(layer), layer
-    elif (
-        isinstance(layer, (int, np.integer))
-        and not isinstance(layer, bool)
-        and -len(names) <= layer < len(names)
-    ):
-        i = int(layer) % len(names)
-        return i, names[i]
-    raise ValueError(
-        f"layer: expected a name from {names} or an index below {len(names)} (run {run.label!r}), "
-        f"got {layer!r}"
-    )
-
-
-def _etas(run: RunResult, probe: str) -> np.ndarray:
-    meta = run.probe_meta.get(probe, {}) if isinstance(run.probe_meta, Mapping) else {}
-    if "etas" not in meta:
-        raise ValueError(
-            f"probe: run {run.label!r} has no step sizes ('etas') in the metadata of probe {probe!r}"
-        )
-    return np.asarray(meta["etas"], dtype=np.float64)
-
-
-def _legend(ax: Axes, **kwargs) -> None:
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(handles, labels, fontsize="small", **kwargs)
-
-
-def _run_legend(ax: Axes, run: RunResult, color: str) -> None:
-    """A one-entry legend naming the single run a panel draws."""
-    proxy = Line2D([], [], color=color, linewidth=6, alpha=0.6)
-    ax.legend([proxy], [_legend_label(run)], fontsize="small", handlelength=1.0)
-
-
-def _mark_divergence(ax: Axes, run: RunResult, x: np.ndarray, y: np.ndarray, color: str) -> None:
-    """An x at the last finite point of a diverged run's line."""
-    if run.status == "diverged" and x.size:
-        ax.plot(x[-1:], y[-1:], marker="x", markersize=7, color=color, linestyle="none")
-
+from smoothnorm.results import RunResult
 
 # ----------------------------------------------------------------------------------------------------------------
 # Panels
@@ -645,113 +445,3 @@ PANELS: dict[str, Callable[..., None]] = {
     "moments": draw_moments,
     "hessian": draw_hessian,
 }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Figures
-# ----------------------------------------------------------------------------------------------------------------
-_PANEL_KEYS = ("kind", "title", "runs")
-_STYLE = {"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8, "figure.titlesize": 12}
-
-
-def _panel_options(i: int, panel: Mapping) -> tuple[Callable[..., None], dict]:
-    if not isinstance(panel, Mapping) or "kind" not in panel:
-        raise ValueError(f"figure: panel #{i + 1} must be a dict with a 'kind' (one of {list(PANELS)})")
-    kind = panel["kind"]
-    if kind not in PANELS:
-        raise ValueError(f"kind: panel #{i + 1} has unknown kind {kind!r}; expected one of {list(PANELS)}")
-    fn = PANELS[kind]
-    accepted = [p for p in inspect.signature(fn).parameters if p not in ("ax", "runs", "colors")]
-    options = {k: v for k, v in panel.items() if k not in _PANEL_KEYS}
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"figure: panel #{i + 1} ({kind}) has unknown option {unknown[0]!r}; "
-            f"expected options: {', '.join(_PANEL_KEYS + tuple(accepted))}"
-        )
-    return fn, options
-
-
-def _output_base(out_base: str | os.PathLike) -> Path:
-    base = Path(out_base)
-    return base.with_suffix("") if base.suffix.lower() in (".png", ".pdf") else base
-
-
-def _save_atomically(fig: Figure, base: Path, dpi: int) -> list[Path]:
-    """Render PNG and PDF to temporary files beside their targets, then rename both (nothing left on failure)."""
-    base.parent.mkdir(parents=True, exist_ok=True)
-    targets = [base.parent / f"{base.name}.png", base.parent / f"{base.name}.pdf"]
-    temps: list[str] = []
-    try:
-        for target in targets:
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-            temps.append(tmp)
-            fmt = target.suffix[1:]
-            # No creation date, so a figure redrawn from the same runs gives the same bytes (clean git diffs).
-            metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
-            with os.fdopen(fd, "wb") as f:
-                fig.savefig(f, format=fmt, dpi=dpi, metadata=metadata)
-        for tmp, target in zip(temps, targets):
-            os.replace(tmp, target)
-    except BaseException:
-        for tmp in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        raise
-    return targets
-
-
-def draw_figure(
-    figure: Mapping[str, Any],
-    runs: Sequence[RunResult],
-    out_base: str | os.PathLike,
-    *,
-    dpi: int = 150,
-) -> list[Path]:
-    """Draw a figure of panels from runs and write `<out_base>.png` and `<out_base>.pdf`; returns both paths.
-
-    figure: {"title": str, "columns": int (default min(3, panels)), "panels": [{"kind": one of PANELS, "title":
-    str (optional), "runs": [labels] (optional subset, in legend order; default all), **options of the kind}]}.
-    Each run keeps one colour (by label, `run_colors`) in every panel. Every option is validated before anything is
-    written; files are replaced atomically, so a failure leaves earlier files untouched and no temporary files.
-    """
-    if not isinstance(figure, Mapping):
-        raise ValueError(f"figure: expected a dict, got {type(figure).__name__}")
-    unknown = sorted(set(figure) - {"title", "columns", "panels"})
-    if unknown:
-        raise ValueError(f"figure: unknown key {unknown[0]!r}; expected keys: title, columns, panels")
-    panels = list(figure.get("panels") or [])
-    if not panels:
-        raise ValueError("panels: expected at least one panel")
-    runs = _check_runs(runs)
-    labels = [r.label for r in runs]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"runs: labels must be unique to select runs by label, got {labels}")
-    by_label = dict(zip(labels, runs))
-    columns = _positive_int("columns", figure.get("columns", min(3, len(panels))))
-    jobs = []
-    for i, panel in enumerate(panels):
-        fn, options = _panel_options(i, panel)
-        wanted = list(panel.get("runs") or labels)
-        missing = [label for label in wanted if label not in by_label]
-        if missing:
-            raise ValueError(f"runs: panel #{i + 1} names unknown run {missing[0]!r}; runs: {labels}")
-        jobs.append((fn, [by_label[label] for label in wanted], options, panel.get("title")))
-    colors = run_colors(labels)
-    rows = math.ceil(len(panels) / columns)
-    with rc_context(_STYLE):
-        fig = Figure(figsize=(4.4 * columns, 3.4 * rows + 0.4), layout="constrained")
-        FigureCanvasAgg(fig)
-        try:
-            axes = fig.subplots(rows, columns, squeeze=False).ravel()
-            for ax, (fn, panel_runs, options, title) in zip(axes, jobs):
-                fn(ax, panel_runs, colors=colors, **options)
-                if title:
-                    ax.set_title(title)
-            for ax in axes[len(jobs) :]:
-                ax.set_axis_off()
-            if figure.get("title"):
-                fig.suptitle(str(figure["title"]))
-            return _save_atomically(fig, _output_base(out_base), dpi)
-        finally:
-            fig.clear()

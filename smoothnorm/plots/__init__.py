@@ -1,0 +1,166 @@
+"""Figures of the paper drawn from stored runs: one `draw_<kind>(ax, runs, **options)` per panel kind, and
+`draw_figure`, which lays panels out in a grid and writes PNG and PDF atomically.
+
+Matplotlib only, and never through pyplot: figures are `matplotlib.figure.Figure` objects on an Agg canvas, so
+importing or drawing changes no global state (no backend switch, no figure manager, nothing to leak).
+Conventions shared by every panel:
+- x is the training step; non-finite values (steps after divergence, NaN metrics) are left out, and the finite
+  points are joined, so a metric recorded only at evaluation steps draws as one connected line;
+- a run whose status is "diverged" draws what it recorded and reads "<label> (diverged)" in the legend
+  ("<label> (running)" for a run still in progress);
+- colours follow the run label (`run_colors`), so a run keeps its colour in every panel of a figure.
+Accuracies are stored as fractions in [0, 1] (smoothnorm.train, smoothnorm.experiment) and drawn in percent.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib import rc_context
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from smoothnorm.plots.panels import (
+    PANELS,
+    draw_accuracy,
+    draw_band,
+    draw_beta,
+    draw_grad_vs_eta,
+    draw_hessian,
+    draw_ics,
+    draw_moments,
+    draw_ridge,
+)
+from smoothnorm.plots.style import KNOWN_COLORS, _check_runs, _positive_int, moving_average, run_colors
+from smoothnorm.results import RunResult
+
+__all__ = [
+    "PANELS",
+    "KNOWN_COLORS",
+    "run_colors",
+    "moving_average",
+    "draw_accuracy",
+    "draw_band",
+    "draw_beta",
+    "draw_ics",
+    "draw_grad_vs_eta",
+    "draw_ridge",
+    "draw_moments",
+    "draw_hessian",
+    "draw_figure",
+]
+
+# ----------------------------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------------------------
+_PANEL_KEYS = ("kind", "title", "runs")
+_STYLE = {"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8, "figure.titlesize": 12}
+
+
+def _panel_options(i: int, panel: Mapping) -> tuple[Callable[..., None], dict]:
+    if not isinstance(panel, Mapping) or "kind" not in panel:
+        raise ValueError(f"figure: panel #{i + 1} must be a dict with a 'kind' (one of {list(PANELS)})")
+    kind = panel["kind"]
+    if kind not in PANELS:
+        raise ValueError(f"kind: panel #{i + 1} has unknown kind {kind!r}; expected one of {list(PANELS)}")
+    fn = PANELS[kind]
+    accepted = [p for p in inspect.signature(fn).parameters if p not in ("ax", "runs", "colors")]
+    options = {k: v for k, v in panel.items() if k not in _PANEL_KEYS}
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"figure: panel #{i + 1} ({kind}) has unknown option {unknown[0]!r}; "
+            f"expected options: {', '.join(_PANEL_KEYS + tuple(accepted))}"
+        )
+    return fn, options
+
+
+def _output_base(out_base: str | os.PathLike) -> Path:
+    base = Path(out_base)
+    return base.with_suffix("") if base.suffix.lower() in (".png", ".pdf") else base
+
+
+def _save_atomically(fig: Figure, base: Path, dpi: int) -> list[Path]:
+    """Render PNG and PDF to temporary files beside their targets, then rename both (nothing left on failure)."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    targets = [base.parent / f"{base.name}.png", base.parent / f"{base.name}.pdf"]
+    temps: list[str] = []
+    try:
+        for target in targets:
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+            temps.append(tmp)
+            fmt = target.suffix[1:]
+            # No creation date, so a figure redrawn from the same runs gives the same bytes (clean git diffs).
+            metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
+            with os.fdopen(fd, "wb") as f:
+                fig.savefig(f, format=fmt, dpi=dpi, metadata=metadata)
+        for tmp, target in zip(temps, targets):
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+    return targets
+
+
+def draw_figure(
+    figure: Mapping[str, Any],
+    runs: Sequence[RunResult],
+    out_base: str | os.PathLike,
+    *,
+    dpi: int = 150,
+) -> list[Path]:
+    """Draw a figure of panels from runs and write `<out_base>.png` and `<out_base>.pdf`; returns both paths.
+
+    figure: {"title": str, "columns": int (default min(3, panels)), "panels": [{"kind": one of PANELS, "title":
+    str (optional), "runs": [labels] (optional subset, in legend order; default all), **options of the kind}]}.
+    Each run keeps one colour (by label, `run_colors`) in every panel. Every option is validated before anything is
+    written; files are replaced atomically, so a failure leaves earlier files untouched and no temporary files.
+    """
+    if not isinstance(figure, Mapping):
+        raise ValueError(f"figure: expected a dict, got {type(figure).__name__}")
+    unknown = sorted(set(figure) - {"title", "columns", "panels"})
+    if unknown:
+        raise ValueError(f"figure: unknown key {unknown[0]!r}; expected keys: title, columns, panels")
+    panels = list(figure.get("panels") or [])
+    if not panels:
+        raise ValueError("panels: expected at least one panel")
+    runs = _check_runs(runs)
+    labels = [r.label for r in runs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"runs: labels must be unique to select runs by label, got {labels}")
+    by_label = dict(zip(labels, runs))
+    columns = _positive_int("columns", figure.get("columns", min(3, len(panels))))
+    jobs = []
+    for i, panel in enumerate(panels):
+        fn, options = _panel_options(i, panel)
+        wanted = list(panel.get("runs") or labels)
+        missing = [label for label in wanted if label not in by_label]
+        if missing:
+            raise ValueError(f"runs: panel #{i + 1} names unknown run {missing[0]!r}; runs: {labels}")
+        jobs.append((fn, [by_label[label] for label in wanted], options, panel.get("title")))
+    colors = run_colors(labels)
+    rows = math.ceil(len(panels) / columns)
+    with rc_context(_STYLE):
+        fig = Figure(figsize=(4.4 * columns, 3.4 * rows + 0.4), layout="constrained")
+        FigureCanvasAgg(fig)
+        try:
+            axes = fig.subplots(rows, columns, squeeze=False).ravel()
+            for ax, (fn, panel_runs, options, title) in zip(axes, jobs):
+                fn(ax, panel_runs, colors=colors, **options)
+                if title:
+                    ax.set_title(title)
+            for ax in axes[len(jobs) :]:
+                ax.set_axis_off()
+            if figure.get("title"):
+                fig.suptitle(str(figure["title"]))
+            return _save_atomically(fig, _output_base(out_base), dpi)
+        finally:
+            fig.clear()

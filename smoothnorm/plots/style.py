@@ -1,0 +1,196 @@
+"""Shared by every panel: run colours, axis labels, argument checks and small drawing helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.lines import Line2D
+
+from smoothnorm.results import RunResult
+
+# The paper draws the standard network in blue and the BatchNorm network in red/orange (Figs 1-5).
+KNOWN_COLORS: dict[str, str] = {
+    "standard": "#1f77b4",
+    "standard + batchnorm": "#d62728",
+    "standard + noisy batchnorm": "#2ca02c",
+}
+_CYCLE = (
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+    "#2ca02c",
+    "#1f77b4",
+    "#d62728",
+)
+# Fig 11: early steps blue, late steps red.
+STEP_CMAP = LinearSegmentedColormap.from_list("early_blue_late_red", ["#1f3fd6", "#8a2bb0", "#d62020"])
+
+STEP_LABEL = "training step"
+ETA_LABEL = "step size eta"
+GRAD_DIFF_LABEL = "l2 difference of gradient"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------------------
+def _label_key(label: str) -> str:
+    return " ".join(label.lower().replace('"', "").replace("'", "").split())
+
+
+def run_colors(labels: Sequence[str]) -> dict[str, str]:
+    """Colour per run label: the paper's colours for the labels it uses (`KNOWN_COLORS`), a fixed cycle otherwise."""
+    colors = {label: KNOWN_COLORS[_label_key(label)] for label in labels if _label_key(label) in KNOWN_COLORS}
+    free = [c for c in _CYCLE if c not in colors.values()] or list(_CYCLE)
+    i = 0
+    for label in labels:
+        if label not in colors:
+            colors[label] = free[i % len(free)]
+            i += 1
+    return colors
+
+
+def moving_average(values, window: int) -> np.ndarray:
+    """Centred moving average over `window` points; windows shrink at both ends so no point is lost or shifted.
+
+    values: (n,) finite floats. window: odd or even positive int (an even window leans one point to the right).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    window = _positive_int("smooth", window)
+    if window == 1 or v.size == 0:
+        return v.copy()
+    left = (window - 1) // 2
+    right = window - 1 - left
+    csum = np.concatenate([[0.0], np.cumsum(v)])
+    idx = np.arange(v.size)
+    lo = np.maximum(idx - left, 0)
+    hi = np.minimum(idx + right + 1, v.size)
+    return (csum[hi] - csum[lo]) / (hi - lo)
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _choice(name: str, value, allowed: Sequence) -> Any:
+    if value not in allowed:
+        raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _legend_label(run: RunResult) -> str:
+    if run.status == "diverged":
+        return f"{run.label} (diverged)"
+    if run.status == "running":
+        return f"{run.label} (running)"
+    return run.label
+
+
+def _colors(runs: Sequence[RunResult], colors: Mapping[str, str] | None) -> dict[str, str]:
+    out = run_colors([r.label for r in runs])
+    if colors:
+        out.update(colors)
+    return out
+
+
+def _finite_xy(x, y) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(y)
+    return x[keep], y[keep]
+
+
+def _check_runs(runs: Sequence[RunResult]) -> list[RunResult]:
+    runs = list(runs)
+    if not runs:
+        raise ValueError("runs: expected at least one RunResult, got none")
+    return runs
+
+
+def _select_run(runs: Sequence[RunResult], run: str | int) -> RunResult:
+    runs = _check_runs(runs)
+    labels = [r.label for r in runs]
+    if isinstance(run, str):
+        if run in labels:
+            return runs[labels.index(run)]
+    elif isinstance(run, (int, np.integer)) and not isinstance(run, bool) and -len(runs) <= run < len(runs):
+        return runs[int(run)]
+    raise ValueError(f"run: expected a label from {labels} or an index below {len(runs)}, got {run!r}")
+
+
+def _probe(run: RunResult, probe: str, key: str) -> np.ndarray:
+    full = f"{probe}/{key}"
+    if full not in run.probes:
+        have = sorted({k.split("/")[0] for k in run.probes})
+        raise ValueError(f"probe: run {run.label!r} has no array {full!r}; probes recorded: {have}")
+    return np.asarray(run.probes[full])
+
+
+def _layer_names(run: RunResult, probe: str) -> list[str] | None:
+    """Layer names of a per-layer probe: its metadata, else (distributions) the names in its array keys."""
+    meta = run.probe_meta.get(probe, {}) if isinstance(run.probe_meta, Mapping) else {}
+    if meta.get("layers"):
+        return [str(n) for n in meta["layers"]]
+    prefix, suffix = f"{probe}/", "/mean"
+    inferred = [
+        k[len(prefix) : -len(suffix)] for k in run.probes if k.startswith(prefix) and k.endswith(suffix)
+    ]
+    return inferred or None
+
+
+def _resolve_layer(run: RunResult, probe: str, layer: str | int, count: int | None = None) -> tuple[int, str]:
+    """(index, name) of `layer` (a name, or an index into the probe's layer list) in one run."""
+    names = _layer_names(run, probe)
+    if names is None and count is not None:
+        names = [f"#{i}" for i in range(count)]
+    if names is None:
+        raise ValueError(f"layer: run {run.label!r} records no layer names for probe {probe!r}")
+    if isinstance(layer, str):
+        if layer in names:
+            return names.index(layer), layer
+    elif (
+        isinstance(layer, (int, np.integer))
+        and not isinstance(layer, bool)
+        and -len(names) <= layer < len(names)
+    ):
+        i = int(layer) % len(names)
+        return i, names[i]
+    raise ValueError(
+        f"layer: expected a name from {names} or an index below {len(names)} (run {run.label!r}), "
+        f"got {layer!r}"
+    )
+
+
+def _etas(run: RunResult, probe: str) -> np.ndarray:
+    meta = run.probe_meta.get(probe, {}) if isinstance(run.probe_meta, Mapping) else {}
+    if "etas" not in meta:
+        raise ValueError(
+            f"probe: run {run.label!r} has no step sizes ('etas') in the metadata of probe {probe!r}"
+        )
+    return np.asarray(meta["etas"], dtype=np.float64)
+
+
+def _legend(ax: Axes, **kwargs) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, fontsize="small", **kwargs)
+
+
+def _run_legend(ax: Axes, run: RunResult, color: str) -> None:
+    """A one-entry legend naming the single run a panel draws."""
+    proxy = Line2D([], [], color=color, linewidth=6, alpha=0.6)
+    ax.legend([proxy], [_legend_label(run)], fontsize="small", handlelength=1.0)
+
+
+def _mark_divergence(ax: Axes, run: RunResult, x: np.ndarray, y: np.ndarray, color: str) -> None:
+    """An x at the last finite point of a diverged run's line."""
+    if run.status == "diverged" and x.size:
+        ax.plot(x[-1:], y[-1:], marker="x", markersize=7, color=color, linestyle="none")
