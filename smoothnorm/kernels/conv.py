@@ -29,6 +29,8 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import get_cython_function_address
 
+from smoothnorm.kernels._checks import _check_output, _float_array
+
 # Cap in bytes on the sub-chunk buffers of one call, summed over workers (cols plus the (C_out, nb*P) matrix).
 # Sub-chunks of ~_TARGET_COLUMNS columns stay far below it; it binds only for very deep layers on small images.
 _WORKSPACE_BYTES = 32 << 20
@@ -122,32 +124,7 @@ _single_threaded_blas = _SingleThreadedBlas()
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Argument checks (kernels import nothing from smoothnorm, so these are local).
-
-
-def _float_array(name: str, a, ndim: int, dtype=None) -> np.ndarray:
-    """Check ndim and dtype (float32/float64, or exactly `dtype`); return a C-contiguous array."""
-    a = np.asarray(a)
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected ndim {ndim}, got ndim {a.ndim} with shape {a.shape}")
-    if dtype is None:
-        if a.dtype not in (np.float32, np.float64):
-            raise ValueError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
-    elif a.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {dtype} (matching x), got {a.dtype}")
-    return np.ascontiguousarray(a)
-
-
-def _check_output(name: str, a, shape: tuple, dtype) -> None:
-    """An output buffer is written in place, so it must already be right: no coercion, no copy."""
-    if not isinstance(a, np.ndarray):
-        raise ValueError(f"{name}: expected a writeable numpy array of shape {shape}, got {type(a).__name__}")
-    if a.shape != shape:
-        raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
-    if a.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {dtype} (matching x), got {a.dtype}")
-    if not a.flags.writeable:
-        raise ValueError(f"{name}: expected a writeable array (it is overwritten in place), got a read-only one")
+# Argument checks (the ones linear.py shares are in _checks.py).
 
 
 def _pair(name: str, value, minimum: int) -> tuple[int, int]:

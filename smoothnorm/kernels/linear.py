@@ -14,6 +14,8 @@ calls, backward pass 320 us against 410 us.
 import numpy as np
 from numba import njit, prange
 
+from smoothnorm.kernels._checks import _check_output, _float_array
+
 # dbias is summed over tiles of _ROW_CHUNK rows x _COLUMN_BLOCK columns: column blocks give the threads work for
 # wide layers, row chunks for tall batches. The tiling depends only on the shape, never on the thread count, so the
 # sums repeat to the bit.
@@ -28,34 +30,9 @@ _SMALL_PARTS = 2
 _SPLIT_MIN_MACS = 1 << 15
 
 
-def _float_array(name: str, a, ndim: int, dtype=None) -> np.ndarray:
-    """Check ndim and dtype (float32/float64, or exactly `dtype`); return a C-contiguous array."""
-    a = np.asarray(a)
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected ndim {ndim}, got ndim {a.ndim} with shape {a.shape}")
-    if dtype is None:
-        if a.dtype not in (np.float32, np.float64):
-            raise ValueError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
-    elif a.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {dtype} (matching x), got {a.dtype}")
-    return np.ascontiguousarray(a)
-
-
 def _check_shape(name: str, a: np.ndarray, shape: tuple) -> None:
     if a.shape != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
-
-
-def _check_output(name: str, a, shape: tuple, dtype) -> None:
-    """An output buffer is written in place, so it must already be right: no coercion, no copy."""
-    if not isinstance(a, np.ndarray):
-        raise ValueError(f"{name}: expected a writeable numpy array of shape {shape}, got {type(a).__name__}")
-    if a.shape != shape:
-        raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
-    if a.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {dtype} (matching x), got {a.dtype}")
-    if not a.flags.writeable:
-        raise ValueError(f"{name}: expected a writeable array (it is overwritten in place), got a read-only one")
 
 
 @njit(cache=True, parallel=True, error_model="numpy")

@@ -1,0 +1,29 @@
+"""Argument checks shared by the dense kernels (linear.py, conv.py): each error names the argument, what was
+expected and what was given. Kernels import nothing from the rest of smoothnorm, so these live here."""
+
+import numpy as np
+
+
+def _float_array(name: str, a, ndim: int, dtype=None) -> np.ndarray:
+    """Check ndim and dtype (float32/float64, or exactly `dtype`); return a C-contiguous array."""
+    a = np.asarray(a)
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected ndim {ndim}, got ndim {a.ndim} with shape {a.shape}")
+    if dtype is None:
+        if a.dtype not in (np.float32, np.float64):
+            raise ValueError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
+    elif a.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {dtype} (matching x), got {a.dtype}")
+    return np.ascontiguousarray(a)
+
+
+def _check_output(name: str, a, shape: tuple, dtype) -> None:
+    """An output buffer is written in place, so it must already be right: no coercion, no copy."""
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name}: expected a writeable numpy array of shape {shape}, got {type(a).__name__}")
+    if a.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
+    if a.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {dtype} (matching x), got {a.dtype}")
+    if not a.flags.writeable:
+        raise ValueError(f"{name}: expected a writeable array (it is overwritten in place), got a read-only one")
