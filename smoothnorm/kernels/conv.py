@@ -12,7 +12,7 @@ Why workers call a single-threaded BLAS instead of one multithreaded GEMM at Pyt
 alternating Numba's thread pool (im2col) with the BLAS pool (GEMM) made each pool spin while the other needed the
 cores; the OpenBLAS threaded GEMM also synchronises internally many times per call and collapses when the machine
 is shared. One parallel region whose threads run independent im2col + sgemm work avoids both (2-4x faster than
-that design on VGG's layers, measured on a shared 2-core machine). The GEMM is SciPy's BLAS
+that design on VGG's layers, measured on a shared 2-core machine). The GEMM (kernels/_blas.py) is SciPy's BLAS
 (scipy.linalg.cython_blas, the library Numba's own np.dot uses), called with beta so bias and dW accumulate in
 place; while our workers run it, every OpenBLAS loaded in the process is set to one thread and restored afterwards.
 If no OpenBLAS can be found (MKL, Accelerate), one worker runs serially and the BLAS threads itself.
@@ -20,15 +20,11 @@ If no OpenBLAS can be found (MKL, Accelerate), one worker runs serially and the 
 
 from __future__ import annotations
 
-import ctypes
-import os
-import threading
-
 import numba
 import numpy as np
 from numba import njit, prange
-from numba.extending import get_cython_function_address
 
+from smoothnorm.kernels._blas import _DGEMM, _SGEMM, _gemm, _single_threaded_blas
 from smoothnorm.kernels._checks import _check_output, _float_array
 
 # Cap in bytes on the sub-chunk buffers of one call, summed over workers (cols plus the (C_out, nb*P) matrix).
@@ -45,82 +41,6 @@ _GATHER_WIDTH = 8
 # Calls with fewer multiply-adds than this run as one serial worker: starting the thread team costs more than it
 # saves (and much more on a loaded machine, where waking the second thread can take milliseconds).
 _PARALLEL_MIN_MACS = 1 << 20
-
-_GEMM_TYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
-_SGEMM = _GEMM_TYPE(get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
-_DGEMM = _GEMM_TYPE(get_cython_function_address("scipy.linalg.cython_blas", "dgemm"))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# BLAS threads.
-
-
-class _SingleThreadedBlas:
-    """Context manager: every OpenBLAS in the process runs on one thread inside, and as before outside.
-
-    Re-entrant and shared between Python threads (a depth count under a lock), so concurrent calls cannot leave
-    the BLAS at one thread.
-    """
-
-    _NAMES = ("openblas", "scipy_openblas")
-    _SUFFIXES = ("", "64_")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._saved: list[tuple[object, int]] = []
-        self._controls: list[tuple[object, object]] | None = None
-
-    def _find(self) -> list[tuple[object, object]]:
-        """(get, set) thread-count functions of each OpenBLAS mapped into this process (Linux)."""
-        controls = []
-        try:
-            with open("/proc/self/maps") as maps:
-                # address perms offset dev inode path: the path may contain spaces, so split at most 5 times.
-                fields = (line.split(None, 5) for line in maps)
-                paths = {f[5].strip() for f in fields if len(f) == 6 and "openblas" in f[5].rsplit("/", 1)[-1].lower()}
-        except OSError:
-            return controls
-        for path in sorted(paths):
-            try:
-                lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
-            except OSError:
-                continue
-            for name in self._NAMES:
-                for suffix in self._SUFFIXES:
-                    getter = getattr(lib, f"{name}_get_num_threads{suffix}", None)
-                    setter = getattr(lib, f"{name}_set_num_threads{suffix}", None)
-                    if getter is not None and setter is not None:
-                        getter.restype = ctypes.c_int
-                        setter.argtypes = [ctypes.c_int]
-                        controls.append((getter, setter))
-        return controls
-
-    def available(self) -> bool:
-        with self._lock:
-            if self._controls is None:
-                self._controls = self._find()
-            return bool(self._controls)
-
-    def __enter__(self):
-        with self._lock:
-            if self._depth == 0:
-                self._saved = [(setter, getter()) for getter, setter in self._controls or ()]
-                for setter, _ in self._saved:
-                    setter(1)
-            self._depth += 1
-        return self
-
-    def __exit__(self, *exc) -> None:
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                for setter, threads in self._saved:
-                    setter(threads)
-                self._saved = []
-
-
-_single_threaded_blas = _SingleThreadedBlas()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -173,40 +93,6 @@ def _plan(n: int, k: int, c_out: int, pixels: int, itemsize: int) -> tuple[int, 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Serial building blocks (run inside one worker).
-
-
-@njit(cache=True, error_model="numpy")
-def _gemm(sgemm, dgemm, a, trans_a, b, trans_b, c, beta):
-    """c = op(a) @ op(b) + beta * c for C-contiguous 2-D arrays, through Fortran BLAS on the transposed problem."""
-    ints = np.empty(6, dtype=np.int32)
-    ints[0] = c.shape[1]
-    ints[1] = c.shape[0]
-    ints[2] = a.shape[0] if trans_a else a.shape[1]
-    ints[3] = b.shape[1]
-    ints[4] = a.shape[1]
-    ints[5] = c.shape[1]
-    flags = np.empty(2, dtype=np.uint8)
-    flags[0] = 84 if trans_b else 78  # 'T' or 'N'
-    flags[1] = 84 if trans_a else 78
-    scalars = np.empty(2, dtype=c.dtype)
-    scalars[0] = 1
-    scalars[1] = beta
-    gemm = sgemm if c.itemsize == 4 else dgemm
-    gemm(
-        flags[0:].ctypes.data,
-        flags[1:].ctypes.data,
-        ints[0:].ctypes.data,
-        ints[1:].ctypes.data,
-        ints[2:].ctypes.data,
-        scalars[0:].ctypes.data,
-        b.ctypes.data,
-        ints[3:].ctypes.data,
-        a.ctypes.data,
-        ints[4:].ctypes.data,
-        scalars[1:].ctypes.data,
-        c.ctypes.data,
-        ints[5:].ctypes.data,
-    )
 
 
 @njit(cache=True, error_model="numpy")
