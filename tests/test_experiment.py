@@ -38,6 +38,21 @@ def test_every_spec_resolves_in_every_profile():
         25, 10, 1000, 0, 1e-6, 10000)
 
 
+EXAMPLES = sorted((ROOT / "experiments" / "examples").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_specs_run_end_to_end_in_the_tiny_profile(tmp_path, path):
+    """Specs beyond the paper live in experiments/examples/ (reproduce leaves them out); `run PATH` takes them."""
+    for profile in experiment.PROFILES:
+        assert experiment.load_spec(path, profile).runs
+    figures = tmp_path / "figures"
+    assert main(["run", str(path), "--profile", "tiny", "--runs", str(tmp_path / "runs"),
+                 "--figures", str(figures)]) == 0
+    for ext in ("png", "pdf"):
+        assert (figures / f"{path.stem}.{ext}").stat().st_size > 1000
+
+
 def test_tiny_profile_runs_every_spec_end_to_end(tmp_path, capsys):
     runs, figures = tmp_path / "runs", tmp_path / "figures"
     assert main(["reproduce", "--profile", "tiny", "--runs", str(runs), "--figures", str(figures),
