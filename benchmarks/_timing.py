@@ -15,16 +15,21 @@ from collections.abc import Callable
 def time_alternating(candidates: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 2):
     """Run each candidate `warmup` times, then `repeats` rounds alternating between them.
 
+    The order rotates from round to round, so each candidate follows each other one equally often: whichever runs
+    right after PyTorch (or after our OpenMP team) may share the cores with threads still spinning from it. Even
+    so, timing one function against itself this way differs by 2-3% on this machine: smaller ratios are noise.
     Returns {name: median seconds}.
     """
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
+    names = list(candidates)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
             t0 = time.perf_counter()
-            fn()
+            candidates[name]()
             samples[name].append(time.perf_counter() - t0)
     return {name: sorted(v)[len(v) // 2] for name, v in samples.items()}
 
