@@ -20,7 +20,13 @@ import numpy as np
 from smoothnorm._validate import as_float_dtype, choice, float_array, label_array
 from smoothnorm.kernels.activation import relu_backward, relu_forward
 from smoothnorm.kernels.conv import conv2d_backward, conv2d_forward
-from smoothnorm.kernels.linear import linear_backward, linear_forward
+from smoothnorm.kernels.linear import (
+    linear_backward,
+    linear_chain_backward,
+    linear_chain_forward,
+    linear_chain_plan,
+    linear_forward,
+)
 from smoothnorm.kernels.loss import (
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
@@ -308,6 +314,8 @@ class Network:
                 self._slices[layer.name] = slice(start, offset)
         self.params = np.zeros(offset, dtype=self.dtype)
         self.grads = np.zeros(offset, dtype=self.dtype)
+        self._chains = self._linear_chains()
+        self._fused: dict[int, tuple] = {}
         self._bind()
         rng = np.random.default_rng(self.seed)
         for layer in self.layers:
@@ -315,6 +323,25 @@ class Network:
         self.output: np.ndarray | None = None
         self.captured: dict[str, np.ndarray] = {}
         self.resample_noise(np.random.default_rng([self.seed, 1]))
+
+    def _linear_chains(self) -> list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+        """Runs of two or more consecutive Linear layers (a deep linear network): (start, stop, weight offsets,
+        bias offsets or -1, feature dims). forward/backward run such a run in one kernel when its products are
+        small (kernels.linear.linear_chain_plan), with results equal to running its layers one by one."""
+        chains, i = [], 0
+        while i < len(self.layers):
+            j = i
+            while j < len(self.layers) and type(self.layers[j]) is Linear:
+                j += 1
+            if j - i >= 2:
+                run = self.layers[i:j]
+                w_off = np.array([self._param_slices[f"{la.name}.weight"].start for la in run], dtype=np.int64)
+                b_off = np.array([self._param_slices[f"{la.name}.bias"].start if la.use_bias else -1 for la in run],
+                                 dtype=np.int64)
+                dims = np.array([run[0].in_features] + [la.out_features for la in run], dtype=np.int64)
+                chains.append((i, j, w_off, b_off, dims))
+            i = max(j, i + 1)
+        return chains
 
     def _bind(self) -> None:
         """(Re)create every layer's parameter and gradient views into the flat vectors."""
@@ -372,22 +399,51 @@ class Network:
         if unknown:
             raise ValueError(f"capture: unknown layer names {sorted(unknown)}")
         self.captured = {}
-        for layer in self.layers:
+        self._fused = {}
+        chains = {c[0]: c for c in self._chains}
+        i = 0
+        while i < len(self.layers):
+            chain = chains.get(i)
+            parts = linear_chain_plan(out.shape[0], chain[4]) if chain else 0
+            if parts:
+                start, stop, w_off, b_off, dims = chain
+                outputs = linear_chain_forward(out, self.params, w_off, b_off, dims, parts)
+                for layer, inp in zip(self.layers[start:stop], [out, *outputs[:-1]]):
+                    layer._x = inp  # what Linear.backward needs, so a layer-by-layer backward still works
+                self._fused[stop - 1] = (start, out, outputs, parts)
+                for layer, y in zip(self.layers[start:stop], outputs):
+                    if layer.name in wanted:
+                        self.captured[layer.name] = y
+                out = outputs[-1]
+                i = stop
+                continue
+            layer = self.layers[i]
             out = layer.forward(out, mode)
             if layer.name in wanted:
                 self.captured[layer.name] = out
+            i += 1
         self.output = out
         return out
 
     def backward(self, dout, need_input_grad: bool = False) -> np.ndarray | None:
         """Backpropagate d(loss)/d(output); overwrites `grads`. Returns d(loss)/d(input) if asked."""
         d = dout
-        last = len(self.layers) - 1
-        for i in range(last, -1, -1):
+        chains = {c[1] - 1: c for c in self._chains}
+        i = len(self.layers) - 1
+        while i >= 0:
+            fused = self._fused.get(i)
+            if fused is not None:
+                start, x, outputs, parts = fused
+                _, _, w_off, b_off, dims = chains[i]
+                need = start > 0 or need_input_grad
+                d = linear_chain_backward(d, x, outputs, self.params, self.grads, w_off, b_off, dims, parts, need)
+                i = start - 1
+                continue
             need = i > 0 or need_input_grad
             d = self.layers[i].backward(d, need_dx=need)
             if d is None and need:
                 raise RuntimeError(f"{self.layers[i].name}: backward returned no input gradient")
+            i -= 1
         # Layers without parameters write no gradients; parameterised ones overwrite theirs every call.
         return d
 
@@ -473,6 +529,7 @@ class Network:
         new.dtype = dtype
         new.output = None
         new.captured = {}
+        new._fused = {}
         new._bind()  # every layer's parameter and gradient views onto the new flat vectors
         return new
 

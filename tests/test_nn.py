@@ -296,3 +296,55 @@ def test_dln_layout_and_summed_loss(rng):
     w = [plain[f"layers.{i}"].params["weight"] for i in range(3)]
     expected = np.sum((x @ w[0].T @ w[1].T @ w[2].T - y) ** 2)
     assert plain.loss(x, y) == pytest.approx(expected, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Runs of Linear layers (deep linear networks) go through one kernel: results must equal the layer-by-layer path.
+def _chain_net(bias: bool, dtype, widths=(6, 9, 5, 7)):
+    layers = [(f"fc{i}", nn.Linear(a, b, bias=bias)) for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))]
+    layers += [("relu", nn.ReLU()), ("head", nn.Linear(widths[-1], 3)), ("tail", nn.Linear(3, 2))]
+    return nn.Network(layers, input_shape=(widths[0],), loss=nn.SquaredError(), dtype=dtype, seed=3)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("n", [3, 1500])  # one row part / two (see kernels.linear_chain_plan)
+def test_linear_chains_equal_the_layer_by_layer_path_bit_for_bit(rng, dtype, bias, n):
+    net = _chain_net(bias, dtype)
+    assert [(c[0], c[1]) for c in net._chains] == [(0, 3), (4, 6)]
+    x = rng.standard_normal((n, 6)).astype(dtype)
+    y = rng.standard_normal((n, 2)).astype(dtype)
+    plain = net.copy()
+    plain._chains = []
+    out = net.forward(x, capture=["fc1"]).copy()
+    assert set(net._fused) == {2, 5}  # both runs took the fused kernel
+    assert np.array_equal(out, plain.forward(x, capture=["fc1"]))
+    assert np.array_equal(net.captured["fc1"], plain.captured["fc1"])
+    d = rng.standard_normal((n, 2)).astype(dtype)
+    dx = net.backward(d, need_input_grad=True)
+    dx_plain = plain.backward(d, need_input_grad=True)
+    assert np.array_equal(dx, dx_plain) and np.array_equal(net.grads, plain.grads)
+    loss, grads = net.loss_and_grad(x, y)
+    loss_plain, grads_plain = plain.loss_and_grad(x, y)
+    assert loss == loss_plain and np.array_equal(grads, grads_plain)
+
+
+def test_layers_of_a_fused_chain_still_backpropagate_one_by_one(rng):
+    """ICS and the theory checks call layer.backward after net.forward: the fused forward leaves each Linear its
+    input, so that path gives the same gradients."""
+    net = models.dln(6, 4, in_dim=3, out_dim=2)
+    x, y = rng.standard_normal((50, 3)), rng.standard_normal((50, 2))
+    net.loss_and_grad(x, y)
+    fused = net.grads.copy()
+    net.grads[:] = np.nan
+    net.loss_fn.forward(net.forward(x), y)
+    d = net.loss_fn.backward()
+    for i in range(len(net.layers) - 1, -1, -1):
+        d = net.layers[i].backward(d, need_dx=i > 0)
+    assert np.array_equal(net.grads, fused)
+
+
+def test_large_products_run_layer_by_layer(rng):
+    net = models.dln(3, 300, in_dim=300, out_dim=300)  # 2000 x 300 x 300 multiply-adds: beyond the small route
+    net.forward(rng.standard_normal((2000, 300)))
+    assert net._chains and not net._fused

@@ -199,3 +199,188 @@ def linear_backward(
     if not need_dx:
         return None
     return np.matmul(dy, weight)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Chains of small Linear layers (a deep linear network): one parallel region for the whole chain.
+#
+# Layer k of a chain maps dims[k] to dims[k + 1] features with the weight params[w_off[k]:...] (out, in) and the
+# bias params[b_off[k]:...] (b_off[k] < 0: none); its output is acts[a_off[k]:...] viewed as (N, dims[k + 1]).
+# Each part of the batch rows runs through every layer on one thread, with the same row split and the same BLAS
+# calls as the per-layer small route, so results are bit-identical to running the layers one by one, minus a
+# thread-team start and the Python around each layer.
+
+
+@njit(cache=True, error_model="numpy")
+def _chain_transposed(params, w_off, dims, t_off, dtype_source):
+    """Every layer's W.T, C-contiguous, packed at t_off."""
+    wt = np.empty(t_off[-1], dtype=dtype_source.dtype)
+    for k in range(w_off.shape[0]):
+        din, dout = dims[k], dims[k + 1]
+        w = params[w_off[k]:w_off[k] + dout * din].reshape((dout, din))
+        t = wt[t_off[k]:t_off[k + 1]].reshape((din, dout))
+        for i in range(din):
+            for j in range(dout):
+                t[i, j] = w[j, i]
+    return wt
+
+
+@njit(cache=True, error_model="numpy")
+def _chain_forward_rows(x, params, wt, w_off, b_off, dims, t_off, a_off, acts, r0, r1):
+    """Rows [r0, r1) through every layer (serial, so that Numba's array analysis, which assumes a variable keeps its
+    shape inside a parallel loop, never sees `inp` change width from layer to layer)."""
+    n = x.shape[0]
+    inp = x
+    for k in range(w_off.shape[0]):
+        din, dout = dims[k], dims[k + 1]
+        out = acts[a_off[k]:a_off[k] + n * dout].reshape((n, dout))
+        np.dot(inp[r0:r1], wt[t_off[k]:t_off[k + 1]].reshape((din, dout)), out[r0:r1])
+        if b_off[k] >= 0:
+            for r in range(r0, r1):
+                for j in range(dout):
+                    out[r, j] += params[b_off[k] + j]
+        inp = out
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _chain_forward(x, params, w_off, b_off, dims, t_off, a_off, parts, acts):
+    n = x.shape[0]
+    wt = _chain_transposed(params, w_off, dims, t_off, x)
+    for p in prange(parts):
+        _chain_forward_rows(x, params, wt, w_off, b_off, dims, t_off, a_off, acts, (p * n) // parts,
+                            ((p + 1) * n) // parts)
+
+
+@njit(cache=True, error_model="numpy")
+def _chain_backward_rows(x, dy, params, w_off, b_off, dims, t_off, a_off, acts, need_dx, dx, dw_part, db_part,
+                         r0, r1):
+    """Rows [r0, r1) back through every layer: their share of each dW (and db, in float64) and their rows of dx."""
+    n = x.shape[0]
+    layers = w_off.shape[0]
+    rows = r1 - r0
+    width = 0
+    for k in range(layers + 1):
+        width = max(width, dims[k])
+    buf_a = np.empty(rows * width, dtype=x.dtype)
+    buf_b = np.empty(rows * width, dtype=x.dtype)
+    d = dy[r0:r1]
+    for k in range(layers - 1, -1, -1):
+        din, dout = dims[k], dims[k + 1]
+        inp = x if k == 0 else acts[a_off[k - 1]:a_off[k - 1] + n * din].reshape((n, din))
+        np.dot(d.T, inp[r0:r1], dw_part[t_off[k]:t_off[k + 1]].reshape((dout, din)))
+        if b_off[k] >= 0:
+            col = a_off[k] // n
+            for j in range(dout):
+                db_part[col + j] = 0.0
+            for r in range(rows):
+                for j in range(dout):
+                    db_part[col + j] += d[r, j]
+        w = params[w_off[k]:w_off[k] + dout * din].reshape((dout, din))
+        if k > 0:
+            nxt = (buf_a if k % 2 == 0 else buf_b)[:rows * din].reshape((rows, din))
+            np.dot(d, w, nxt)
+            d = nxt
+        elif need_dx:
+            np.dot(d, w, dx[r0:r1])
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _chain_backward(x, dy, params, grads, w_off, b_off, dims, t_off, a_off, parts, acts, need_dx, dx):
+    n = x.shape[0]
+    layers = w_off.shape[0]
+    dw_parts = np.empty((parts, t_off[-1]), dtype=x.dtype)
+    db_parts = np.empty((parts, max(1, a_off[-1] // n)))
+    for p in prange(parts):
+        _chain_backward_rows(x, dy, params, w_off, b_off, dims, t_off, a_off, acts, need_dx, dx, dw_parts[p],
+                             db_parts[p], (p * n) // parts, ((p + 1) * n) // parts)
+    # Shares added in part order, as the per-layer route does: bit-identical results.
+    for k in range(layers):
+        din, dout = dims[k], dims[k + 1]
+        for i in range(dout * din):
+            t = dw_parts[0, t_off[k] + i]
+            for p in range(1, parts):
+                t += dw_parts[p, t_off[k] + i]
+            grads[w_off[k] + i] = t
+        if b_off[k] >= 0:
+            col = a_off[k] // n
+            for j in range(dout):
+                t = db_parts[0, col + j]
+                for p in range(1, parts):
+                    t += db_parts[p, col + j]
+                grads[b_off[k] + j] = t
+
+def linear_chain_plan(n: int, dims: np.ndarray) -> int:
+    """Row parts for running a chain of layers (dims[k] -> dims[k + 1]) on N rows in one kernel, or 0 when some
+    layer is not a small product or the layers would split rows differently (then run them one by one)."""
+    parts = -1
+    for k in range(len(dims) - 1):
+        macs = n * int(dims[k]) * int(dims[k + 1])
+        if not 0 < macs <= _SMALL_MACS:
+            return 0
+        p = _parts(n, macs)
+        if parts not in (-1, p):
+            return 0
+        parts = p
+    return max(parts, 0)
+
+
+def linear_chain_forward(x: np.ndarray, params: np.ndarray, w_off, b_off, dims, parts: int) -> list[np.ndarray]:
+    """Forward pass of a chain of Linear layers, layer k mapping dims[k] -> dims[k + 1] features with weight
+    params[w_off[k]:] (out, in) and bias params[b_off[k]:] (b_off[k] < 0: none), in one parallel kernel.
+
+    x: (N, dims[0]); params: 1-D, x's dtype; parts from linear_chain_plan (> 0). Returns every layer's output,
+    (N, dims[k + 1]) views into one buffer; results equal linear_forward layer by layer, bit for bit.
+    """
+    x = _float_array("x", x, 2)
+    params = _float_array("params", params, 1, x.dtype)
+    w_off, b_off, dims, t_off, a_off = _chain_layout(x.shape[0], w_off, b_off, dims, x.shape[1], params.size)
+    acts = np.empty(a_off[-1], dtype=x.dtype)
+    _chain_forward(x, params, w_off, b_off, dims, t_off, a_off, int(parts), acts)
+    n = x.shape[0]
+    return [acts[a_off[k]:a_off[k + 1]].reshape(n, int(dims[k + 1])) for k in range(len(w_off))]
+
+
+def linear_chain_backward(
+    dy: np.ndarray, x: np.ndarray, outputs: list[np.ndarray], params: np.ndarray, grads: np.ndarray, w_off, b_off,
+    dims, parts: int, need_dx: bool = True,
+) -> np.ndarray | None:
+    """Gradients of linear_chain_forward: OVERWRITES grads at every layer's weight and bias offsets.
+
+    dy: (N, dims[-1]); x and outputs: the forward pass's input and its returned outputs (in one buffer); grads: 1-D
+    like params. Returns dx (N, dims[0]), or None when need_dx is False. Equal to linear_backward layer by layer.
+    """
+    x = _float_array("x", x, 2)
+    dy = _float_array("dy", dy, 2, x.dtype)
+    params = _float_array("params", params, 1, x.dtype)
+    _check_output("grads", grads, params.shape, x.dtype)
+    if not grads.flags.c_contiguous:
+        raise ValueError("grads: expected a C-contiguous array (it is written in place)")
+    n = x.shape[0]
+    w_off, b_off, dims, t_off, a_off = _chain_layout(n, w_off, b_off, dims, x.shape[1], params.size)
+    if dy.shape != (n, int(dims[-1])):
+        raise ValueError(f"dy: expected shape {(n, int(dims[-1]))}, got {dy.shape}")
+    acts = outputs[0].base if outputs and outputs[0].base is not None else None
+    if acts is None or acts.ndim != 1 or acts.size != a_off[-1] or acts.dtype != x.dtype:
+        raise ValueError("outputs: expected the list linear_chain_forward returned for this x")
+    dx = np.empty((n, int(dims[0])), dtype=x.dtype) if need_dx else x
+    _chain_backward(x, dy, params, grads, w_off, b_off, dims, t_off, a_off, int(parts), acts, bool(need_dx), dx)
+    return dx if need_dx else None
+
+
+def _chain_layout(n: int, w_off, b_off, dims, in_features: int, size: int):
+    """Checked int64 layout arrays, plus the packed W.T offsets t_off and the output offsets a_off."""
+    w_off = np.ascontiguousarray(w_off, dtype=np.int64)
+    b_off = np.ascontiguousarray(b_off, dtype=np.int64)
+    dims = np.ascontiguousarray(dims, dtype=np.int64)
+    layers = w_off.shape[0]
+    if layers < 1 or b_off.shape != (layers,) or dims.shape != (layers + 1,) or dims.min() < 1:
+        raise ValueError(f"layout: expected w_off, b_off of one length L >= 1 and L + 1 positive dims, got "
+                         f"{w_off.shape}, {b_off.shape}, {dims.shape}")
+    if dims[0] != in_features:
+        raise ValueError(f"x: expected {int(dims[0])} features (dims[0]), got {in_features}")
+    sizes = dims[:-1] * dims[1:]
+    if w_off.min() < 0 or (w_off + sizes).max() > size or (b_off >= 0).any() and (b_off + dims[1:]).max() > size:
+        raise ValueError(f"layout: weight or bias offsets run past params (size {size})")
+    t_off = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+    a_off = np.concatenate(([0], np.cumsum(n * dims[1:]))).astype(np.int64)
+    return w_off, b_off, dims, t_off, a_off

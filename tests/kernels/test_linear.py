@@ -270,3 +270,32 @@ def test_nan_propagates_through_split_rows(rng):
     dweight, dbias = np.empty_like(weight), np.empty_like(bias)
     dx = linear_backward(np.ones((n, n_out)), x, weight, dweight, dbias)
     assert np.all(np.isnan(dweight[:, 0])) and np.all(np.isfinite(dweight[:, 1:])) and np.all(np.isfinite(dx))
+
+
+def test_chain_kernels_match_layer_by_layer_and_check_their_arguments(rng):
+    dims = np.array([4, 6, 3])
+    params = rng.standard_normal(6 * 4 + 6 + 3 * 6)  # fc0 weight, fc0 bias, fc1 weight (no bias)
+    w_off, b_off = np.array([0, 30]), np.array([24, -1])
+    x = rng.standard_normal((700, 4))
+    parts = linear.linear_chain_plan(700, dims)
+    assert parts == 1  # 700 x 4 x 6 multiply-adds: below the split threshold
+    outs = linear.linear_chain_forward(x, params, w_off, b_off, dims, parts)
+    w0, b0, w1 = params[:24].reshape(6, 4), params[24:30], params[30:].reshape(3, 6)
+    np.testing.assert_array_equal(outs[0], linear_forward(x, w0, b0))
+    np.testing.assert_array_equal(outs[1], linear_forward(outs[0], w1))
+    dy = rng.standard_normal((700, 3))
+    grads = np.full_like(params, np.nan)
+    dx = linear.linear_chain_backward(dy, x, outs, params, grads, w_off, b_off, dims, parts)
+    dw1, dw0, db0 = np.empty_like(w1), np.empty_like(w0), np.empty_like(b0)
+    d1 = linear_backward(dy, outs[0], w1, dw1)
+    np.testing.assert_array_equal(dx, linear_backward(d1, x, w0, dw0, db0))
+    np.testing.assert_array_equal(grads, np.concatenate([dw0.ravel(), db0, dw1.ravel()]))
+    assert linear.linear_chain_plan(10**6, dims) == 0  # beyond the small route: run layer by layer
+    with pytest.raises(ValueError, match=r"x: expected 4 features \(dims\[0\]\), got 5"):
+        linear.linear_chain_forward(rng.standard_normal((7, 5)), params, w_off, b_off, dims, 1)
+    with pytest.raises(ValueError, match="layout: weight or bias offsets run past params"):
+        linear.linear_chain_forward(x, params, np.array([0, 40]), b_off, dims, 1)
+    with pytest.raises(ValueError, match=r"dy: expected shape \(700, 3\)"):
+        linear.linear_chain_backward(dy[:, :2], x, outs, params, grads, w_off, b_off, dims, 1)
+    with pytest.raises(ValueError, match="outputs: expected the list linear_chain_forward returned"):
+        linear.linear_chain_backward(dy, x, [o.copy() for o in outs], params, grads, w_off, b_off, dims, 1)
