@@ -410,7 +410,7 @@ class Network:
                 outputs = linear_chain_forward(out, self.params, w_off, b_off, dims, parts)
                 for layer, inp in zip(self.layers[start:stop], [out, *outputs[:-1]]):
                     layer._x = inp  # what Linear.backward needs, so a layer-by-layer backward still works
-                self._fused[stop - 1] = (start, out, outputs, parts)
+                self._fused[stop - 1] = (chain, out, outputs, parts)
                 for layer, y in zip(self.layers[start:stop], outputs):
                     if layer.name in wanted:
                         self.captured[layer.name] = y
@@ -428,13 +428,11 @@ class Network:
     def backward(self, dout, need_input_grad: bool = False) -> np.ndarray | None:
         """Backpropagate d(loss)/d(output); overwrites `grads`. Returns d(loss)/d(input) if asked."""
         d = dout
-        chains = {c[1] - 1: c for c in self._chains}
         i = len(self.layers) - 1
         while i >= 0:
             fused = self._fused.get(i)
             if fused is not None:
-                start, x, outputs, parts = fused
-                _, _, w_off, b_off, dims = chains[i]
+                (start, _, w_off, b_off, dims), x, outputs, parts = fused
                 need = start > 0 or need_input_grad
                 d = linear_chain_backward(d, x, outputs, self.params, self.grads, w_off, b_off, dims, parts, need)
                 i = start - 1

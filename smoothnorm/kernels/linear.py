@@ -70,6 +70,35 @@ def _column_sums(dy, out):
 
 
 
+@njit(cache=True, error_model="numpy")
+def _add_bias_rows(y, bias, r0, r1):
+    """y[r] += bias for rows [r0, r1) (one part's rows, serial)."""
+    for r in range(r0, r1):
+        for j in range(y.shape[1]):
+            y[r, j] += bias[j]
+
+
+@njit(cache=True, error_model="numpy")
+def _row_sums(d, out):
+    """out[j] = sum of d[:, j], accumulated row by row in out's dtype (float64 shares of a bias gradient)."""
+    for j in range(d.shape[1]):
+        out[j] = 0.0
+    for r in range(d.shape[0]):
+        for j in range(d.shape[1]):
+            out[j] += d[r, j]
+
+
+@njit(cache=True, error_model="numpy")
+def _add_shares(shares, start, size, out):
+    """out[i] = shares[0, start + i] + shares[1, start + i] + ..., in part order (a fixed order, so results do not
+    depend on the thread count). Serial: in a parallel kernel, array expressions would each start a thread team."""
+    for i in range(size):
+        t = shares[0, start + i]
+        for p in range(1, shares.shape[0]):
+            t += shares[p, start + i]
+        out[i] = t
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
 def _small_forward(x, weight_t, bias, has_bias, parts, y):
     """y = x @ weight_t (+ bias): part p of the batch rows is one BLAS call on one of Numba's threads."""
@@ -79,50 +108,29 @@ def _small_forward(x, weight_t, bias, has_bias, parts, y):
         r1 = ((p + 1) * n) // parts
         np.dot(x[r0:r1], weight_t, y[r0:r1])
         if has_bias:
-            for r in range(r0, r1):
-                for j in range(y.shape[1]):
-                    y[r, j] += bias[j]
-
-
-@njit(cache=True, error_model="numpy")
-def _merge_parts(dw_parts, db_parts, has_bias, dweight, dbias):
-    """dweight = sum of dw_parts, dbias = sum of db_parts, in part order (serial: in a parallel kernel, array
-    expressions would each start a parallel region of their own)."""
-    parts, n_out, n_in = dw_parts.shape
-    for j in range(n_out):
-        for k in range(n_in):
-            t = dw_parts[0, j, k]
-            for p in range(1, parts):
-                t += dw_parts[p, j, k]
-            dweight[j, k] = t
-        if has_bias:
-            t = db_parts[0, j]
-            for p in range(1, parts):
-                t += db_parts[p, j]
-            dbias[j] = t
+            _add_bias_rows(y, bias, r0, r1)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def _small_backward(dy, x, weight, has_bias, need_dx, parts, dweight, dbias, dx):
     """The backward pass on the forward pass's row parts: part p computes its rows of dx and its share of dweight
-    and dbias (summed in float64); the shares are then added in part order (a fixed order: the result does not
-    depend on the thread count)."""
+    and dbias (summed in float64); the shares are then added in part order. dweight is C-contiguous."""
     n, n_out = dy.shape
-    dw_parts = np.empty((parts, n_out, x.shape[1]), dtype=dweight.dtype)
+    n_in = x.shape[1]
+    dw_parts = np.empty((parts, n_out * n_in), dtype=dweight.dtype)
     db_parts = np.empty((parts, n_out))
     for p in prange(parts):
         r0 = (p * n) // parts
         r1 = ((p + 1) * n) // parts
-        np.dot(dy[r0:r1].T, x[r0:r1], dw_parts[p])
+        np.dot(dy[r0:r1].T, x[r0:r1], dw_parts[p].reshape((n_out, n_in)))
         if has_bias:
-            for j in range(n_out):
-                db_parts[p, j] = 0.0
-            for r in range(r0, r1):
-                for j in range(n_out):
-                    db_parts[p, j] += dy[r, j]
+            _row_sums(dy[r0:r1], db_parts[p])
         if need_dx:
             np.dot(dy[r0:r1], weight, dx[r0:r1])
-    _merge_parts(dw_parts, db_parts, has_bias, dweight, dbias)
+    _add_shares(dw_parts, 0, n_out * n_in, dweight.reshape(n_out * n_in))
+    if has_bias:
+        _add_shares(db_parts, 0, n_out, dbias)
+
 
 def _parts(n: int, macs: int) -> int:
     """Row parts of a small product: _SMALL_PARTS, or one when that would cost more than it saves. Depends on the
@@ -236,9 +244,7 @@ def _chain_forward_rows(x, params, wt, w_off, b_off, dims, t_off, a_off, acts, r
         out = acts[a_off[k]:a_off[k] + n * dout].reshape((n, dout))
         np.dot(inp[r0:r1], wt[t_off[k]:t_off[k + 1]].reshape((din, dout)), out[r0:r1])
         if b_off[k] >= 0:
-            for r in range(r0, r1):
-                for j in range(dout):
-                    out[r, j] += params[b_off[k] + j]
+            _add_bias_rows(out, params[b_off[k]:b_off[k] + dout], r0, r1)
         inp = out
 
 
@@ -270,11 +276,7 @@ def _chain_backward_rows(x, dy, params, w_off, b_off, dims, t_off, a_off, acts, 
         np.dot(d.T, inp[r0:r1], dw_part[t_off[k]:t_off[k + 1]].reshape((dout, din)))
         if b_off[k] >= 0:
             col = a_off[k] // n
-            for j in range(dout):
-                db_part[col + j] = 0.0
-            for r in range(rows):
-                for j in range(dout):
-                    db_part[col + j] += d[r, j]
+            _row_sums(d, db_part[col:col + dout])
         w = params[w_off[k]:w_off[k] + dout * din].reshape((dout, din))
         if k > 0:
             nxt = (buf_a if k % 2 == 0 else buf_b)[:rows * din].reshape((rows, din))
@@ -295,19 +297,11 @@ def _chain_backward(x, dy, params, grads, w_off, b_off, dims, t_off, a_off, part
                              db_parts[p], (p * n) // parts, ((p + 1) * n) // parts)
     # Shares added in part order, as the per-layer route does: bit-identical results.
     for k in range(layers):
-        din, dout = dims[k], dims[k + 1]
-        for i in range(dout * din):
-            t = dw_parts[0, t_off[k] + i]
-            for p in range(1, parts):
-                t += dw_parts[p, t_off[k] + i]
-            grads[w_off[k] + i] = t
+        size = dims[k] * dims[k + 1]
+        _add_shares(dw_parts, t_off[k], size, grads[w_off[k]:w_off[k] + size])
         if b_off[k] >= 0:
-            col = a_off[k] // n
-            for j in range(dout):
-                t = db_parts[0, col + j]
-                for p in range(1, parts):
-                    t += db_parts[p, col + j]
-                grads[b_off[k] + j] = t
+            _add_shares(db_parts, a_off[k] // n, dims[k + 1], grads[b_off[k]:b_off[k] + dims[k + 1]])
+
 
 def linear_chain_plan(n: int, dims: np.ndarray) -> int:
     """Row parts for running a chain of layers (dims[k] -> dims[k + 1]) on N rows in one kernel, or 0 when some
