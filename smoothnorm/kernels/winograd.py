@@ -38,19 +38,6 @@ _MIN_GROUP_TILES = 32
 # As in conv.py: calls this small run as one serial worker.
 _PARALLEL_MIN_MACS = 1 << 20
 
-# Weight transforms G (alpha x 3), float64; rows are the transform points.
-_G4 = np.array(
-    [
-        [1 / 4, 0.0, 0.0],
-        [-1 / 6, -1 / 6, -1 / 6],
-        [-1 / 6, 1 / 6, -1 / 6],
-        [1 / 24, 1 / 12, 1 / 6],
-        [1 / 24, -1 / 12, 1 / 6],
-        [0.0, 0.0, 1.0],
-    ]
-)
-_G2 = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-
 
 def output_tile(h: int, w: int) -> int:
     """Output tile size m of F(m x m, 3x3) for an h x w map: 4 when both sides are at least 4, else 2."""
@@ -282,55 +269,107 @@ def _gradient_transform(dy, m, count, tile_n, tile_r, tile_c, e, scratch):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Weight transforms (float64 arithmetic, channels vectorised).
+# Weight transforms: float64 arithmetic over rows of channels. Serial: a parallel region costs more to start on a
+# loaded 2-core machine (milliseconds to wake a thread) than these take (about 2 ms for 512 x 512 channels).
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _transform_weights(weight, transform, flip, u):
+@njit(cache=True, error_model="numpy")
+def _g6(src, s0, ss, dst, d0, ds, count):
+    """G g for F(4x4,3x3): 3 -> 6."""
+    a0, a1, a2 = src[s0], src[s0 + ss], src[s0 + 2 * ss]
+    o0, o1, o2 = dst[d0], dst[d0 + ds], dst[d0 + 2 * ds]
+    o3, o4, o5 = dst[d0 + 3 * ds], dst[d0 + 4 * ds], dst[d0 + 5 * ds]
+    for t in range(count):
+        g0, g1, g2 = a0[t], a1[t], a2[t]
+        s02 = g0 + g2
+        p = g0 / 24.0 + g2 / 6.0
+        q = g1 / 12.0
+        o0[t] = g0 / 4.0
+        o1[t] = -(s02 + g1) / 6.0
+        o2[t] = -(s02 - g1) / 6.0
+        o3[t] = p + q
+        o4[t] = p - q
+        o5[t] = g2
+
+
+@njit(cache=True, error_model="numpy")
+def _g4(src, s0, ss, dst, d0, ds, count):
+    """G g for F(2x2,3x3): 3 -> 4."""
+    a0, a1, a2 = src[s0], src[s0 + ss], src[s0 + 2 * ss]
+    o0, o1, o2, o3 = dst[d0], dst[d0 + ds], dst[d0 + 2 * ds], dst[d0 + 3 * ds]
+    for t in range(count):
+        g0, g1, g2 = a0[t], a1[t], a2[t]
+        s02 = g0 + g2
+        o0[t] = g0
+        o1[t] = (s02 + g1) / 2.0
+        o2[t] = (s02 - g1) / 2.0
+        o3[t] = g2
+
+
+@njit(cache=True, error_model="numpy")
+def _gt6(src, s0, ss, dst, d0, ds, count):
+    """G^T w for F(4x4,3x3) (the adjoint of G): 6 -> 3."""
+    a0, a1, a2 = src[s0], src[s0 + ss], src[s0 + 2 * ss]
+    a3, a4, a5 = src[s0 + 3 * ss], src[s0 + 4 * ss], src[s0 + 5 * ss]
+    o0, o1, o2 = dst[d0], dst[d0 + ds], dst[d0 + 2 * ds]
+    for t in range(count):
+        s12 = a1[t] + a2[t]
+        s34 = a3[t] + a4[t]
+        o0[t] = a0[t] / 4.0 - s12 / 6.0 + s34 / 24.0
+        o1[t] = (a2[t] - a1[t]) / 6.0 + (a3[t] - a4[t]) / 12.0
+        o2[t] = (s34 - s12) / 6.0 + a5[t]
+
+
+@njit(cache=True, error_model="numpy")
+def _gt4(src, s0, ss, dst, d0, ds, count):
+    """G^T w for F(2x2,3x3): 4 -> 3."""
+    a0, a1, a2, a3 = src[s0], src[s0 + ss], src[s0 + 2 * ss], src[s0 + 3 * ss]
+    o0, o1, o2 = dst[d0], dst[d0 + ds], dst[d0 + 2 * ds]
+    for t in range(count):
+        s12 = (a1[t] + a2[t]) / 2.0
+        o0[t] = a0[t] + s12
+        o1[t] = (a1[t] - a2[t]) / 2.0
+        o2[t] = s12 + a3[t]
+
+
+@njit(cache=True, error_model="numpy")
+def _transform_weights(weight, m, flip, u):
     """u[a*alpha + b, r, c] = (G g G^T)[a, b] with g = weight[r, c] (flip False) or rot180(weight[c, r]) (True)."""
-    alpha = transform.shape[0]
+    alpha = m + 2
     rows, cols = u.shape[1], u.shape[2]
-    for r in prange(rows):
-        taps = np.empty((9, cols))
-        half = np.zeros((alpha * 3, cols))
+    u2 = u.reshape(alpha * alpha * rows, cols)
+    taps = np.empty((9, cols))
+    half = np.empty((alpha * 3, cols))
+    for r in range(rows):
         for c in range(cols):
+            g = weight[c, r] if flip else weight[r, c]
             for k in range(9):
-                taps[k, c] = weight[c, r, 2 - k // 3, 2 - k % 3] if flip else weight[r, c, k // 3, k % 3]
-        # half[a*3 + l] = sum_k G[a, k] g[k, l]
+                taps[k, c] = g[2 - k // 3, 2 - k % 3] if flip else g[k // 3, k % 3]
+        # half[a*3 + l] = (G g)[a, l]: columns of the kernel; then rows of that, into u.
+        for col in range(3):
+            if m == 4:
+                _g6(taps, col, 3, half, col, 3, cols)
+            else:
+                _g4(taps, col, 3, half, col, 3, cols)
         for a in range(alpha):
-            for k in range(3):
-                coef = transform[a, k]
-                if coef != 0.0:
-                    for l in range(3):
-                        dst = half[a * 3 + l]
-                        src = taps[k * 3 + l]
-                        for c in range(cols):
-                            dst[c] += coef * src[c]
-        # u[a*alpha + b] = sum_l half[a*3 + l] G[b, l]
-        acc = np.empty(cols)
-        for a in range(alpha):
-            for b in range(alpha):
-                acc[:] = 0.0
-                for l in range(3):
-                    coef = transform[b, l]
-                    if coef != 0.0:
-                        src = half[a * 3 + l]
-                        for c in range(cols):
-                            acc[c] += coef * src[c]
-                dst = u[a * alpha + b, r]
-                for c in range(cols):
-                    dst[c] = acc[c]
+            if m == 4:
+                _g6(half, a * 3, 1, u2, a * alpha * rows + r, rows, cols)
+            else:
+                _g4(half, a * 3, 1, u2, a * alpha * rows + r, rows, cols)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _inverse_weight_transform(parts, transform, dweight):
+@njit(cache=True, error_model="numpy")
+def _inverse_weight_transform(parts, m, dweight):
     """dweight[co, ci] = G^T (sum over workers of parts[t, :, co, ci], in worker order) G, in float64."""
-    alpha = transform.shape[0]
+    alpha = m + 2
+    a2 = alpha * alpha
     workers = parts.shape[0]
     c_out, c_in = dweight.shape[0], dweight.shape[1]
-    for co in prange(c_out):
-        merged = np.empty((alpha * alpha, c_in))
-        for xi in range(alpha * alpha):
+    merged = np.empty((a2, c_in))
+    half = np.empty((3 * alpha, c_in))
+    taps = np.empty((9, c_in))
+    for co in range(c_out):
+        for xi in range(a2):
             dst = merged[xi]
             src = parts[0, xi, co]
             for c in range(c_in):
@@ -339,29 +378,21 @@ def _inverse_weight_transform(parts, transform, dweight):
                 src = parts[t, xi, co]
                 for c in range(c_in):
                     dst[c] += src[c]
-        # half[k*alpha + b] = sum_a G[a, k] merged[a*alpha + b]
-        half = np.zeros((3 * alpha, c_in))
+        # half[k*alpha + b] = (G^T merged)[k, b]; taps[k*3 + l] = (half G)[k, l].
+        for b in range(alpha):
+            if m == 4:
+                _gt6(merged, b, alpha, half, b, alpha, c_in)
+            else:
+                _gt4(merged, b, alpha, half, b, alpha, c_in)
         for k in range(3):
-            for a in range(alpha):
-                coef = transform[a, k]
-                if coef != 0.0:
-                    for b in range(alpha):
-                        dst = half[k * alpha + b]
-                        src = merged[a * alpha + b]
-                        for c in range(c_in):
-                            dst[c] += coef * src[c]
-        acc = np.empty(c_in)
-        for k in range(3):
-            for l in range(3):
-                acc[:] = 0.0
-                for b in range(alpha):
-                    coef = transform[b, l]
-                    if coef != 0.0:
-                        src = half[k * alpha + b]
-                        for c in range(c_in):
-                            acc[c] += coef * src[c]
-                for c in range(c_in):
-                    dweight[co, c, k, l] = acc[c]
+            if m == 4:
+                _gt6(half, k * alpha, 1, taps, k * 3, 1, c_in)
+            else:
+                _gt4(half, k * alpha, 1, taps, k * 3, 1, c_in)
+        for c in range(c_in):
+            g = dweight[co, c]
+            for k in range(9):
+                g[k // 3, k % 3] = taps[k, c]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -522,7 +553,7 @@ def winograd_forward(
     if n == 0:
         return y
     u = np.empty(((m + 2) ** 2, c_out, c_in), dtype=x.dtype)
-    _transform_weights(weight, _G4 if m == 4 else _G2, False, u)
+    _transform_weights(weight, m, False, u)
     _run_forward(x, u, bias, y, m)
     return y
 
@@ -546,7 +577,7 @@ def winograd_backward_input(dy: np.ndarray, weight: np.ndarray, tile: int | None
     if n == 0:
         return dx
     u = np.empty(((m + 2) ** 2, c_in, c_out), dtype=dy.dtype)
-    _transform_weights(weight, _G4 if m == 4 else _G2, True, u)
+    _transform_weights(weight, m, True, u)
     _run_forward(dy, u, np.empty(0, dtype=dy.dtype), dx, m)
     return dx
 
@@ -578,8 +609,8 @@ def winograd_backward_weight(dy: np.ndarray, x: np.ndarray, dweight: np.ndarray,
         _weight_worker(_SGEMM, _DGEMM, dy, x, dw_ws[0], m, 0, tiles, group, v_ws[0], e_ws[0], scratch_ws[0],
                        origins_ws[0])  # fmt: skip
     if dweight.flags.c_contiguous:
-        _inverse_weight_transform(dw_ws, _G4 if m == 4 else _G2, dweight)
+        _inverse_weight_transform(dw_ws, m, dweight)
     else:
         out = np.empty((c_out, c_in, 3, 3), dtype=x.dtype)
-        _inverse_weight_transform(dw_ws, _G4 if m == 4 else _G2, out)
+        _inverse_weight_transform(dw_ws, m, out)
         dweight[...] = out
