@@ -46,6 +46,18 @@ def output_tile(h: int, w: int) -> int:
     return 4 if min(h, w) >= 4 else 2
 
 
+def winograd_pays(pass_name: str, c_in: int, c_out: int, h: int, w: int) -> bool:
+    """The fixed rule behind algorithm="auto": True where Winograd measured faster than im2col for this pass.
+
+    pass_name: "forward", "input" (gradient) or "weight" (gradient); the layer is (C_in -> C_out) on an h x w map.
+    Written from benchmarks/bench_conv.py (batch 128, float32, 2 threads; table in benchmarks/README.md): with few
+    input channels (VGG's first layer has 3) the transformed GEMMs are too thin to pay for the transforms.
+    """
+    if pass_name not in ("forward", "input", "weight"):
+        raise ValueError(f"pass_name: expected 'forward', 'input' or 'weight', got {pass_name!r}")
+    return min(c_in, c_out) >= 16
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # One-dimensional transforms over rows of tiles: `src` and `dst` are 2-D C-contiguous, the k-th operand is row
 # s0 + k*ss of src (d0 + k*ds of dst), and every row holds one value per tile (count of them).
