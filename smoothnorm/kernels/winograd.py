@@ -50,12 +50,17 @@ def winograd_pays(pass_name: str, c_in: int, c_out: int, h: int, w: int) -> bool
     """The fixed rule behind algorithm="auto": True where Winograd measured faster than im2col for this pass.
 
     pass_name: "forward", "input" (gradient) or "weight" (gradient); the layer is (C_in -> C_out) on an h x w map.
-    Written from benchmarks/bench_conv.py (batch 128, float32, 2 threads; table in benchmarks/README.md): with few
-    input channels (VGG's first layer has 3) the transformed GEMMs are too thin to pay for the transforms.
+    Written from one run of benchmarks/bench_conv.py (batch 128, float32, 2 threads, AMD EPYC with AVX-512; table
+    in benchmarks/README.md): Winograd won every pass of every VGG layer by 1.08-1.76x except
+    - VGG's first layer (3 input channels): per-point GEMMs with 3 rows cost more than the transforms save
+      (im2col 1.25x faster forward, 1.9x backward);
+    - the backward on 2x2 maps (F(2x2), 512 -> 512): im2col 1.1x faster, as were im2col dW with Winograd dx.
     """
     if pass_name not in ("forward", "input", "weight"):
         raise ValueError(f"pass_name: expected 'forward', 'input' or 'weight', got {pass_name!r}")
-    return min(c_in, c_out) >= 16
+    if min(c_in, c_out) < 16:
+        return False
+    return pass_name == "forward" or min(h, w) >= 4
 
 
 # ----------------------------------------------------------------------------------------------------------------
