@@ -50,6 +50,7 @@ from smoothnorm.measure.landscape import (
     random_direction,
     step_grid,
 )
+from smoothnorm.measure.spectrum import HessianSpectrum, gradient_share, hessian_spectrum, top_eigenpairs
 from smoothnorm.measure.theory import (
     Theorem41,
     Theorem42,
@@ -76,6 +77,8 @@ __all__ = [
     "hessian_top_eigenvalues", "hessian_min_eigenvalue", "hessian_trace", "hessian_spectral_density",
     "top_eigenvalues", "power_iteration", "lanczos_tridiagonal", "hutchinson_trace", "spectral_density",
     "TraceEstimate", "SpectralDensity",
+    # spectrum (Hessian outliers)
+    "HessianSpectrum", "hessian_spectrum", "top_eigenpairs", "gradient_share",
     # theory
     "Theorem41", "Theorem42", "theorem_4_1", "theorem_4_1_network", "theorem_4_2", "theorem_4_2_toy",
     "lemma_4_5_toy",
