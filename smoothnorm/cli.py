@@ -48,8 +48,8 @@ def _execute(args, specs, root) -> None:
     from smoothnorm import executors
     from smoothnorm.progress import ProgressDisplay
 
-    lease = {"stale_after": args.lease_timeout, "heartbeat_every": min(10.0, args.lease_timeout / 4)}
-    with executors.make_executor(args.workers, args.scheduler, args.threads_per_run, **lease) as executor:
+    with executors.make_executor(args.workers, args.scheduler, args.threads_per_run,
+                                 stale_after=args.lease_timeout) as executor:
         with ProgressDisplay() as display:
             executors.run_specs(specs, root, progress=display, executor=executor)
 

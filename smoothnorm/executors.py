@@ -110,7 +110,7 @@ class SequentialExecutor(Executor):
     """
 
     def __init__(self, threads_per_run: int | None = None, *, stale_after: float = leases.STALE_AFTER,
-                 heartbeat_every: float = leases.HEARTBEAT_EVERY, poll: float = 1.0):
+                 heartbeat_every: float | None = None, poll: float = 1.0):
         if threads_per_run is not None:
             thread_environment(threads_per_run)
         self.threads_per_run = threads_per_run
@@ -185,7 +185,7 @@ class DaskExecutor(Executor):
     """
 
     def __init__(self, workers: int | None = None, scheduler: str | None = None, threads_per_run: int | None = None,
-                 *, stale_after: float = leases.STALE_AFTER, heartbeat_every: float = leases.HEARTBEAT_EVERY,
+                 *, stale_after: float = leases.STALE_AFTER, heartbeat_every: float | None = None,
                  allowed_failures: int = 10, worker_ttl: str = "15 minutes"):
         distributed = require_dask("--scheduler" if scheduler else "--workers")
         import dask

@@ -230,7 +230,7 @@ def _log_attempt(path: Path, record: dict) -> None:
 
 
 def execute_run(run: RunSpec, root: Path, *, progress: Callable[[dict], None] | None = None, wait: bool = True,
-                stale_after: float = leases.STALE_AFTER, heartbeat_every: float = leases.HEARTBEAT_EVERY,
+                stale_after: float = leases.STALE_AFTER, heartbeat_every: float | None = None,
                 poll: float = 1.0, progress_every: float = 1.0) -> Path:
     """Train one run into `root/<run_id>` under its lease, resuming from its checkpoint; returns the run directory.
 

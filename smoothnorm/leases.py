@@ -7,10 +7,10 @@ reader never sees a half-written lease. A background thread rewrites the heartbe
 own file descriptor, every `heartbeat_every` seconds.
 
 A lease is stale when its heartbeat is older than `stale_after` seconds, or when its host is this host and its pid
-is not alive. A stale lease is taken over atomically: the taker renames `lease.json` to a name unique to itself;
-only one rename can succeed, and the winner checks that what it moved is the lease it judged stale (if a fresh
-lease took its place in the meantime, it is put back). The owner notices a lost lease (its file is no longer
-`lease.json`) at its next heartbeat, and `Lease.check()` raises `LeaseLost` in the training loop.
+is not alive. A stale lease is taken over atomically: takers serialise on a takeover guard file (created
+exclusively); under it, the taker reads the lease again and, if it is still the stale one, renames it to a name
+unique to itself and deletes it, then creates its own lease like anyone else. The owner notices a lost lease (its
+file is no longer `lease.json`) at its next heartbeat, and `Lease.check()` raises `LeaseLost` in the training loop.
 
 Clocks: the heartbeat age compares the writer's wall clock with the reader's, so hosts that share a run folder
 need synchronised clocks (NTP) to within a small part of `stale_after`.
@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 
 LEASE_NAME = "lease.json"
-HEARTBEAT_EVERY = 10.0  # seconds between heartbeats
+HEARTBEAT_EVERY = 10.0  # seconds between heartbeats (at most; a quarter of stale_after when that is shorter)
 STALE_AFTER = 120.0  # a lease with no heartbeat for this long is taken over
 _RECORD_BYTES = 512  # the lease is padded to a fixed size so an in-place heartbeat rewrite keeps its length
 _KEYS = ("host", "pid", "token", "start", "heartbeat")
@@ -125,9 +125,11 @@ class Lease:
     """
 
     def __init__(self, folder: str | os.PathLike, *, stale_after: float = STALE_AFTER,
-                 heartbeat_every: float = HEARTBEAT_EVERY):
+                 heartbeat_every: float | None = None):
         if not stale_after > 0:
             raise ValueError(f"stale_after: expected a positive number of seconds, got {stale_after!r}")
+        if heartbeat_every is None:
+            heartbeat_every = min(HEARTBEAT_EVERY, stale_after / 4)
         if not 0 < heartbeat_every < stale_after:
             raise ValueError(f"heartbeat_every: expected a positive number below stale_after ({stale_after}), "
                              f"got {heartbeat_every!r}")
@@ -146,7 +148,7 @@ class Lease:
         """Take the lease if it is free or stale; False when a live owner holds it. Raises LeaseError if corrupt."""
         if self._fd is not None:
             raise LeaseError(f"{self.path}: already held by this Lease")
-        for _ in range(10):
+        for _ in range(100):
             if self._create():
                 return True
             record = read_lease(self.path)
@@ -155,9 +157,12 @@ class Lease:
             if not lease_is_stale(record, self.stale_after):
                 self._owner = record
                 return False
-            if self._remove_stale(record):
+            taken = self._remove_stale(record)
+            if taken is None:
+                time.sleep(0.02)  # another process is taking it over right now
+            elif taken:
                 self.took_over = record
-        raise LeaseError(f"{self.path}: could not take the lease after 10 attempts (heavy contention)")
+        raise LeaseError(f"{self.path}: could not take the lease after 100 attempts (heavy contention)")
 
     def acquire(self, *, wait: bool = False, poll: float = 1.0, timeout: float | None = None,
                 on_wait=None) -> Lease:
@@ -181,58 +186,99 @@ class Lease:
         record = {"host": _hostname(), "pid": os.getpid(), "token": token, "start": now, "heartbeat": now}
         tmp = self.path.with_name(f".{LEASE_NAME}.{token}.tmp")
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        created = False
+        with _HELD_LOCK:
+            _HELD.add(token)  # before the lease is visible, or a thread of ours could judge it stale
         try:
             os.write(fd, _encode(record))
             os.fsync(fd)
             try:
                 os.link(tmp, self.path)
+                created = True
             except FileExistsError:
-                os.close(fd)
-                fd = None
-                return False
+                pass
             except OSError as err:
                 if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
                     raise
-                # A file system without hard links: rename is atomic but not exclusive, so check afterwards.
-                if self.path.exists():
-                    os.close(fd)
-                    fd = None
-                    return False
-                os.rename(tmp, self.path)
-        except BaseException:
-            if fd is not None:
-                os.close(fd)
+                # A file system without hard links: rename is atomic but not exclusive, so check first.
+                if not self.path.exists():
+                    os.rename(tmp, self.path)
+                    created = True
+        finally:
             tmp.unlink(missing_ok=True)
-            raise
-        tmp.unlink(missing_ok=True)
+            if not created:
+                os.close(fd)
+                with _HELD_LOCK:
+                    _HELD.discard(token)
+        if not created:
+            return False
         self._fd, self.record, self._lost = fd, record, False
-        with _HELD_LOCK:
-            _HELD.add(token)
         self._fsync_folder()
         self._start_heartbeat()
         return True
 
-    def _remove_stale(self, record: dict) -> bool:
-        """Move a stale lease out of the way; True when we moved exactly that lease (one taker wins)."""
-        aside = self.path.with_name(f".{LEASE_NAME}.stale-{uuid.uuid4().hex}")
+    def _remove_stale(self, record: dict) -> bool | None:
+        """Move the stale lease `record` out of the way. True when we moved it, False when it had changed already,
+        None when another taker holds the takeover guard.
+
+        Takers serialise on a guard file (`.lease.json.takeover`, created exclusively): under it, the lease is read
+        again and moved aside only if it is still the stale one, so two takers never move each other's fresh lease.
+        """
+        guard = self.path.with_name(f".{LEASE_NAME}.takeover")
+        if not self._take_guard(guard):
+            return None
         try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return False  # another taker was first
-        try:
-            moved = read_lease(aside)
-        except LeaseError:
-            moved = None
-        if moved is not None and moved.get("token") != record["token"] and not lease_is_stale(moved, self.stale_after):
-            # A fresh lease replaced the stale one between our read and our rename: put it back (same inode, so
-            # its owner never notices). If the name is taken again already, the owner will see its lease lost.
+            current = read_lease(self.path)
+            if current is None or current["token"] != record["token"]:
+                return False
+            aside = self.path.with_name(f".{LEASE_NAME}.stale-{uuid.uuid4().hex}")
             try:
-                os.link(aside, self.path)
-            except FileExistsError:
-                pass
+                os.rename(self.path, aside)
+            except FileNotFoundError:
+                return False
+            try:
+                moved = read_lease(aside)
+            except LeaseError:
+                moved = None
+            if moved is not None and moved["token"] != record["token"]:
+                # The stale owner released and a new lease was made between our read and the rename: put it back
+                # (same inode, so its owner never notices).
+                try:
+                    os.link(aside, self.path)
+                except FileExistsError:
+                    pass
+                aside.unlink(missing_ok=True)
+                return False
             aside.unlink(missing_ok=True)
+            return True
+        finally:
+            guard.unlink(missing_ok=True)
+
+    def _take_guard(self, guard: Path) -> bool:
+        """Create the takeover guard exclusively; a guard left by a taker that died (dead pid on this host, or
+        older than stale_after) is removed first."""
+        content = json.dumps({"host": _hostname(), "pid": os.getpid(), "time": time.time()}).encode()
+        try:
+            fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(guard.read_bytes() or b"{}")
+                age = time.time() - guard.stat().st_mtime
+            except (OSError, ValueError):
+                return False  # being written or just removed: look again soon
+            dead = held.get("host") == _hostname() and isinstance(held.get("pid"), int) and not _pid_alive(held["pid"])
+            if dead or age > self.stale_after:
+                aside = guard.with_name(f"{guard.name}.stale-{uuid.uuid4().hex}")
+                try:
+                    os.rename(guard, aside)
+                    aside.unlink()
+                except FileNotFoundError:
+                    pass
             return False
-        aside.unlink(missing_ok=True)
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
         return True
 
     # -- holding -----------------------------------------------------------------------------------------------
