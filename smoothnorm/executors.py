@@ -128,18 +128,33 @@ class SequentialExecutor(Executor):
                 except leases.LeaseHeld as held:
                     emit({"kind": "wait", "run": run.run_id, "owner": held.owner})
                     deferred.append(run)
+                except leases.LeaseLost as lost:
+                    emit({"kind": "retry", "run": run.run_id, "error": str(lost)})
+                    deferred.append(run)
             for run in deferred:
-                paths[run.run_id] = self._one(run, root, emit, wait=True)
+                paths[run.run_id] = _with_lost_retries(lambda run=run: self._one(run, root, emit, wait=True), run,
+                                                       emit)
         return {run.run_id: paths[run.run_id] for run in runs}
 
     def _one(self, run: RunSpec, root: Path, emit: Progress, wait: bool) -> Path:
         try:
             return execute_run(run, root, progress=emit, wait=wait, **self.lease_options)
-        except leases.LeaseHeld:
+        except (leases.LeaseHeld, leases.LeaseLost):
             raise
         except Exception as err:
             emit({"kind": "fail", "run": run.run_id, "error": f"{type(err).__name__}: {err}"})
             raise
+
+
+def _with_lost_retries(attempt: Callable[[], Path], run: RunSpec, emit: Progress, tries: int = 3) -> Path:
+    """Call `attempt` again when its lease was taken over (this process was judged dead while it trained: e.g. it
+    was suspended longer than the lease timeout); the run then resumes from whatever the other process left."""
+    for _ in range(tries - 1):
+        try:
+            return attempt()
+        except leases.LeaseLost as lost:
+            emit({"kind": "retry", "run": run.run_id, "error": str(lost)})
+    return attempt()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -147,11 +162,12 @@ class SequentialExecutor(Executor):
 # ----------------------------------------------------------------------------------------------------------------
 # Events a worker forwards; the client makes "skip" and "finish" from the task's summary, so they are exact and
 # never arrive after the task's result.
-_FORWARDED = ("wait", "start", "step")
+_FORWARDED = ("wait", "start", "step", "retry")
 
 
-def _run_task(run: RunSpec, root: str, threads: int | None, lease_options: dict) -> dict:
-    """One run on a Dask worker: train it under its lease, forward progress, return a small summary."""
+def _run_task(run: RunSpec, root: str, threads: int | None, lease_options: dict, wait: bool) -> dict:
+    """One run on a Dask worker: train it under its lease, forward progress, return a small summary
+    ({"kind": "held", "owner"} without `wait` when a live process elsewhere holds the lease)."""
     import socket
 
     from distributed import get_worker
@@ -165,8 +181,12 @@ def _run_task(run: RunSpec, root: str, threads: int | None, lease_options: dict)
         else:
             ending.update(event)
 
-    with thread_limit(threads):
-        path = execute_run(run, Path(root), progress=forward, wait=True, **lease_options)
+    try:
+        with thread_limit(threads):
+            path = _with_lost_retries(
+                lambda: execute_run(run, Path(root), progress=forward, wait=wait, **lease_options), run, forward)
+    except leases.LeaseHeld as held:
+        return {"kind": "held", "run": run.run_id, "owner": held.owner}
     return {**ending, "run": run.run_id, "path": str(path), "host": socket.gethostname(), "pid": os.getpid(),
             "worker": worker.address}
 
@@ -238,23 +258,34 @@ class DaskExecutor(Executor):
 
         self.client.subscribe_topic(PROGRESS_TOPIC, on_event)
         root = str(Path(root).resolve())
-        futures = {
-            self.client.submit(_run_task, run, root, self.task_threads, self.lease_options,
-                               key=f"smoothnorm-run-{run.run_id}", pure=False): run
-            for run in runs
-        }
+
+        def submit(run: RunSpec, wait: bool):
+            # A run held by a live process elsewhere (another `reproduce` on this folder) is tried without waiting
+            # first, so this cluster's slots go to the other runs; it is submitted again, to wait, when it comes back.
+            return self.client.submit(_run_task, run, root, self.task_threads, self.lease_options, wait,
+                                      key=f"smoothnorm-run-{run.run_id}" + ("-wait" if wait else ""), pure=False)
+
+        futures = {submit(run, False): run for run in runs}
         errors: dict[str, str] = {}
         paths: dict[str, Path] = {}
+        pending = as_completed(futures)
         try:
-            for future in as_completed(futures):
+            for future in pending:
                 run = futures[future]
-                done.add(run.run_id)
                 if future.status == "error":
+                    done.add(run.run_id)
                     error = future.exception()
                     errors[run.run_id] = f"{type(error).__name__}: {error}"
                     emit({"kind": "fail", "run": run.run_id, "error": errors[run.run_id]})
                     continue
                 summary = future.result()
+                if summary.get("kind") == "held":
+                    emit({"kind": "wait", "run": run.run_id, "owner": summary["owner"]})
+                    again = submit(run, True)
+                    futures[again] = run
+                    pending.add(again)
+                    continue
+                done.add(run.run_id)
                 paths[run.run_id] = Path(summary["path"])
                 if summary.get("kind") == "skip":
                     emit({"kind": "skip", "run": run.run_id, "status": summary["status"]})

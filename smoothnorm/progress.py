@@ -120,6 +120,12 @@ class ProgressDisplay:
 
     def __call__(self, event: dict) -> None:
         with self._lock:
+            if event["kind"] == "wait" and event.get("run") in self.waiting:
+                seen = self.waiting[event["run"]]["owner"]
+                if (seen["host"], seen["pid"]) == (event["owner"]["host"], event["owner"]["pid"]):
+                    return  # told already (the executor and the run both report the same wait)
+            if event["kind"] in ("start", "step") and event.get("run") in self.done:
+                return  # a late event of a run that is done (Dask forwards events asynchronously)
             self._update(event)
             self._show(event)
 
@@ -133,7 +139,6 @@ class ProgressDisplay:
             self.done[run] = {"skip": "skipped", "fail": "failed"}.get(kind, event.get("status", kind))
         elif kind in ("start", "step"):
             self.waiting.pop(run, None)
-            self.done.pop(run, None)
             self.running[run] = {**self.running.get(run, {}), **event}
         elif kind == "wait":
             self.waiting[run] = event
