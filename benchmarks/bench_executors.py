@@ -3,6 +3,7 @@ estimate for sizing a cluster.
 
     python -m benchmarks.bench_executors                       # reproduce --profile quick, both executors
     python -m benchmarks.bench_executors --only fig10,fig3b    # a subset, when the machine is busy
+    python -m benchmarks.bench_executors --only fig10 --set steps=3000 --repeats 2
     python -m benchmarks.bench_executors --estimate            # paper profile: runs x steps x measured s/step
 
 The comparison runs `smoothnorm reproduce` in fresh processes on fresh run folders, alternating the executors'
@@ -31,6 +32,7 @@ def _load() -> str:
 
 
 def _reproduce(profile: str, only: str | None, extra: list[str]) -> float:
+    """Wall seconds of one `smoothnorm reproduce` in a fresh process on a fresh run folder."""
     with tempfile.TemporaryDirectory(prefix="bench-executors-") as tmp:
         cmd = [sys.executable, "-m", "smoothnorm.cli", "reproduce", "--profile", profile, "--runs", f"{tmp}/runs",
                "--figures", f"{tmp}/figures", *(["--only", only] if only else []), *extra]
@@ -42,12 +44,13 @@ def _reproduce(profile: str, only: str | None, extra: list[str]) -> float:
     return wall
 
 
-def compare(profile: str, only: str | None, workers: int, repeats: int) -> None:
+def compare(profile: str, only: str | None, workers: int, repeats: int, overrides: list[str]) -> None:
     cores = os.cpu_count() or 1
+    sets = [a for item in overrides for a in ("--set", item)]
     candidates = {
-        f"sequential, {cores} threads": ["--threads-per-run", str(cores)],
+        f"sequential, {cores} threads": ["--threads-per-run", str(cores), *sets],
         f"dask, {workers} workers x {max(1, cores // workers)} thread": [
-            "--workers", str(workers), "--threads-per-run", str(max(1, cores // workers))],
+            "--workers", str(workers), "--threads-per-run", str(max(1, cores // workers)), *sets],
     }
     walls: dict[str, list[float]] = {name: [] for name in candidates}
     names = list(candidates)
@@ -59,8 +62,8 @@ def compare(profile: str, only: str | None, workers: int, repeats: int) -> None:
             print(f"{name:32s} {wall:8.1f} s   (load average before: {before}; after: {_load()})", flush=True)
     medians = {name: sorted(v)[len(v) // 2] for name, v in walls.items()}
     seq, dask = medians[names[0]], medians[names[1]]
-    print(f"\nreproduce --profile {profile}{' --only ' + only if only else ''}: sequential {seq:.1f} s, "
-          f"dask {dask:.1f} s, sequential / dask = {seq / dask:.2f}")
+    what = f"reproduce --profile {profile}{' --only ' + only if only else ''} {' '.join(sets)}"
+    print(f"\n{what}: sequential {seq:.1f} s, dask {dask:.1f} s, sequential / dask = {seq / dask:.2f}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -142,6 +145,7 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated spec names (a subset)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to reproduce")
     parser.add_argument("--estimate", action="store_true", help="paper-profile estimate instead of the comparison")
     parser.add_argument("--steps", type=int, default=4, help="steps timed per run for --estimate (first excluded)")
     parser.add_argument("--child-steps", type=int, default=None, help=argparse.SUPPRESS)
@@ -151,7 +155,7 @@ def main() -> None:
     elif args.estimate:
         estimate(args.steps, args.workers)
     else:
-        compare(args.profile, args.only, args.workers, args.repeats)
+        compare(args.profile, args.only, args.workers, args.repeats, args.set)
 
 
 if __name__ == "__main__":

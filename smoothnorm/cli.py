@@ -239,22 +239,23 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
-def _terminate_as_exit():
-    """Turn SIGTERM (a batch system's walltime, `kill`) into SystemExit, so leases are released on the way out.
-    Returns the previous handler (None when not in the main thread)."""
+def _terminate_as_exit() -> dict:
+    """Turn SIGTERM (a batch system's walltime, `kill`) and SIGHUP (a closed terminal) into SystemExit, so leases
+    are released on the way out. Returns the previous handlers (none when not in the main thread)."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
 
     def handler(signum, frame):
         raise SystemExit(128 + signum)
 
-    return signal.signal(signal.SIGTERM, handler)
+    signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    return {signum: signal.signal(signum, handler) for signum in signals}
 
 
 if __name__ == "__main__":

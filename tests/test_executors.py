@@ -250,6 +250,23 @@ def test_a_worker_killed_mid_run_costs_only_the_steps_since_its_checkpoint(tmp_p
     assert 100 <= second["from_step"] < 400 and second["from_step"] % 50 == 0  # resumed from a checkpoint
 
 
+def test_scheduler_address_uses_an_existing_cluster(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    (run,) = _tiny_runs(steps=4)[:1]
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with executors.make_executor(scheduler=cluster.scheduler_address, threads_per_run=1) as executor:
+            assert isinstance(executor, executors.DaskExecutor) and executor.cluster is None
+            (pid,) = executor.worker_pids().values()
+            events = []
+            paths = executor.run([run], tmp_path, events.append)
+    assert paths == {run.run_id: tmp_path.resolve() / run.run_id}
+    assert load_run(paths[run.run_id]).status == "finished"
+    (attempt,) = _attempts(paths[run.run_id])
+    assert attempt["pid"] == pid
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "plan" and kinds.count("finish") == 1  # worker events may arrive late, so not always last
+
+
 @pytest.mark.slow
 def test_every_tiny_spec_on_a_local_cluster_equals_sequential(tmp_path):
     """The heavier variant: every spec of the tiny profile, Dask with two workers against one sequential thread."""

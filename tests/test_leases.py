@@ -3,6 +3,7 @@ once, corrupt files named; and execute_run under a lease."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -214,3 +215,22 @@ def test_execute_run_releases_its_lease_on_failure(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         execute_run(run, tmp_path)
     assert not (tmp_path / run.run_id / "lease.json").exists()
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])
+def test_ctrl_c_and_sigterm_release_the_lease(tmp_path, signum, code):
+    proc = subprocess.Popen([sys.executable, "-m", "smoothnorm.cli", "run", "fig10", "--profile", "tiny",
+                             "--set", "steps=100000", "--no-plot", "--runs", str(tmp_path)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    leases_seen = []
+    while not leases_seen and time.time() < deadline and proc.poll() is None:
+        leases_seen = list(tmp_path.glob("tiny/*/lease.json"))
+        time.sleep(0.05)
+    assert leases_seen, proc.stderr.read().decode()[-2000:]
+    while not (leases_seen[0].parent / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)  # training has started
+    proc.send_signal(signum)
+    assert proc.wait(timeout=120) == code
+    assert not leases_seen[0].exists()
+    assert read_lease(leases_seen[0]) is None
