@@ -71,11 +71,46 @@ def build_network(s: dict):
     dtype = np.dtype(s["dtype"])
     if s["model"] == "vgg":
         return models.vgg(s["arch"], norm=norm, width=s["width"], dtype=dtype, seed=s["seed"], init=s["init"],
-                          norm_options=s["norm_options"] or None)
+                          norm_options=_layer_norm_options(s))
     if s["model"] == "dln":
         return models.dln(s["depth"], s["hidden"], in_dim=s["dim"], out_dim=s["dim"], norm=norm, dtype=dtype,
-                          seed=s["seed"], init=s["init"], norm_options=s["norm_options"] or None)
+                          seed=s["seed"], init=s["init"], norm_options=_layer_norm_options(s))
     raise SpecError(f"model {s['model']!r} has no data set in the experiment runner yet")
+
+
+# Default size of the fixed subset behind BatchNorm's population statistics (capped by n_train).
+POPULATION_SAMPLES = 1000
+
+
+def _layer_norm_options(s: dict) -> dict | None:
+    """norm_options without the keys the runner reads itself (population_samples)."""
+    options = {k: v for k, v in s["norm_options"].items() if k != "population_samples"}
+    return options or None
+
+
+def _with_population_statistics(s: dict, net, batch_fn: Callable, x: np.ndarray) -> Callable:
+    """BatchNorm with population statistics (Ghorbani et al. 2019; norm_options statistics = "population"): before
+    each step's batch is handed out, a forward pass over a fixed training subset (`population_samples` images,
+    drawn once from data_seed) at the current weights sets every such layer's statistics (docs/PROTOCOL.md)."""
+    from smoothnorm.norm_layers import refresh_population_statistics
+
+    options = s["norm_options"]
+    if options.get("statistics") != "population":
+        if "population_samples" in options:
+            raise SpecError("norm_options: 'population_samples' needs statistics = \"population\"")
+        return batch_fn
+    size = options.get("population_samples", min(POPULATION_SAMPLES, x.shape[0]))
+    if isinstance(size, bool) or not isinstance(size, int) or not 2 <= size <= x.shape[0]:
+        raise SpecError(f"norm_options: 'population_samples' expects an integer in [2, {x.shape[0]}] (n_train), "
+                        f"got {size!r}")
+    chosen = np.random.default_rng([s["data_seed"], 17]).choice(x.shape[0], size, replace=False)
+    subset = np.ascontiguousarray(x[np.sort(chosen)])
+
+    def batch_with_statistics(step: int):
+        refresh_population_statistics(net, subset)
+        return batch_fn(step)
+
+    return batch_with_statistics
 
 
 def layer_reference(net, ref, purpose: str) -> str:
@@ -124,6 +159,12 @@ def build_probes(net, run: RunSpec) -> list:
                                                   units=o["units"], bins=o["bins"], seed=run.settings["seed"]))
         elif p.kind == "hessian":
             probes.append(train.HessianProbe(name="hessian", every=p.every, start=p.start, k=o["k"], mode=o["mode"]))
+        elif p.kind == "spectrum":
+            steps = o.pop("steps")
+            if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in steps):
+                raise SpecError(f"run {run.label!r}: spectrum probe key 'steps' expects non-negative integers, "
+                                f"got {steps!r}")
+            probes.append(train.SpectrumProbe(name="spectrum", every=p.every, start=p.start, steps=steps, **o))
     return probes
 
 
@@ -268,7 +309,8 @@ def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Call
     xtr, ytr, xte, yte = _dataset(s["data"], s["n_train"], s["n_test"], s["dim"], s["data_seed"], s["data_root"])
     net = build_network(s)
     optimizer = optim.make_optimizer(s["optimizer"], lr=s["lr"], **s["optimizer_options"])
-    trainer = Trainer(net, optimizer, _batch_fn(s, xtr, ytr), build_probes(net, run),
+    batch_fn = _with_population_statistics(s, net, _batch_fn(s, xtr, ytr), xtr)
+    trainer = Trainer(net, optimizer, batch_fn, build_probes(net, run),
                       eval_fn=_eval_fn(s, xte, yte), eval_every=s["eval_every"], seed=s["seed"])
     resumed = False
     if same and (path / "checkpoint.npz").exists():

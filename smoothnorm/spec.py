@@ -72,6 +72,13 @@ PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
     "ics": {"layers": (list, [], None)},
     "distributions": {"layers": (list, [], None), "units": (int, 4, None), "bins": (int, 40, None)},
     "hessian": {"k": (int, 1, None), "mode": (str, "probe", ("probe", "eval"))},
+    "spectrum": {
+        "k": (int, 10, None),
+        "num_probes": (int, 1, None),
+        "lanczos_steps": (int, 90, None),
+        "mode": (str, "probe", ("probe", "eval")),
+        "steps": (list, [], None),
+    },
 }
 _PROBE_COMMON = {"kind": (str, None, tuple(PROBE_KEYS)), "every": (int, 0, None), "start": (int, 0, None)}
 
@@ -188,6 +195,17 @@ def _check_settings(where: str, s: dict) -> None:
         raise SpecError(f"{where}: key 'batch_size' ({s['batch_size']}) exceeds n_train ({s['n_train']})")
 
 
+def _check_profile_probes(where: str, table) -> dict[str, dict]:
+    """Validate a profile's probe-option overrides: {kind: {option: value}} with kinds and options of PROBE_KEYS."""
+    if not isinstance(table, dict):
+        raise SpecError(f"{where}: expected tables [profile.<name>.probes.<kind>]")
+    out = {}
+    for kind, options in table.items():
+        _check_value(where, "kind", kind, *_PROBE_COMMON["kind"])
+        out[kind] = _check_table(f"{where}.{kind}", options, PROBE_KEYS[kind])
+    return out
+
+
 def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[str] | tuple = ()) -> Spec:
     """Read, resolve and validate a spec for a profile. Raises SpecError naming the file and the key."""
     path = Path(path)
@@ -209,11 +227,17 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
     profiles = raw.get("profile", {})
     if not isinstance(profiles, dict):
         raise SpecError(f"{where}: key 'profile' expects tables [profile.<name>]")
+    profile_probes: dict[str, dict] = {}
     for name in profiles:
         if name not in PROFILES:
             raise SpecError(f"{where}: unknown profile {name!r} in [profile.{name}]; expected one of {list(PROFILES)}")
-        _check_table(f"{where} [profile.{name}]", profiles[name], schema)
-    base.update(profiles.get(profile, {}))
+        table = dict(profiles[name]) if isinstance(profiles[name], dict) else profiles[name]
+        # [profile.<name>.probes.<kind>]: probe options a profile overrides (e.g. fewer Lanczos steps in tiny).
+        overrides_of_probes = table.pop("probes", {}) if isinstance(table, dict) else {}
+        _check_table(f"{where} [profile.{name}]", table, schema)
+        if name == profile:
+            profile_probes = _check_profile_probes(f"{where} [profile.{name}.probes]", overrides_of_probes)
+    base.update({k: v for k, v in profiles.get(profile, {}).items() if k != "probes"})
     if overrides:
         for item in overrides:
             key, value = _parse_set(item)
@@ -234,6 +258,7 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         table = _check_table(pw, p, {**_PROBE_COMMON, **PROBE_KEYS[kind]}, required=("kind",))
         options = {k: copy.deepcopy(v[1]) for k, v in PROBE_KEYS[kind].items()}
         options.update({k: v for k, v in table.items() if k in PROBE_KEYS[kind]})
+        options.update(profile_probes.get(kind, {}))
         probes.append((pw, kind, table.get("every"), table.get("start", 0), options))
     kinds = [p[1] for p in probes]
     if len(set(kinds)) != len(kinds):

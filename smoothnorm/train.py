@@ -28,6 +28,7 @@ from smoothnorm.measure import (
     step_grid,
 )
 from smoothnorm.measure.landscape import probe_direction, random_direction
+from smoothnorm.measure.spectrum import hessian_spectrum
 
 BatchFn = Callable[[int], tuple[np.ndarray, np.ndarray]]
 
@@ -172,11 +173,46 @@ class HessianProbe(Probe):
         return {"k": self.k, "mode": self.mode}
 
 
+@dataclass
+class SpectrumProbe(Probe):
+    """Hessian outliers (Ghorbani et al. 2019) on the training batch: SLQ density, top-k eigenvalues, lambda_1 /
+    lambda_k and the gradient's share in the top-k eigenspace (smoothnorm.measure.spectrum.hessian_spectrum).
+
+    steps: explicit steps to measure at (then `every` and `start` are ignored), or empty for the every/start rule.
+    """
+
+    k: int = 10
+    num_probes: int = 1
+    lanczos_steps: int = 90
+    mode: str = "probe"
+    steps: Sequence[int] = ()
+
+    def due(self, step: int) -> bool:
+        return step in self.steps if self.steps else super().due(step)
+
+    def measure(self, trainer, x, y, grad, loss):
+        r = hessian_spectrum(trainer.net, x, y, self.k, num_probes=self.num_probes,
+                             lanczos_steps=self.lanczos_steps, mode=self.mode, seed=trainer.probe_rng)
+        return {
+            "nodes": r.density.nodes,
+            "weights": r.density.weights,
+            "top_eigenvalues": r.top_eigenvalues,
+            "outlier_ratio": np.float64(r.outlier_ratio),
+            "gradient_share": np.float64(r.gradient_share),
+            "grad_norm": np.float64(r.grad_norm),
+        }
+
+    def meta(self):
+        return {"k": self.k, "num_probes": self.num_probes, "lanczos_steps": self.lanczos_steps, "mode": self.mode,
+                "steps": [int(s) for s in self.steps]}
+
+
 PROBES: dict[str, type[Probe]] = {
     "landscape": LandscapeProbe,
     "ics": ICSProbe,
     "distributions": DistributionProbe,
     "hessian": HessianProbe,
+    "spectrum": SpectrumProbe,
 }
 
 
