@@ -60,7 +60,7 @@ def draw_spectrum_density(
     ax.set_yscale("log")
     ax.set_ylim(bottom=max(1e-8, 1e-6 / width))
     ax.set_xlabel("Hessian eigenvalue")
-    ax.set_ylabel(f"density ({_legend_label(chosen)})")
+    ax.set_ylabel("spectral density")
     _legend(ax)
 
 
