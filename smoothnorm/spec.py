@@ -77,6 +77,7 @@ PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
         "num_probes": (int, 1, None),
         "lanczos_steps": (int, 90, None),
         "mode": (str, "probe", ("probe", "eval")),
+        "tol": (float, 1e-6, None),
         "steps": (list, [], None),
     },
 }

@@ -179,12 +179,14 @@ class SpectrumProbe(Probe):
     lambda_k and the gradient's share in the top-k eigenspace (smoothnorm.measure.spectrum.hessian_spectrum).
 
     steps: explicit steps to measure at (then `every` and `start` are ignored), or empty for the every/start rule.
+    tol: relative accuracy of the top-k eigenpairs (ARPACK's tol).
     """
 
     k: int = 10
     num_probes: int = 1
     lanczos_steps: int = 90
     mode: str = "probe"
+    tol: float = 1e-6
     steps: Sequence[int] = ()
 
     def due(self, step: int) -> bool:
@@ -192,7 +194,8 @@ class SpectrumProbe(Probe):
 
     def measure(self, trainer, x, y, grad, loss):
         r = hessian_spectrum(trainer.net, x, y, self.k, num_probes=self.num_probes,
-                             lanczos_steps=self.lanczos_steps, mode=self.mode, seed=trainer.probe_rng)
+                             lanczos_steps=self.lanczos_steps, mode=self.mode, tol=self.tol,
+                             seed=trainer.probe_rng)
         return {
             "nodes": r.density.nodes,
             "weights": r.density.weights,
@@ -204,7 +207,7 @@ class SpectrumProbe(Probe):
 
     def meta(self):
         return {"k": self.k, "num_probes": self.num_probes, "lanczos_steps": self.lanczos_steps, "mode": self.mode,
-                "steps": [int(s) for s in self.steps]}
+                "tol": self.tol, "steps": [int(s) for s in self.steps]}
 
 
 PROBES: dict[str, type[Probe]] = {
