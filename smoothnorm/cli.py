@@ -42,11 +42,11 @@ def _progress(message: str) -> None:
 
 
 def _specs(args, names: list[str] | None):
-    from smoothnorm import experiment
+    from smoothnorm import spec as spec_module
 
-    paths = experiment.list_specs(args.specs)
+    paths = spec_module.list_specs(args.specs)
     if not paths:
-        raise experiment.SpecError(f"no specs (*.toml) in {args.specs or experiment.default_spec_folder()}")
+        raise spec_module.SpecError(f"no specs (*.toml) in {args.specs or spec_module.default_spec_folder()}")
     if names:
         by_name = {p.stem: p for p in paths}
         chosen = []
@@ -58,55 +58,55 @@ def _specs(args, names: list[str] | None):
             matches = [p for stem, p in by_name.items()
                        if stem == name or re.match(re.escape(name) + r"[a-z]?_", stem)]
             if not matches:
-                raise experiment.SpecError(f"--only/SPEC {name!r}: no such spec; specs: {sorted(by_name)}")
+                raise spec_module.SpecError(f"--only/SPEC {name!r}: no such spec; specs: {sorted(by_name)}")
             chosen.extend(matches)
         paths = chosen
-    return [experiment.load_spec(p, args.profile, args.set) for p in paths]
+    return [spec_module.load_spec(p, args.profile, args.set) for p in paths]
 
 
 def _list(args) -> int:
-    from smoothnorm import experiment
+    from smoothnorm import spec as spec_module
 
-    for path in experiment.list_specs(args.specs):
-        spec = experiment.load_spec(path, "quick")
+    for path in spec_module.list_specs(args.specs):
+        spec = spec_module.load_spec(path, "quick")
         print(f"{path.stem:28s} {spec.title}")
     return 0
 
 
 def _run(args) -> int:
-    from smoothnorm import experiment
+    from smoothnorm import executors, experiment, plots
 
     specs = _specs(args, args.spec)
     root = experiment.results_root(args.runs, args.profile)
-    experiment.run_specs(specs, root, progress=_progress)
+    executors.run_specs(specs, root, progress=_progress)
     if not args.no_plot:
         for spec in specs:
-            for path in experiment.draw_spec(spec, root, args.figures):
+            for path in plots.draw_spec(spec, root, args.figures):
                 print(path)
     return 0
 
 
 def _reproduce(args) -> int:
-    from smoothnorm import experiment
+    from smoothnorm import executors, experiment, plots
 
     specs = _specs(args, args.only.split(",") if args.only else None)
     root = experiment.results_root(args.runs, args.profile)
     t0 = __import__("time").perf_counter()
-    experiment.run_specs(specs, root, progress=_progress)
+    executors.run_specs(specs, root, progress=_progress)
     for spec in specs:
-        for path in experiment.draw_spec(spec, root, args.figures):
+        for path in plots.draw_spec(spec, root, args.figures):
             print(path)
     _progress(f"reproduce: {len(specs)} figures in {__import__('time').perf_counter() - t0:.0f}s")
     return 0
 
 
 def _plot(args) -> int:
-    from smoothnorm import experiment
+    from smoothnorm import experiment, plots
 
     specs = _specs(args, args.only.split(",") if args.only else None)
     root = experiment.results_root(args.runs, args.profile)
     for spec in specs:
-        for path in experiment.draw_spec(spec, root, args.figures):
+        for path in plots.draw_spec(spec, root, args.figures):
             print(path)
     return 0
 
