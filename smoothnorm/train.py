@@ -22,9 +22,11 @@ import numpy as np
 
 from smoothnorm.measure import (
     ActivationSampler,
+    hessian_condition_number,
     hessian_top_eigenvalues,
     internal_covariate_shift,
     probe_gradient_direction,
+    probe_update_direction,
     step_grid,
 )
 from smoothnorm.measure.landscape import probe_direction, random_direction
@@ -64,7 +66,8 @@ class LandscapeProbe(Probe):
     """Loss and gradient change along the descent direction -g (Figs 4, 10, 11): `probe_gradient_direction`.
 
     etas: explicit step sizes, or None for `step_grid(lr, preset, spacing, num)`.
-    direction: "gradient" (the paper) or "random" (a Gaussian direction scaled to ||g||, drawn fresh each step).
+    direction: "gradient" (the paper), "random" (a Gaussian direction scaled to ||g||, drawn fresh each step) or
+    "update" (the optimizer's own next step, `probe_update_direction`: eta = lr is where it goes).
     """
 
     preset: str = "vgg"
@@ -87,6 +90,9 @@ class LandscapeProbe(Probe):
         if self.direction == "gradient":
             r = probe_gradient_direction(net, x, y, self._etas, beta_normalization=self.beta_normalization,
                                          grad=grad, loss=loss)
+        elif self.direction == "update":
+            r = probe_update_direction(net, x, y, self._etas, trainer.optimizer,
+                                       beta_normalization=self.beta_normalization, grad=grad, loss=loss)
         else:
             d = random_direction(net, trainer.probe_rng, norm=float(np.linalg.norm(grad.astype(np.float64))))
             r = probe_direction(net, x, y, self._etas, d, beta_normalization=self.beta_normalization,
@@ -157,15 +163,114 @@ class DistributionProbe(Probe):
 
 @dataclass
 class HessianProbe(Probe):
-    """Top-k Hessian eigenvalues on the training batch (Lanczos)."""
+    """Top-k Hessian eigenvalues on the training batch (Lanczos); with `condition`, also the bottom eigenvalue and
+    the condition number top / bottom (`hessian_condition_number`: small models only). max_params: record NaN
+    instead of measuring networks with more parameters (0: no limit), so one spec can mix small and large models."""
 
     k: int = 1
+    condition: bool = False
+    max_params: int = 0
 
     def measure(self, trainer, x, y, grad, loss):
-        return {"top_eigenvalues": np.asarray(hessian_top_eigenvalues(trainer.net, x, y, k=self.k))}
+        if self.max_params and trainer.net.num_params > self.max_params:
+            row = {"top_eigenvalues": np.full(self.k, np.nan)}
+            if self.condition:
+                row.update(bottom_eigenvalue=np.float64(np.nan), condition_number=np.float64(np.nan))
+            return row
+        if not self.condition:
+            return {"top_eigenvalues": np.asarray(hessian_top_eigenvalues(trainer.net, x, y, k=self.k))}
+        c = hessian_condition_number(trainer.net, x, y)
+        top = [c.top] if self.k == 1 else hessian_top_eigenvalues(trainer.net, x, y, k=self.k)
+        return {"top_eigenvalues": np.asarray(top, dtype=np.float64), "bottom_eigenvalue": np.float64(c.bottom),
+                "condition_number": np.float64(c.condition_number)}
 
     def meta(self):
-        return {"k": self.k}
+        return {"k": self.k, "condition": self.condition, "max_params": self.max_params}
+
+
+def _activation_inputs(net) -> list[tuple[str, str]]:
+    """(activation layer name, name of the layer whose output it takes) for every activation layer."""
+    from smoothnorm.nn import Identity, ReLU, Sigmoid, Tanh
+
+    pairs = []
+    for i, layer in enumerate(net.layers):
+        if isinstance(layer, (ReLU, Sigmoid, Tanh)) and not isinstance(layer, Identity) and i > 0:
+            pairs.append((layer.name, net.layers[i - 1].name))
+    return pairs
+
+
+@dataclass
+class SaturationProbe(Probe):
+    """Fraction of each activation layer's inputs z with |z| > threshold (a sigmoid's flat tails: sigmoid'(4) is
+    0.018, 7% of its slope at 0), on the training batch in probe mode; `fractions` per layer, `mean` over all units."""
+
+    threshold: float = 4.0
+
+    def setup(self, trainer):
+        self._pairs = _activation_inputs(trainer.net)
+
+    def measure(self, trainer, x, y, grad, loss):
+        net = trainer.net
+        net.forward(x, "probe", capture=[source for _, source in self._pairs])
+        counts = [(float(np.count_nonzero(np.abs(net.captured[src]) > self.threshold)), net.captured[src].size)
+                  for _, src in self._pairs]
+        fractions = np.array([c / n for c, n in counts], dtype=np.float64)
+        total = sum(n for _, n in counts)
+        return {"fractions": fractions, "mean": np.float64(sum(c for c, _ in counts) / total if total else np.nan)}
+
+    def meta(self):
+        return {"layers": [name for name, _ in self._pairs], "threshold": self.threshold}
+
+
+@dataclass
+class GradNormProbe(Probe):
+    """Euclidean norm of the training gradient of each weight layer (Conv2d, Linear; weight and bias together)."""
+
+    def setup(self, trainer):
+        from smoothnorm.measure.ics import weight_layer_names
+
+        self._layers = weight_layer_names(trainer.net)
+        self._slices = [trainer.net.layer_slices()[name] for name in self._layers]
+
+    def measure(self, trainer, x, y, grad, loss):
+        g = grad.astype(np.float64)
+        return {"norms": np.array([np.linalg.norm(g[s]) for s in self._slices])}
+
+    def meta(self):
+        return {"layers": self._layers}
+
+
+@dataclass
+class BatchStatsGapProbe(Probe):
+    """How far each BatchNorm layer's batch statistics are from its running statistics on the training batch:
+    `mean_gap` = mean over channels of |mu_B - running_mean| / sqrt(running_var + eps) and `var_gap` = mean over
+    channels of |log(var_B / running_var)| (var_B biased, as used to normalize). Zero would mean eval mode
+    normalizes this batch exactly as training mode does."""
+
+    def setup(self, trainer):
+        net = trainer.net
+        self._pairs = [(layer.name, net.layers[i - 1].name, layer) for i, layer in enumerate(net.layers)
+                       if i > 0 and "running_mean" in layer.buffers() and "running_var" in layer.buffers()]
+
+    def measure(self, trainer, x, y, grad, loss):
+        net = trainer.net
+        net.forward(x, "probe", capture=[source for _, source, _ in self._pairs])
+        mean_gaps, var_gaps = [], []
+        for _, source, layer in self._pairs:
+            z = net.captured[source].astype(np.float64)
+            axes = (0, *range(2, z.ndim))
+            mu, var = z.mean(axis=axes), z.var(axis=axes)
+            buffers = layer.buffers()
+            run_mean = np.asarray(buffers["running_mean"], dtype=np.float64)
+            run_var = np.asarray(buffers["running_var"], dtype=np.float64)
+            eps = float(getattr(layer, "eps", 1e-5))
+            mean_gaps.append(float(np.mean(np.abs(mu - run_mean) / np.sqrt(run_var + eps))))
+            with np.errstate(all="ignore"):
+                var_gaps.append(float(np.mean(np.abs(np.log((var + eps) / (run_var + eps))))))
+        return {"mean_gap": np.array(mean_gaps), "var_gap": np.array(var_gaps)}
+
+    def meta(self):
+        return {"layers": [name for name, _, _ in self._pairs]}
 
 
 PROBES: dict[str, type[Probe]] = {
@@ -173,6 +278,9 @@ PROBES: dict[str, type[Probe]] = {
     "ics": ICSProbe,
     "distributions": DistributionProbe,
     "hessian": HessianProbe,
+    "saturation": SaturationProbe,
+    "grad_norms": GradNormProbe,
+    "bn_gap": BatchStatsGapProbe,
 }
 
 
