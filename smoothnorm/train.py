@@ -244,8 +244,9 @@ class GradNormProbe(Probe):
 class BatchStatsGapProbe(Probe):
     """How far each BatchNorm layer's batch statistics are from its running statistics on the training batch:
     `mean_gap` = mean over channels of |mu_B - running_mean| / sqrt(running_var + eps) and `var_gap` = mean over
-    channels of |log(var_B / running_var)| (var_B biased, as used to normalize). Zero would mean eval mode
-    normalizes this batch exactly as training mode does."""
+    channels of |log(var_B / running_var)| (var_B biased, as used to normalize). The running statistics are those
+    after this step's own training-mode update (probes run after the step's forward pass). Zero would mean eval
+    mode normalizes this batch exactly as training mode does."""
 
     def setup(self, trainer):
         net = trainer.net

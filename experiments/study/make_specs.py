@@ -49,7 +49,7 @@ def render(title: str, description: str, base: dict, runs: list[dict], probes: l
     return "\n".join(parts)
 
 
-TINY = {"n_train": 64, "n_test": 32, "batch_size": 8, "steps": 3, "eval_every": 2, "probe_every": 2,
+TINY = {"n_train": 64, "n_test": 32, "batch_size": 8, "steps": 2, "eval_every": 2, "probe_every": 2,
         "checkpoint_every": 2}
 
 
@@ -127,7 +127,7 @@ def input_normalization() -> str:
     runs, groups = [], {}
     inputs = {"raw": "none", "standardized": "standardize"}
     for name, input_norm in inputs.items():
-        for lr in (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3):
+        for lr in (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2):
             label = f"linear, {name} @ lr={lr:g}"
             runs.append({"label": label, "model": "dln", "depth": 1, "hidden": 10, **REGRESSION,
                          "input_norm": input_norm, "lr": lr})
@@ -246,6 +246,7 @@ def batchnorm_train_vs_test() -> str:
     panels = [
         {"kind": "sweep", "runs": groups["MLP"] + groups["VGG"], "x": "batch_size",
          "metric": ["test_acc", "test_acc_batch_stats"], "last": 1, "logy": False, "percent": True,
+         "require_progress": False,
          "ylabel": "final test accuracy (%)",
          "title": "(a) test accuracy: running statistics (solid) vs batch statistics (dashed)"},
         {"kind": "series", "runs": groups[("MLP", 0.1)], "probe": "bn_gap", "key": "mean_gap", "logy": True,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.sparse.linalg import ArpackError, ArpackNoConvergence
 
 from smoothnorm.measure.hessian import dense_hessian, hessian_operator, top_eigenvalues
 
@@ -62,14 +63,24 @@ def hessian_condition_number(
     if n > max_params:
         raise ValueError(f"max_params: the Hessian has {n} parameters, more than max_params={max_params}; "
                          f"the condition number is for small models (or pass params= to pick a subset)")
+    # A point where the loss overflows (a diverging run) has no finite Hessian: its eigenvalues are NaN.
     if n <= DENSE_MAX_PARAMS:
-        values = np.linalg.eigvalsh(dense_hessian(net, x, y, params=params))
-        top, bottom, method = float(values[-1]), float(values[0]), "dense"
+        method = "dense"
+        with np.errstate(all="ignore"):
+            hessian = dense_hessian(net, x, y, params=params)
+        if not np.isfinite(hessian).all():
+            return HessianConditioning(math.nan, math.nan, math.nan, method, n)
+        values = np.linalg.eigvalsh(hessian)
+        top, bottom = float(values[-1]), float(values[0])
     else:
-        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        top = float(top_eigenvalues(op, 1, tol=tol, seed=rng)[0])
-        bottom = -float(top_eigenvalues(-op, 1, tol=tol, seed=rng)[0])
         method = "lanczos"
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        try:
+            with np.errstate(all="ignore"):
+                top = float(top_eigenvalues(op, 1, tol=tol, seed=rng)[0])
+                bottom = -float(top_eigenvalues(-op, 1, tol=tol, seed=rng)[0])
+        except (ArpackNoConvergence, ArpackError, np.linalg.LinAlgError):
+            return HessianConditioning(math.nan, math.nan, math.nan, method, n)
     if not (math.isfinite(top) and math.isfinite(bottom)):
         condition = math.nan
     else:

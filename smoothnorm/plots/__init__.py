@@ -57,6 +57,7 @@ __all__ = [
     "draw_series",
     "draw_profile",
     "draw_sweep",
+    "select_best",
     "draw_figure",
 ]
 

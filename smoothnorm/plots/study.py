@@ -3,6 +3,7 @@ sweeps (a final metric against a run setting such as the learning rate or the ba
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -63,7 +64,8 @@ def draw_series(
         if reduce == "index":
             column = values[:, index]
         else:
-            with np.errstate(all="ignore"):
+            with warnings.catch_warnings():  # an all-NaN row (a skipped measurement) stays NaN, silently
+                warnings.simplefilter("ignore", RuntimeWarning)
                 column = np.nanmean(values, axis=1) if reduce == "mean" else np.nanmax(values, axis=1)
         x, y = _finite_xy(steps, column)
         y = moving_average(y, smooth) if y.size else y
@@ -106,15 +108,19 @@ def draw_profile(
     _legend(ax)
 
 
-def final_value(run: RunResult, metric: str, last: int) -> float:
-    """Mean of the last `last` finite values of a metric column; inf if the run diverged (NaN if never recorded)."""
+def final_value(run: RunResult, metric: str, last: int, require_progress: bool = False) -> float:
+    """Mean of the last `last` finite values of a metric column; inf if the run diverged, or (require_progress, for
+    losses) if that mean is above the first recorded value: the run did not train. NaN if never recorded."""
     if run.status == "diverged":
         return np.inf
     values = run.metrics.get(metric)
     if values is None:
         return np.nan
     finite = values[np.isfinite(values)]
-    return float(np.mean(finite[-last:])) if finite.size else np.nan
+    if not finite.size:
+        return np.nan
+    value = float(np.mean(finite[-last:]))
+    return np.inf if require_progress and value > finite[0] else value
 
 
 def draw_sweep(
@@ -128,13 +134,15 @@ def draw_sweep(
     logx: bool = True,
     logy: bool = True,
     percent: bool = False,
+    require_progress: bool = True,
     ylabel: str | None = None,
     colors: Mapping[str, str] | None = None,
 ) -> None:
     """A final metric (mean of its last `last` finite values) against a run setting `x` (e.g. "lr",
     "batch_size"), one line per group of runs (and per metric when `metric` is a list: solid, dashed, dotted). A
-    run's group is its label before `group_by` ("Adam @ lr=0.01" is in group "Adam"). Diverged runs are drawn as x
-    at the top of the panel. percent: draw fractions (accuracies) in percent."""
+    run's group is its label before `group_by` ("Adam @ lr=0.01" is in group "Adam"). Runs that diverged, or (with
+    require_progress, for losses) ended above their first value, are drawn as x at the top of the panel: the largest
+    learning rate that still trains is the last dot. percent: draw fractions (accuracies) in percent."""
     runs = _check_runs(runs)
     last = _positive_int("last", last)
     metrics = [metric] if isinstance(metric, str) else list(metric)
@@ -152,7 +160,7 @@ def draw_sweep(
         members = sorted(members, key=lambda r: float(r.config["run"][x]))
         xs = np.array([float(r.config["run"][x]) for r in members])
         for m, name in enumerate(metrics):
-            ys = np.array([final_value(r, name, last) for r in members]) * scale
+            ys = np.array([final_value(r, name, last, require_progress) for r in members]) * scale
             lines.append((group, name, m, xs, ys))
     finite = [v for *_, ys in lines for v in ys if np.isfinite(v)]
     top = max(finite, default=1.0)
@@ -170,7 +178,7 @@ def draw_sweep(
         ax.set_yscale("log")
     ax.set_xlabel({"lr": "learning rate", "batch_size": "batch size"}.get(x, x.replace("_", " ")))
     what = metrics[0].replace("_", " ") if len(metrics) == 1 else "final value"
-    ax.set_ylabel(ylabel or f"{what} (last {last}; x: diverged)")
+    ax.set_ylabel(ylabel or f"{what} (last {last}; x: did not train)")
     _legend(ax)
 
 
