@@ -51,8 +51,8 @@ def _specs(args, names: list[str] | None):
     if names:
         # A name may be any group's spec (study/optimizers, examples/...); the paper's win on a clash.
         by_name = {}
-        for p in reversed(spec_module.list_specs(args.specs, tuple(spec_module.SPEC_GROUPS))):
-            by_name[p.stem] = p
+        for p in spec_module.list_specs(args.specs, tuple(spec_module.SPEC_GROUPS)):
+            by_name.setdefault(p.stem, p)
         chosen = []
         for name in names:
             if name.endswith(".toml") or "/" in name:
