@@ -28,29 +28,33 @@ class _Elementwise(Layer):
         super().__init__()
         self._y: np.ndarray | None = None
         self._rx: np.ndarray | None = None
+        self._r_ready = False
 
     def forward(self, x, mode):
         self._y = activation_forward(x, self.activation)
-        self._rx = None
+        self._rx, self._r_ready = None, False
         return self._y
 
     def backward(self, dy, need_dx=True):
         return activation_backward(dy, self._y, self.activation) if need_dx else None
 
-    def forward_r(self, rx: np.ndarray) -> np.ndarray:
-        """Directional derivative of the last forward's output along the input direction rx: f'(x) rx."""
+    def forward_r(self, rx: np.ndarray | None, rparams: dict | None = None) -> np.ndarray | None:
+        """Directional derivative of the last forward's output along the input direction rx: f'(x) rx (None when
+        rx is None, a zero direction). No parameters, so rparams is unused."""
         if self._y is None:
             raise RuntimeError(f"{self.name or type(self).__name__}: forward_r called before forward")
-        self._rx = rx
-        return activation_forward_r(rx, self._y, self.activation)
+        self._rx, self._r_ready = rx, True
+        return None if rx is None else activation_forward_r(rx, self._y, self.activation)
 
-    def backward_r(self, dy: np.ndarray, rdy: np.ndarray, need_dx: bool = True):
-        """(dx, rdx): the input gradient for dy and its directional derivative f'(x) rdy + f''(x) rx dy."""
-        if self._rx is None:
+    def backward_r(self, dy: np.ndarray, rdy: np.ndarray, rgrads: dict | None = None, need_dx: bool = True):
+        """(dx, rdx): the input gradient for dy and its directional derivative f'(x) rdy + f''(x) rx dy (the
+        curvature term vanishes when forward_r had no direction). No parameter R-gradients to write."""
+        if not self._r_ready:
             raise RuntimeError(f"{self.name or type(self).__name__}: backward_r called before forward_r")
         if not need_dx:
             return None, None
-        return activation_backward_r(dy, rdy, self._rx, self._y, self.activation)
+        rx = np.zeros_like(dy) if self._rx is None else self._rx
+        return activation_backward_r(dy, rdy, rx, self._y, self.activation)
 
 
 class Sigmoid(_Elementwise):
@@ -74,10 +78,10 @@ class Identity(Layer):
     def backward(self, dy, need_dx=True):
         return dy if need_dx else None
 
-    def forward_r(self, rx: np.ndarray) -> np.ndarray:
+    def forward_r(self, rx: np.ndarray | None, rparams: dict | None = None) -> np.ndarray | None:
         """The directional derivative of the identity along rx is rx."""
         return rx
 
-    def backward_r(self, dy: np.ndarray, rdy: np.ndarray, need_dx: bool = True):
+    def backward_r(self, dy: np.ndarray, rdy: np.ndarray, rgrads: dict | None = None, need_dx: bool = True):
         """(dy, rdy): the identity has no curvature."""
         return (dy, rdy) if need_dx else (None, None)

@@ -24,22 +24,24 @@ def test_layer_r_operators_match_finite_differences(rng, activation):
     (yp, dxp), (ym, dxm) = forward_backward(eps), forward_backward(-eps)
     y = layer.forward(x, "train")
     np.testing.assert_allclose(y, activation_ref(x, activation), rtol=1e-15, atol=1e-16)
-    ry = layer.forward_r(rx)
-    dx, rdx = layer.backward_r(dy, rdy)
+    ry = layer.forward_r(rx, {})
+    dx, rdx = layer.backward_r(dy, rdy, {})
     assert relative_error(ry, (yp - ym) / (2 * eps)) < 1e-7
     assert relative_error(rdx, (dxp - dxm) / (2 * eps)) < 1e-6
     np.testing.assert_array_equal(dx, layer.backward(dy))
-    assert layer.backward_r(dy, rdy, need_dx=False) == (None, None)
+    assert layer.backward_r(dy, rdy, {}, need_dx=False) == (None, None)
+    assert layer.forward_r(None, {}) is None  # a zero input direction: no curvature term
+    np.testing.assert_allclose(layer.backward_r(dy, rdy, {})[1], layer.backward(rdy), rtol=1e-14, atol=1e-300)
 
 
 def test_r_operators_need_their_forward_first():
     layer = nn.Tanh()
     layer.name = "layers.1"
     with pytest.raises(RuntimeError, match="layers.1: forward_r called before forward"):
-        layer.forward_r(np.ones(3))
+        layer.forward_r(np.ones(3), {})
     layer.forward(np.ones(3), "train")
     with pytest.raises(RuntimeError, match="layers.1: backward_r called before forward_r"):
-        layer.backward_r(np.ones(3), np.ones(3))
+        layer.backward_r(np.ones(3), np.ones(3), {})
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh", "identity"])
@@ -95,3 +97,23 @@ def test_bad_options_name_the_argument():
         models.vgg("vgg11", width=1 / 16, norm_position="after")
     with pytest.raises(ValueError, match=r"activation: expected one of .*got 'softmax'"):
         models.dln(2, 3, in_dim=2, out_dim=2, activation="softmax")
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
+def test_exact_hessian_vector_products_through_smooth_activations(rng, activation):
+    """The network's exact (R-operator) Hessian-vector product against central differences of the gradient."""
+    from smoothnorm.measure import hessian
+
+    net = models.mlp(5, [4, 4], 3, norm="batch", activation=activation, dtype=np.float64,
+                     seed=int(rng.integers(1000)))
+    x, y = rng.standard_normal((8, 5)), rng.integers(0, 3, 8)
+    v = rng.standard_normal(net.num_params)
+    exact = hessian.hessian_vector_product(net, x, y, v)
+    eps = 1e-5
+    w0 = net.params.copy()
+    grads = []
+    for sign in (1, -1):
+        net.params[:] = w0 + sign * eps * v
+        grads.append(net.loss_and_grad(x, y, mode="probe")[1].copy())
+    net.params[:] = w0
+    assert relative_error(exact, (grads[0] - grads[1]) / (2 * eps)) < 1e-6
