@@ -57,11 +57,11 @@ TINY = {"n_train": 64, "n_test": 32, "batch_size": 8, "steps": 2, "eval_every": 
 # optimizers: GD, SGD, momentum, RMSprop, Adam x no norm, BN, LN, each at the best of a small learning-rate sweep
 # ----------------------------------------------------------------------------------------------------------------
 OPTIMIZERS = {  # label -> (optimizer, options, learning rates swept on the MLP, on the VGG)
-    "GD": ("sgd", {}, [0.03, 0.1, 0.3], []),
-    "SGD": ("sgd", {}, [0.03, 0.1, 0.3], [0.03, 0.1]),
-    "Momentum": ("sgd", {"momentum": 0.9}, [0.003, 0.01, 0.03], [0.003, 0.01]),
-    "RMSprop": ("rmsprop", {}, [0.0003, 0.001, 0.003], [0.0003, 0.001]),
-    "Adam": ("adam", {}, [0.0003, 0.001, 0.003], [0.0003, 0.001]),
+    "GD": ("sgd", {}, [0.03, 0.1, 0.3, 1.0], []),
+    "SGD": ("sgd", {}, [0.01, 0.03, 0.1, 0.3], [0.01, 0.03, 0.1]),
+    "Momentum": ("sgd", {"momentum": 0.9}, [0.001, 0.003, 0.01, 0.03], [0.001, 0.003, 0.01]),
+    "RMSprop": ("rmsprop", {}, [0.0001, 0.0003, 0.001, 0.003], [0.0003, 0.001, 0.003]),
+    "Adam": ("adam", {}, [0.0001, 0.0003, 0.001, 0.003], [0.0003, 0.001, 0.003]),
 }
 
 
