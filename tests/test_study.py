@@ -189,12 +189,14 @@ def test_optimizers_spec_runs_in_the_tiny_profile(tmp_path):
 
 def test_update_probe_in_a_run_follows_the_optimizer(tmp_path):
     """A momentum run's landscape probe along the update differs from one along the gradient from step 1 on."""
-    spec = spec_module.load_spec(STUDY / "optimizers.toml", "tiny")
-    run = next(r for r in spec.runs if r.label.startswith("MLP Momentum, no norm"))
-    path = execute_run(run, tmp_path)
-    along_update = load_run(path).probe("landscape", "losses")
+    spec = spec_module.load_spec(STUDY / "optimizers.toml", "tiny", ["steps=3"])
+    tiny = next(r for r in spec.runs if r.label.startswith("MLP Momentum, no norm"))
+    options = tiny.probes[0].options
+    assert options["direction"] == "update"
+    run = spec_module.RunSpec(tiny.label, tiny.settings, [spec_module.ProbeSpec("landscape", 1, 0, options)])
+    along_update = load_run(execute_run(run, tmp_path)).probe("landscape", "losses")
     gradient_run = spec_module.RunSpec(run.label, run.settings, [spec_module.ProbeSpec(
-        "landscape", run.probes[0].every, 0, {**run.probes[0].options, "direction": "gradient"})])
+        "landscape", 1, 0, {**options, "direction": "gradient"})])
     along_g = load_run(execute_run(gradient_run, tmp_path / "g")).probe("landscape", "losses")
     np.testing.assert_allclose(along_update[0], along_g[0], rtol=1e-5)  # step 0: the momentum buffer is g itself
     assert not np.allclose(along_update[1:], along_g[1:], rtol=1e-4)
