@@ -173,7 +173,12 @@ def test_sweep_draws_final_values_and_marks_divergence():
 # ----------------------------------------------------------------------------------------------------------------
 # End to end
 # ----------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["input_normalization", "activations", "batchnorm_train_vs_test"])
+@pytest.mark.parametrize("name", [
+    pytest.param("optimizers", marks=pytest.mark.slow),  # 96 runs: see the one-run-per-kind test below
+    pytest.param("input_normalization", marks=pytest.mark.slow),  # 40 runs
+    "activations",
+    "batchnorm_train_vs_test",
+])
 def test_study_spec_runs_in_the_tiny_profile(tmp_path, name):
     figures = tmp_path / "figures"
     assert main(["run", name, "--profile", "tiny", "--runs", str(tmp_path / "runs"), "--figures", str(figures),
@@ -182,9 +187,18 @@ def test_study_spec_runs_in_the_tiny_profile(tmp_path, name):
         assert (figures / f"{name}.{ext}").stat().st_size > 1000
 
 
-@pytest.mark.slow
-def test_optimizers_spec_runs_in_the_tiny_profile(tmp_path):
-    test_study_spec_runs_in_the_tiny_profile(tmp_path, "optimizers")
+@pytest.mark.parametrize("name", ["optimizers", "input_normalization"])
+def test_one_run_of_each_kind_trains_in_the_tiny_profile(tmp_path, name):
+    """The large study specs in CI: one run per (model, optimizer, data) kind, with the spec's probes."""
+    spec = spec_module.load_spec(STUDY / f"{name}.toml", "tiny")
+    kinds = {}
+    for run in spec.runs:
+        s = run.settings
+        kinds.setdefault((s["model"], s["depth"], s["optimizer"], s["batch_size"], s["data"]), run)
+    for run in kinds.values():
+        result = load_run(execute_run(run, tmp_path))
+        assert result.status in ("finished", "diverged") and len(result.metrics["step"]) == run.settings["steps"]
+        assert all(f"{p.kind}/steps" in result.probes for p in run.probes)
 
 
 def test_update_probe_in_a_run_follows_the_optimizer(tmp_path):
