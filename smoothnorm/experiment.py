@@ -155,7 +155,7 @@ def build_probes(net, run: RunSpec) -> list:
                                                   units=o["units"], bins=o["bins"], seed=run.settings["seed"]))
         elif p.kind == "hessian":
             probes.append(train.HessianProbe(name="hessian", every=p.every, start=p.start, k=o["k"],
-                                             condition=o["condition"], max_params=o["max_params"]))
+                                             mode=o["mode"], condition=o["condition"], max_params=o["max_params"]))
         elif p.kind == "saturation":
             probes.append(train.SaturationProbe(name="saturation", every=p.every, start=p.start,
                                                 threshold=o["threshold"]))

@@ -80,6 +80,7 @@ def vgg(
     norm_options: dict | None = None,
     activation: str = "relu",
     norm_position: str = "before_activation",
+    algorithm: str = "auto",
 ) -> Network:
     """CIFAR VGG: 3x3 convs (padding 1, bias), each followed by `norm` if any, then the activation (or the
     activation, then the norm, with norm_position="after_activation"); 2x2 max-pool after each stage; classifier
@@ -87,6 +88,7 @@ def vgg(
 
     Layer names follow torchvision's `features.{i}` Sequential indexing and `classifier`.
     activation: "relu" (the paper's), "sigmoid", "tanh" or "identity".
+    algorithm: every conv's algorithm, "auto", "im2col" or "winograd" (see nn.Conv2d).
     """
     choice("name", name, tuple(VGG_CONFIGS))
     _check_norm(norm)
@@ -104,7 +106,7 @@ def vgg(
         out = round(item * width)
         if out < 1:
             raise ValueError(f"width: {width} gives {out} channels for a {item}-channel layer; expected >= 1")
-        layers.append((f"features.{len(layers)}", Conv2d(channels, out, 3, padding=1)))
+        layers.append((f"features.{len(layers)}", Conv2d(channels, out, 3, padding=1, algorithm=algorithm)))
         for layer in _block(norm, out, activation, norm_position, norm_options):
             layers.append((f"features.{len(layers)}", layer))
         channels = out

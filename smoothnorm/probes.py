@@ -156,11 +156,16 @@ class DistributionProbe(Probe):
 
 @dataclass
 class HessianProbe(Probe):
-    """Top-k Hessian eigenvalues on the training batch (Lanczos); with `condition`, also the bottom eigenvalue and
-    the condition number top / bottom (`hessian_condition_number`: small models only). max_params: record NaN
-    instead of measuring networks with more parameters (0: no limit), so one spec can mix small and large models."""
+    """Top-k Hessian eigenvalues on the training batch (Lanczos over exact Hessian-vector products).
+
+    mode: "probe" (batch statistics, as every other probe) or "eval" (running statistics, PyHessian's convention).
+    condition: also the bottom eigenvalue and the condition number top / bottom (`hessian_condition_number`: small
+    models only). max_params: record NaN instead of measuring networks with more parameters (0: no limit), so one
+    spec can mix small and large models.
+    """
 
     k: int = 1
+    mode: str = "probe"
     condition: bool = False
     max_params: int = 0
 
@@ -171,14 +176,18 @@ class HessianProbe(Probe):
                 row.update(bottom_eigenvalue=np.float64(np.nan), condition_number=np.float64(np.nan))
             return row
         if not self.condition:
-            return {"top_eigenvalues": np.asarray(hessian_top_eigenvalues(trainer.net, x, y, k=self.k))}
-        c = hessian_condition_number(trainer.net, x, y)
-        top = [c.top] if self.k == 1 else hessian_top_eigenvalues(trainer.net, x, y, k=self.k)
+            return {"top_eigenvalues": np.asarray(hessian_top_eigenvalues(trainer.net, x, y, k=self.k,
+                                                                          mode=self.mode))}
+        c = hessian_condition_number(trainer.net, x, y, mode=self.mode)
+        top = [c.top] if self.k == 1 else hessian_top_eigenvalues(trainer.net, x, y, k=self.k, mode=self.mode)
         return {"top_eigenvalues": np.asarray(top, dtype=np.float64), "bottom_eigenvalue": np.float64(c.bottom),
                 "condition_number": np.float64(c.condition_number)}
 
     def meta(self):
-        return {"k": self.k, "condition": self.condition, "max_params": self.max_params}
+        meta = {"k": self.k, "mode": self.mode}
+        if self.condition or self.max_params:
+            meta.update(condition=self.condition, max_params=self.max_params)
+        return meta
 
 
 def _activation_inputs(net) -> list[tuple[str, str]]:

@@ -49,14 +49,15 @@ def hessian_condition_number(
     max_params: int = 20_000,
     tol: float = 1e-8,
     seed: int | np.random.Generator = 0,
+    mode: str = "probe",
 ) -> HessianConditioning:
     """Top and bottom eigenvalue of the loss Hessian on batch (x, y) (probe mode, float64 copy) and their ratio.
 
     params: None (all) or layer / parameter names, as in hessian_top_eigenvalues. max_params: refuse larger
     operators (the bottom of the spectrum needs many products; a ValueError says so). tol: Lanczos' relative
-    accuracy. seed: Lanczos' starting vectors.
+    accuracy. seed: Lanczos' starting vectors. mode: "probe" (batch statistics) or "eval" (running statistics).
     """
-    op = hessian_operator(net, x, y, params=params)
+    op = hessian_operator(net, x, y, params=params, mode=mode)
     n = op.shape[0]
     if isinstance(max_params, bool) or not isinstance(max_params, (int, np.integer)) or max_params < 1:
         raise ValueError(f"max_params: expected a positive integer, got {max_params!r}")
@@ -67,7 +68,7 @@ def hessian_condition_number(
     if n <= DENSE_MAX_PARAMS:
         method = "dense"
         with np.errstate(all="ignore"):
-            hessian = dense_hessian(net, x, y, params=params)
+            hessian = dense_hessian(net, x, y, params=params, mode=mode)
         if not np.isfinite(hessian).all():
             return HessianConditioning(math.nan, math.nan, math.nan, method, n)
         values = np.linalg.eigvalsh(hessian)
