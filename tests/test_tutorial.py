@@ -37,7 +37,9 @@ def test_tutorial_has_its_sections_and_code():
 
 def test_tutorial_code_runs(tmp_path, capsys):
     namespace = run_tutorial(tmp_path)
-    assert (tmp_path / "tutorial" / "optimizers.png").stat().st_size > 1000
+    for figure in ("optimizers", "input_normalization", "sigmoid_inputs", "batchnorm_modes"):
+        assert (tmp_path / "tutorial" / f"{figure}.png").stat().st_size > 1000
+    assert namespace["curves"]["standardized"][-1] < namespace["curves"]["raw"][-1] / 10
     printed = capsys.readouterr().out
     assert "condition" in printed and "% of sigmoid inputs" in printed
     # The tutorial's claims, checked on what it computed.
