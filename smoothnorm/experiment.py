@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smoothnorm import __version__
+from smoothnorm import __version__, leases
 from smoothnorm.results import jsonl_line, read_jsonl, read_npz, write_json, write_jsonl, write_npz
 from smoothnorm.spec import (  # noqa: F401 (re-exported)
     BASE_KEYS,
@@ -253,13 +253,8 @@ def _status(path: Path) -> dict:
         return {}
 
 
-def execute_run(run: RunSpec, root: Path, *, progress: Callable[[str], None] | None = None) -> Path:
-    """Train one run into `root/<run_id>`, resuming from its checkpoint; returns the run directory."""
-    from smoothnorm import optim
-    from smoothnorm.train import Trainer
-
-    s = run.settings
-    path = root / run.run_id
+def _plan(run: RunSpec, path: Path) -> tuple[RunSpec, bool, str | None]:
+    """(the run to train, whether its stored config matches so it can resume, status if there is nothing to do)."""
     wanted = _probe_key(run.probes)
     status = _status(path)
     config_path = path / "config.json"
@@ -267,14 +262,61 @@ def execute_run(run: RunSpec, root: Path, *, progress: Callable[[str], None] | N
     same = old is not None and old.get("identity") == run.identity
     have = old.get("probes", []) if same else []
     if same and status.get("status") in ("finished", "diverged") and all(p in have for p in wanted):
-        if progress:
-            progress(f"{run.run_id}: already {status['status']}, skipped")
-        return path
+        return run, same, status["status"]
     if same and have != wanted:
         # Other probes than recorded: retrain from scratch with the union (deterministic, so metrics are the same).
         wanted = _probe_key(_union_probes(have, run.probes))
-        run = RunSpec(run.label, s, [ProbeSpec(**_probe_from_identity(p)) for p in wanted])
+        run = RunSpec(run.label, run.settings, [ProbeSpec(**_probe_from_identity(p)) for p in wanted])
         same = False
+    return run, same, None
+
+
+def _log_attempt(path: Path, record: dict) -> None:
+    """Append one line to the run's attempts.jsonl: who trained it from which step (an audit trail of leases)."""
+    fd = os.open(path / "attempts.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, jsonl_line(record).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def execute_run(run: RunSpec, root: Path, *, progress: Callable[[dict], None] | None = None, wait: bool = True,
+                stale_after: float = leases.STALE_AFTER, heartbeat_every: float | None = None,
+                poll: float = 1.0, progress_every: float = 1.0) -> Path:
+    """Train one run into `root/<run_id>` under its lease, resuming from its checkpoint; returns the run directory.
+
+    progress: receives event dicts (smoothnorm.progress describes them), step events at most every
+    `progress_every` seconds. wait: when another live process holds the run's lease, wait for it (polling every
+    `poll` s) instead of raising smoothnorm.leases.LeaseHeld. stale_after, heartbeat_every: see smoothnorm.leases.
+    """
+    emit = progress or (lambda event: None)
+    path = Path(root) / run.run_id
+    run, _, done = _plan(run, path)
+    if done:
+        emit({"kind": "skip", "run": run.run_id, "status": done})
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    lease = leases.Lease(path, stale_after=stale_after, heartbeat_every=heartbeat_every)
+    lease.acquire(wait=wait, poll=poll, on_wait=lambda owner: emit({"kind": "wait", "run": run.run_id, "owner": owner}))
+    try:
+        run, same, done = _plan(run, path)  # again: whoever held the lease may have finished the run meanwhile
+        if done:
+            emit({"kind": "skip", "run": run.run_id, "status": done})
+            return path
+        return _train(run, path, same, lease, emit, progress_every)
+    finally:
+        lease.release()
+
+
+def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Callable[[dict], None],
+           progress_every: float) -> Path:
+    from smoothnorm import optim
+    from smoothnorm.train import Trainer
+
+    s = run.settings
+    config_path = path / "config.json"
+    wanted = _probe_key(run.probes)
     xtr, ytr, xte, yte = _run_dataset(s)
     net = build_network(s, xtr.shape[1:])
     if s["model"] == "mlp":
@@ -282,7 +324,6 @@ def execute_run(run: RunSpec, root: Path, *, progress: Callable[[str], None] | N
     optimizer = optim.make_optimizer(s["optimizer"], lr=s["lr"], **s["optimizer_options"])
     trainer = Trainer(net, optimizer, _batch_fn(s, xtr, ytr), build_probes(net, run),
                       eval_fn=_eval_fn(s, xte, yte), eval_every=s["eval_every"], seed=s["seed"])
-    path.mkdir(parents=True, exist_ok=True)
     resumed = False
     if same and (path / "checkpoint.npz").exists():
         state = read_npz(path / "checkpoint.npz")
@@ -294,7 +335,7 @@ def execute_run(run: RunSpec, root: Path, *, progress: Callable[[str], None] | N
         trainer.metrics = rows
         resumed = True
     else:
-        for name in ("checkpoint.npz", "probes.npz", "metrics.jsonl", "status.json"):
+        for name in ("checkpoint.npz", "probes.npz", "metrics.jsonl", "status.json", "attempts.jsonl"):
             if (path / name).exists():
                 (path / name).unlink()
         write_json(config_path, {
@@ -302,11 +343,15 @@ def execute_run(run: RunSpec, root: Path, *, progress: Callable[[str], None] | N
             "environment": environment(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": sys.argv,
         })
+    owner = lease.record
+    _log_attempt(path, {"host": owner["host"], "pid": owner["pid"], "start": owner["start"], "from_step": trainer.step,
+                        "took_over": lease.took_over})
     probe_meta = {p.name: {"kind": type(p).__name__, **p.meta()} for p in trainer.probes}
     steps = s["steps"]
     every = s["checkpoint_every"] or steps
     metrics_file = open(path / "metrics.jsonl", "a")  # noqa: SIM115 (closed in finally)
-    last_report = [time.perf_counter()]
+    # Rates count from the end of this process's first step, which includes Numba's compilation.
+    clock = {"t0": None, "step0": 0, "last": -1e9}
 
     def save(status_name: str) -> None:
         metrics_file.flush()
@@ -321,25 +366,30 @@ def execute_run(run: RunSpec, root: Path, *, progress: Callable[[str], None] | N
 
     def callback(tr: Trainer, row: dict) -> None:
         metrics_file.write(jsonl_line(row))
+        lease.check()
         if tr.step % every == 0 and tr.step < steps:
             save("running")
         now = time.perf_counter()
-        if progress and (now - last_report[0] > 5 or tr.step == steps):
-            last_report[0] = now
-            rate = tr.step / max(tr.elapsed, 1e-9)
-            eta = (steps - tr.step) / max(rate, 1e-9)
-            progress(f"{run.run_id}: step {tr.step}/{steps} loss {row['loss']:.4g} "
-                     f"({rate:.1f} steps/s, ETA {eta:.0f}s)")
+        if clock["t0"] is None:
+            clock["t0"], clock["step0"] = now, tr.step
+        if now - clock["last"] >= progress_every or tr.step >= steps:
+            clock["last"] = now
+            done_here, spent = tr.step - clock["step0"], now - clock["t0"]
+            rate = done_here / spent if done_here > 0 and spent > 0 else None
+            loss = row.get("loss")
+            emit({"kind": "step", "run": run.run_id, "step": tr.step, "steps": steps,
+                  "loss": float(loss) if loss is not None and np.isfinite(loss) else None,
+                  "rate": rate, "eta": (steps - tr.step) / rate if rate else None})
 
     try:
-        if progress:
-            progress(f"{run.run_id}: {'resuming at step ' + str(trainer.step) if resumed else 'starting'}")
+        emit({"kind": "start", "run": run.run_id, "step": trainer.step, "steps": steps, "resumed": resumed,
+              "took_over": lease.took_over, "host": owner["host"], "pid": owner["pid"]})
         trainer.run(steps, callback)
         save("diverged" if trainer.diverged else "finished")
     finally:
         metrics_file.close()
-    if progress:
-        progress(f"{run.run_id}: {'diverged' if trainer.diverged else 'finished'} in {trainer.elapsed:.1f}s")
+    emit({"kind": "finish", "run": run.run_id, "status": "diverged" if trainer.diverged else "finished",
+          "step": trainer.step, "steps": steps, "elapsed": trainer.elapsed})
     return path
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 
@@ -194,14 +195,16 @@ class Conv2d(Layer):
     def forward_r(self, rx, rparams):
         """R-pass: as Linear.forward_r (a convolution is bilinear in input and weight)."""
         self._rx, self._rparams = rx, rparams
-        ry = conv2d_forward(self._x, rparams["weight"], rparams.get("bias"), self.stride, self.padding)
+        conv = partial(conv2d_forward, stride=self.stride, padding=self.padding, algorithm=self.algorithm)
+        ry = conv(self._x, rparams["weight"], rparams.get("bias"))
         if rx is not None:
-            ry += conv2d_forward(rx, self.params["weight"], None, self.stride, self.padding)
+            ry += conv(rx, self.params["weight"], None)
         return ry
 
     def backward_r(self, dy, rdy, rgrads, need_dx=True):
         """R-pass backward: as Linear.backward_r."""
-        return _bilinear_backward_r(conv2d_backward, self, dy, rdy, rgrads, need_dx, (self.stride, self.padding))
+        backward = partial(conv2d_backward, algorithm=self.algorithm)
+        return _bilinear_backward_r(backward, self, dy, rdy, rgrads, need_dx, (self.stride, self.padding))
 
     def extra_repr(self):
         return (

@@ -46,7 +46,7 @@ def _code(activation: str) -> int:
     return _CODES[activation]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _relu_forward(x, y):
     n = x.size
     zero = x.dtype.type(0)
@@ -57,7 +57,7 @@ def _relu_forward(x, y):
             y[i] = zero if v < zero else v
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _relu_backward(dy, y, dx):
     n = dy.size
     zero = dy.dtype.type(0)
@@ -67,7 +67,7 @@ def _relu_backward(dy, y, dx):
             dx[i] = zero if y[i] <= zero else dy[i]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _forward(x, y, code):
     n = x.size
     one = x.dtype.type(1)
@@ -87,7 +87,7 @@ def _forward(x, y, code):
                 y[i] = v
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _slopes(yv, code, zero, one, two):
     """(f', f'') at an output value yv."""
     if code == 0:
@@ -102,7 +102,7 @@ def _slopes(yv, code, zero, one, two):
     return one, zero
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _scale_by_slope(v, y, out, code):
     """out = f'(x) * v, with f' from the output y: backward (v = dy) and forward_r (v = rx)."""
     n = v.size
@@ -118,7 +118,7 @@ def _scale_by_slope(v, y, out, code):
                 out[i] = v[i] * d1
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _backward_r(dy, rdy, rx, y, dx, rdx, code):
     n = dy.size
     zero, one, two = dy.dtype.type(0), dy.dtype.type(1), dy.dtype.type(2)
