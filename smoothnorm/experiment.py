@@ -97,7 +97,7 @@ def build_network(s: dict, input_shape: tuple[int, ...] | None = None):
     position = s.get("norm_position", "before_activation")
     if s["model"] == "vgg":
         return models.vgg(s["arch"], width=s["width"], activation="relu" if activation == "default" else activation,
-                          norm_position=position, **common)
+                          norm_position=position, algorithm=s["conv_algorithm"], **common)
     if s["model"] == "dln":
         return models.dln(s["depth"], s["hidden"], in_dim=s["dim"], out_dim=s["dim"],
                           activation="identity" if activation == "default" else activation, **common)

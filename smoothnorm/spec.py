@@ -38,6 +38,7 @@ BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     "norm": (str, "none", ("none", *NORMS)),
     "norm_options": (dict, {}, None),
     "init": (str, "glorot", ("glorot", "pytorch")),
+    "conv_algorithm": (str, "auto", ("auto", "im2col", "winograd")),  # VGG convolutions (docs/PROTOCOL.md)
     "data": (str, "synthetic_images", ("cifar10", "synthetic_images", "gaussian_regression")),
     "data_root": (str, "", None),
     "n_train": (int, 5000, None),
@@ -68,7 +69,8 @@ BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
 _NON_IDENTITY = ("label", "checkpoint_every", "probe_every")
 # Keys added after runs were first stored: they enter a run's identity only when set away from their default, so
 # the identity (and the folder) of every earlier run stays the same.
-_LATER_KEYS = ("activation", "norm_position", "input_norm", "scale", "feature_scale_range", "eval_batch_stats")
+_LATER_KEYS = ("activation", "norm_position", "input_norm", "scale", "feature_scale_range", "eval_batch_stats",
+               "conv_algorithm")
 
 PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
     "landscape": {

@@ -43,7 +43,8 @@ def test_new_keys_leave_earlier_run_ids_alone():
     before = {k: v for k, v in settings.items() if k not in spec_module._LATER_KEYS}
     assert spec_module.run_id_for(settings) == spec_module.run_id_for(before)
     for key, value in (("activation", "tanh"), ("norm_position", "after_activation"), ("input_norm", "standardize"),
-                       ("scale", "raw"), ("feature_scale_range", 10.0), ("eval_batch_stats", True)):
+                       ("scale", "raw"), ("feature_scale_range", 10.0), ("eval_batch_stats", True),
+                       ("conv_algorithm", "im2col")):
         assert spec_module.run_id_for({**settings, key: value}) != spec_module.run_id_for(settings), key
 
 
