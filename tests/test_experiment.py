@@ -225,6 +225,14 @@ def test_short_spec_names_select_their_specs():
         _specs(args, ["fig7"])
 
 
+def test_conv_algorithm_reaches_every_conv_and_bad_values_are_named():
+    spec = experiment.load_spec(ROOT / "experiments" / "fig4_vgg_landscape.toml", "tiny", ["conv_algorithm=winograd"])
+    net = experiment.build_network(spec.runs[0].settings)
+    assert {layer.algorithm for layer in net.layers if hasattr(layer, "algorithm")} == {"winograd"}
+    with pytest.raises(experiment.SpecError, match=r"key 'conv_algorithm' expects one of \['auto', 'im2col'"):
+        experiment.load_spec(ROOT / "experiments" / "fig4_vgg_landscape.toml", "tiny", ["conv_algorithm=fft"])
+
+
 def test_profile_probe_overrides_apply_to_their_profile_only_and_are_validated(tmp_path):
     path = ROOT / "experiments" / "beyond" / "ghorbani_outliers.toml"
     tiny = experiment.load_spec(path, "tiny").runs[0].probes[0]
