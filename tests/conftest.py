@@ -24,9 +24,13 @@ def pytest_configure(config):
             ) from exc
 
 
-def pytest_runtest_logreport(report):
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
     """With SMOOTHNORM_REQUIRE_TORCH=1, a torch-marked test that skips is reported as a failure."""
     import os
 
-    if os.environ.get("SMOOTHNORM_REQUIRE_TORCH") == "1" and report.skipped and "torch" in report.keywords:
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("SMOOTHNORM_REQUIRE_TORCH") == "1" and report.skipped and item.get_closest_marker("torch"):
         report.outcome = "failed"
+        report.longrepr = f"torch-marked test skipped under SMOOTHNORM_REQUIRE_TORCH=1: {report.longrepr}"
