@@ -59,7 +59,10 @@ def test_load_state_dict_validates_everything(budget, dtype):
             elif op == "value":
                 state[key] = arg[0]
             elif op == "dtype" and key in state and isinstance(state[key], np.ndarray):
-                state[key] = state[key].astype(arg[0])
+                try:
+                    state[key] = state[key].astype(arg[0])
+                except (ValueError, TypeError, OverflowError):
+                    pass  # a conversion NumPy itself refuses (a string back to a number)
             elif op == "reshape":
                 state[key] = np.zeros(tuple(arg[0]))
             elif op == "special" and key in state and isinstance(state[key], np.ndarray):
