@@ -16,7 +16,7 @@ def _as_float_array(name: str, a) -> np.ndarray:
     return np.asarray(a, order="C")
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _relu_forward(x, y):
     n = x.size
     zero = x.dtype.type(0)
@@ -27,7 +27,7 @@ def _relu_forward(x, y):
             y[i] = zero if v < zero else v
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _relu_backward(dy, y, dx):
     n = dy.size
     zero = dy.dtype.type(0)

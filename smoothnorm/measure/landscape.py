@@ -78,7 +78,7 @@ def _preserved(net) -> Iterator[np.ndarray]:
                 current[name][...] = value
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _pair_sums(a, b):
     """(sum a^2, sum b^2, sum a b, sum (a - b)^2) over 1-D arrays, each element widened to float64 first.
 

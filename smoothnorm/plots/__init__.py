@@ -38,7 +38,7 @@ from smoothnorm.plots.panels import (
     draw_ridge,
 )
 from smoothnorm.plots.style import KNOWN_COLORS, _check_runs, _positive_int, moving_average, run_colors
-from smoothnorm.results import RunResult
+from smoothnorm.results import RunResult, load_run
 
 __all__ = [
     "PANELS",
@@ -164,3 +164,16 @@ def draw_figure(
             return _save_atomically(fig, _output_base(out_base), dpi)
         finally:
             fig.clear()
+
+
+def draw_spec(spec, root: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Draw a spec's figure (smoothnorm.spec.Spec) from its stored runs in `root` into out_dir/<spec name>.png, .pdf."""
+    runs: list[RunResult] = []
+    for run in spec.runs:
+        path = Path(root) / run.run_id
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{spec.name}: run {run.label!r} has no results at {path}; run the spec first")
+        runs.append(load_run(path, label=run.label))
+    figure = dict(spec.figure)
+    figure.setdefault("title", spec.title)
+    return draw_figure(figure, runs, Path(out_dir) / spec.name)

@@ -1,0 +1,337 @@
+"""Experiment specs (TOML): schema, profiles, validation, runs and their identity.
+
+A spec (`experiments/<name>.toml`) has
+- `title`, optional `description`;
+- `[base]`: settings shared by its runs (keys and defaults in `BASE_KEYS`);
+- `[[runs]]`: each a `label` plus any base key it overrides (a norm, a learning rate, ...);
+- `[[probes]]`: measurements recorded during every run of the spec (`kind` in `PROBE_KEYS`, `every`, options);
+- `[figure]` with `[[figure.panels]]`: the panels drawn from the runs (smoothnorm.plots);
+- `[profile.<name>]`: base keys that a profile (`quick`, `paper`, `tiny`) overrides.
+Resolution order: base, then the profile, then `--set key=value` overrides, then each run's own keys (a run's
+explicit setting wins: "lr = 0.5" stays 0.5 in every profile). Everything is validated before any work.
+
+A run is identified by its training settings (not its label or probes), so a run needed by several specs runs once;
+its probes are the union of what those specs ask for.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smoothnorm import NORMS
+
+# key -> (type, default, allowed values or None). `int` keys also accept TOML integers only; `float` accepts both.
+BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
+    "model": (str, "vgg", ("vgg", "dln", "mlp")),
+    "arch": (str, "vgg16", ("vgg11", "vgg13", "vgg16", "vgg19")),
+    "width": (float, 1.0, None),
+    "depth": (int, 25, None),
+    "hidden": (int, 10, None),
+    "norm": (str, "none", ("none", *NORMS)),
+    "norm_options": (dict, {}, None),
+    "init": (str, "glorot", ("glorot", "pytorch")),
+    "data": (str, "synthetic_images", ("cifar10", "synthetic_images", "gaussian_regression")),
+    "data_root": (str, "", None),
+    "n_train": (int, 5000, None),
+    "n_test": (int, 1000, None),
+    "dim": (int, 10, None),
+    "data_seed": (int, 0, None),
+    "augment": (bool, False, None),
+    "dtype": (str, "float32", ("float32", "float64")),
+    "optimizer": (str, "sgd", ("sgd", "adagrad", "rmsprop", "adam", "adamw")),
+    "optimizer_options": (dict, {}, None),
+    "lr": (float, 0.1, None),
+    "batch_size": (int, 128, None),
+    "steps": (int, 1000, None),
+    "seed": (int, 0, None),
+    "eval_every": (int, 100, None),
+    "eval_samples": (int, 0, None),
+    "probe_every": (int, 10, None),
+    "checkpoint_every": (int, 100, None),
+}
+# Keys that do not change what a run computes (excluded from its identity).
+_NON_IDENTITY = ("label", "checkpoint_every", "probe_every")
+
+PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
+    "landscape": {
+        "preset": (str, "vgg", ("vgg", "dln")),
+        "spacing": (str, "inferred", ("inferred", "linear", "geometric")),
+        "num": (int, 8, None),
+        "multipliers": (list, [], None),
+        "beta_normalization": (str, "distance", ("distance", "eta")),
+        "direction": (str, "gradient", ("gradient", "random")),
+    },
+    "ics": {"layers": (list, [], None)},
+    "distributions": {"layers": (list, [], None), "units": (int, 4, None), "bins": (int, 40, None)},
+    "hessian": {"k": (int, 1, None), "mode": (str, "probe", ("probe", "eval"))},
+}
+_PROBE_COMMON = {"kind": (str, None, tuple(PROBE_KEYS)), "every": (int, 0, None), "start": (int, 0, None)}
+
+PROFILES = ("tiny", "quick", "paper")
+TOP_KEYS = ("title", "description", "base", "runs", "probes", "figure", "profile")
+
+
+class SpecError(ValueError):
+    """A spec is invalid: the message names the file and the key."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Spec loading and validation
+# ----------------------------------------------------------------------------------------------------------------
+def _check_value(where: str, key: str, value, kind: type, _default, allowed) -> Any:
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise SpecError(f"{where}: key {key!r} expects {kind.__name__}, got {type(value).__name__} {value!r}")
+    if allowed is not None and value not in allowed:
+        raise SpecError(f"{where}: key {key!r} expects one of {list(allowed)}, got {value!r}")
+    return value
+
+
+def _check_table(where: str, table: dict, schema: dict, required: tuple[str, ...] = ()) -> dict:
+    if not isinstance(table, dict):
+        raise SpecError(f"{where}: expected a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - set(schema))
+    if unknown:
+        raise SpecError(f"{where}: unknown key {unknown[0]!r}; expected keys: {', '.join(schema)}")
+    for key in required:
+        if key not in table:
+            raise SpecError(f"{where}: missing key {key!r}")
+    return {k: _check_value(where, k, v, *schema[k]) for k, v in table.items()}
+
+
+def _parse_set(item: str) -> tuple[str, Any]:
+    """Parse a `--set key=value` override; the value is read as TOML (numbers, booleans, strings)."""
+    if "=" not in item:
+        raise SpecError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+@dataclass
+class ProbeSpec:
+    kind: str
+    every: int
+    start: int
+    options: dict
+
+    def identity(self) -> dict:
+        return {"kind": self.kind, "every": self.every, "start": self.start, **self.options}
+
+
+@dataclass
+class RunSpec:
+    label: str
+    settings: dict  # fully resolved base keys
+    probes: list[ProbeSpec] = field(default_factory=list)
+
+    @property
+    def identity(self) -> dict:
+        return {k: v for k, v in self.settings.items() if k not in _NON_IDENTITY}
+
+    @property
+    def run_id(self) -> str:
+        return run_id_for(self.settings)
+
+
+@dataclass
+class Spec:
+    name: str
+    path: Path
+    title: str
+    description: str
+    profile: str
+    runs: list[RunSpec]
+    figure: dict
+
+
+def run_id_for(settings: dict) -> str:
+    identity = {k: v for k, v in settings.items() if k not in _NON_IDENTITY}
+    digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    arch = settings["arch"] if settings["model"] == "vgg" else f"{settings['model']}{settings['depth']}"
+    return f"{arch}-{settings['norm']}-lr{settings['lr']:g}-s{settings['seed']}-{digest}"
+
+
+def _check_settings(where: str, s: dict) -> None:
+    for key in ("width", "lr"):
+        if not (math.isfinite(s[key]) and s[key] > 0):
+            raise SpecError(f"{where}: key {key!r} expects a positive number, got {s[key]!r}")
+    for key in ("steps", "depth", "hidden", "n_train", "n_test", "dim"):
+        if s[key] < 1:
+            raise SpecError(f"{where}: key {key!r} expects a positive integer, got {s[key]!r}")
+    for key in ("batch_size", "eval_every", "eval_samples", "probe_every", "checkpoint_every", "seed", "data_seed"):
+        if s[key] < 0:
+            raise SpecError(f"{where}: key {key!r} expects a non-negative integer, got {s[key]!r}")
+    if s["model"] == "dln" and s["data"] != "gaussian_regression":
+        raise SpecError(f"{where}: model 'dln' needs data 'gaussian_regression', got {s['data']!r}")
+    if s["model"] != "dln" and s["data"] == "gaussian_regression":
+        raise SpecError(f"{where}: data 'gaussian_regression' needs model 'dln', got {s['model']!r}")
+    if s["batch_size"] > s["n_train"] and s["data"] != "cifar10":
+        raise SpecError(f"{where}: key 'batch_size' ({s['batch_size']}) exceeds n_train ({s['n_train']})")
+
+
+def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[str] | tuple = ()) -> Spec:
+    """Read, resolve and validate a spec for a profile. Raises SpecError naming the file and the key."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: invalid TOML: {err}") from err
+    where = str(path)
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise SpecError(f"{where}: unknown key {unknown[0]!r}; expected keys: {', '.join(TOP_KEYS)}")
+    if profile not in PROFILES:
+        raise SpecError(f"profile: expected one of {list(PROFILES)}, got {profile!r}")
+    schema = {k: v for k, v in BASE_KEYS.items()}
+    base = {k: copy.deepcopy(v[1]) for k, v in BASE_KEYS.items()}
+    base.update(_check_table(f"{where} [base]", raw.get("base", {}), schema))
+    profiles = raw.get("profile", {})
+    if not isinstance(profiles, dict):
+        raise SpecError(f"{where}: key 'profile' expects tables [profile.<name>]")
+    for name in profiles:
+        if name not in PROFILES:
+            raise SpecError(f"{where}: unknown profile {name!r} in [profile.{name}]; expected one of {list(PROFILES)}")
+        _check_table(f"{where} [profile.{name}]", profiles[name], schema)
+    base.update(profiles.get(profile, {}))
+    if overrides:
+        for item in overrides:
+            key, value = _parse_set(item)
+            if key not in schema:
+                raise SpecError(f"--set {item!r}: unknown key {key!r}; expected keys: {', '.join(schema)}")
+            base[key] = _check_value(f"--set {item!r}", key, value, *schema[key])
+    set_keys = {_parse_set(item)[0] for item in overrides}
+    runs_raw = raw.get("runs") or [{"label": "run"}]
+    if not isinstance(runs_raw, list):
+        raise SpecError(f"{where}: key 'runs' expects an array of tables [[runs]]")
+    run_schema = {"label": (str, None, None), **schema}
+    probes = []
+    for i, p in enumerate(raw.get("probes", [])):
+        pw = f"{where} [[probes]] #{i + 1}"
+        if not isinstance(p, dict) or "kind" not in p:
+            raise SpecError(f"{pw}: missing key 'kind'")
+        kind = _check_value(pw, "kind", p["kind"], *_PROBE_COMMON["kind"])
+        table = _check_table(pw, p, {**_PROBE_COMMON, **PROBE_KEYS[kind]}, required=("kind",))
+        options = {k: copy.deepcopy(v[1]) for k, v in PROBE_KEYS[kind].items()}
+        options.update({k: v for k, v in table.items() if k in PROBE_KEYS[kind]})
+        probes.append((pw, kind, table.get("every"), table.get("start", 0), options))
+    kinds = [p[1] for p in probes]
+    if len(set(kinds)) != len(kinds):
+        raise SpecError(f"{where}: at most one [[probes]] table per kind, got {kinds}")
+    runs: list[RunSpec] = []
+    labels = set()
+    for i, r in enumerate(runs_raw):
+        rw = f"{where} [[runs]] #{i + 1}"
+        table = _check_table(rw, r, run_schema, required=("label",))
+        if table["label"] in labels:
+            raise SpecError(f"{rw}: duplicate label {table['label']!r}")
+        labels.add(table["label"])
+        settings = dict(base)
+        settings.update({k: v for k, v in table.items() if k != "label" and k not in set_keys})
+        _check_settings(rw, settings)
+        run = RunSpec(label=table["label"], settings=settings)
+        for _pw, kind, every, start, options in probes:
+            every = settings["probe_every"] if every is None else every
+            run.probes.append(ProbeSpec(kind, every, start, options))
+        runs.append(run)
+    figure = raw.get("figure", {})
+    if not isinstance(figure, dict):
+        raise SpecError(f"{where}: key 'figure' expects a table [figure]")
+    _validate_figure(where, figure, labels)
+    return Spec(
+        name=path.stem, path=path, title=raw.get("title", path.stem), description=raw.get("description", ""),
+        profile=profile, runs=runs, figure=figure,
+    )
+
+
+def _validate_figure(where: str, figure: dict, labels: set[str]) -> None:
+    from smoothnorm.plots import PANELS
+
+    unknown = sorted(set(figure) - {"title", "columns", "panels"})
+    if unknown:
+        raise SpecError(f"{where} [figure]: unknown key {unknown[0]!r}; expected keys: title, columns, panels")
+    for i, panel in enumerate(figure.get("panels", [])):
+        pw = f"{where} [[figure.panels]] #{i + 1}"
+        if not isinstance(panel, dict) or "kind" not in panel:
+            raise SpecError(f"{pw}: missing key 'kind'")
+        if panel["kind"] not in PANELS:
+            raise SpecError(f"{pw}: key 'kind' expects one of {list(PANELS)}, got {panel['kind']!r}")
+        for key in ("runs",):
+            for label in panel.get(key, []):
+                if label not in labels:
+                    raise SpecError(f"{pw}: key 'runs' names unknown run {label!r}; runs: {sorted(labels)}")
+        if "run" in panel and isinstance(panel["run"], str) and panel["run"] not in labels:
+            raise SpecError(f"{pw}: key 'run' names unknown run {panel['run']!r}; runs: {sorted(labels)}")
+
+
+def list_specs(folder: str | os.PathLike | None = None) -> list[Path]:
+    folder = Path(folder) if folder else default_spec_folder()
+    return sorted(folder.glob("*.toml"))
+
+
+def default_spec_folder() -> Path:
+    """`experiments/` in the current directory if present, else beside the installed package (source checkout)."""
+    here = Path.cwd() / "experiments"
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parent.parent / "experiments"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Runs shared between specs
+# ----------------------------------------------------------------------------------------------------------------
+def _probe_key(probes: list[ProbeSpec]) -> list[dict]:
+    return sorted((p.identity() for p in probes), key=lambda d: d["kind"])
+
+
+def merge_runs(specs: list[Spec]) -> list[RunSpec]:
+    """Runs of several specs, each training configuration once, with the union of their probes."""
+    merged: dict[str, RunSpec] = {}
+    for spec in specs:
+        for run in spec.runs:
+            rid = run.run_id
+            if rid not in merged:
+                merged[rid] = RunSpec(run.label, dict(run.settings), list(run.probes))
+                continue
+            have = {p.kind: p for p in merged[rid].probes}
+            for p in run.probes:
+                if p.kind not in have:
+                    merged[rid].probes.append(p)
+                elif have[p.kind].identity() != p.identity():
+                    raise SpecError(
+                        f"{spec.path}: run {run.label!r} asks for a {p.kind!r} probe {p.identity()} but another "
+                        f"spec asks for {have[p.kind].identity()} on the same run; make them equal"
+                    )
+    return list(merged.values())
+
+
+def _union_probes(have: list[dict], probes: list[ProbeSpec]) -> list[ProbeSpec]:
+    out = {d["kind"]: ProbeSpec(**_probe_from_identity(d)) for d in have}
+    for p in probes:
+        out[p.kind] = p
+    return list(out.values())
+
+
+def _probe_from_identity(d: dict) -> dict:
+    d = dict(d)
+    return {"kind": d.pop("kind"), "every": d.pop("every"), "start": d.pop("start"), "options": d}
