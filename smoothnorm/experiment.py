@@ -283,6 +283,10 @@ def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Call
     optimizer = optim.make_optimizer(s["optimizer"], lr=s["lr"], **s["optimizer_options"])
     trainer = Trainer(net, optimizer, _batch_fn(s, xtr, ytr), build_probes(net, run),
                       eval_fn=_eval_fn(s, xte, yte), eval_every=s["eval_every"], seed=s["seed"])
+    # Temporary files of writes cut short by a kill (atomic_open's hidden ".name.XXXX.part"): under the lease no one
+    # else writes here, so they are leftovers.
+    for leftover in path.glob(".*.part"):
+        leftover.unlink(missing_ok=True)
     resumed, checkpoint = False, None
     if same and ((path / CHECKPOINT).exists() or (path / PREVIOUS_CHECKPOINT).exists()):
         # The newest intact checkpoint: checkpoint.npz, else the one before it (RunFileError naming both if
