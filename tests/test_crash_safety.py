@@ -121,7 +121,7 @@ def _interrupt_at(monkeypatch, step: int) -> None:
     monkeypatch.setattr(Trainer, "train_step", train_step)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+@pytest.mark.parametrize("damage", ["truncate", pytest.param("flip", marks=pytest.mark.slow), "delete"])
 def test_damaged_newest_checkpoint_resumes_from_the_previous_one(tmp_path, clean, monkeypatch, damage):
     run = _spec().runs[1]  # the BatchNorm run: running statistics, noise-free
     _interrupt_at(monkeypatch, 11)  # checkpoints at steps 8 (previous) and 10 (newest)
