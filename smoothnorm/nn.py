@@ -20,6 +20,7 @@ import numpy as np
 
 from smoothnorm._rop import maxpool_gather
 from smoothnorm._validate import as_float_dtype, choice, float_array, label_array
+from smoothnorm.activation_layers import Identity, Sigmoid, Tanh
 from smoothnorm.kernels.activation import relu_backward, relu_forward
 from smoothnorm.kernels.conv import ALGORITHMS, conv2d_backward, conv2d_forward
 from smoothnorm.kernels.linear import (
@@ -40,8 +41,8 @@ from smoothnorm.layer import Layer
 from smoothnorm.norm_layers import NORM_LAYERS, BatchNorm, make_norm
 
 __all__ = [
-    "MODES", "INITS", "Layer", "Linear", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "BatchNorm", "NORM_LAYERS",
-    "make_norm", "SoftmaxCrossEntropy", "SquaredError", "LOSSES", "Network",
+    "MODES", "INITS", "Layer", "Linear", "Conv2d", "ReLU", "Sigmoid", "Tanh", "Identity", "MaxPool2d", "Flatten",
+    "BatchNorm", "NORM_LAYERS", "make_norm", "SoftmaxCrossEntropy", "SquaredError", "LOSSES", "Network",
 ]
 
 MODES = ("train", "probe", "eval")
