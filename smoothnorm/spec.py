@@ -409,7 +409,7 @@ def _validate_figure(where: str, figure: dict, labels: set[str]) -> None:
 
 # Spec groups: the paper's figures (the folder itself), the optimization study and examples (subfolders).
 # `reproduce` runs the paper's figures, plus the study with --study; `run NAME` finds a spec in any group.
-SPEC_GROUPS = {"paper": ".", "study": "study", "examples": "examples"}
+SPEC_GROUPS = {"paper": ".", "study": "study", "examples": "examples", "beyond": "beyond"}
 
 
 def list_specs(folder: str | os.PathLike | None = None, groups: tuple[str, ...] = ("paper",)) -> list[Path]:
