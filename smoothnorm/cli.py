@@ -119,9 +119,13 @@ def _verdicts(specs, root, args) -> list:
 def _claims(args) -> int:
     from smoothnorm import claims, experiment
 
-    if args.markdown:
+    if args.markdown or args.readme:
         source = args.markdown if isinstance(args.markdown, str) else f"{args.figures}/claims.json"
-        print(claims.markdown_table(claims.read_claims(source), figures_link=args.link), end="")
+        table = claims.markdown_table(claims.read_claims(source), figures_link=args.link)
+        if args.readme:
+            print(claims.update_readme(args.readme, table))
+        else:
+            print(table, end="")
         return 0
     specs = _specs(args, args.only.split(",") if args.only else None)
     results = _verdicts(specs, experiment.results_root(args.runs, args.profile), args)
@@ -187,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, help="comma-separated spec names")
     p.add_argument("--markdown", nargs="?", const=True, default=None, metavar="CLAIMS_JSON",
                    help="print the findings table from claims.json (default: <figures>/claims.json) and exit")
+    p.add_argument("--readme", default=None, metavar="README_MD",
+                   help="write that table into README_MD between its claims-table markers (atomically) and exit")
     p.add_argument("--link", default="figures/", help="prefix of figure links in --markdown (default: figures/)")
     _add_common(p)
     p.set_defaults(func=_claims)

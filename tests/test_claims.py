@@ -330,6 +330,14 @@ def test_cli_claims_prints_verdicts_and_the_markdown_table(tmp_path, capsys):
     assert table.startswith("Profile `quick`, 2 seeds [0, 1]")
     assert table.count("| [figx_synthetic]") == 3
     assert main(["claims", "--only", "nope", *args]) == 2
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{claims_module.README_BEGIN}\nSTALE ROW\n{claims_module.README_END}\n\nafter\n")
+    assert main(["claims", "--readme", str(readme), "--figures", str(figures)]) == 0
+    text = readme.read_text()
+    assert "STALE ROW" not in text and table.strip() in text and text.endswith("after\n")
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers\n")
+    assert main(["claims", "--readme", str(bare), "--figures", str(figures)]) == 2
 
 
 def test_figures_draw_the_median_over_seeds_with_a_band(tmp_path):
