@@ -380,11 +380,16 @@ def markdown_table(records: list[dict], *, figures_link: str = "") -> str:
     Its first line says which profile and seeds the records come from.
     """
     profiles = sorted({str(r.get("profile", "?")) for r in records})
-    seeds = sorted({s for r in records for s in r["seeds"]})
+    by_seeds: dict[tuple, int] = {}
+    for r in records:
+        by_seeds[tuple(r["seeds"])] = by_seeds.get(tuple(r["seeds"]), 0) + 1
+    held = sum(1 for r in records if _majority(r["holds"]))
+    counts = "; ".join(f"{len(k)} seed{'s' if len(k) != 1 else ''} {list(k)} for {n} claim{'s' if n != 1 else ''}"
+                       for k, n in sorted(by_seeds.items(), key=lambda kv: (-len(kv[0]), kv[0])))
     rows = [
-        f"Profile `{', '.join(profiles)}`, {len(seeds)} seed{'s' if len(seeds) != 1 else ''} {seeds}; generated "
-        "from `claims.json` by `smoothnorm claims --markdown`. Values per seed: the claim's run, then the run it "
-        "is compared with.",
+        f"Profile `{', '.join(profiles)}`: {counts}. {held} of {len(records)} claims hold in a majority of their "
+        "seeds. Generated from `claims.json` by `smoothnorm claims --markdown`; values per seed: the claim's run, "
+        "then the run it is compared with (n/a: not measured, see the note).",
         "",
         "| Figure | Paper's claim | Check | Values per seed | Verdict |",
         "|---|---|---|---|---|",
@@ -396,6 +401,11 @@ def markdown_table(records: list[dict], *, figures_link: str = "") -> str:
         rows.append(f"| {fig} | {_md_cell(r['text'])} | {_md_cell(r['check'])} | {_md_cell(values)} | "
                     f"**{r['verdict']}** |")
     return "\n".join(rows) + "\n"
+
+
+def _majority(holds: list) -> bool:
+    """True when the check holds in more than half of the seeds (nulls count against it)."""
+    return bool(holds) and 2 * sum(h is True for h in holds) > len(holds)
 
 
 def write_claims(results: list[ClaimResult], out_dir: str | os.PathLike, *, profile: str,
