@@ -123,7 +123,7 @@ def build_probes(net, run: RunSpec) -> list:
             probes.append(train.DistributionProbe(name="distributions", every=p.every, start=p.start, layers=layers,
                                                   units=o["units"], bins=o["bins"], seed=run.settings["seed"]))
         elif p.kind == "hessian":
-            probes.append(train.HessianProbe(name="hessian", every=p.every, start=p.start, k=o["k"]))
+            probes.append(train.HessianProbe(name="hessian", every=p.every, start=p.start, k=o["k"], mode=o["mode"]))
     return probes
 
 

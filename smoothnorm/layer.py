@@ -37,6 +37,16 @@ class Layer:
     def backward(self, dy: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
         raise NotImplementedError
 
+    def forward_r(self, rx: np.ndarray | None, rparams: dict[str, np.ndarray]) -> np.ndarray | None:
+        """R-pass (Pearlmutter's R-operator, for exact Hessian-vector products): after forward(x, mode), the
+        output's directional derivative for input direction rx (None: zero) and parameter directions rparams."""
+        raise NotImplementedError(f"{type(self).__name__} has no R-pass (exact Hessian-vector products)")
+
+    def backward_r(self, dy: np.ndarray, rdy: np.ndarray, rgrads: dict[str, np.ndarray], need_dx: bool = True):
+        """R-pass backward: (dx, rdx) for dy and its directional derivative rdy; writes the directional
+        derivatives of the parameter gradients into rgrads."""
+        raise NotImplementedError(f"{type(self).__name__} has no R-pass (exact Hessian-vector products)")
+
     def extra_repr(self) -> str:
         return ""
 

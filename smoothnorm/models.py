@@ -53,11 +53,13 @@ def vgg(
     seed: int = 0,
     init: str = "glorot",
     norm_options: dict | None = None,
+    algorithm: str = "auto",
 ) -> Network:
     """CIFAR VGG: 3x3 convs (padding 1, bias), each followed by `norm` if any, then ReLU; 2x2 max-pool after each
     stage; classifier Linear(round(512 * width), num_classes). Inputs (N, in_channels, 32, 32).
 
     Layer names follow torchvision's `features.{i}` Sequential indexing and `classifier`.
+    algorithm: every conv's algorithm, "auto", "im2col" or "winograd" (see nn.Conv2d).
     """
     choice("name", name, tuple(VGG_CONFIGS))
     _check_norm(norm)
@@ -74,7 +76,7 @@ def vgg(
         out = round(item * width)
         if out < 1:
             raise ValueError(f"width: {width} gives {out} channels for a {item}-channel layer; expected >= 1")
-        layers.append((f"features.{len(layers)}", Conv2d(channels, out, 3, padding=1)))
+        layers.append((f"features.{len(layers)}", Conv2d(channels, out, 3, padding=1, algorithm=algorithm)))
         if norm is not None:
             layers.append((f"features.{len(layers)}", make_norm(norm, out, **(norm_options or {}))))
         layers.append((f"features.{len(layers)}", ReLU()))

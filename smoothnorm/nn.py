@@ -17,9 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from smoothnorm._rop import maxpool_gather
 from smoothnorm._validate import as_float_dtype, choice, float_array, label_array
 from smoothnorm.kernels.activation import relu_backward, relu_forward
-from smoothnorm.kernels.conv import conv2d_backward, conv2d_forward
+from smoothnorm.kernels.conv import ALGORITHMS, conv2d_backward, conv2d_forward
 from smoothnorm.kernels.linear import (
     linear_backward,
     linear_chain_backward,
@@ -71,6 +72,24 @@ def _init_weight_bias(layer: Layer, rng: np.random.Generator, init: str) -> None
             layer.params["bias"][...] = rng.uniform(-bound, bound, size=layer.params["bias"].shape)
 
 
+def _bilinear_backward_r(backward, layer, dy, rdy, rgrads, need_dx, geometry):
+    """R-pass backward of y = B(x, W) + b with B bilinear (Linear, Conv2d), given `backward(dy, x, W, dW, db,
+    *geometry, need_dx)` of B: dx = B_x^T(dy, W); rdx = B_x^T(rdy, W) + B_x^T(dy, rW);
+    r dW = B_W^T(rdy, x) + B_W^T(dy, rx); r db = sum(rdy)."""
+    w, rw, x, rx = layer.params["weight"], layer._rparams["weight"], layer._x, layer._rx
+    scratch = np.empty_like(w)
+    dx = backward(dy, x, w, scratch, None, *geometry, need_dx=need_dx)
+    rdx = backward(rdy, x, w, rgrads["weight"], rgrads.get("bias"), *geometry, need_dx=need_dx)
+    if rx is not None:
+        t = backward(dy, rx, rw, scratch, None, *geometry, need_dx=need_dx)
+        rgrads["weight"] += scratch
+    elif need_dx:
+        t = backward(dy, x, rw, scratch, None, *geometry, need_dx=True)
+    if need_dx:
+        rdx = rdx + t
+    return dx, rdx
+
+
 class Linear(Layer):
     """Fully connected layer y = x W^T + b, weight (out_features, in_features)."""
 
@@ -102,21 +121,43 @@ class Linear(Layer):
             dy, self._x, self.params["weight"], self.grads["weight"], self.grads.get("bias"), need_dx=need_dx
         )
 
+    def forward_r(self, rx, rparams):
+        """R-pass (Pearlmutter's R-operator, smoothnorm.measure.hessian): the output's directional derivative for
+        input direction rx (None: zero) and parameter directions rparams (views like `params`)."""
+        self._rx, self._rparams = rx, rparams
+        ry = linear_forward(self._x, rparams["weight"], rparams.get("bias"))
+        return ry if rx is None else ry + linear_forward(rx, self.params["weight"])
+
+    def backward_r(self, dy, rdy, rgrads, need_dx=True):
+        """R-pass backward: (dx, rdx) for the output gradient dy and its directional derivative rdy; writes the
+        directional derivatives of the parameter gradients into rgrads (views like `grads`)."""
+        return _bilinear_backward_r(linear_backward, self, dy, rdy, rgrads, need_dx, ())
+
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.use_bias}"
 
 
 class Conv2d(Layer):
-    """2-D convolution (cross-correlation, zero padding), weight (out, in, k, k), PyTorch semantics."""
+    """2-D convolution (cross-correlation, zero padding), weight (out, in, k, k), PyTorch semantics.
+
+    algorithm: "auto" (default: per pass, a fixed rule by layer shape, kernels/winograd.winograd_pays), "im2col",
+    or "winograd" (3x3 kernels with stride 1 and padding 1 only).
+    """
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1,
-        bias: bool = True,
+        bias: bool = True, algorithm: str = "auto",
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding = int(kernel_size), int(stride), int(padding)
         self.use_bias = bool(bias)
+        self.algorithm = choice("algorithm", algorithm, ALGORITHMS)
+        if self.algorithm == "winograd" and (self.kernel_size, self.stride, self.padding) != (3, 1, 1):
+            raise ValueError(
+                f"algorithm: 'winograd' needs kernel_size 3, stride 1 and padding 1, got {self.kernel_size}, "
+                f"{self.stride} and {self.padding}"
+            )
         self._x: np.ndarray | None = None
 
     def param_shapes(self):
@@ -139,18 +180,32 @@ class Conv2d(Layer):
 
     def forward(self, x, mode):
         self._x = x
-        return conv2d_forward(x, self.params["weight"], self.params.get("bias"), self.stride, self.padding)
+        return conv2d_forward(
+            x, self.params["weight"], self.params.get("bias"), self.stride, self.padding, algorithm=self.algorithm
+        )
 
     def backward(self, dy, need_dx=True):
         return conv2d_backward(
             dy, self._x, self.params["weight"], self.grads["weight"], self.grads.get("bias"),
-            self.stride, self.padding, need_dx=need_dx,
+            self.stride, self.padding, need_dx=need_dx, algorithm=self.algorithm,
         )
+
+    def forward_r(self, rx, rparams):
+        """R-pass: as Linear.forward_r (a convolution is bilinear in input and weight)."""
+        self._rx, self._rparams = rx, rparams
+        ry = conv2d_forward(self._x, rparams["weight"], rparams.get("bias"), self.stride, self.padding)
+        if rx is not None:
+            ry += conv2d_forward(rx, self.params["weight"], None, self.stride, self.padding)
+        return ry
+
+    def backward_r(self, dy, rdy, rgrads, need_dx=True):
+        """R-pass backward: as Linear.backward_r."""
+        return _bilinear_backward_r(conv2d_backward, self, dy, rdy, rgrads, need_dx, (self.stride, self.padding))
 
     def extra_repr(self):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, bias={self.use_bias}"
+            f"padding={self.padding}, bias={self.use_bias}, algorithm={self.algorithm!r}"
         )
 
 
@@ -167,6 +222,15 @@ class ReLU(Layer):
 
     def backward(self, dy, need_dx=True):
         return relu_backward(dy, self._y) if need_dx else None
+
+    def forward_r(self, rx, rparams):
+        """R-pass: rx masked by the base point's pattern (relu' = 1 where the output is positive; relu'' = 0)."""
+        return None if rx is None else relu_backward(rx, self._y)
+
+    def backward_r(self, dy, rdy, rgrads, need_dx=True):
+        if not need_dx:
+            return None, None
+        return relu_backward(dy, self._y), relu_backward(rdy, self._y)
 
 
 class MaxPool2d(Layer):
@@ -190,6 +254,16 @@ class MaxPool2d(Layer):
     def backward(self, dy, need_dx=True):
         return maxpool2d_backward(dy, self._argmax, self._shape) if need_dx else None
 
+    def forward_r(self, rx, rparams):
+        """R-pass: rx at the base point's arg-max of each window (the winners are held fixed)."""
+        return None if rx is None else maxpool_gather(rx, self._argmax)
+
+    def backward_r(self, dy, rdy, rgrads, need_dx=True):
+        if not need_dx:
+            return None, None
+        return (maxpool2d_backward(dy, self._argmax, self._shape),
+                maxpool2d_backward(rdy, self._argmax, self._shape))
+
     def extra_repr(self):
         return "kernel_size=2, stride=2"
 
@@ -210,6 +284,14 @@ class Flatten(Layer):
 
     def backward(self, dy, need_dx=True):
         return dy.reshape(self._shape) if need_dx else None
+
+    def forward_r(self, rx, rparams):
+        return None if rx is None else rx.reshape(rx.shape[0], -1)
+
+    def backward_r(self, dy, rdy, rgrads, need_dx=True):
+        if not need_dx:
+            return None, None
+        return dy.reshape(self._shape), rdy.reshape(self._shape)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -234,6 +316,13 @@ class SoftmaxCrossEntropy:
     def backward(self) -> np.ndarray:
         return softmax_cross_entropy_backward(*self._cache)
 
+    def backward_r(self, r_out: np.ndarray) -> np.ndarray:
+        """Directional derivative of the logits' gradient (p - onehot) / N for a logit direction r_out:
+        (p * (r_out - sum_k p_k r_out_k)) / N."""
+        probs = self._cache[0].astype(np.float64)
+        r = np.asarray(r_out, dtype=np.float64)
+        return probs * (r - np.sum(probs * r, axis=1, keepdims=True)) / probs.shape[0]
+
 
 class SquaredError:
     """Squared error, summed (the paper's DLN objective ||W x - A x||^2) or averaged over all elements."""
@@ -253,6 +342,10 @@ class SquaredError:
 
     def backward(self):
         return squared_error_backward(self._diff, self.reduction)
+
+    def backward_r(self, r_out: np.ndarray) -> np.ndarray:
+        """Directional derivative of the prediction's gradient: 2 r_out (divided by the size for "mean")."""
+        return squared_error_backward(np.asarray(r_out, dtype=self._diff.dtype), self.reduction)
 
 
 LOSSES = {"cross_entropy": SoftmaxCrossEntropy, "squared_error": SquaredError}

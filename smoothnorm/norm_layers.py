@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from smoothnorm._rop import ElementwiseAffine, FixedStandardization, Standardization, as_ncs
 from smoothnorm._validate import choice
 from smoothnorm.kernels.group_norm import group_norm_backward, group_norm_forward
 from smoothnorm.kernels.lp_norm import (
@@ -48,6 +49,39 @@ class _PerChannelAffine(Layer):
                 f"got {input_shape}"
             )
         return input_shape
+
+    # -- R-pass (exact Hessian-vector products, smoothnorm.measure.hessian; smoothnorm._rop has the math) -------
+    def _standardization(self):
+        """The standardization of the last forward pass (a smoothnorm._rop Standardization or
+        FixedStandardization)."""
+        raise NotImplementedError
+
+    def _elementwise(self) -> ElementwiseAffine:
+        """The per-channel map from the standardized input to the output (affine, and noise where there is)."""
+        return ElementwiseAffine(self.params.get("weight"), self.params.get("bias"))
+
+    def forward_r(self, rx, rparams):
+        """R-pass: the output's directional derivative for input direction rx (None: zero) and parameter
+        directions rparams, at the last forward pass's point and mode (noise held fixed)."""
+        std, affine = self._standardization(), self._elementwise()
+        rz = std.forward_r(np.zeros(std.shape) if rx is None else as_ncs(rx))
+        ry = affine.forward_r(std.z_ncs(), rz, rparams.get("weight"), rparams.get("bias"))
+        self._r_state = (std, affine, rparams)
+        shape = (ry.shape[0], self.num_features, *self._r_spatial)
+        return ry.reshape(shape)
+
+    def backward_r(self, dy, rdy, rgrads, need_dx=True):
+        """R-pass backward: (dx, rdx); writes the directional derivatives of d gamma and d beta into rgrads."""
+        std, affine, rparams = self._r_state
+        dz, rdz = affine.backward_r(as_ncs(dy), as_ncs(rdy), rparams.get("weight"), rgrads.get("weight"),
+                                    rgrads.get("bias"))
+        if not need_dx:
+            return None, None
+        dx, rdx = std.backward_r(dz, rdz)
+        return dx.reshape(dy.shape), rdx.reshape(dy.shape)
+
+    def _remember_input_shape(self, x) -> None:
+        self._r_spatial = tuple(np.shape(x)[2:])
 
 
 class _RunningStatsNorm(_PerChannelAffine):
@@ -118,6 +152,9 @@ class BatchNorm(_RunningStatsNorm):
             )
         _, x, mean, invstd = self._cache
         return batch_norm_train_backward(dy, x, mean, invstd, gamma, dgamma, dbeta, out=self._reused("dx", x))
+
+    def _standardization(self):
+        return _variance_standardization(self)
 
 
 NOISE_PLACEMENTS = ("after_affine", "before_affine")
@@ -238,6 +275,18 @@ class NoisyBatchNorm(_RunningStatsNorm):
             dy, x, scale, shift, mean, invstd, gamma, dgamma, dbeta, self.placement == "before_affine"
         )
 
+    def _standardization(self):
+        return _variance_standardization(self)
+
+    def _elementwise(self):
+        gamma, beta = self.params.get("weight"), self.params.get("bias")
+        if self._cache[0] == "eval":
+            return ElementwiseAffine(gamma, beta)
+        scale, shift = (as_ncs(a) for a in self._cache[4:6])
+        if self.placement == "before_affine":
+            return ElementwiseAffine(gamma, beta, s_n=scale, m_b=shift)
+        return ElementwiseAffine(gamma, beta, s_n=scale, s_a=scale, m_a=shift)
+
     def extra_repr(self):
         return (
             f"{super().extra_repr()}, n_mu={self.n_mu}, n_sigma={self.n_sigma}, r_mu={self.r_mu}, "
@@ -289,6 +338,15 @@ class LpBatchNorm(_RunningStatsNorm):
             )
         _, x, mean, norm, argmax = self._cache
         return lp_norm_train_backward(dy, x, self.p, mean, norm, argmax, gamma, dgamma, dbeta, self.eps)
+
+    def _standardization(self):
+        x = self._cache[1]
+        self._remember_input_shape(x)
+        if self._cache[0] == "eval":
+            return FixedStandardization(as_ncs(x), self.running_mean, 1.0 / (self.running_norm.astype(np.float64)
+                                                                              + self.eps))
+        stat = {1.0: "l1", 2.0: "l2", math.inf: "linf"}[self.p]
+        return Standardization(as_ncs(x), None, stat, self.eps, argmax=self._cache[4])
 
 
 class L1BatchNorm(LpBatchNorm):
@@ -358,6 +416,11 @@ class GroupNorm(_PerChannelAffine):
         return group_norm_backward(dy, x, self.groups, mean, invstd, self.params.get("weight"),
                                    self.grads.get("weight"), self.grads.get("bias"))
 
+    def _standardization(self):
+        x = self._cache[0]
+        self._remember_input_shape(x)
+        return Standardization(as_ncs(x), self.groups, "var", self.eps)
+
     def extra_repr(self):
         return f"{self.groups}, {self.num_features}, eps={self.eps}, affine={self.affine}"
 
@@ -396,6 +459,16 @@ class InstanceNorm(GroupNorm):
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
+
+
+def _variance_standardization(layer):
+    """BatchNorm's (and noisy BatchNorm's) standardization: batch statistics, or running ones in eval mode."""
+    x = layer._cache[1]
+    layer._remember_input_shape(x)
+    if layer._cache[0] == "eval":
+        inv = 1.0 / np.sqrt(layer.running_var.astype(np.float64) + layer.eps)
+        return FixedStandardization(as_ncs(x), layer.running_mean, inv)
+    return Standardization(as_ncs(x), None, "var", layer.eps)
 
 
 # Registry of normalization layers accepted by `norm=` in smoothnorm.models; keep in sync with smoothnorm.NORMS.

@@ -74,7 +74,7 @@ PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
     },
     "ics": {"layers": (list, [], None)},
     "distributions": {"layers": (list, [], None), "units": (int, 4, None), "bins": (int, 40, None)},
-    "hessian": {"k": (int, 1, None)},
+    "hessian": {"k": (int, 1, None), "mode": (str, "probe", ("probe", "eval"))},
 }
 _PROBE_COMMON = {"kind": (str, None, tuple(PROBE_KEYS)), "every": (int, 0, None), "start": (int, 0, None)}
 

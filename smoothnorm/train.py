@@ -157,15 +157,19 @@ class DistributionProbe(Probe):
 
 @dataclass
 class HessianProbe(Probe):
-    """Top-k Hessian eigenvalues on the training batch (Lanczos)."""
+    """Top-k Hessian eigenvalues on the training batch (Lanczos over exact Hessian-vector products).
+
+    mode: "probe" (batch statistics, as every other probe) or "eval" (running statistics, PyHessian's convention).
+    """
 
     k: int = 1
+    mode: str = "probe"
 
     def measure(self, trainer, x, y, grad, loss):
-        return {"top_eigenvalues": np.asarray(hessian_top_eigenvalues(trainer.net, x, y, k=self.k))}
+        return {"top_eigenvalues": np.asarray(hessian_top_eigenvalues(trainer.net, x, y, k=self.k, mode=self.mode))}
 
     def meta(self):
-        return {"k": self.k}
+        return {"k": self.k, "mode": self.mode}
 
 
 PROBES: dict[str, type[Probe]] = {

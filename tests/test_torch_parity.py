@@ -3,61 +3,12 @@
 import numpy as np
 import pytest
 
-from smoothnorm import models, nn
+from smoothnorm import models
 
 torch = pytest.importorskip("torch")
+from tests.torch_twin import run_torch, torch_twin  # noqa: E402
+
 pytestmark = pytest.mark.torch
-
-
-def torch_twin(net):
-    """The same architecture in torch, with module names that match our state_dict keys."""
-    tnn = torch.nn
-    root = tnn.Module()
-    groups: dict[str, list] = {}
-    singles = {}
-    shape = net.input_shape
-    for layer in net.layers:
-        in_shape, shape = shape, layer.output_shape(shape)
-        if isinstance(layer, nn.Conv2d):
-            mod = tnn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                             layer.padding, bias=layer.use_bias)
-        elif isinstance(layer, nn.Linear):
-            mod = tnn.Linear(layer.in_features, layer.out_features, bias=layer.use_bias)
-        elif isinstance(layer, nn.BatchNorm):
-            cls = tnn.BatchNorm2d if len(in_shape) == 3 else tnn.BatchNorm1d
-            mod = cls(layer.num_features, eps=layer.eps, momentum=layer.momentum, affine=layer.affine)
-        elif isinstance(layer, nn.ReLU):
-            mod = tnn.ReLU()
-        elif isinstance(layer, nn.MaxPool2d):
-            mod = tnn.MaxPool2d(2, 2)
-        elif isinstance(layer, nn.Flatten):
-            mod = tnn.Flatten()
-        else:
-            raise TypeError(layer)
-        if "." in layer.name:
-            group, index = layer.name.split(".")
-            groups.setdefault(group, []).append((int(index), mod))
-        else:
-            singles[layer.name] = mod
-    order = []
-    for group, items in groups.items():
-        seq = tnn.Module()
-        for index, mod in items:
-            seq.add_module(str(index), mod)
-        root.add_module(group, seq)
-    for name, mod in singles.items():
-        root.add_module(name, mod)
-    for layer in net.layers:
-        group, _, index = layer.name.partition(".")
-        order.append(getattr(getattr(root, group), index) if index else getattr(root, group))
-    return root, order
-
-
-def run_torch(order, x):
-    out = x
-    for mod in order:
-        out = mod(out)
-    return out
 
 
 @pytest.mark.parametrize("norm", [None, "batch"])

@@ -1,12 +1,14 @@
 """Curvature of the loss: Hessian-vector products, extreme eigenvalues, trace and spectral density.
 
-Hessian-vector products are central differences of the gradient, H v ~ (g(w + h v) - g(w - h v)) / (2 h), computed
-in a float64 copy of the network (a float32 network is copied to float64 first, so the difference of two gradients
-does not drown in float32 rounding), on one batch in probe mode. The step h = step * (1 + ||w||) / ||v|| with
-step = cbrt(float64 eps) ~ 6e-6 by default balances the O(h^2) truncation error against the O(eps / h) rounding
-error; on a quadratic loss the result is exact up to rounding. Piecewise-linear networks (ReLU, max-pool) have
-kinks: a perturbation that crosses one sees a one-sided curvature, which a step this small makes rare.
-The network passed in is never modified (the copy is).
+Hessian-vector products are exact by default: Pearlmutter's R-operator (forward-over-reverse differentiation, each
+layer's `forward_r` / `backward_r`, the normalization math in smoothnorm._rop) in a float64 copy of the network, on
+one batch in probe mode (batch statistics) or eval mode (running statistics). They equal what reverse-over-reverse
+automatic differentiation gives (PyTorch's double backward, PyHessian): the Hessian at the base point's activation
+pattern, with ReLU masks, max-pool winners and the Lp norms' signs and arg-max held fixed. Finite differences of the
+gradient (scheme="central" / "forward", step h = step * (1 + ||w||) / ||v||, step = cbrt(eps) ~ 6e-6) remain as an
+option; on networks with kinks they are wrong by orders of magnitude in the directions Lanczos and power iteration
+reach (a difference step crosses ReLU kinks; issue 10 measured 104 against 2.9 on a VGG-11), so use them only to
+cross-check smooth networks. The network passed in is never modified (the copy is).
 
 Generic routines (`top_eigenvalues`, `power_iteration`, `lanczos_tridiagonal`, `hutchinson_trace`,
 `spectral_density`) act on any symmetric `scipy.sparse.linalg.LinearOperator`; the `hessian_*` functions wrap them
@@ -28,6 +30,8 @@ from smoothnorm.measure.landscape import _check_batch
 
 __all__ = [
     "DEFAULT_RELATIVE_STEP",
+    "HESSIAN_SCHEMES",
+    "HESSIAN_MODES",
     "float64_copy",
     "HessianOperator",
     "hessian_operator",
@@ -64,14 +68,26 @@ def _rng(seed) -> np.random.Generator:
 # ----------------------------------------------------------------------------------------------------------------
 # The operator
 # ----------------------------------------------------------------------------------------------------------------
+HESSIAN_SCHEMES = ("exact", "central", "forward")
+HESSIAN_MODES = ("probe", "eval")
+
+
 class HessianOperator(LinearOperator):
-    """The Hessian of the probe-mode loss on (x, y) w.r.t. all parameters or a subset, as a LinearOperator.
+    """The Hessian of the loss on (x, y) w.r.t. all parameters or a subset, as a LinearOperator.
 
     Holds a float64 copy of the network (the original is never touched). `params`: None (all) or names of layers
     (`layer_slices()` keys) or parameters (`param_slices()` keys); the operator's coordinates are those slices
-    concatenated in flat-vector order. `matvec_count` counts Hessian-vector products: 2 forward+backward each
-    with scheme="central" (error O(h^2)), 1 with "forward" (g(w + h v) - g(w)) / h (error O(h), about 1e-8
-    relative, at half the cost; g(w) computed once).
+    concatenated in flat-vector order. `mode`: "probe" (batch statistics, the default and what every other
+    measurement uses) or "eval" (running statistics, PyHessian's convention).
+
+    scheme "exact" (default): Pearlmutter's R-operator (forward-over-reverse), the product that reverse-over-reverse
+    automatic differentiation gives, exact up to rounding: the Hessian of the loss at the base point's activation
+    pattern (ReLU masks, max-pool winners, the Lp norms' signs and arg-max held fixed, as PyTorch, JAX and
+    PyHessian do). The base forward pass runs once; each product costs one R-forward and one R-backward pass
+    (about 1.5 gradients). "central" and "forward" are finite differences of the gradient (error O(h^2) and O(h),
+    2 and 1 gradients per product): exact only on smooth networks, wrong by orders of magnitude where a difference
+    step crosses a kink (ReLU, max-pool, L1/Linf norms), which Lanczos and power iteration seek out; kept as an
+    independent check on smooth networks. `matvec_count` counts products.
     """
 
     def __init__(
@@ -82,9 +98,11 @@ class HessianOperator(LinearOperator):
         *,
         params: Sequence[str] | None = None,
         step: float | None = None,
-        scheme: str = "central",
+        scheme: str = "exact",
+        mode: str = "probe",
     ) -> None:
-        self.scheme = choice("scheme", scheme, ("central", "forward"))
+        self.scheme = choice("scheme", scheme, HESSIAN_SCHEMES)
+        self.mode = choice("mode", mode, HESSIAN_MODES)
         x, y = _check_batch(net, x, y)
         self.net = float64_copy(net)
         self.x, self.y = self.net.check_input(x), self.net.check_targets(y, x.shape[0])
@@ -96,11 +114,22 @@ class HessianOperator(LinearOperator):
         self.scale = 1.0 + float(np.linalg.norm(self._gather(self.w0)))
         self.matvec_count = 0
         self._base = self.gradient_at(np.zeros(0), 0.0) if scheme == "forward" else None
+        if scheme == "exact":
+            self._prepare_exact()
         n = sum(s.stop - s.start for s in self.slices)
         super().__init__(dtype=np.dtype(np.float64), shape=(n, n))
 
     def _gather(self, full: np.ndarray) -> np.ndarray:
         return np.concatenate([full[s] for s in self.slices]) if len(self.slices) > 1 else full[self.slices[0]]
+
+    def _scatter(self, v: np.ndarray) -> np.ndarray:
+        full = np.zeros(self.net.num_params)
+        offset = 0
+        for s in self.slices:
+            size = s.stop - s.start
+            full[s] = v[offset : offset + size]
+            offset += size
+        return full
 
     def gradient_at(self, v: np.ndarray, h: float) -> np.ndarray:
         """The subset's gradient at w + h v (v in operator coordinates), params restored afterwards."""
@@ -111,10 +140,43 @@ class HessianOperator(LinearOperator):
             params[s] += h * v[offset : offset + size]
             offset += size
         try:
-            _, g = self.net.loss_and_grad(self.x, self.y, mode="probe")
+            _, g = self.net.loss_and_grad(self.x, self.y, mode=self.mode)
             return self._gather(g).copy()
         finally:
             params[...] = self.w0
+
+    # -- the exact product ------------------------------------------------------------------------------------
+    def _prepare_exact(self) -> None:
+        """One base forward pass; every layer keeps its cache (the copy is private, nothing else runs on it)."""
+        net = self.net
+        out = net.forward(self.x, self.mode)
+        self.loss = net.loss_fn.forward(out, self.y)
+        self._dout = net.loss_fn.backward()
+        shapes = {}
+        for layer in net.layers:
+            for pname, pshape in layer.param_shapes().items():
+                shapes[(layer.name, pname)] = (net.param_slices()[f"{layer.name}.{pname}"], pshape)
+        self._param_views = shapes
+
+    def _views(self, layer, flat: np.ndarray) -> dict[str, np.ndarray]:
+        return {pname: flat[sl].reshape(shape) for (name, pname), (sl, shape) in self._param_views.items()
+                if name == layer.name}
+
+    def exact_product(self, direction: np.ndarray) -> np.ndarray:
+        """H d for a full-length parameter direction d, by one R-forward and one R-backward pass."""
+        net = self.net
+        rx = None
+        with np.errstate(all="ignore"):
+            for layer in net.layers:
+                rx = layer.forward_r(rx, self._views(layer, direction))
+            r_out = np.zeros_like(self._dout) if rx is None else rx
+            rd = net.loss_fn.backward_r(r_out)
+            d = self._dout
+            hv = np.zeros(net.num_params)
+            for i in range(len(net.layers) - 1, -1, -1):
+                layer = net.layers[i]
+                d, rd = layer.backward_r(d, rd, self._views(layer, hv), need_dx=i > 0)
+        return hv
 
     def _matvec(self, v):
         v = np.asarray(v, dtype=np.float64).reshape(-1)
@@ -122,6 +184,8 @@ class HessianOperator(LinearOperator):
         norm = float(np.linalg.norm(v))
         if norm == 0.0:
             return np.zeros_like(v)
+        if self.scheme == "exact":
+            return self._gather(self.exact_product(self._scatter(v)))
         if self.scheme == "forward":
             # One gradient per product; truncation error O(h), so the step is sqrt(eps) rather than cbrt(eps).
             h = math.sqrt(self.step**3) * self.scale / norm
@@ -158,15 +222,19 @@ def _subset_slices(net, params: Sequence[str] | None) -> list[slice]:
 
 
 def hessian_operator(
-    net, x, y, *, params: Sequence[str] | None = None, step: float | None = None, scheme: str = "central"
+    net, x, y, *, params: Sequence[str] | None = None, step: float | None = None, scheme: str = "exact",
+    mode: str = "probe",
 ) -> HessianOperator:
     """The loss Hessian on batch (x, y) as a symmetric LinearOperator (finite differences in a float64 copy)."""
-    return HessianOperator(net, x, y, params=params, step=step, scheme=scheme)
+    return HessianOperator(net, x, y, params=params, step=step, scheme=scheme, mode=mode)
 
 
-def hessian_vector_product(net, x, y, v, *, params: Sequence[str] | None = None, step: float | None = None):
+def hessian_vector_product(
+    net, x, y, v, *, params: Sequence[str] | None = None, step: float | None = None, scheme: str = "exact",
+    mode: str = "probe",
+):
     """H v for one vector v (in the subset's coordinates; (n,) for all parameters), float64."""
-    op = HessianOperator(net, x, y, params=params, step=step)
+    op = HessianOperator(net, x, y, params=params, step=step, scheme=scheme, mode=mode)
     v = np.asarray(v, dtype=np.float64)
     if v.shape != (op.shape[0],):
         raise ValueError(f"v: expected shape ({op.shape[0]},), got {v.shape}")
@@ -184,9 +252,12 @@ def _dense(op: LinearOperator) -> np.ndarray:
     return 0.5 * (cols + cols.T)
 
 
-def dense_hessian(net, x, y, *, params: Sequence[str] | None = None, step: float | None = None) -> np.ndarray:
+def dense_hessian(
+    net, x, y, *, params: Sequence[str] | None = None, step: float | None = None, scheme: str = "exact",
+    mode: str = "probe",
+) -> np.ndarray:
     """The full (n, n) Hessian, column by column (n Hessian-vector products), symmetrized. For small n only."""
-    return _dense(HessianOperator(net, x, y, params=params, step=step))
+    return _dense(HessianOperator(net, x, y, params=params, step=step, scheme=scheme, mode=mode))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -401,6 +472,8 @@ def hessian_top_eigenvalues(
     maxiter: int | None = None,
     seed: int | np.random.Generator = 0,
     step: float | None = None,
+    scheme: str = "exact",
+    mode: str = "probe",
 ) -> np.ndarray:
     """The k largest eigenvalues of the loss Hessian on batch (x, y), descending (float64 copy, probe mode).
 
@@ -408,7 +481,7 @@ def hessian_top_eigenvalues(
     tol: relative accuracy of the eigenvalues. seed: the starting vector's. Cost: 2 forward+backward per
     Hessian-vector product; Lanczos typically needs tens of products for k = 1.
     """
-    op = HessianOperator(net, x, y, params=params, step=step)
+    op = HessianOperator(net, x, y, params=params, step=step, scheme=scheme, mode=mode)
     return top_eigenvalues(op, k, method=method, tol=tol, maxiter=maxiter, seed=seed)
 
 
@@ -422,9 +495,11 @@ def hessian_min_eigenvalue(
     maxiter: int | None = None,
     seed: int | np.random.Generator = 0,
     step: float | None = None,
+    scheme: str = "exact",
+    mode: str = "probe",
 ) -> float:
     """The most negative (algebraically smallest) eigenvalue of the loss Hessian on (x, y), by Lanczos."""
-    op = HessianOperator(net, x, y, params=params, step=step)
+    op = HessianOperator(net, x, y, params=params, step=step, scheme=scheme, mode=mode)
     n = op.shape[0]
     if n <= 2:
         return float(np.linalg.eigvalsh(_dense(op))[0])
@@ -442,9 +517,12 @@ def hessian_trace(
     params: Sequence[str] | None = None,
     seed: int | np.random.Generator = 0,
     step: float | None = None,
+    scheme: str = "exact",
+    mode: str = "probe",
 ) -> TraceEstimate:
     """Hutchinson's estimate of the loss Hessian's trace on (x, y) (see `hutchinson_trace`)."""
-    return hutchinson_trace(HessianOperator(net, x, y, params=params, step=step), num_probes, seed=seed)
+    op = HessianOperator(net, x, y, params=params, step=step, scheme=scheme, mode=mode)
+    return hutchinson_trace(op, num_probes, seed=seed)
 
 
 def hessian_spectral_density(
@@ -457,10 +535,12 @@ def hessian_spectral_density(
     params: Sequence[str] | None = None,
     seed: int | np.random.Generator = 0,
     step: float | None = None,
+    scheme: str = "exact",
+    mode: str = "probe",
 ) -> SpectralDensity:
     """The loss Hessian's spectral density on (x, y) by stochastic Lanczos quadrature (see `spectral_density`).
 
     Cost: num_probes * lanczos_steps Hessian-vector products; memory: lanczos_steps float64 parameter vectors.
     """
-    op = HessianOperator(net, x, y, params=params, step=step)
+    op = HessianOperator(net, x, y, params=params, step=step, scheme=scheme, mode=mode)
     return spectral_density(op, num_probes=num_probes, lanczos_steps=lanczos_steps, seed=seed)
