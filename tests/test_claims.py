@@ -363,3 +363,22 @@ def test_figures_draw_the_median_over_seeds_with_a_band(tmp_path):
     draw_accuracy(ax2, [r for r in runs if r.config["run"]["seed"] == 0], metric="train_acc")
     assert sorted(line.get_label() for line in ax2.get_lines()) == ["BN", "Standard"]
     assert len(ax2.collections) == 0
+
+
+def test_run_with_seeds_trains_each_seed_draws_and_prints_verdicts(tmp_path, capsys):
+    path = write_spec(tmp_path)
+    runs, figures = tmp_path / "runs", tmp_path / "figures"
+    args = ["run", str(path), "--profile", "tiny", "--seeds", "2", "--runs", str(runs), "--figures", str(figures),
+            "--set", "steps=4", "--set", "eval_every=2", "--set", "probe_every=2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name.split("-")[3] for p in (runs / "tiny").iterdir()) == ["s0", "s0", "s1", "s1"]
+    assert "[figx_synthetic:faster] holds in" in out and "of 2 seeds" in out
+    records = json.loads((figures / "claims.json").read_text())
+    assert [r["seeds"] for r in records] == [[0, 1]] * 3 and records[0]["profile"] == "tiny"
+    assert (figures / "figx_synthetic.png").stat().st_size > 1000
+    # Again: every run is reused (nothing retrained), and the claims files come out byte for byte the same.
+    before = {p: p.read_bytes() for p in figures.glob("claims.json")}
+    assert main(args) == 0
+    assert "starting" not in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in figures.glob("claims.json")} == before
