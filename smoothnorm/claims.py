@@ -10,7 +10,9 @@ A spec's `[[claims]]` table holds
   factor * value(than) + margin, `factor` default 1, `margin` default 0), or with `level` alone (`relation` against
   the number `level`, "fails to train": final training accuracy less than 0.2);
 - `if_diverged`: "null" (default: a diverged run makes the check null, never holding) or "holds" (for "fails to
-  train" checks, where diverging is failing to train).
+  train" checks, where diverging is failing to train);
+- `notes`: optional {profile: text}, the measured reason a check cannot hold at that profile's scale, shown beside
+  the verdict in CLAIMS.md for that profile only.
 A check is null for a seed (and says why) when a run it reads is missing, unfinished, diverged, or lacks the
 quantity; it holds or fails otherwise. The vocabulary lives here; smoothnorm.spec calls `parse_claims` to validate
 claims with the spec, before any work. `evaluate_spec` reads runs through smoothnorm.results; `write_claims`
@@ -48,7 +50,8 @@ QUANTITIES: dict[str, tuple[str | None, bool, str]] = {
 STATS = ("final", "mean", "median", "max", "min", "fraction_above", "fraction_below")
 RELATIONS = ("greater", "less")
 _CLAIM_KEYS = ("id", "text", "quantity", "layer", "stat", "window", "run", "than", "relation", "factor", "margin",
-               "level", "if_diverged")
+               "level", "if_diverged", "notes")
+_NOTE_PROFILES = ("tiny", "quick", "paper")
 
 
 class ClaimError(ValueError):
@@ -72,6 +75,11 @@ class Claim:
     margin: float = 0.0
     level: float | None = None
     if_diverged: str = "null"
+    notes: tuple[tuple[str, str], ...] = ()
+
+    def note(self, profile: str) -> str:
+        """The spec's note for this claim at a profile ("" when none)."""
+        return dict(self.notes).get(profile, "")
 
     def describe(self) -> str:
         """The check in words, e.g. "mean train_acc over steps [0.5, 1] of A greater than 1 x B + 0"."""
@@ -163,7 +171,13 @@ def parse_claims(where: str, raw: Any, labels: set[str], probe_kinds: set[str]) 
             raise ClaimError(f"{cw}: keys 'factor' and 'margin' apply only to a comparison with 'than'")
         if_diverged = _string(cw, "if_diverged", table.get("if_diverged", "null"), ("null", "holds"))
         text = _string(cw, "text", table["text"])
-        claims.append(Claim(id=cid, text=text, quantity=quantity, stat=stat, run=run, relation=relation, than=than,
+        notes = table.get("notes", {})
+        if not isinstance(notes, dict) or not all(k in _NOTE_PROFILES and isinstance(v, str) and v
+                                                  for k, v in notes.items()):
+            raise ClaimError(f"{cw}: key 'notes' expects a table {{profile = \"text\"}} with profiles in "
+                             f"{list(_NOTE_PROFILES)}, got {notes!r}")
+        claims.append(Claim(notes=tuple(sorted(notes.items())),
+                            id=cid, text=text, quantity=quantity, stat=stat, run=run, relation=relation, than=than,
                             layer=layer, window=(float(window[0]), float(window[1])), factor=factor,
                             margin=margin, level=level, if_diverged=if_diverged))
     return claims
@@ -398,8 +412,9 @@ def markdown_table(records: list[dict], *, figures_link: str = "") -> str:
         fig = f"[{r['spec']}]({figures_link}{r['spec']}.png)"
         notes = r.get("notes") or [""] * len(r["seeds"])
         values = "<br>".join(_seed_text(s, h, v, n) for s, h, v, n in zip(r["seeds"], r["holds"], r["values"], notes))
+        verdict = f"**{r['verdict']}**" + (f"<br>Why, measured: {r['note']}" if r.get("note") else "")
         rows.append(f"| {fig} | {_md_cell(r['text'])} | {_md_cell(r['check'])} | {_md_cell(values)} | "
-                    f"**{r['verdict']}** |")
+                    f"{_md_cell(verdict)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -416,7 +431,8 @@ def write_claims(results: list[ClaimResult], out_dir: str | os.PathLike, *, prof
     updates fig1's rows and leaves the rest of a `reproduce`); records are ordered by spec name.
     """
     out = Path(out_dir)
-    records = [dict(r.as_json(), profile=profile) for r in results]
+    records = [dict(r.as_json(), profile=profile, **({"note": r.claim.note(profile)} if r.claim.note(profile)
+                                                       else {})) for r in results]
     new_specs = {r["spec"] for r in records}
     old_path = out / "claims.json"
     if keep_others and old_path.exists():

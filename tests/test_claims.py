@@ -75,6 +75,7 @@ run = "Standard"
 relation = "less"
 level = 0.2
 if_diverged = "holds"
+notes = {quick = "measured: the quick budget is too short"}
 """
 
 
@@ -241,6 +242,7 @@ factor = 2.0
         ('quantity = "train_acc"\nstat = "average"', "'stat'"),
         ('quantity = "train_acc"\nwindow = [0.8, 0.2]', "'window'"),
         ('quantity = "train_acc"\nhue = 1', "unknown key 'hue'"),
+        ('quantity = "train_acc"\nnotes = {fast = "x"}', "'notes'"),
     ],
 )
 def test_claim_validation_names_file_and_key(tmp_path, claim, message):
@@ -304,6 +306,8 @@ def test_claims_files_are_atomic_and_regenerate_identically(tmp_path, monkeypatc
         assert {"spec", "id", "text", "seeds", "holds", "values"} <= set(r) and r["seeds"] == [0, 1]
     assert records[0]["holds"] == [True, False]
     assert "holds in 1 of 2 seeds" in md.read_text() and "figx_synthetic.png" in md.read_text()
+    assert records[2]["note"] == "measured: the quick budget is too short" and "note" not in records[0]
+    assert "Why, measured: measured: the quick budget" in md.read_text()
     md2, js2 = claims_module.write_claims(claims_module.evaluate_spec(spec, root), out, profile="quick")
     assert (md2.read_bytes(), js2.read_bytes()) == first
 
