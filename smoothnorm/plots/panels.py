@@ -31,6 +31,7 @@ from smoothnorm.plots.style import (
     _resolve_layer,
     _run_legend,
     _seed_legend,
+    _seed_note,
     _seed_stats,
     _select_run,
     group_by_label,
@@ -149,7 +150,8 @@ def draw_band(
             mids = _on_common_steps([(e[0], e[3]) for e in edges])[1]
             lo, hi, mid = _seed_stats(lows)[0], _seed_stats(highs)[0], _seed_stats(mids)[0]
             bad = np.isin(steps, np.concatenate([e[0][e[4]] for e in edges]))
-            legend = _seed_legend(group, band="band edges: medians over seeds")
+            legend = _seed_legend(group)
+            _seed_note(ax, len(group), band="band edges: medians over seeds")
         any_finite = np.isfinite(lo) & np.isfinite(hi)
         ax.fill_between(steps, lo, hi, where=any_finite, color=color, alpha=0.3, linewidth=0, label=legend)
         if center != "none":

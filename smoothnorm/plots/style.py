@@ -208,14 +208,19 @@ def group_by_label(runs: Sequence[RunResult]) -> dict[str, list[RunResult]]:
     return {label: sorted(group, key=_seed_of) for label, group in groups.items()}
 
 
-def _seed_legend(group: Sequence[RunResult], band: str = "min-max band") -> str:
-    n = len(group)
+def _seed_legend(group: Sequence[RunResult]) -> str:
+    """The legend label of a label's median over seeds (with how many seeds diverged or are still running)."""
     diverged = sum(r.status == "diverged" for r in group)
     running = sum(r.status == "running" for r in group)
-    extra = "".join(
-        [f", {diverged} diverged" if diverged else "", f", {running} running" if running else ""]
-    )
-    return f"{group[0].label} (median of {n} seeds, {band}{extra})"
+    extra = ", ".join(([f"{diverged} diverged"] if diverged else []) + ([f"{running} running"] if running else []))
+    return f"{group[0].label} ({extra})" if extra else group[0].label
+
+
+def _seed_note(ax: Axes, n: int, band: str = "shaded: min-max over seeds") -> None:
+    """One legend entry saying what the lines and bands of several seeds are (added once per panel)."""
+    text = f"line: median of {n} seeds; {band}"
+    if text not in ax.get_legend_handles_labels()[1]:
+        ax.plot([], [], color="none", label=text)
 
 
 def _on_common_steps(series: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -260,3 +265,6 @@ def _draw_series(ax: Axes, runs: Sequence[RunResult], series, cmap: Mapping[str,
         keep = np.isfinite(mid)
         ax.fill_between(grid, lo, hi, where=keep, color=color, alpha=0.2, linewidth=0)
         ax.plot(grid[keep], mid[keep], color=color, label=_seed_legend(group), **line)
+    counts = [len(group) for group in group_by_label(runs).values() if len(group) > 1]
+    if counts:
+        _seed_note(ax, max(counts))
