@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
 import sys
 
 
@@ -41,14 +43,41 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _execute(args, specs, root) -> None:
+    """Train the runs the specs need on the executor the flags choose, with a progress display on stderr."""
+    from smoothnorm import executors
+    from smoothnorm.progress import ProgressDisplay
+
+    with executors.make_executor(args.workers, args.scheduler, args.threads_per_run,
+                                 stale_after=args.lease_timeout) as executor:
+        with ProgressDisplay() as display:
+            executors.run_specs(specs, root, progress=display, executor=executor)
+
+
+def _limit_threads_early(args) -> None:
+    """--threads-per-run without Dask: set the thread variables before NumPy, BLAS and Numba load, so BLAS obeys
+    too (later, only Numba's threads can be lowered)."""
+    threads = getattr(args, "threads_per_run", None)
+    if threads is None or args.workers is not None or args.scheduler is not None:
+        return
+    if not any(name in sys.modules for name in ("numpy", "numba")):
+        from smoothnorm.executors import thread_environment
+
+        os.environ.update(thread_environment(threads))
+
+
 def _specs(args, names: list[str] | None):
     from smoothnorm import spec as spec_module
 
-    paths = spec_module.list_specs(args.specs)
+    groups = ("paper", "study") if getattr(args, "study", False) else ("paper",)
+    paths = spec_module.list_specs(args.specs, groups)
     if not paths:
         raise spec_module.SpecError(f"no specs (*.toml) in {args.specs or spec_module.default_spec_folder()}")
     if names:
-        by_name = {p.stem: p for p in paths}
+        # A name may be any group's spec (study/optimizers, examples/...); the paper's win on a clash.
+        by_name = {}
+        for p in spec_module.list_specs(args.specs, tuple(spec_module.SPEC_GROUPS)):
+            by_name.setdefault(p.stem, p)
         chosen = []
         for name in names:
             if name.endswith(".toml") or "/" in name:
@@ -65,21 +94,33 @@ def _specs(args, names: list[str] | None):
     return [spec_module.load_spec(p, args.profile, args.set, seeds=seeds) for p in paths]
 
 
+_GROUP_TITLES = {
+    "paper": "Paper figures (smoothnorm reproduce)",
+    "study": "Optimization study (experiments/study; smoothnorm reproduce --study, or run NAME)",
+    "examples": "Examples beyond the paper (experiments/examples; smoothnorm run NAME)",
+}
+
+
 def _list(args) -> int:
     from smoothnorm import spec as spec_module
 
-    for path in spec_module.list_specs(args.specs):
-        spec = spec_module.load_spec(path, "quick")
-        print(f"{path.stem:28s} {spec.title}")
+    for group in spec_module.SPEC_GROUPS:
+        paths = spec_module.list_specs(args.specs, (group,))
+        if not paths:
+            continue
+        print(_GROUP_TITLES[group])
+        for path in paths:
+            spec = spec_module.load_spec(path, "quick")
+            print(f"  {path.stem:30s} {spec.title}")
     return 0
 
 
 def _run(args) -> int:
-    from smoothnorm import executors, experiment, plots
+    from smoothnorm import experiment, plots
 
     specs = _specs(args, args.spec)
     root = experiment.results_root(args.runs, args.profile)
-    executors.run_specs(specs, root, progress=_progress)
+    _execute(args, specs, root)
     if not args.no_plot:
         for spec in specs:
             for path in plots.draw_spec(spec, root, args.figures):
@@ -89,12 +130,12 @@ def _run(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from smoothnorm import executors, experiment, plots
+    from smoothnorm import experiment, plots
 
     specs = _specs(args, args.only.split(",") if args.only else None)
     root = experiment.results_root(args.runs, args.profile)
     t0 = __import__("time").perf_counter()
-    executors.run_specs(specs, root, progress=_progress)
+    _execute(args, specs, root)
     for spec in specs:
         for path in plots.draw_spec(spec, root, args.figures):
             print(path)
@@ -165,6 +206,32 @@ def _add_common(p, *, spec_selection: bool = True) -> None:
                    help="run every run for N seeds (base seed .. base seed + N - 1); overrides a spec's seeds")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _add_execution(p) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                       help="train on a local Dask cluster of N worker processes (needs the 'dask' extra)")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="train on an existing Dask cluster, e.g. tcp://host:8786 (needs the 'dask' extra)")
+    p.add_argument("--threads-per-run", type=_positive_int, default=None, metavar="T",
+                   help="Numba/OpenMP/BLAS threads inside each run (default with --workers: cores / N)")
+    p.add_argument("--lease-timeout", type=_positive_float, default=120.0, metavar="SECONDS",
+                   help="a run whose lease has had no heartbeat for this long is taken over (default 120)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoothnorm",
@@ -178,10 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="+", help="spec names (fig4 or fig4_vgg_landscape) or paths to .toml files")
     p.add_argument("--no-plot", action="store_true", help="train and record only")
     _add_common(p)
+    _add_execution(p)
     p.set_defaults(func=_run)
     p = sub.add_parser("reproduce", help="run every spec and draw every figure")
     p.add_argument("--only", default=None, help="comma-separated spec names, e.g. fig4,fig10")
+    p.add_argument("--study", action="store_true", help="also run the optimization study (experiments/study)")
     _add_common(p)
+    _add_execution(p)
     p.set_defaults(func=_reproduce)
     p = sub.add_parser("plot", help="redraw figures from stored runs without training")
     p.add_argument("--only", default=None, help="comma-separated spec names")
@@ -209,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _limit_threads_early(args)
+    previous = _terminate_as_exit()
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -217,6 +289,35 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from smoothnorm.executors import MissingExtraError, RunsFailed
+        from smoothnorm.leases import LeaseError
+
+        if isinstance(err, MissingExtraError):
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if isinstance(err, (RunsFailed, LeaseError)):
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _terminate_as_exit() -> dict:
+    """Turn SIGTERM (a batch system's walltime, `kill`) and SIGHUP (a closed terminal) into SystemExit, so leases
+    are released on the way out. Returns the previous handlers (none when not in the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    return {signum: signal.signal(signum, handler) for signum in signals}
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ smoothnorm.executors. The names of smoothnorm.spec are re-exported here for exis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -19,8 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-from smoothnorm import __version__
-from smoothnorm.results import jsonl_line, read_jsonl, read_npz, write_json, write_jsonl, write_npz
+from smoothnorm import __version__, leases
+from smoothnorm.results import (
+    CHECKPOINT,
+    PREVIOUS_CHECKPOINT,
+    jsonl_line,
+    read_checkpoint,
+    read_config,
+    read_jsonl,
+    read_npz,  # noqa: F401 (tests read checkpoints through experiment)
+    write_checkpoint,
+    write_json,
+    write_jsonl,
+    write_npz,
+)
 from smoothnorm.spec import (  # noqa: F401 (re-exported)
     BASE_KEYS,
     PROBE_KEYS,
@@ -45,36 +58,67 @@ from smoothnorm.spec import (  # noqa: F401 (re-exported)
 # Building what a run needs
 # ----------------------------------------------------------------------------------------------------------------
 @lru_cache(maxsize=4)
-def _dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, data_root: str):
+def _raw_dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, data_root: str, scale: str,
+                 feature_scale_range: float):
     from smoothnorm import data
 
     if kind == "synthetic_images":
-        (xtr, ytr), (xte, yte) = data.synthetic_images(n_train, n_test, seed=data_seed)
+        (xtr, ytr), (xte, yte) = data.synthetic_images(n_train, n_test, seed=data_seed, scale=scale)
         return xtr, ytr, xte, yte
     if kind == "gaussian_regression":
-        x, y = data.gaussian_regression(n=n_train, dim=dim, seed=data_seed)
+        x, y = data.gaussian_regression(n=n_train, dim=dim, seed=data_seed, feature_scale_range=feature_scale_range)
         return x, y, None, None
     root = data_root or None
     if root is None:
         from smoothnorm.data._io import data_home
 
         root = str(data_home())
-    xtr, ytr = data.load_cifar10(root, train=True)
-    xte, yte = data.load_cifar10(root, train=False)
+    xtr, ytr = data.load_cifar10(root, train=True, scale=scale)
+    xte, yte = data.load_cifar10(root, train=False, scale=scale)
     return xtr, ytr, xte, yte
 
 
-def build_network(s: dict):
+@lru_cache(maxsize=4)
+def _dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, data_root: str, scale: str = "normalized",
+             feature_scale_range: float = 1.0, input_norm: str = "none"):
+    """The run's data: (x_train, y_train, x_test, y_test), the input normalization fitted on x_train alone."""
+    from smoothnorm.data import normalize_inputs
+
+    xtr, ytr, xte, yte = _raw_dataset(kind, n_train, n_test, dim, data_seed, data_root, scale, feature_scale_range)
+    if input_norm != "none":
+        if xte is None:
+            (xtr,) = normalize_inputs(input_norm, xtr)
+        else:
+            xtr, xte = normalize_inputs(input_norm, xtr, xte)
+    return xtr, ytr, xte, yte
+
+
+def _run_dataset(s: dict):
+    return _dataset(s["data"], s["n_train"], s["n_test"], s["dim"], s["data_seed"], s["data_root"], s["scale"],
+                    s["feature_scale_range"], s["input_norm"])
+
+
+def build_network(s: dict, input_shape: tuple[int, ...] | None = None):
+    """The run's network. input_shape: one sample's shape (an MLP flattens images, so it needs the data's)."""
     from smoothnorm import models
 
     norm = None if s["norm"] == "none" else s["norm"]
     dtype = np.dtype(s["dtype"])
+    common = {"norm": norm, "dtype": dtype, "seed": s["seed"], "init": s["init"],
+              "norm_options": s["norm_options"] or None}
+    activation = s.get("activation", "default")
+    position = s.get("norm_position", "before_activation")
     if s["model"] == "vgg":
-        return models.vgg(s["arch"], norm=norm, width=s["width"], dtype=dtype, seed=s["seed"], init=s["init"],
-                          norm_options=s["norm_options"] or None)
+        return models.vgg(s["arch"], width=s["width"], activation="relu" if activation == "default" else activation,
+                          norm_position=position, algorithm=s["conv_algorithm"], **common)
     if s["model"] == "dln":
-        return models.dln(s["depth"], s["hidden"], in_dim=s["dim"], out_dim=s["dim"], norm=norm, dtype=dtype,
-                          seed=s["seed"], init=s["init"], norm_options=s["norm_options"] or None)
+        return models.dln(s["depth"], s["hidden"], in_dim=s["dim"], out_dim=s["dim"],
+                          activation="identity" if activation == "default" else activation, **common)
+    if s["model"] == "mlp":
+        in_dim = int(np.prod(input_shape)) if input_shape is not None else 3 * 32 * 32
+        return models.mlp(in_dim, [s["hidden"]] * (s["depth"] - 1), 10,
+                          activation="relu" if activation == "default" else activation, norm_position=position,
+                          **common)
     raise SpecError(f"model {s['model']!r} has no data set in the experiment runner yet")
 
 
@@ -123,7 +167,15 @@ def build_probes(net, run: RunSpec) -> list:
             probes.append(train.DistributionProbe(name="distributions", every=p.every, start=p.start, layers=layers,
                                                   units=o["units"], bins=o["bins"], seed=run.settings["seed"]))
         elif p.kind == "hessian":
-            probes.append(train.HessianProbe(name="hessian", every=p.every, start=p.start, k=o["k"], mode=o["mode"]))
+            probes.append(train.HessianProbe(name="hessian", every=p.every, start=p.start, k=o["k"],
+                                             mode=o["mode"], condition=o["condition"], max_params=o["max_params"]))
+        elif p.kind == "saturation":
+            probes.append(train.SaturationProbe(name="saturation", every=p.every, start=p.start,
+                                                threshold=o["threshold"]))
+        elif p.kind == "grad_norms":
+            probes.append(train.GradNormProbe(name="grad_norms", every=p.every, start=p.start))
+        elif p.kind == "bn_gap":
+            probes.append(train.BatchStatsGapProbe(name="bn_gap", every=p.every, start=p.start))
     return probes
 
 
@@ -155,15 +207,28 @@ def _eval_fn(s: dict, xte, yte):
     limit = s["eval_samples"] or xte.shape[0]
     xe, ye = xte[:limit], yte[:limit]
 
-    def fn(net):
-        accs, losses = [], []
-        for start in range(0, xe.shape[0], 500):
-            xb, yb = xe[start:start + 500], ye[start:start + 500]
+    def evaluate(net, mode: str, size: int) -> tuple[float, float]:
+        correct = total_loss = 0.0
+        count = 0
+        for start in range(0, xe.shape[0], size):
+            xb, yb = xe[start:start + size], ye[start:start + size]
+            if mode == "probe" and xb.shape[0] < size and count:
+                break  # batch statistics need full batches, as in training (drop_last)
             with np.errstate(all="ignore"):
-                loss = net.loss(xb, yb, mode="eval")
-            accs.append(np.mean(np.argmax(net.output, axis=1) == yb) * xb.shape[0])
-            losses.append(loss * xb.shape[0])
-        return {"test_acc": float(np.sum(accs) / xe.shape[0]), "test_loss": float(np.sum(losses) / xe.shape[0])}
+                loss = net.loss(xb, yb, mode=mode)
+            correct += float(np.sum(np.argmax(net.output, axis=1) == yb))
+            total_loss += loss * xb.shape[0]
+            count += xb.shape[0]
+        return correct / count, total_loss / count
+
+    def fn(net):
+        acc, loss = evaluate(net, "eval", 500)
+        row = {"test_acc": acc, "test_loss": loss}
+        if s.get("eval_batch_stats"):
+            # BatchNorm in training mode on the test split: batch statistics of test batches of the training size.
+            size = min(s["batch_size"] or xe.shape[0], xe.shape[0])
+            row["test_acc_batch_stats"], row["test_loss_batch_stats"] = evaluate(net, "probe", size)
+        return row
 
     return fn
 
@@ -201,46 +266,92 @@ def _status(path: Path) -> dict:
         return {}
 
 
-def execute_run(run: RunSpec, root: Path, *, progress: Callable[[str], None] | None = None) -> Path:
-    """Train one run into `root/<run_id>`, resuming from its checkpoint; returns the run directory."""
+def _plan(run: RunSpec, path: Path) -> tuple[RunSpec, bool, str | None]:
+    """(the run to train, whether its stored config matches so it can resume, status if there is nothing to do)."""
+    wanted = _probe_key(run.probes)
+    status = _status(path)
+    config_path = path / "config.json"
+    old = read_config(config_path) if config_path.exists() else None  # RunFileError naming it if damaged
+    same = old is not None and old.get("identity") == run.identity
+    have = old.get("probes", []) if same else []
+    if same and status.get("status") in ("finished", "diverged") and all(p in have for p in wanted):
+        return run, same, status["status"]
+    if same and have != wanted:
+        # Other probes than recorded: retrain from scratch with the union (deterministic, so metrics are the same).
+        wanted = _probe_key(_union_probes(have, run.probes))
+        run = RunSpec(run.label, run.settings, [ProbeSpec(**_probe_from_identity(p)) for p in wanted])
+        same = False
+    return run, same, None
+
+
+def _log_attempt(path: Path, record: dict) -> None:
+    """Append one line to the run's attempts.jsonl: who trained it from which step (an audit trail of leases)."""
+    fd = os.open(path / "attempts.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, jsonl_line(record).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def execute_run(run: RunSpec, root: Path, *, progress: Callable[[dict], None] | None = None, wait: bool = True,
+                stale_after: float = leases.STALE_AFTER, heartbeat_every: float | None = None,
+                poll: float = 1.0, progress_every: float = 1.0) -> Path:
+    """Train one run into `root/<run_id>` under its lease, resuming from its checkpoint; returns the run directory.
+
+    progress: receives event dicts (smoothnorm.progress describes them), step events at most every
+    `progress_every` seconds. wait: when another live process holds the run's lease, wait for it (polling every
+    `poll` s) instead of raising smoothnorm.leases.LeaseHeld. stale_after, heartbeat_every: see smoothnorm.leases.
+    """
+    emit = progress or (lambda event: None)
+    path = Path(root) / run.run_id
+    run, _, done = _plan(run, path)
+    if done:
+        emit({"kind": "skip", "run": run.run_id, "status": done})
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    lease = leases.Lease(path, stale_after=stale_after, heartbeat_every=heartbeat_every)
+    lease.acquire(wait=wait, poll=poll, on_wait=lambda owner: emit({"kind": "wait", "run": run.run_id, "owner": owner}))
+    try:
+        run, same, done = _plan(run, path)  # again: whoever held the lease may have finished the run meanwhile
+        if done:
+            emit({"kind": "skip", "run": run.run_id, "status": done})
+            return path
+        return _train(run, path, same, lease, emit, progress_every)
+    finally:
+        lease.release()
+
+
+def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Callable[[dict], None],
+           progress_every: float) -> Path:
     from smoothnorm import optim
     from smoothnorm.train import Trainer
 
     s = run.settings
-    path = root / run.run_id
-    wanted = _probe_key(run.probes)
-    status = _status(path)
     config_path = path / "config.json"
-    old = json.loads(config_path.read_text()) if config_path.exists() else None
-    same = old is not None and old.get("identity") == run.identity
-    have = old.get("probes", []) if same else []
-    if same and status.get("status") in ("finished", "diverged") and all(p in have for p in wanted):
-        if progress:
-            progress(f"{run.run_id}: already {status['status']}, skipped")
-        return path
-    if same and have != wanted:
-        # Other probes than recorded: retrain from scratch with the union (deterministic, so metrics are the same).
-        wanted = _probe_key(_union_probes(have, run.probes))
-        run = RunSpec(run.label, s, [ProbeSpec(**_probe_from_identity(p)) for p in wanted])
-        same = False
-    xtr, ytr, xte, yte = _dataset(s["data"], s["n_train"], s["n_test"], s["dim"], s["data_seed"], s["data_root"])
-    net = build_network(s)
+    wanted = _probe_key(run.probes)
+    xtr, ytr, xte, yte = _run_dataset(s)
+    net = build_network(s, xtr.shape[1:])
+    if s["model"] == "mlp":
+        xtr, xte = xtr.reshape(len(xtr), -1), None if xte is None else xte.reshape(len(xte), -1)
     optimizer = optim.make_optimizer(s["optimizer"], lr=s["lr"], **s["optimizer_options"])
     trainer = Trainer(net, optimizer, _batch_fn(s, xtr, ytr), build_probes(net, run),
                       eval_fn=_eval_fn(s, xte, yte), eval_every=s["eval_every"], seed=s["seed"])
-    path.mkdir(parents=True, exist_ok=True)
-    resumed = False
-    if same and (path / "checkpoint.npz").exists():
-        state = read_npz(path / "checkpoint.npz")
-        meta = json.loads(str(state.pop("meta_json")))
-        state["meta"] = meta
-        trainer.load_state_dict(state)
-        rows = [r for r in read_jsonl(path / "metrics.jsonl") if r.get("step", -1) < trainer.step]
+    # Temporary files of writes cut short by a kill (atomic_open's hidden ".name.XXXX.part"): under the lease no one
+    # else writes here, so they are leftovers.
+    for leftover in path.glob(".*.part"):
+        leftover.unlink(missing_ok=True)
+    resumed, checkpoint = False, None
+    if same and ((path / CHECKPOINT).exists() or (path / PREVIOUS_CHECKPOINT).exists()):
+        # The newest intact checkpoint: checkpoint.npz, else the one before it (RunFileError naming both if
+        # neither can be read or fits this run).
+        _, checkpoint = read_checkpoint(path, check=lambda arrays: _restore(trainer, arrays))
+        rows = [r for r in read_jsonl(path / "metrics.jsonl") if r["step"] < trainer.step]
         write_jsonl(path / "metrics.jsonl", rows)
         trainer.metrics = rows
         resumed = True
     else:
-        for name in ("checkpoint.npz", "probes.npz", "metrics.jsonl", "status.json"):
+        for name in (CHECKPOINT, PREVIOUS_CHECKPOINT, "probes.npz", "metrics.jsonl", "status.json", "attempts.jsonl"):
             if (path / name).exists():
                 (path / name).unlink()
         write_json(config_path, {
@@ -248,11 +359,17 @@ def execute_run(run: RunSpec, root: Path, *, progress: Callable[[str], None] | N
             "environment": environment(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": sys.argv,
         })
+    owner = lease.record
+    _log_attempt(path, {"host": owner["host"], "pid": owner["pid"], "start": owner["start"], "from_step": trainer.step,
+                        "took_over": lease.took_over, "checkpoint": checkpoint.name if checkpoint else None})
     probe_meta = {p.name: {"kind": type(p).__name__, **p.meta()} for p in trainer.probes}
     steps = s["steps"]
     every = s["checkpoint_every"] or steps
     metrics_file = open(path / "metrics.jsonl", "a")  # noqa: SIM115 (closed in finally)
-    last_report = [time.perf_counter()]
+    # Rates count from the end of this process's first step, which includes Numba's compilation.
+    clock = {"t0": None, "step0": 0, "last": -1e9}
+
+    saved = {"step": trainer.step if resumed else None}
 
     def save(status_name: str) -> None:
         metrics_file.flush()
@@ -260,33 +377,56 @@ def execute_run(run: RunSpec, root: Path, *, progress: Callable[[str], None] | N
         state = trainer.state_dict()
         meta = state.pop("meta")
         state["meta_json"] = np.array(json.dumps(meta))
-        write_npz(path / "checkpoint.npz", state)
+        # The checkpoint first (the previous one is kept until it is complete); probes.npz and status.json are
+        # views of it, so a crash between the writes loses nothing.
+        write_checkpoint(path, state)
+        saved["step"] = trainer.step
         write_npz(path / "probes.npz", trainer.probe_arrays())
         write_json(path / "status.json", {"status": status_name, "step": trainer.step, "steps": steps,
                                           "probe_meta": probe_meta, "elapsed": trainer.elapsed})
 
     def callback(tr: Trainer, row: dict) -> None:
         metrics_file.write(jsonl_line(row))
+        lease.check()
         if tr.step % every == 0 and tr.step < steps:
             save("running")
         now = time.perf_counter()
-        if progress and (now - last_report[0] > 5 or tr.step == steps):
-            last_report[0] = now
-            rate = tr.step / max(tr.elapsed, 1e-9)
-            eta = (steps - tr.step) / max(rate, 1e-9)
-            progress(f"{run.run_id}: step {tr.step}/{steps} loss {row['loss']:.4g} "
-                     f"({rate:.1f} steps/s, ETA {eta:.0f}s)")
+        if clock["t0"] is None:
+            clock["t0"], clock["step0"] = now, tr.step
+        if now - clock["last"] >= progress_every or tr.step >= steps:
+            clock["last"] = now
+            done_here, spent = tr.step - clock["step0"], now - clock["t0"]
+            rate = done_here / spent if done_here > 0 and spent > 0 else None
+            loss = row.get("loss")
+            emit({"kind": "step", "run": run.run_id, "step": tr.step, "steps": steps,
+                  "loss": float(loss) if loss is not None and np.isfinite(loss) else None,
+                  "rate": rate, "eta": (steps - tr.step) / rate if rate else None})
 
     try:
-        if progress:
-            progress(f"{run.run_id}: {'resuming at step ' + str(trainer.step) if resumed else 'starting'}")
+        emit({"kind": "start", "run": run.run_id, "step": trainer.step, "steps": steps, "resumed": resumed,
+              "took_over": lease.took_over, "host": owner["host"], "pid": owner["pid"]})
         trainer.run(steps, callback)
         save("diverged" if trainer.diverged else "finished")
+    except OSError as exc:  # a full disk, a lost mount, permissions: stop with what to do
+        kept = f"its checkpoint at step {saved['step']} is intact" if saved["step"] is not None else "no checkpoint yet"
+        raise OSError(exc.errno, f"{path}: could not write the run's files ({exc.strerror or exc}); {kept}. Free "
+                                 "disk space (or fix the folder) and run the same command again to resume") from exc
     finally:
-        metrics_file.close()
-    if progress:
-        progress(f"{run.run_id}: {'diverged' if trainer.diverged else 'finished'} in {trainer.elapsed:.1f}s")
+        with contextlib.suppress(OSError):  # closing flushes; a full disk already reported above
+            metrics_file.close()
+    emit({"kind": "finish", "run": run.run_id, "status": "diverged" if trainer.diverged else "finished",
+          "step": trainer.step, "steps": steps, "elapsed": trainer.elapsed})
     return path
+
+
+def _restore(trainer, arrays: dict[str, np.ndarray]) -> None:
+    """Load a checkpoint's arrays into `trainer`; ValueError if they do not fit this run (read_checkpoint's check)."""
+    state = dict(arrays)
+    try:
+        state["meta"] = json.loads(str(state.pop("meta_json")))
+        trainer.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise ValueError(f"does not fit this run ({type(exc).__name__}: {exc})") from exc
 
 
 def results_root(root: str | os.PathLike | None, profile: str) -> Path:

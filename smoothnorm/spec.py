@@ -41,6 +41,7 @@ BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     "norm": (str, "none", ("none", *NORMS)),
     "norm_options": (dict, {}, None),
     "init": (str, "glorot", ("glorot", "pytorch")),
+    "conv_algorithm": (str, "auto", ("auto", "im2col", "winograd")),  # VGG convolutions (docs/PROTOCOL.md)
     "data": (str, "synthetic_images", ("cifar10", "synthetic_images", "gaussian_regression")),
     "data_root": (str, "", None),
     "n_train": (int, 5000, None),
@@ -59,9 +60,20 @@ BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     "eval_samples": (int, 0, None),
     "probe_every": (int, 10, None),
     "checkpoint_every": (int, 100, None),
+    # The optimization study (experiments/study/): activations, where the norm sits, input scale and normalization.
+    "activation": (str, "default", ("default", "relu", "sigmoid", "tanh", "identity")),  # default: relu, dln identity
+    "norm_position": (str, "before_activation", ("before_activation", "after_activation")),
+    "input_norm": (str, "none", ("none", "standardize", "per_channel")),  # statistics of the training split only
+    "scale": (str, "normalized", ("normalized", "unit", "raw")),  # image pixels: standardized, /255 or 0..255
+    "feature_scale_range": (float, 1.0, None),  # gaussian_regression: largest / smallest feature scale
+    "eval_batch_stats": (bool, False, None),  # also evaluate with batch statistics (BN in training mode)
 }
 # Keys that do not change what a run computes (excluded from its identity).
 _NON_IDENTITY = ("label", "checkpoint_every", "probe_every")
+# Keys added after runs were first stored: they enter a run's identity only when set away from their default, so
+# the identity (and the folder) of every earlier run stays the same.
+_LATER_KEYS = ("activation", "norm_position", "input_norm", "scale", "feature_scale_range", "eval_batch_stats",
+               "conv_algorithm")
 
 PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
     "landscape": {
@@ -70,11 +82,15 @@ PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
         "num": (int, 8, None),
         "multipliers": (list, [], None),
         "beta_normalization": (str, "distance", ("distance", "eta")),
-        "direction": (str, "gradient", ("gradient", "random")),
+        "direction": (str, "gradient", ("gradient", "random", "update")),
     },
     "ics": {"layers": (list, [], None)},
     "distributions": {"layers": (list, [], None), "units": (int, 4, None), "bins": (int, 40, None)},
-    "hessian": {"k": (int, 1, None), "mode": (str, "probe", ("probe", "eval"))},
+    "hessian": {"k": (int, 1, None), "mode": (str, "probe", ("probe", "eval")), "condition": (bool, False, None),
+                "max_params": (int, 0, None)},
+    "saturation": {"threshold": (float, 4.0, None)},
+    "grad_norms": {},
+    "bn_gap": {},
 }
 _PROBE_COMMON = {"kind": (str, None, tuple(PROBE_KEYS)), "every": (int, 0, None), "start": (int, 0, None)}
 
@@ -98,9 +114,11 @@ def _check_value(where: str, key: str, value, kind: type, _default, allowed) -> 
     else:
         ok = isinstance(value, kind)
     if not ok:
-        raise SpecError(f"{where}: key {key!r} expects {kind.__name__}, got {type(value).__name__} {value!r}")
+        raise SpecError(f"{where}: key {key!r} expects {kind.__name__}, got {type(value).__name__} {value!r:.80}")
     if allowed is not None and value not in allowed:
         raise SpecError(f"{where}: key {key!r} expects one of {list(allowed)}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise SpecError(f"{where}: key {key!r} expects a finite number, got {value!r}")
     return value
 
 
@@ -123,9 +141,12 @@ def _parse_set(item: str) -> tuple[str, Any]:
     key, raw = item.split("=", 1)
     key = key.strip()
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        parsed = tomllib.loads(f"v = {raw}")
     except tomllib.TOMLDecodeError:
-        value = raw
+        parsed = None
+    # A value that is not one TOML value (a bare word, or text with a newline that would smuggle in more keys)
+    # is taken as the string it is.
+    value = parsed["v"] if parsed is not None and list(parsed) == ["v"] else raw
     return key, value
 
 
@@ -148,7 +169,7 @@ class RunSpec:
 
     @property
     def identity(self) -> dict:
-        return {k: v for k, v in self.settings.items() if k not in _NON_IDENTITY}
+        return _identity(self.settings)
 
     @property
     def run_id(self) -> str:
@@ -168,9 +189,13 @@ class Spec:
     seeds: list[int] = field(default_factory=list)  # the seeds runs were expanded over ([] when not expanded)
 
 
+def _identity(settings: dict) -> dict:
+    return {k: v for k, v in settings.items()
+            if k not in _NON_IDENTITY and not (k in _LATER_KEYS and v == BASE_KEYS[k][1])}
+
+
 def run_id_for(settings: dict) -> str:
-    identity = {k: v for k, v in settings.items() if k not in _NON_IDENTITY}
-    digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    digest = hashlib.sha1(json.dumps(_identity(settings), sort_keys=True).encode()).hexdigest()[:10]
     arch = settings["arch"] if settings["model"] == "vgg" else f"{settings['model']}{settings['depth']}"
     return f"{arch}-{settings['norm']}-lr{settings['lr']:g}-s{settings['seed']}-{digest}"
 
@@ -185,6 +210,8 @@ def _check_settings(where: str, s: dict) -> None:
     for key in ("batch_size", "eval_every", "eval_samples", "probe_every", "checkpoint_every", "seed", "data_seed"):
         if s[key] < 0:
             raise SpecError(f"{where}: key {key!r} expects a non-negative integer, got {s[key]!r}")
+    if not (math.isfinite(s["feature_scale_range"]) and s["feature_scale_range"] >= 1):
+        raise SpecError(f"{where}: key 'feature_scale_range' expects a number >= 1, got {s['feature_scale_range']!r}")
     if s["model"] == "dln" and s["data"] != "gaussian_regression":
         raise SpecError(f"{where}: model 'dln' needs data 'gaussian_regression', got {s['data']!r}")
     if s["model"] != "dln" and s["data"] == "gaussian_regression":
@@ -209,6 +236,43 @@ def _pop_seeds(where: str, table) -> tuple[list[int] | None, Any]:
     return None, table
 
 
+def _check_probe(where: str, table: dict) -> None:
+    """Counts and lists inside one [[probes]] table."""
+    for key in ("every", "start"):
+        if table.get(key, 0) < 0:
+            raise SpecError(f"{where}: key {key!r} expects a non-negative integer, got {table[key]}")
+    for key in ("num", "units", "bins", "k"):
+        if key in table and table[key] < 1:
+            raise SpecError(f"{where}: key {key!r} expects a positive integer, got {table[key]}")
+    for m in table.get("multipliers", []):
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not (math.isfinite(m) and m > 0):
+            raise SpecError(f"{where}: key 'multipliers' expects positive finite numbers, got {m!r:.80}")
+    for ref in table.get("layers", []):
+        if isinstance(ref, bool) or not isinstance(ref, (str, int)):
+            raise SpecError(f"{where}: key 'layers' expects layer names or numbers (the paper's Layer #k), "
+                            f"got {ref!r:.80}")
+
+
+def _check_options(where: str, s: dict) -> None:
+    """optimizer_options and norm_options name keywords that the optimizer and norm layer take."""
+    from smoothnorm import optim
+    from smoothnorm.norm_layers import make_norm
+
+    try:
+        optim.make_optimizer(s["optimizer"], lr=s["lr"], **s["optimizer_options"])
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{where}: key 'optimizer_options' {s['optimizer_options']!r:.80} does not fit "
+                        f"optimizer {s['optimizer']!r}: {exc}") from exc
+    if s["norm"] != "none" and s["norm_options"]:
+        try:
+            make_norm(s["norm"], 2, **s["norm_options"])
+        except TypeError as exc:  # an unknown keyword or a value of the wrong type
+            raise SpecError(f"{where}: key 'norm_options' {s['norm_options']!r:.80} does not fit norm "
+                            f"{s['norm']!r}: {exc}") from exc
+        except ValueError:
+            pass  # may depend on the layer's width (GroupNorm's groups): checked when the network is built
+
+
 def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[str] | tuple = (),
               seeds: int | None = None) -> Spec:
     """Read, resolve and validate a spec for a profile. Raises SpecError naming the file and the key.
@@ -219,15 +283,22 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
     if not path.exists():
         raise SpecError(f"{path}: no such spec file")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text ({err}); TOML files are UTF-8") from err
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"{path}: invalid TOML: {err}") from err
+    except RecursionError as err:
+        raise SpecError(f"{path}: invalid TOML: nested too deeply") from err
     where = str(path)
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise SpecError(f"{where}: unknown key {unknown[0]!r}; expected keys: {', '.join(TOP_KEYS)}")
     if profile not in PROFILES:
         raise SpecError(f"profile: expected one of {list(PROFILES)}, got {profile!r}")
+    for key in ("title", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            raise SpecError(f"{where}: key {key!r} expects a string, got {type(raw[key]).__name__}")
     schema = {k: v for k, v in BASE_KEYS.items()}
     base = {k: copy.deepcopy(v[1]) for k, v in BASE_KEYS.items()}
     spec_seeds, base_raw = _pop_seeds(f"{where} [base]", raw.get("base", {}))
@@ -235,14 +306,15 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
     profiles = raw.get("profile", {})
     if not isinstance(profiles, dict):
         raise SpecError(f"{where}: key 'profile' expects tables [profile.<name>]")
+    checked_profiles = {}
     for name in list(profiles):
         if name not in PROFILES:
             raise SpecError(f"{where}: unknown profile {name!r} in [profile.{name}]; expected one of {list(PROFILES)}")
         profile_seeds, table = _pop_seeds(f"{where} [profile.{name}]", profiles[name])
-        _check_table(f"{where} [profile.{name}]", table, schema)
-        if name == profile:
-            base.update(table)
-            spec_seeds = profile_seeds if profile_seeds is not None else spec_seeds
+        checked_profiles[name] = _check_table(f"{where} [profile.{name}]", table, schema)
+        if name == profile and profile_seeds is not None:
+            spec_seeds = profile_seeds
+    base.update(checked_profiles.get(profile, {}))  # checked values: `lr = 1` becomes 1.0, as in [base]
     if overrides:
         for item in overrides:
             key, value = _parse_set(item)
@@ -250,9 +322,10 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
                 raise SpecError(f"--set {item!r}: unknown key {key!r}; expected keys: {', '.join(schema)}")
             base[key] = _check_value(f"--set {item!r}", key, value, *schema[key])
     set_keys = {_parse_set(item)[0] for item in overrides}
-    runs_raw = raw.get("runs") or [{"label": "run"}]
+    runs_raw = raw.get("runs", [])
     if not isinstance(runs_raw, list):
-        raise SpecError(f"{where}: key 'runs' expects an array of tables [[runs]]")
+        raise SpecError(f"{where}: key 'runs' expects an array of tables [[runs]], got {type(runs_raw).__name__}")
+    runs_raw = runs_raw or [{"label": "run"}]
     run_schema = {"label": (str, None, None), **schema}
     if seeds is not None:
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -260,12 +333,17 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         spec_seeds = [base["seed"] + i for i in range(seeds)]
     run_seeds = spec_seeds or []
     probes = []
-    for i, p in enumerate(raw.get("probes", [])):
+    probes_raw = raw.get("probes", [])
+    if not isinstance(probes_raw, list):
+        raise SpecError(f"{where}: key 'probes' expects an array of tables [[probes]], got "
+                        f"{type(probes_raw).__name__}")
+    for i, p in enumerate(probes_raw):
         pw = f"{where} [[probes]] #{i + 1}"
         if not isinstance(p, dict) or "kind" not in p:
             raise SpecError(f"{pw}: missing key 'kind'")
         kind = _check_value(pw, "kind", p["kind"], *_PROBE_COMMON["kind"])
         table = _check_table(pw, p, {**_PROBE_COMMON, **PROBE_KEYS[kind]}, required=("kind",))
+        _check_probe(pw, table)
         options = {k: copy.deepcopy(v[1]) for k, v in PROBE_KEYS[kind].items()}
         options.update({k: v for k, v in table.items() if k in PROBE_KEYS[kind]})
         probes.append((pw, kind, table.get("every"), table.get("start", 0), options))
@@ -283,6 +361,7 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         settings = dict(base)
         settings.update({k: v for k, v in table.items() if k != "label" and k not in set_keys})
         _check_settings(rw, settings)
+        _check_options(rw, settings)
         if run_seeds and "seed" in table:
             raise SpecError(f"{rw}: key 'seed' conflicts with the spec's seeds {run_seeds}; remove one")
         for seed in run_seeds or [settings["seed"]]:
@@ -313,23 +392,49 @@ def _validate_figure(where: str, figure: dict, labels: set[str]) -> None:
     unknown = sorted(set(figure) - {"title", "columns", "panels"})
     if unknown:
         raise SpecError(f"{where} [figure]: unknown key {unknown[0]!r}; expected keys: title, columns, panels")
-    for i, panel in enumerate(figure.get("panels", [])):
+    if "title" in figure:
+        _check_value(f"{where} [figure]", "title", figure["title"], str, None, None)
+    if "columns" in figure:
+        columns = _check_value(f"{where} [figure]", "columns", figure["columns"], int, None, None)
+        if not 1 <= columns <= 100:
+            raise SpecError(f"{where} [figure]: key 'columns' expects an integer in 1..100, got {columns}")
+    panels = figure.get("panels", [])
+    if not isinstance(panels, list):
+        raise SpecError(f"{where} [figure]: key 'panels' expects an array of tables [[figure.panels]], got "
+                        f"{type(panels).__name__}")
+    for i, panel in enumerate(panels):
         pw = f"{where} [[figure.panels]] #{i + 1}"
         if not isinstance(panel, dict) or "kind" not in panel:
             raise SpecError(f"{pw}: missing key 'kind'")
-        if panel["kind"] not in PANELS:
-            raise SpecError(f"{pw}: key 'kind' expects one of {list(PANELS)}, got {panel['kind']!r}")
+        if not isinstance(panel["kind"], str) or panel["kind"] not in PANELS:
+            raise SpecError(f"{pw}: key 'kind' expects one of {list(PANELS)}, got {panel['kind']!r:.80}")
         for key in ("runs",):
-            for label in panel.get(key, []):
+            named = panel.get(key, [])
+            if not isinstance(named, list) or not all(isinstance(label, str) for label in named):
+                raise SpecError(f"{pw}: key 'runs' expects an array of run labels (strings), got {named!r:.80}")
+            for label in named:
                 if label not in labels:
                     raise SpecError(f"{pw}: key 'runs' names unknown run {label!r}; runs: {sorted(labels)}")
-        if "run" in panel and isinstance(panel["run"], str) and panel["run"] not in labels:
+        if "run" in panel and not isinstance(panel["run"], str):
+            raise SpecError(f"{pw}: key 'run' expects a run label (string), got {panel['run']!r:.80}")
+        if "run" in panel and panel["run"] not in labels:
             raise SpecError(f"{pw}: key 'run' names unknown run {panel['run']!r}; runs: {sorted(labels)}")
 
 
-def list_specs(folder: str | os.PathLike | None = None) -> list[Path]:
+# Spec groups: the paper's figures (the folder itself), the optimization study and examples (subfolders).
+# `reproduce` runs the paper's figures, plus the study with --study; `run NAME` finds a spec in any group.
+SPEC_GROUPS = {"paper": ".", "study": "study", "examples": "examples"}
+
+
+def list_specs(folder: str | os.PathLike | None = None, groups: tuple[str, ...] = ("paper",)) -> list[Path]:
+    """Spec files of the given groups (see SPEC_GROUPS), each group sorted by name, in the order of `groups`."""
     folder = Path(folder) if folder else default_spec_folder()
-    return sorted(folder.glob("*.toml"))
+    paths: list[Path] = []
+    for group in groups:
+        if group not in SPEC_GROUPS:
+            raise SpecError(f"groups: expected names from {list(SPEC_GROUPS)}, got {group!r}")
+        paths.extend(sorted((folder / SPEC_GROUPS[group]).glob("*.toml")))
+    return paths
 
 
 def default_spec_folder() -> Path:

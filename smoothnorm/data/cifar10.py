@@ -7,9 +7,12 @@ with `b"data"` (uint8, (n, 3072): 1024 red, 1024 green, 1024 blue values, row-ma
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import io
 import os
 import pickle
+import struct
 import sys
 import tarfile
 import zlib
@@ -18,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ._io import ChecksumError, check_md5, data_home, download, md5_file
+from ._io import _CHUNK, ChecksumError, check_md5, data_home, download, md5_file
+from .normalization import IMAGE_SCALES, image_scale
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
@@ -175,13 +179,29 @@ def _read_archive(archive: Path, names: tuple[str, ...], verify: bool) -> list[t
         )
     raw: dict[str, bytes] = {}
     try:
-        # Stream mode reads the gzip once, front to back, without extracting anything to disk.
-        with tarfile.open(archive, "r|*") as tar:
+        with open(archive, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        # Stream mode reads the archive once, front to back, without extracting anything to disk. tarfile's own
+        # gzip reader never checks the gzip CRC-32 (and stops at the end-of-archive blocks), so a flipped byte in a
+        # stored deflate block would read as a different pixel: gzip files go through the gzip module instead,
+        # read to the end so that its CRC-32 and length checks run.
+        with contextlib.ExitStack() as stack:
+            if gzipped:
+                stream = stack.enter_context(gzip.open(archive, "rb"))
+                tar = stack.enter_context(tarfile.open(fileobj=stream, mode="r|"))
+            else:
+                stream = None
+                tar = stack.enter_context(tarfile.open(archive, "r|*"))
             for member in tar:
                 parent, _, base = member.name.rpartition("/")
                 if member.isfile() and base in names and parent.rstrip("/").endswith(FOLDER_NAME):
                     raw[base] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            if stream is not None:
+                while stream.read(_CHUNK):
+                    pass
+    # tarfile's stream reader lets some truncations escape as TypeError (ord() of an empty read in the gzip
+    # header) or struct.error; everything raised in this block comes from reading the damaged file.
+    except (tarfile.TarError, EOFError, zlib.error, OSError, TypeError, struct.error, UnicodeDecodeError) as exc:
         raise ValueError(
             f"{archive} is not a readable tar.gz archive (truncated or corrupt: {exc}). Delete it and download "
             "it again (fetch_cifar10)."
@@ -192,20 +212,27 @@ def _read_archive(archive: Path, names: tuple[str, ...], verify: bool) -> list[t
     return [_parse_batch(raw[name], f"{archive}:{FOLDER_NAME}/{name}") for name in names]
 
 
-def _pixel_table(normalize: bool, dtype: np.dtype) -> np.ndarray:
+def _pixel_table(scale: str, dtype: np.dtype) -> np.ndarray:
     """(3, 256) lookup from a uint8 pixel value to its float value per channel, computed once in float64."""
-    values = np.arange(256, dtype=np.float64) / 255.0
-    if normalize:
+    values = np.arange(256, dtype=np.float64)
+    if scale == "raw":
+        return np.broadcast_to(values, (3, 256)).astype(dtype)
+    values /= 255.0
+    if scale == "normalized":
         return ((values[None, :] - MEAN[:, None]) / STD[:, None]).astype(dtype)
     return np.broadcast_to(values, (3, 256)).astype(dtype)
 
 
-def to_float_images(data: np.ndarray, normalize: bool = True, dtype: DTypeLike = np.float32) -> np.ndarray:
+def to_float_images(
+    data: np.ndarray, normalize: bool = True, dtype: DTypeLike = np.float32, *, scale: str | None = None
+) -> np.ndarray:
     """Turn CIFAR rows (uint8, (n, 3072)) or images ((n, 3, 32, 32)) into float NCHW images.
 
     normalize=True: `(pixel / 255 - MEAN[c]) / STD[c]` per channel; False: `pixel / 255` in [0, 1].
+    scale: "normalized", "unit" or "raw" (0..255); when given it replaces `normalize`.
     Each value is computed in float64 and rounded once to `dtype`.
     """
+    scale = image_scale(scale, normalize)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -215,7 +242,7 @@ def to_float_images(data: np.ndarray, normalize: bool = True, dtype: DTypeLike =
             f"data should be uint8 of shape (n, {_ROW_LENGTH}) or (n, 3, 32, 32), found {data.dtype} {data.shape}"
         )
     images = data.reshape((len(data), *IMAGE_SHAPE))
-    table = _pixel_table(normalize, dtype)
+    table = _pixel_table(scale, dtype)
     out = np.empty(images.shape, dtype=dtype)
     for start in range(0, len(images), 1024):  # blocks that stay in cache: about 2x faster than whole channels
         block = slice(start, start + 1024)
@@ -243,6 +270,7 @@ def load_cifar10(
     normalize: bool = True,
     dtype: DTypeLike = np.float32,
     download: bool = False,
+    scale: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load the CIFAR-10 training (50,000) or test (10,000) set as `(x, y)`.
 
@@ -251,9 +279,11 @@ def load_cifar10(
     verify: check MD5s (each batch file read from the folder, or the whole archive) against `FILE_MD5` /
         `ARCHIVE_MD5`, raising ChecksumError on mismatch. False skips the check (contents are still validated).
     normalize: per-channel standardisation with the training-set `MEAN` and `STD`; False gives pixel / 255.
+    scale: "normalized", "unit" (pixel / 255) or "raw" (pixel values 0..255); when given it replaces `normalize`.
     download: fetch the archive with `fetch_cifar10(root)` when nothing is found.
     Returns x: `dtype` (N, 3, 32, 32) and y: int64 (N,) in [0, 10).
     """
+    scale = image_scale(scale, normalize)
     root = Path(root).expanduser() if root is not None else data_home()
     names = TRAIN_FILES if train else TEST_FILES
     source = _find_source(root, names)
@@ -277,13 +307,14 @@ def load_cifar10(
     batches = (_read_folder if kind == "folder" else _read_archive)(path, names, verify)
     data = np.concatenate([b[0] for b in batches])
     labels = np.concatenate([b[1] for b in batches])
-    return to_float_images(data, normalize=normalize, dtype=dtype), labels
+    return to_float_images(data, dtype=dtype, scale=scale), labels
 
 
 __all__ = [
     "ARCHIVE_MD5",
     "CLASSES",
     "FILE_MD5",
+    "IMAGE_SCALES",
     "MEAN",
     "STD",
     "URL",

@@ -138,7 +138,7 @@ _RUN = 16
 _WIDE = 64
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _group_rows(C, S, c0, c1):
     """Batch rows the short-run loops take at a time: more than one only when the block spans all channels."""
     if c0 == 0 and c1 == C and C * S < _WIDE:
@@ -146,25 +146,25 @@ def _group_rows(C, S, c0, c1):
     return 1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _zeros(shape):
     """np.zeros for parallel kernels: there, np.zeros would be a parallel loop of its own (a thread-team start)."""
     return np.zeros(shape)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _int_zeros(shape):
     """np.zeros(shape, np.int64) for parallel kernels (see _zeros)."""
     return np.zeros(shape, dtype=np.int64)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _filled(shape, value):
     """np.full(shape, value) in float64 for parallel kernels (see _zeros)."""
     return np.full(shape, float(value))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _expand(values, c0, c1, S, R=1):
     """Per-position copy (float64) of per-channel values[c0:c1], each repeated S times; all that R times over."""
     width = (c1 - c0) * S
@@ -179,7 +179,7 @@ def _expand(values, c0, c1, S, R=1):
     return out
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _fold_columns(col, c0, c1, S, acc, row, R=1):
     """acc[row, c] += sum of channel c's columns of col (R groups of S), in order."""
     width = (c1 - c0) * S
@@ -191,7 +191,7 @@ def _fold_columns(col, c0, c1, S, acc, row, R=1):
         acc[row, c] += t
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _block_moments(x, C, S, c0, c1, n0, n1, shift, acc_s, acc_q, row):
     """acc_s[row, c] += sum(d), acc_q[row, c] += sum(d^2), d = x[n, c, :] - shift[c] in float64, over the block."""
     width = (c1 - c0) * S
@@ -233,7 +233,7 @@ def _block_moments(x, C, S, c0, c1, n0, n1, shift, acc_s, acc_q, row):
     _fold_columns(col_q, c0, c1, S, acc_q, row, R)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, row):
     """acc_dy[row, c] += sum(dy), acc_dyx[row, c] += sum(dy * (x - center[c])) in float64, over the block."""
     width = (c1 - c0) * S
@@ -275,7 +275,7 @@ def _block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, row):
     _fold_columns(col_dyx, c0, c1, S, acc_dyx, row, R)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y):
     """y = (x - center[c]) * scale[c] + offset[c], computed in float64, stored in y's dtype, over the block."""
     if S >= _RUN:
@@ -306,7 +306,7 @@ def _block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y):
             y[base + j] = (float(x[base + j]) - ke[j]) * ae[j] + be[j]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _block_grad_apply(dy, x, C, S, c0, c1, n0, n1, center, a, b, k, dx):
     """dx = a[c] * dy + b[c] * (x - center[c]) + k[c], computed in float64, stored in dx's dtype."""
     if S >= _RUN:
@@ -341,7 +341,7 @@ def _block_grad_apply(dy, x, C, S, c0, c1, n0, n1, center, a, b, k, dx):
             dx[i] = ae[j] * float(dy[i]) + be[j] * (float(x[i]) - me[j]) + ke[j]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _item_range(item, chunks, block, C, N):
     """Channel range and batch range of work item `item` (items are block-major, chunk-minor)."""
     b = item // chunks
@@ -353,7 +353,7 @@ def _item_range(item, chunks, block, C, N):
     return c0, c1, n0, n1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _merge_rows(partials, c):
     """Sum of partials[:, c] in row order (a fixed order: deterministic)."""
     t = 0.0

@@ -64,7 +64,7 @@ _TILE = 64
 _TILE_ELEMENTS = 1 << 13
 
 
-@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
 def _run_moments(x, start, length, k):
     """(sum(d), sum(d^2)) with d = x - k over x[start:start + length], float64; reassociated."""
     ustart = np.uint64(start)
@@ -77,7 +77,7 @@ def _run_moments(x, start, length, k):
     return s, q
 
 
-@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
 def _run_grad_sums(dy, x, start, length, m):
     """(sum(dy), sum(dy (x - m))) over [start, start + length), float64; reassociated."""
     ustart = np.uint64(start)
@@ -90,7 +90,7 @@ def _run_grad_sums(dy, x, start, length, m):
     return sg, sp
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _group_norm_forward(x, N, C, S, G, gamma, beta, eps, tasks, tile, y, mean, invstd):
     cg = C // G
     length = cg * S
@@ -141,7 +141,7 @@ def _group_norm_forward(x, N, C, S, G, gamma, beta, eps, tasks, tile, y, mean, i
                     g = 0
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _group_norm_backward(dy, x, N, C, S, G, mean, invstd, gamma, chunks, gblocks, dx, part_g, part_b):
     """dx = invstd (gamma dy - mean(gamma dy) - xhat mean(gamma dy xhat)) per slab; per-chunk dgamma, dbeta rows.
 

@@ -35,7 +35,7 @@ def _check_shape(name: str, a: np.ndarray, shape: tuple) -> None:
         raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _add_bias(y, bias):
     rows, cols = y.shape
     for r in prange(rows):
@@ -43,7 +43,7 @@ def _add_bias(y, bias):
             y[r, j] += bias[j]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _column_sums(dy, out):
     # Each task owns one tile and its own row of float64 partials (race-free, and float64 because batches can be
     # long); the partials are then merged per column in chunk order.
@@ -70,7 +70,7 @@ def _column_sums(dy, out):
 
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _add_bias_rows(y, bias, r0, r1):
     """y[r] += bias for rows [r0, r1) (one part's rows, serial)."""
     for r in range(r0, r1):
@@ -78,7 +78,7 @@ def _add_bias_rows(y, bias, r0, r1):
             y[r, j] += bias[j]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _row_sums(d, out):
     """out[j] = sum of d[:, j], accumulated row by row in out's dtype (float64 shares of a bias gradient)."""
     for j in range(d.shape[1]):
@@ -88,7 +88,7 @@ def _row_sums(d, out):
             out[j] += d[r, j]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _add_shares(shares, start, size, out):
     """out[i] = shares[0, start + i] + shares[1, start + i] + ..., in part order (a fixed order, so results do not
     depend on the thread count). Serial: in a parallel kernel, array expressions would each start a thread team."""
@@ -99,7 +99,7 @@ def _add_shares(shares, start, size, out):
         out[i] = t
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _small_forward(x, weight_t, bias, has_bias, parts, y):
     """y = x @ weight_t (+ bias): part p of the batch rows is one BLAS call on one of Numba's threads."""
     n = x.shape[0]
@@ -111,7 +111,7 @@ def _small_forward(x, weight_t, bias, has_bias, parts, y):
             _add_bias_rows(y, bias, r0, r1)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _small_backward(dy, x, weight, has_bias, need_dx, parts, dweight, dbias, dx):
     """The backward pass on the forward pass's row parts: part p computes its rows of dx and its share of dweight
     and dbias (summed in float64); the shares are then added in part order. dweight is C-contiguous."""
@@ -219,7 +219,7 @@ def linear_backward(
 # thread-team start and the Python around each layer.
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _chain_transposed(params, w_off, dims, t_off, dtype_source):
     """Every layer's W.T, C-contiguous, packed at t_off."""
     wt = np.empty(t_off[-1], dtype=dtype_source.dtype)
@@ -233,7 +233,7 @@ def _chain_transposed(params, w_off, dims, t_off, dtype_source):
     return wt
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _chain_forward_rows(x, params, wt, w_off, b_off, dims, t_off, a_off, acts, r0, r1):
     """Rows [r0, r1) through every layer (serial, so that Numba's array analysis, which assumes a variable keeps its
     shape inside a parallel loop, never sees `inp` change width from layer to layer)."""
@@ -248,7 +248,7 @@ def _chain_forward_rows(x, params, wt, w_off, b_off, dims, t_off, a_off, acts, r
         inp = out
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _chain_forward(x, params, w_off, b_off, dims, t_off, a_off, parts, acts):
     n = x.shape[0]
     wt = _chain_transposed(params, w_off, dims, t_off, x)
@@ -257,7 +257,7 @@ def _chain_forward(x, params, w_off, b_off, dims, t_off, a_off, parts, acts):
                             ((p + 1) * n) // parts)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _chain_backward_rows(x, dy, params, w_off, b_off, dims, t_off, a_off, acts, need_dx, dx, dw_part, db_part,
                          r0, r1):
     """Rows [r0, r1) back through every layer: their share of each dW (and db, in float64) and their rows of dx."""
@@ -286,7 +286,7 @@ def _chain_backward_rows(x, dy, params, w_off, b_off, dims, t_off, a_off, acts, 
             np.dot(d, w, dx[r0:r1])
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _chain_backward(x, dy, params, grads, w_off, b_off, dims, t_off, a_off, parts, acts, need_dx, dx):
     n = x.shape[0]
     layers = w_off.shape[0]

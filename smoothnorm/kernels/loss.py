@@ -39,7 +39,7 @@ def _labels_array(labels, n: int, n_classes: int) -> np.ndarray:
     return np.ascontiguousarray(labels, dtype=np.int64)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _softmax_cross_entropy(logits, labels, probs, losses):
     # Per row: m = max, s = sum exp(x - m) (all in float64), loss = log(s) - (x[label] - m), p = exp(x - m) / s.
     # Subtracting the max keeps exp <= 1 for any logit size. A NaN anywhere in a row makes s NaN (whether or not
@@ -59,7 +59,7 @@ def _softmax_cross_entropy(logits, labels, probs, losses):
         losses[r] = np.log(s) - (np.float64(logits[r, labels[r]]) - m)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _squared_error_block(pred, target, diff, partials, block):
     acc = 0.0
     for i in range(block * _BLOCK, min(pred.size, (block + 1) * _BLOCK)):
@@ -69,7 +69,7 @@ def _squared_error_block(pred, target, diff, partials, block):
     partials[block] = acc
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _squared_error(pred, target, diff, partials):
     for block in prange(partials.size):
         _squared_error_block(pred, target, diff, partials, block)

@@ -88,7 +88,7 @@ def _p_code(p) -> int:
 # threads.
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _block_lp_sums(x, C, S, p, c0, c1, n0, n1, acc_s, acc_n, acc_i, row):
     """acc_s[row, c] += sum(x); acc_n[row, c] += sum|x| (p = 1) or sum x^2 (p = 2); for p = inf, acc_n[row, c] is
     the block's max |x| (when larger than the value it holds) and acc_i[row, c] its first position n S + s."""
@@ -137,7 +137,7 @@ def _block_lp_sums(x, C, S, p, c0, c1, n0, n1, acc_s, acc_n, acc_i, row):
         acc_i[row, c] = where
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _finish_lp(sum_x, acc_norm, p, count, eps, gamma, beta, c, mean, norm, scale, offset):
     """Mean, p-norm average and the output's per-channel scale (gamma / (norm + eps)) and offset of channel c."""
     mean[c] = sum_x / count
@@ -153,7 +153,7 @@ def _finish_lp(sum_x, acc_norm, p, count, eps, gamma, beta, c, mean, norm, scale
     offset[c] = float(beta[c])
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _block_lp_grad_apply(dy, x, C, S, p, c0, c1, n0, n1, a, b, k, dx):
     """dx = a[c] dy + k[c] + b[c] * (sign(x) for p=1, x for p=2, nothing for p=inf), in float64."""
     if S >= _RUN:
@@ -196,7 +196,7 @@ def _block_lp_grad_apply(dy, x, C, S, p, c0, c1, n0, n1, a, b, k, dx):
                 dx[base + j] = ae[j] * float(dy[base + j]) + ke[j]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _lp_grad_coefficients(sum_dy, sum_dyu, p, gamma, norm, eps, count, c, a, b, k, kinf, dgamma, dbeta):
     """Coefficients of dx = a dy + k + b f(x) (+ kinf sign(x) at the arg-max for p = inf), and dgamma, dbeta.
 
@@ -227,7 +227,7 @@ def _lp_grad_coefficients(sum_dy, sum_dyu, p, gamma, norm, eps, count, c, a, b, 
 # Parallel kernels: x, y, dy, dx are flat views of (N, C, S) arrays.
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _lp_norm_forward(x, N, C, S, p, gamma, beta, eps, block, chunks, y):
     count = float(N * S)
     mean = np.empty(C)
@@ -271,7 +271,7 @@ def _lp_norm_forward(x, N, C, S, p, gamma, beta, eps, block, chunks, y):
     return mean, norm, argmax
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _lp_norm_backward(dy, x, N, C, S, p, mean, norm, argmax, gamma, eps, block, chunks, dx):
     count = float(N * S)
     center = np.empty(C)
@@ -316,7 +316,7 @@ def _lp_norm_backward(dy, x, N, C, S, p, mean, norm, argmax, gamma, eps, block, 
     return dgamma, dbeta
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _channel_affine(x, N, C, S, center, scale, offset, block, chunks, y):
     blocks = (C + block - 1) // block
     for item in prange(blocks * chunks):
@@ -324,7 +324,7 @@ def _channel_affine(x, N, C, S, center, scale, offset, block, chunks, y):
         _block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _lp_norm_eval_backward(dy, x, N, C, S, center, inv, gamma, need_sums, block, chunks, dx):
     scale = np.empty(C)
     zeros = _zeros(C)

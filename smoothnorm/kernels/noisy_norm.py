@@ -38,7 +38,7 @@ from smoothnorm.kernels.channel_blocks import (  # BatchNorm's statistics and wo
 )
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _finish(sum_d, sum_q, shift, count, eps, gamma, beta, before, c, mean, var, invstd, scale, off_s, gain_m, off):
     """Statistics of channel c and the output coefficients out = s ((x - mean) scale + off_s) + m gain_m + off."""
     md = sum_d / count
@@ -61,7 +61,7 @@ def _finish(sum_d, sum_q, shift, count, eps, gamma, beta, before, c, mean, var, 
         off[c] = 0.0
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _block_noisy_affine(x, s, m, C, S, c0, c1, n0, n1, center, scale, off_s, gain_m, off, before, y):
     """y = s ((x - center) scale + off_s) + m (after the affine) or s (x - center) scale + m gain_m + off (before)."""
     if S >= _RUN:
@@ -101,7 +101,7 @@ def _block_noisy_affine(x, s, m, C, S, c0, c1, n0, n1, center, scale, off_s, gai
                 y[i] = float(s[i]) * ((float(x[i]) - ke[j]) * ae[j] + b1[j]) + float(m[i])
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _block_noisy_grad_sums(dout, x, s, m, C, S, c0, c1, n0, n1, center, before, acc1, acc2, acc3, acc4, row):
     """Over the block, by columns: acc1 += sum(dout s), acc2 += sum(dout s (x - center)); before the affine also
     acc3 += sum(dout m), acc4 += sum(dout). All in float64."""
@@ -152,7 +152,7 @@ def _block_noisy_grad_sums(dout, x, s, m, C, S, c0, c1, n0, n1, center, before, 
     _fold_columns(col2, c0, c1, S, acc2, row)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _grad_coefficients(t1, t2, t3, t4, gamma, invstd, count, before, c, a, b, k, dgamma, dbeta):
     """dx = a (dout s) + b (x - mean) + k, the batch-norm backward of g' = dout s; dgamma and dbeta of the layer."""
     inv = float(invstd[c])
@@ -168,7 +168,7 @@ def _grad_coefficients(t1, t2, t3, t4, gamma, invstd, count, before, c, a, b, k,
         dbeta[c] = t1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _block_noisy_grad_apply(dout, x, s, C, S, c0, c1, n0, n1, center, a, b, k, dx):
     """dx = a[c] (dout s) + b[c] (x - center[c]) + k[c] in float64, over the block."""
     if S >= _RUN:
@@ -195,7 +195,7 @@ def _block_noisy_grad_apply(dout, x, s, C, S, c0, c1, n0, n1, center, a, b, k, d
             dx[i] = ae[j] * (float(dout[i]) * float(s[i])) + be[j] * (float(x[i]) - me[j]) + ke[j]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _noisy_batch_norm_forward(x, s, m, N, C, S, gamma, beta, eps, before, block, chunks, y):
     count = float(N * S)
     shift = np.empty(C)
@@ -233,7 +233,7 @@ def _noisy_batch_norm_forward(x, s, m, N, C, S, gamma, beta, eps, before, block,
     return mean, var, invstd
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _noisy_batch_norm_backward(dout, x, s, m, N, C, S, mean, invstd, gamma, before, block, chunks, dx):
     count = float(N * S)
     center = np.empty(C)

@@ -44,7 +44,7 @@ from smoothnorm.kernels.channel_blocks import (
 )
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _finish_moments(sum_d, sum_q, shift, count, eps, c, mean, var, invstd):
     """Mean, biased variance and 1/sqrt(var + eps) of channel c from its shifted sums."""
     md = sum_d / count
@@ -57,7 +57,7 @@ def _finish_moments(sum_d, sum_q, shift, count, eps, c, mean, var, invstd):
     invstd[c] = 1.0 / math.sqrt(v + eps)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _train_grad_coefficients(c, sum_dy, sum_dyx, gamma, invstd, count, a, b, k, dgamma, dbeta):
     """Channel c of dx = a dy + b (x - mean) + k: a = gamma invstd, b = -a invstd mean(dy xhat), k = -a mean(dy).
 
@@ -72,7 +72,7 @@ def _train_grad_coefficients(c, sum_dy, sum_dyx, gamma, invstd, count, a, b, k, 
     dbeta[c] = sum_dy
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _train_forward_block(x, C, S, c0, c1, N, gamma, beta, eps, count, shift, acc_s, acc_q, mean, var, invstd, scale,
                          offset, y):
     """Channels [c0, c1) over the whole batch, fused: statistics, then the output while the block is in cache."""
@@ -84,7 +84,7 @@ def _train_forward_block(x, C, S, c0, c1, N, gamma, beta, eps, count, shift, acc
     _block_affine(x, C, S, c0, c1, 0, N, mean, scale, offset, y)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _train_backward_block(dy, x, C, S, c0, c1, N, gamma, invstd, count, center, acc_dy, acc_dyx, a, b, k, dgamma,
                           dbeta, dx):
     """Channels [c0, c1) over the whole batch, fused: gradient sums, then dx while the block is in cache."""
@@ -98,7 +98,7 @@ def _train_backward_block(dy, x, C, S, c0, c1, N, gamma, invstd, count, center, 
 # Parallel kernels: x, y, dy, dx are flat views of (N, C, S) arrays.
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _batch_norm_train_forward(x, N, C, S, gamma, beta, eps, block, chunks, y):
     count = float(N * S)
     shift = np.empty(C)
@@ -135,7 +135,7 @@ def _batch_norm_train_forward(x, N, C, S, gamma, beta, eps, block, chunks, y):
     return mean, var, invstd
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _batch_norm_train_backward(dy, x, N, C, S, mean, invstd, gamma, block, chunks, dx):
     count = float(N * S)
     center = np.empty(C)
@@ -171,7 +171,7 @@ def _batch_norm_train_backward(dy, x, N, C, S, mean, invstd, gamma, block, chunk
     return dgamma, dbeta
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _batch_norm_eval_forward(x, N, C, S, running_mean, running_var, gamma, beta, eps, block, chunks, y):
     center = np.empty(C)
     scale = np.empty(C)
@@ -186,7 +186,7 @@ def _batch_norm_eval_forward(x, N, C, S, running_mean, running_var, gamma, beta,
         _block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _batch_norm_eval_backward(dy, x, N, C, S, running_mean, running_var, gamma, eps, need_sums, block, chunks, dx):
     center = np.empty(C)
     inv = np.empty(C)
@@ -213,7 +213,7 @@ def _batch_norm_eval_backward(dy, x, N, C, S, running_mean, running_var, gamma, 
     return dgamma, dbeta
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _update_running(running_mean, running_var, mean, var, count, momentum):
     """rm = (1-m) rm + m mean, rv = (1-m) rv + m var n/(n-1), in float64, stored in the buffers' dtype."""
     for c in range(running_mean.shape[0]):

@@ -16,7 +16,7 @@ _BLOCK = 1 << 14
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _lerp(start, end, weight, one_minus_weight, from_start):
     # torch.lerp's two-sided formula: exact at weight 0 (from the start) and at weight 1 (from the end).
     if from_start:
@@ -31,7 +31,7 @@ def _lerp(start, end, weight, one_minus_weight, from_start):
 # aliases it: LLVM's runtime overlap check would otherwise fail and fall back to the scalar loop (2x slower).
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _sgd_block(
     params, grads, buf, out, lr, momentum, one_minus_dampening, weight_decay, nesterov, use_momentum,
     init_buffer, update_state, in_place,
@@ -60,7 +60,7 @@ def _sgd_block(
             out[i] = r
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _sgd_kernel(
     params, grads, buf, out, lr, momentum, one_minus_dampening, weight_decay, nesterov, use_momentum,
     init_buffer, update_state, in_place,
@@ -75,7 +75,7 @@ def _sgd_kernel(
         )
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adagrad_block(params, grads, state_sum, out, clr, weight_decay, eps, update_state, in_place):
     for i in range(params.size):
         p = params[i]
@@ -92,7 +92,7 @@ def _adagrad_block(params, grads, state_sum, out, clr, weight_decay, eps, update
             out[i] = r
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _adagrad_kernel(params, grads, state_sum, out, clr, weight_decay, eps, update_state, in_place):
     n = params.size
     for block in prange((n + _BLOCK - 1) // _BLOCK):
@@ -104,7 +104,7 @@ def _adagrad_kernel(params, grads, state_sum, out, clr, weight_decay, eps, updat
         )
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _rmsprop_block(
     params, grads, square_avg, grad_avg, buf, out, lr, alpha, one_minus_alpha, lerp_complement, lerp_from_start,
     eps, weight_decay, momentum, centered, use_momentum, update_state, in_place,
@@ -136,7 +136,7 @@ def _rmsprop_block(
             out[i] = r
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _rmsprop_kernel(
     params, grads, square_avg, grad_avg, buf, out, lr, alpha, one_minus_alpha, lerp_complement, lerp_from_start,
     eps, weight_decay, momentum, centered, use_momentum, update_state, in_place,
@@ -152,7 +152,7 @@ def _rmsprop_kernel(
         )
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adam_block(
     params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, out, weight_decay, decoupled, decay_factor,
     one_minus_beta1, lerp_complement, lerp_from_start, beta2, one_minus_beta2, bias_correction2_sqrt, eps, step_size,
@@ -186,7 +186,7 @@ def _adam_block(
             out[i] = r
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _adam_kernel(
     params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, out, weight_decay, decoupled, decay_factor,
     one_minus_beta1, lerp_complement, lerp_from_start, beta2, one_minus_beta2, bias_correction2_sqrt, eps, step_size,

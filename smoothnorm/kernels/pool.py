@@ -4,7 +4,7 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _maxpool2d_forward(x, y, argmax):
     # x (P, H, W), y and argmax (P, H//2, W//2), P = N*C planes: one plane per task keeps writes disjoint.
     planes, out_h, out_w = y.shape
@@ -26,7 +26,7 @@ def _maxpool2d_forward(x, y, argmax):
                 argmax[p, i, j] = code
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _maxpool2d_backward(dy, argmax, dx):
     # dx (P, H, W) is fully written here (zeros included), so the caller can allocate it with np.empty.
     planes, out_h, out_w = dy.shape

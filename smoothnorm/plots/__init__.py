@@ -37,6 +37,7 @@ from smoothnorm.plots.panels import (
     draw_moments,
     draw_ridge,
 )
+from smoothnorm.plots.study import STUDY_PANELS, draw_profile, draw_series, draw_sweep, select_best
 from smoothnorm.plots.style import (
     KNOWN_COLORS,
     _check_runs,
@@ -61,13 +62,19 @@ __all__ = [
     "draw_ridge",
     "draw_moments",
     "draw_hessian",
+    "draw_series",
+    "draw_profile",
+    "draw_sweep",
+    "select_best",
     "draw_figure",
 ]
+
+PANELS.update(STUDY_PANELS)  # the optimization study's panels (smoothnorm.plots.study)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------------------------------------------
-_PANEL_KEYS = ("kind", "title", "runs")
+_PANEL_KEYS = ("kind", "title", "runs", "select")
 _STYLE = {"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8, "figure.titlesize": 12}
 
 
@@ -159,7 +166,15 @@ def draw_figure(
         # A panel of one run (ridge, Fig 11) draws the lowest seed; curve panels draw every seed.
         single = "run" in inspect.signature(fn).parameters
         chosen = [r for label in wanted for r in (by_label[label][:1] if single else by_label[label])]
-        jobs.append((fn, chosen, options, panel.get("title")))
+        select = panel.get("select")
+        if select not in (None, "best_lr"):
+            raise ValueError(f"select: panel #{i + 1} expects 'best_lr' (the lowest final training loss of each "
+                             f"group 'NAME @ lr=...') or no select, got {select!r}")
+        panel_colors = None
+        if select == "best_lr":
+            chosen = select_best(chosen)
+            panel_colors = run_colors([r.label for r in chosen])  # the groups, not the sweep's runs
+        jobs.append((fn, chosen, options, panel.get("title"), panel_colors))
     colors = run_colors(labels)
     rows = math.ceil(len(panels) / columns)
     with rc_context(_STYLE):
@@ -168,8 +183,8 @@ def draw_figure(
         try:
             axes = fig.subplots(rows, columns, squeeze=False).ravel()
             seeded = any(len(group) > 1 for group in by_label.values())
-            for ax, (fn, panel_runs, options, title) in zip(axes, jobs):
-                fn(ax, panel_runs, colors=colors, **options)
+            for ax, (fn, panel_runs, options, title, panel_colors) in zip(axes, jobs):
+                fn(ax, panel_runs, colors=panel_colors or colors, **options)
                 if title and seeded and "run" in inspect.signature(fn).parameters:
                     title = f"{title} (seed {_seed_of(panel_runs[0])})"
                 if title:

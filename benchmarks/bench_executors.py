@@ -1,0 +1,162 @@
+"""Wall time of a sweep: sequential (all cores in one run) against Dask (one run per core), and a paper-profile
+estimate for sizing a cluster.
+
+    python -m benchmarks.bench_executors                       # reproduce --profile quick, both executors
+    python -m benchmarks.bench_executors --only fig10,fig3b    # a subset, when the machine is busy
+    python -m benchmarks.bench_executors --only fig10 --set steps=3000 --repeats 2
+    python -m benchmarks.bench_executors --estimate            # paper profile: runs x steps x measured s/step
+
+The comparison runs `smoothnorm reproduce` in fresh processes on fresh run folders, alternating the executors'
+order from repeat to repeat, and prints the load average around each, since a shared machine moves the result.
+The estimate times a few steps of one run per kind of paper-profile run (same model, batch and probes; synthetic
+data of CIFAR-10's shape, so no download) with 1 thread and with all cores, in fresh processes whose thread
+variables are set before Numba loads, and leaves out each run's first (compiling) step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _reproduce(profile: str, only: str | None, extra: list[str]) -> float:
+    """Wall seconds of one `smoothnorm reproduce` in a fresh process on a fresh run folder."""
+    with tempfile.TemporaryDirectory(prefix="bench-executors-") as tmp:
+        cmd = [sys.executable, "-m", "smoothnorm.cli", "reproduce", "--profile", profile, "--runs", f"{tmp}/runs",
+               "--figures", f"{tmp}/figures", *(["--only", only] if only else []), *extra]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return wall
+
+
+def compare(profile: str, only: str | None, workers: int, repeats: int, overrides: list[str]) -> None:
+    cores = os.cpu_count() or 1
+    sets = [a for item in overrides for a in ("--set", item)]
+    candidates = {
+        f"sequential, {cores} threads": ["--threads-per-run", str(cores), *sets],
+        f"dask, {workers} workers x {max(1, cores // workers)} thread": [
+            "--workers", str(workers), "--threads-per-run", str(max(1, cores // workers)), *sets],
+    }
+    walls: dict[str, list[float]] = {name: [] for name in candidates}
+    names = list(candidates)
+    for r in range(repeats):
+        for name in names[r % 2:] + names[:r % 2]:
+            before = _load()
+            wall = _reproduce(profile, only, candidates[name])
+            walls[name].append(wall)
+            print(f"{name:32s} {wall:8.1f} s   (load average before: {before}; after: {_load()})", flush=True)
+    medians = {name: sorted(v)[len(v) // 2] for name, v in walls.items()}
+    seq, dask = medians[names[0]], medians[names[1]]
+    what = f"reproduce --profile {profile}{' --only ' + only if only else ''} {' '.join(sets)}"
+    print(f"\n{what}: sequential {seq:.1f} s, dask {dask:.1f} s, sequential / dask = {seq / dask:.2f}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Paper-profile estimate
+# ----------------------------------------------------------------------------------------------------------------
+def _cost_key(run) -> tuple:
+    """Runs that cost the same per step: model, size, batch, norm, and which probes run how often."""
+    s = run.settings
+    size = (s["arch"], s["width"]) if s["model"] == "vgg" else (s["depth"], s["hidden"], s["n_train"])
+    return (s["model"], *size, s["batch_size"], s["norm"], s["dtype"],
+            tuple(sorted((p.kind, p.every) for p in run.probes)))
+
+
+def _paper_groups():
+    from smoothnorm import spec
+
+    specs = [spec.load_spec(p, "paper") for p in spec.list_specs(ROOT / "experiments")]
+    groups: dict[tuple, list] = {}
+    for run in spec.merge_runs(specs):
+        groups.setdefault(_cost_key(run), []).append(run)
+    return groups
+
+
+def _child_time_steps(steps: int) -> None:
+    """In a fresh process (threads set by the parent): seconds per step of one run per group, as JSON lines."""
+    from smoothnorm.experiment import execute_run
+    from smoothnorm.results import read_jsonl
+    from smoothnorm.spec import RunSpec
+
+    with tempfile.TemporaryDirectory(prefix="bench-estimate-") as tmp:
+        for key, runs in _paper_groups().items():
+            run = runs[0]
+            settings = dict(run.settings, steps=steps, checkpoint_every=0)
+            if settings["data"] == "cifar10":
+                settings.update(data="synthetic_images", n_train=5000, n_test=1000)
+            execute_run(RunSpec(run.label, settings, run.probes), Path(tmp))
+            times = [row["time"] for row in read_jsonl(Path(tmp) / RunSpec(run.label, settings).run_id /
+                                                       "metrics.jsonl")]
+            per_step = (times[-1] - times[0]) / (len(times) - 1)
+            print(json.dumps({"key": repr(key), "per_step": per_step}), flush=True)
+
+
+def estimate(steps: int, workers_per_node: int) -> None:
+    from smoothnorm.executors import thread_environment
+
+    cores = os.cpu_count() or 1
+    groups = _paper_groups()
+    measured: dict[int, dict[str, float]] = {}
+    for threads in sorted({1, cores}):
+        env = {**os.environ, **thread_environment(threads)}
+        done = subprocess.run([sys.executable, "-m", "benchmarks.bench_executors", "--child-steps", str(steps)],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(done.stderr[-3000:])
+        measured[threads] = {d["key"]: d["per_step"] for d in map(json.loads, done.stdout.splitlines())}
+    print(f"Paper profile: {sum(len(r) for r in groups.values())} runs; seconds per step measured over {steps - 1} "
+          f"steps (load average {_load()}):\n")
+    print(f"| runs | model | batch | probes (every) | steps each | s/step, {cores} threads | s/step, 1 thread |")
+    print("|---|---|---|---|---|---|---|")
+    total = {threads: 0.0 for threads in measured}
+    for key, runs in groups.items():
+        steps_each = runs[0].settings["steps"]
+        model = f"{key[0]} {key[1]}" + (f" x{key[2]:g}" if key[0] == "vgg" else "") + f" {key[-3]}"
+        probes = ", ".join(f"{k} ({e})" for k, e in key[-1])
+        for threads in measured:
+            total[threads] += len(runs) * steps_each * measured[threads][repr(key)]
+        print(f"| {len(runs)} | {model} | {runs[0].settings['batch_size'] or 'full'} | {probes} | {steps_each} | "
+              f"{measured[cores][repr(key)]:.3g} | {measured[1][repr(key)]:.3g} |")
+    hours = 3600.0
+    print(f"\nsequential on {cores} cores: {total[cores] / hours:.0f} h")
+    print(f"one run per core: {total[1] / hours:.0f} core-hours; on N cores about {total[1] / hours:.0f} / N h "
+          f"(at most {len(sum(groups.values(), []))} cores help: one run each; the longest run alone takes "
+          f"{max(r[0].settings['steps'] * measured[1][repr(k)] for k, r in groups.items()) / hours:.0f} h)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--only", default=None, help="comma-separated spec names (a subset)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to reproduce")
+    parser.add_argument("--estimate", action="store_true", help="paper-profile estimate instead of the comparison")
+    parser.add_argument("--steps", type=int, default=4, help="steps timed per run for --estimate (first excluded)")
+    parser.add_argument("--child-steps", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_steps:
+        _child_time_steps(args.child_steps)
+    elif args.estimate:
+        estimate(args.steps, args.workers)
+    else:
+        compare(args.profile, args.only, args.workers, args.repeats, args.set)
+
+
+if __name__ == "__main__":
+    main()
