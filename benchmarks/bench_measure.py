@@ -6,6 +6,8 @@
   when the training step's gradient and loss are passed in (`grad=`, `loss=`); also timed without them (+1 pass).
 - ICS over the weight layers (the default) and over every parameterized layer of VGG-11-BN.
 - Lanczos top Hessian eigenvalue of the paper's DLN (25 layers of 10x10, 1000 samples, float64), with and without BN.
+- One Hessian-vector product on VGG-11-BN (its float64 copy) in float64 gradient evaluations, and the Lanczos top
+  eigenvalue in float32 train steps: exact products (R-operator, the default) against central differences.
 
 Candidates are timed alternately in one process (benchmarks/_timing.py) and reported as ratios of medians.
 """
@@ -65,6 +67,55 @@ def _vgg_rows(repeats: int, batch: int, width: float) -> list[dict]:
     return rows
 
 
+def _vgg_hessian_rows(repeats: int, batch: int, width: float) -> list[dict]:
+    rng = np.random.default_rng(2)
+    net = models.vgg("vgg11", norm="batch", width=width, dtype=np.float32, seed=0)
+    x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, size=batch)
+    opt = optim.SGD(lr=0.1)
+    w0 = net.params.copy()
+    net64 = net.astype(np.float64)
+    exact = measure.hessian_operator(net, x, y)
+    central = measure.hessian_operator(net, x, y, scheme="central")
+    v = rng.standard_normal(net.num_params)
+    products = {}
+
+    def train_step():
+        net.loss_and_grad(x, y, mode="train")
+        opt.step(net.params, net.grads)
+        net.params[...] = w0
+
+    def top_eigenvalue(scheme):
+        op = measure.hessian_operator(net, x, y, scheme=scheme)
+        products[scheme] = (measure.top_eigenvalues(op, 1)[0], op.matvec_count)
+
+    candidates = {
+        "train step (float32)": train_step,
+        "gradient (float64 copy)": lambda: net64.loss_and_grad(x, y, mode="probe"),
+        "H v, exact": lambda: exact.matvec(v),
+        "H v, central": lambda: central.matvec(v),
+    }
+    times = time_alternating(candidates, repeats=repeats, warmup=1)
+    slow = time_alternating({"Lanczos top eigenvalue, exact": lambda: top_eigenvalue("exact"),
+                             "Lanczos top eigenvalue, central": lambda: top_eigenvalue("central")},
+                            repeats=max(1, repeats // 3), warmup=0)
+    base, grad = times["train step (float32)"], times["gradient (float64 copy)"]
+    rows = []
+    for name, t in {**times, **slow}.items():
+        scheme = name.rsplit(" ", 1)[-1]
+        extra = ""
+        if name.startswith("Lanczos"):
+            value, count = products[scheme]
+            extra = f" ({count} products, lambda_max {value:.6g})"
+        rows.append({
+            "what": f"VGG-11-BN w={width} b={batch}: {name}{extra}",
+            "median s": f"{t:.3f}",
+            "x train step": f"{t / base:.2f}",
+            "x (4 f+b)": f"{t / grad:.2f} grads",
+        })
+    return rows
+
+
 def _dln_rows(repeats: int) -> list[dict]:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1000, 10))
@@ -90,6 +141,7 @@ def _dln_rows(repeats: int) -> list[dict]:
 
         candidates = {
             "train step": train_step,
+            "Lanczos top eigenvalue, exact": lambda: top_eigenvalue("exact"),
             "Lanczos top eigenvalue, central": lambda: top_eigenvalue("central"),
             "Lanczos top eigenvalue, forward": lambda: top_eigenvalue("forward"),
         }
@@ -112,10 +164,12 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--hessian-batch", type=int, default=32, help="batch of the VGG Hessian rows")
     parser.add_argument("--skip-vgg", action="store_true")
     args = parser.parse_args(argv)
     print(describe_machine())
     rows = [] if args.skip_vgg else _vgg_rows(args.repeats, args.batch, args.width)
+    rows += [] if args.skip_vgg else _vgg_hessian_rows(args.repeats, args.hessian_batch, args.width)
     rows += _dln_rows(args.repeats)
     print(format_table(rows, ["what", "median s", "x train step", "x (4 f+b)"]))
 

@@ -1,7 +1,9 @@
-"""Whole train steps against PyTorch CPU: VGG-11-BN / VGG-16-BN at batch 128 (float32) and the 25-layer DLN on 1000
-samples (float64, with and without BatchNorm); plus the first step of a fresh process (Numba cache warm).
+"""Whole train steps against PyTorch CPU: VGG-11-BN, VGG-16-BN and VGG-16 at batch 128 (float32), each with im2col
+and with algorithm="auto" convolutions (Winograd where kernels/winograd.winograd_pays says), and the 25-layer DLN on
+1000 samples (float64, with and without BatchNorm); plus the first step of a fresh process (Numba cache warm).
 
-    python -m benchmarks.bench_train [--repeats 7] [--batch 128] [--threads 2] [--skip-vgg16]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.bench_train [--repeats 7] [--batch 128]
+        [--threads 2] [--skip-vgg16] [--skip-dln]
 
 A train step is forward, loss, backward and an SGD update. Ours and PyTorch's are timed alternately in one process
 (medians over repeats); the ratio is torch time / our time (> 1: we are faster).
@@ -21,6 +23,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks._timing import describe_machine, format_table, time_alternating, torch_available  # noqa: E402
 from smoothnorm import models, optim  # noqa: E402
+from smoothnorm.kernels._blas import openblas_report  # noqa: E402
 
 
 def our_step(net, opt, x, y):
@@ -31,7 +34,7 @@ def our_step(net, opt, x, y):
     return fn
 
 
-def torch_vgg(name: str, width: float = 1.0):
+def torch_vgg(name: str, width: float = 1.0, norm: bool = True):
     import torch
 
     cfg = models.VGG_CONFIGS[name]
@@ -41,7 +44,9 @@ def torch_vgg(name: str, width: float = 1.0):
             layers.append(torch.nn.MaxPool2d(2, 2))
         else:
             out = round(item * width)
-            layers += [torch.nn.Conv2d(c, out, 3, padding=1), torch.nn.BatchNorm2d(out), torch.nn.ReLU()]
+            layers += [torch.nn.Conv2d(c, out, 3, padding=1)]
+            layers += [torch.nn.BatchNorm2d(out)] if norm else []
+            layers += [torch.nn.ReLU()]
             c = out
     return torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(round(512 * width), 10))
 
@@ -92,6 +97,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-vgg16", action="store_true")
+    parser.add_argument("--skip-dln", action="store_true")
     args = parser.parse_args(argv)
     import numba
 
@@ -102,19 +108,25 @@ def main(argv=None) -> None:
 
         torch.set_num_threads(args.threads)
     print(describe_machine())
+    print("OpenBLAS: " + "; ".join(openblas_report()))
     rng = np.random.default_rng(0)
     rows = []
-    vggs = ["vgg11"] + ([] if args.skip_vgg16 else ["vgg16"])
-    for name in vggs:
+    vggs = [("vgg11", "batch")] + ([] if args.skip_vgg16 else [("vgg16", "batch"), ("vgg16", None)])
+    for name, norm in vggs:
         x = rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
         y = rng.integers(0, 10, size=args.batch)
-        net = models.vgg(name, norm="batch")
-        cands = {"ours": our_step(net, optim.SGD(lr=1e-3), x, y)}
+        cands = {}
+        for algorithm in ("im2col", "auto"):
+            net = models.vgg(name, norm=norm, algorithm=algorithm)
+            cands[algorithm] = our_step(net, optim.SGD(lr=1e-3), x, y)
         if have_torch:
-            cands["torch"] = torch_step(torch_vgg(name), x, y, "ce")
+            cands["torch"] = torch_step(torch_vgg(name, norm=norm is not None), x, y, "ce")
         t = time_alternating(cands, repeats=args.repeats, warmup=1)
-        rows.append(_row(f"{name}-bn train step, batch {args.batch}, float32", t, imgs=args.batch))
-    for norm in (False, True):
+        label = f"{name}{'-bn' if norm else ''} train step, batch {args.batch}, float32"
+        for algorithm in ("im2col", "auto"):
+            rows.append(_row(f"{label}, {algorithm}", {"ours": t[algorithm]} | {k: t[k] for k in t if k == "torch"},
+                             imgs=args.batch))  # fmt: skip
+    for norm in (False, True) if not args.skip_dln else ():
         x = rng.standard_normal((1000, 10))
         y = x @ rng.standard_normal((10, 10)).T
         net = models.dln(25, 10, in_dim=10, out_dim=10, norm="batch" if norm else None)
@@ -124,6 +136,8 @@ def main(argv=None) -> None:
         t = time_alternating(cands, repeats=args.repeats * 10, warmup=3)
         rows.append(_row(f"DLN 25x(10x10){' + BN' if norm else ''}, 1000 samples, float64", t))
     print(format_table(rows, ["work", "ours (ms)", "torch (ms)", "torch/ours", "ours img/s"]))
+    if args.skip_dln:
+        return
     t0 = time.perf_counter()
     first = first_step_of_fresh_process()
     print(f"\nfresh process, import + build VGG-11-BN + first train step (cache warm): {first:.2f} s "

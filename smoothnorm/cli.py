@@ -69,11 +69,15 @@ def _limit_threads_early(args) -> None:
 def _specs(args, names: list[str] | None):
     from smoothnorm import spec as spec_module
 
-    paths = spec_module.list_specs(args.specs)
+    groups = ("paper", "study") if getattr(args, "study", False) else ("paper",)
+    paths = spec_module.list_specs(args.specs, groups)
     if not paths:
         raise spec_module.SpecError(f"no specs (*.toml) in {args.specs or spec_module.default_spec_folder()}")
     if names:
-        by_name = {p.stem: p for p in paths}
+        # A name may be any group's spec (study/optimizers, examples/...); the paper's win on a clash.
+        by_name = {}
+        for p in spec_module.list_specs(args.specs, tuple(spec_module.SPEC_GROUPS)):
+            by_name.setdefault(p.stem, p)
         chosen = []
         for name in names:
             if name.endswith(".toml") or "/" in name:
@@ -89,12 +93,24 @@ def _specs(args, names: list[str] | None):
     return [spec_module.load_spec(p, args.profile, args.set) for p in paths]
 
 
+_GROUP_TITLES = {
+    "paper": "Paper figures (smoothnorm reproduce)",
+    "study": "Optimization study (experiments/study; smoothnorm reproduce --study, or run NAME)",
+    "examples": "Examples beyond the paper (experiments/examples; smoothnorm run NAME)",
+}
+
+
 def _list(args) -> int:
     from smoothnorm import spec as spec_module
 
-    for path in spec_module.list_specs(args.specs):
-        spec = spec_module.load_spec(path, "quick")
-        print(f"{path.stem:28s} {spec.title}")
+    for group in spec_module.SPEC_GROUPS:
+        paths = spec_module.list_specs(args.specs, (group,))
+        if not paths:
+            continue
+        print(_GROUP_TITLES[group])
+        for path in paths:
+            spec = spec_module.load_spec(path, "quick")
+            print(f"  {path.stem:30s} {spec.title}")
     return 0
 
 
@@ -197,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run)
     p = sub.add_parser("reproduce", help="run every spec and draw every figure")
     p.add_argument("--only", default=None, help="comma-separated spec names, e.g. fig4,fig10")
+    p.add_argument("--study", action="store_true", help="also run the optimization study (experiments/study)")
     _add_common(p)
     _add_execution(p)
     p.set_defaults(func=_reproduce)

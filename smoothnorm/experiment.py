@@ -45,36 +45,67 @@ from smoothnorm.spec import (  # noqa: F401 (re-exported)
 # Building what a run needs
 # ----------------------------------------------------------------------------------------------------------------
 @lru_cache(maxsize=4)
-def _dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, data_root: str):
+def _raw_dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, data_root: str, scale: str,
+                 feature_scale_range: float):
     from smoothnorm import data
 
     if kind == "synthetic_images":
-        (xtr, ytr), (xte, yte) = data.synthetic_images(n_train, n_test, seed=data_seed)
+        (xtr, ytr), (xte, yte) = data.synthetic_images(n_train, n_test, seed=data_seed, scale=scale)
         return xtr, ytr, xte, yte
     if kind == "gaussian_regression":
-        x, y = data.gaussian_regression(n=n_train, dim=dim, seed=data_seed)
+        x, y = data.gaussian_regression(n=n_train, dim=dim, seed=data_seed, feature_scale_range=feature_scale_range)
         return x, y, None, None
     root = data_root or None
     if root is None:
         from smoothnorm.data._io import data_home
 
         root = str(data_home())
-    xtr, ytr = data.load_cifar10(root, train=True)
-    xte, yte = data.load_cifar10(root, train=False)
+    xtr, ytr = data.load_cifar10(root, train=True, scale=scale)
+    xte, yte = data.load_cifar10(root, train=False, scale=scale)
     return xtr, ytr, xte, yte
 
 
-def build_network(s: dict):
+@lru_cache(maxsize=4)
+def _dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, data_root: str, scale: str = "normalized",
+             feature_scale_range: float = 1.0, input_norm: str = "none"):
+    """The run's data: (x_train, y_train, x_test, y_test), the input normalization fitted on x_train alone."""
+    from smoothnorm.data import normalize_inputs
+
+    xtr, ytr, xte, yte = _raw_dataset(kind, n_train, n_test, dim, data_seed, data_root, scale, feature_scale_range)
+    if input_norm != "none":
+        if xte is None:
+            (xtr,) = normalize_inputs(input_norm, xtr)
+        else:
+            xtr, xte = normalize_inputs(input_norm, xtr, xte)
+    return xtr, ytr, xte, yte
+
+
+def _run_dataset(s: dict):
+    return _dataset(s["data"], s["n_train"], s["n_test"], s["dim"], s["data_seed"], s["data_root"], s["scale"],
+                    s["feature_scale_range"], s["input_norm"])
+
+
+def build_network(s: dict, input_shape: tuple[int, ...] | None = None):
+    """The run's network. input_shape: one sample's shape (an MLP flattens images, so it needs the data's)."""
     from smoothnorm import models
 
     norm = None if s["norm"] == "none" else s["norm"]
     dtype = np.dtype(s["dtype"])
+    common = {"norm": norm, "dtype": dtype, "seed": s["seed"], "init": s["init"],
+              "norm_options": s["norm_options"] or None}
+    activation = s.get("activation", "default")
+    position = s.get("norm_position", "before_activation")
     if s["model"] == "vgg":
-        return models.vgg(s["arch"], norm=norm, width=s["width"], dtype=dtype, seed=s["seed"], init=s["init"],
-                          norm_options=s["norm_options"] or None)
+        return models.vgg(s["arch"], width=s["width"], activation="relu" if activation == "default" else activation,
+                          norm_position=position, algorithm=s["conv_algorithm"], **common)
     if s["model"] == "dln":
-        return models.dln(s["depth"], s["hidden"], in_dim=s["dim"], out_dim=s["dim"], norm=norm, dtype=dtype,
-                          seed=s["seed"], init=s["init"], norm_options=s["norm_options"] or None)
+        return models.dln(s["depth"], s["hidden"], in_dim=s["dim"], out_dim=s["dim"],
+                          activation="identity" if activation == "default" else activation, **common)
+    if s["model"] == "mlp":
+        in_dim = int(np.prod(input_shape)) if input_shape is not None else 3 * 32 * 32
+        return models.mlp(in_dim, [s["hidden"]] * (s["depth"] - 1), 10,
+                          activation="relu" if activation == "default" else activation, norm_position=position,
+                          **common)
     raise SpecError(f"model {s['model']!r} has no data set in the experiment runner yet")
 
 
@@ -123,7 +154,15 @@ def build_probes(net, run: RunSpec) -> list:
             probes.append(train.DistributionProbe(name="distributions", every=p.every, start=p.start, layers=layers,
                                                   units=o["units"], bins=o["bins"], seed=run.settings["seed"]))
         elif p.kind == "hessian":
-            probes.append(train.HessianProbe(name="hessian", every=p.every, start=p.start, k=o["k"]))
+            probes.append(train.HessianProbe(name="hessian", every=p.every, start=p.start, k=o["k"],
+                                             mode=o["mode"], condition=o["condition"], max_params=o["max_params"]))
+        elif p.kind == "saturation":
+            probes.append(train.SaturationProbe(name="saturation", every=p.every, start=p.start,
+                                                threshold=o["threshold"]))
+        elif p.kind == "grad_norms":
+            probes.append(train.GradNormProbe(name="grad_norms", every=p.every, start=p.start))
+        elif p.kind == "bn_gap":
+            probes.append(train.BatchStatsGapProbe(name="bn_gap", every=p.every, start=p.start))
     return probes
 
 
@@ -155,15 +194,28 @@ def _eval_fn(s: dict, xte, yte):
     limit = s["eval_samples"] or xte.shape[0]
     xe, ye = xte[:limit], yte[:limit]
 
-    def fn(net):
-        accs, losses = [], []
-        for start in range(0, xe.shape[0], 500):
-            xb, yb = xe[start:start + 500], ye[start:start + 500]
+    def evaluate(net, mode: str, size: int) -> tuple[float, float]:
+        correct = total_loss = 0.0
+        count = 0
+        for start in range(0, xe.shape[0], size):
+            xb, yb = xe[start:start + size], ye[start:start + size]
+            if mode == "probe" and xb.shape[0] < size and count:
+                break  # batch statistics need full batches, as in training (drop_last)
             with np.errstate(all="ignore"):
-                loss = net.loss(xb, yb, mode="eval")
-            accs.append(np.mean(np.argmax(net.output, axis=1) == yb) * xb.shape[0])
-            losses.append(loss * xb.shape[0])
-        return {"test_acc": float(np.sum(accs) / xe.shape[0]), "test_loss": float(np.sum(losses) / xe.shape[0])}
+                loss = net.loss(xb, yb, mode=mode)
+            correct += float(np.sum(np.argmax(net.output, axis=1) == yb))
+            total_loss += loss * xb.shape[0]
+            count += xb.shape[0]
+        return correct / count, total_loss / count
+
+    def fn(net):
+        acc, loss = evaluate(net, "eval", 500)
+        row = {"test_acc": acc, "test_loss": loss}
+        if s.get("eval_batch_stats"):
+            # BatchNorm in training mode on the test split: batch statistics of test batches of the training size.
+            size = min(s["batch_size"] or xe.shape[0], xe.shape[0])
+            row["test_acc_batch_stats"], row["test_loss_batch_stats"] = evaluate(net, "probe", size)
+        return row
 
     return fn
 
@@ -265,8 +317,10 @@ def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Call
     s = run.settings
     config_path = path / "config.json"
     wanted = _probe_key(run.probes)
-    xtr, ytr, xte, yte = _dataset(s["data"], s["n_train"], s["n_test"], s["dim"], s["data_seed"], s["data_root"])
-    net = build_network(s)
+    xtr, ytr, xte, yte = _run_dataset(s)
+    net = build_network(s, xtr.shape[1:])
+    if s["model"] == "mlp":
+        xtr, xte = xtr.reshape(len(xtr), -1), None if xte is None else xte.reshape(len(xte), -1)
     optimizer = optim.make_optimizer(s["optimizer"], lr=s["lr"], **s["optimizer_options"])
     trainer = Trainer(net, optimizer, _batch_fn(s, xtr, ytr), build_probes(net, run),
                       eval_fn=_eval_fn(s, xte, yte), eval_every=s["eval_every"], seed=s["seed"])

@@ -14,13 +14,15 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 
 from smoothnorm._rop import maxpool_gather
 from smoothnorm._validate import as_float_dtype, choice, float_array, label_array
+from smoothnorm.activation_layers import Identity, Sigmoid, Tanh
 from smoothnorm.kernels.activation import relu_backward, relu_forward
-from smoothnorm.kernels.conv import conv2d_backward, conv2d_forward
+from smoothnorm.kernels.conv import ALGORITHMS, conv2d_backward, conv2d_forward
 from smoothnorm.kernels.linear import (
     linear_backward,
     linear_chain_backward,
@@ -39,8 +41,8 @@ from smoothnorm.layer import Layer
 from smoothnorm.norm_layers import NORM_LAYERS, BatchNorm, make_norm
 
 __all__ = [
-    "MODES", "INITS", "Layer", "Linear", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "BatchNorm", "NORM_LAYERS",
-    "make_norm", "SoftmaxCrossEntropy", "SquaredError", "LOSSES", "Network",
+    "MODES", "INITS", "Layer", "Linear", "Conv2d", "ReLU", "Sigmoid", "Tanh", "Identity", "MaxPool2d", "Flatten",
+    "BatchNorm", "NORM_LAYERS", "make_norm", "SoftmaxCrossEntropy", "SquaredError", "LOSSES", "Network",
 ]
 
 MODES = ("train", "probe", "eval")
@@ -138,16 +140,26 @@ class Linear(Layer):
 
 
 class Conv2d(Layer):
-    """2-D convolution (cross-correlation, zero padding), weight (out, in, k, k), PyTorch semantics."""
+    """2-D convolution (cross-correlation, zero padding), weight (out, in, k, k), PyTorch semantics.
+
+    algorithm: "auto" (default: per pass, a fixed rule by layer shape, kernels/winograd.winograd_pays), "im2col",
+    or "winograd" (3x3 kernels with stride 1 and padding 1 only).
+    """
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, padding: int = 1,
-        bias: bool = True,
+        bias: bool = True, algorithm: str = "auto",
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding = int(kernel_size), int(stride), int(padding)
         self.use_bias = bool(bias)
+        self.algorithm = choice("algorithm", algorithm, ALGORITHMS)
+        if self.algorithm == "winograd" and (self.kernel_size, self.stride, self.padding) != (3, 1, 1):
+            raise ValueError(
+                f"algorithm: 'winograd' needs kernel_size 3, stride 1 and padding 1, got {self.kernel_size}, "
+                f"{self.stride} and {self.padding}"
+            )
         self._x: np.ndarray | None = None
 
     def param_shapes(self):
@@ -170,30 +182,34 @@ class Conv2d(Layer):
 
     def forward(self, x, mode):
         self._x = x
-        return conv2d_forward(x, self.params["weight"], self.params.get("bias"), self.stride, self.padding)
+        return conv2d_forward(
+            x, self.params["weight"], self.params.get("bias"), self.stride, self.padding, algorithm=self.algorithm
+        )
 
     def backward(self, dy, need_dx=True):
         return conv2d_backward(
             dy, self._x, self.params["weight"], self.grads["weight"], self.grads.get("bias"),
-            self.stride, self.padding, need_dx=need_dx,
+            self.stride, self.padding, need_dx=need_dx, algorithm=self.algorithm,
         )
 
     def forward_r(self, rx, rparams):
         """R-pass: as Linear.forward_r (a convolution is bilinear in input and weight)."""
         self._rx, self._rparams = rx, rparams
-        ry = conv2d_forward(self._x, rparams["weight"], rparams.get("bias"), self.stride, self.padding)
+        conv = partial(conv2d_forward, stride=self.stride, padding=self.padding, algorithm=self.algorithm)
+        ry = conv(self._x, rparams["weight"], rparams.get("bias"))
         if rx is not None:
-            ry += conv2d_forward(rx, self.params["weight"], None, self.stride, self.padding)
+            ry += conv(rx, self.params["weight"], None)
         return ry
 
     def backward_r(self, dy, rdy, rgrads, need_dx=True):
         """R-pass backward: as Linear.backward_r."""
-        return _bilinear_backward_r(conv2d_backward, self, dy, rdy, rgrads, need_dx, (self.stride, self.padding))
+        backward = partial(conv2d_backward, algorithm=self.algorithm)
+        return _bilinear_backward_r(backward, self, dy, rdy, rgrads, need_dx, (self.stride, self.padding))
 
     def extra_repr(self):
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, bias={self.use_bias}"
+            f"padding={self.padding}, bias={self.use_bias}, algorithm={self.algorithm!r}"
         )
 
 

@@ -38,6 +38,7 @@ BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     "norm": (str, "none", ("none", *NORMS)),
     "norm_options": (dict, {}, None),
     "init": (str, "glorot", ("glorot", "pytorch")),
+    "conv_algorithm": (str, "auto", ("auto", "im2col", "winograd")),  # VGG convolutions (docs/PROTOCOL.md)
     "data": (str, "synthetic_images", ("cifar10", "synthetic_images", "gaussian_regression")),
     "data_root": (str, "", None),
     "n_train": (int, 5000, None),
@@ -56,9 +57,20 @@ BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     "eval_samples": (int, 0, None),
     "probe_every": (int, 10, None),
     "checkpoint_every": (int, 100, None),
+    # The optimization study (experiments/study/): activations, where the norm sits, input scale and normalization.
+    "activation": (str, "default", ("default", "relu", "sigmoid", "tanh", "identity")),  # default: relu, dln identity
+    "norm_position": (str, "before_activation", ("before_activation", "after_activation")),
+    "input_norm": (str, "none", ("none", "standardize", "per_channel")),  # statistics of the training split only
+    "scale": (str, "normalized", ("normalized", "unit", "raw")),  # image pixels: standardized, /255 or 0..255
+    "feature_scale_range": (float, 1.0, None),  # gaussian_regression: largest / smallest feature scale
+    "eval_batch_stats": (bool, False, None),  # also evaluate with batch statistics (BN in training mode)
 }
 # Keys that do not change what a run computes (excluded from its identity).
 _NON_IDENTITY = ("label", "checkpoint_every", "probe_every")
+# Keys added after runs were first stored: they enter a run's identity only when set away from their default, so
+# the identity (and the folder) of every earlier run stays the same.
+_LATER_KEYS = ("activation", "norm_position", "input_norm", "scale", "feature_scale_range", "eval_batch_stats",
+               "conv_algorithm")
 
 PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
     "landscape": {
@@ -67,11 +79,15 @@ PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
         "num": (int, 8, None),
         "multipliers": (list, [], None),
         "beta_normalization": (str, "distance", ("distance", "eta")),
-        "direction": (str, "gradient", ("gradient", "random")),
+        "direction": (str, "gradient", ("gradient", "random", "update")),
     },
     "ics": {"layers": (list, [], None)},
     "distributions": {"layers": (list, [], None), "units": (int, 4, None), "bins": (int, 40, None)},
-    "hessian": {"k": (int, 1, None)},
+    "hessian": {"k": (int, 1, None), "mode": (str, "probe", ("probe", "eval")), "condition": (bool, False, None),
+                "max_params": (int, 0, None)},
+    "saturation": {"threshold": (float, 4.0, None)},
+    "grad_norms": {},
+    "bn_gap": {},
 }
 _PROBE_COMMON = {"kind": (str, None, tuple(PROBE_KEYS)), "every": (int, 0, None), "start": (int, 0, None)}
 
@@ -145,7 +161,7 @@ class RunSpec:
 
     @property
     def identity(self) -> dict:
-        return {k: v for k, v in self.settings.items() if k not in _NON_IDENTITY}
+        return _identity(self.settings)
 
     @property
     def run_id(self) -> str:
@@ -163,9 +179,13 @@ class Spec:
     figure: dict
 
 
+def _identity(settings: dict) -> dict:
+    return {k: v for k, v in settings.items()
+            if k not in _NON_IDENTITY and not (k in _LATER_KEYS and v == BASE_KEYS[k][1])}
+
+
 def run_id_for(settings: dict) -> str:
-    identity = {k: v for k, v in settings.items() if k not in _NON_IDENTITY}
-    digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    digest = hashlib.sha1(json.dumps(_identity(settings), sort_keys=True).encode()).hexdigest()[:10]
     arch = settings["arch"] if settings["model"] == "vgg" else f"{settings['model']}{settings['depth']}"
     return f"{arch}-{settings['norm']}-lr{settings['lr']:g}-s{settings['seed']}-{digest}"
 
@@ -180,6 +200,8 @@ def _check_settings(where: str, s: dict) -> None:
     for key in ("batch_size", "eval_every", "eval_samples", "probe_every", "checkpoint_every", "seed", "data_seed"):
         if s[key] < 0:
             raise SpecError(f"{where}: key {key!r} expects a non-negative integer, got {s[key]!r}")
+    if not (math.isfinite(s["feature_scale_range"]) and s["feature_scale_range"] >= 1):
+        raise SpecError(f"{where}: key 'feature_scale_range' expects a number >= 1, got {s['feature_scale_range']!r}")
     if s["model"] == "dln" and s["data"] != "gaussian_regression":
         raise SpecError(f"{where}: model 'dln' needs data 'gaussian_regression', got {s['data']!r}")
     if s["model"] != "dln" and s["data"] == "gaussian_regression":
@@ -284,9 +306,20 @@ def _validate_figure(where: str, figure: dict, labels: set[str]) -> None:
             raise SpecError(f"{pw}: key 'run' names unknown run {panel['run']!r}; runs: {sorted(labels)}")
 
 
-def list_specs(folder: str | os.PathLike | None = None) -> list[Path]:
+# Spec groups: the paper's figures (the folder itself), the optimization study and examples (subfolders).
+# `reproduce` runs the paper's figures, plus the study with --study; `run NAME` finds a spec in any group.
+SPEC_GROUPS = {"paper": ".", "study": "study", "examples": "examples"}
+
+
+def list_specs(folder: str | os.PathLike | None = None, groups: tuple[str, ...] = ("paper",)) -> list[Path]:
+    """Spec files of the given groups (see SPEC_GROUPS), each group sorted by name, in the order of `groups`."""
     folder = Path(folder) if folder else default_spec_folder()
-    return sorted(folder.glob("*.toml"))
+    paths: list[Path] = []
+    for group in groups:
+        if group not in SPEC_GROUPS:
+            raise SpecError(f"groups: expected names from {list(SPEC_GROUPS)}, got {group!r}")
+        paths.extend(sorted((folder / SPEC_GROUPS[group]).glob("*.toml")))
+    return paths
 
 
 def default_spec_folder() -> Path:

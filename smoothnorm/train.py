@@ -15,196 +15,24 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from smoothnorm.measure import (
-    ActivationSampler,
-    hessian_top_eigenvalues,
-    internal_covariate_shift,
-    probe_gradient_direction,
-    step_grid,
+from smoothnorm.probes import (  # noqa: F401 (re-exported: the probes lived here first)
+    PROBES,
+    BatchStatsGapProbe,
+    DistributionProbe,
+    GradNormProbe,
+    HessianProbe,
+    ICSProbe,
+    LandscapeProbe,
+    Probe,
+    ProbeRecord,
+    SaturationProbe,
 )
-from smoothnorm.measure.landscape import probe_direction, random_direction
 
 BatchFn = Callable[[int], tuple[np.ndarray, np.ndarray]]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Probes: each turns (trainer, x, y) at one step into a dict of fixed-shape arrays (one row of its record).
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class Probe:
-    """A measurement run every `every` steps (from `start`) on the current training batch."""
-
-    name: str
-    every: int
-    start: int = 0
-
-    def due(self, step: int) -> bool:
-        return self.every > 0 and step >= self.start and (step - self.start) % self.every == 0
-
-    def setup(self, trainer: Trainer) -> None:
-        """Called once when the trainer is built (before any step)."""
-
-    def measure(self, trainer: Trainer, x: np.ndarray, y: np.ndarray, grad: np.ndarray,
-                loss: float) -> dict[str, np.ndarray]:
-        """One row of measurements at the current weights; `grad`, `loss`: the step's gradient and loss there."""
-        raise NotImplementedError
-
-    def meta(self) -> dict[str, Any]:
-        """JSON-able description stored beside the record (e.g. layer names, step sizes)."""
-        return {}
-
-
-@dataclass
-class LandscapeProbe(Probe):
-    """Loss and gradient change along the descent direction -g (Figs 4, 10, 11): `probe_gradient_direction`.
-
-    etas: explicit step sizes, or None for `step_grid(lr, preset, spacing, num)`.
-    direction: "gradient" (the paper) or "random" (a Gaussian direction scaled to ||g||, drawn fresh each step).
-    """
-
-    preset: str = "vgg"
-    spacing: str = "inferred"
-    num: int = 8
-    etas: Sequence[float] | None = None
-    beta_normalization: str = "distance"
-    direction: str = "gradient"
-    _etas: np.ndarray = field(default=None, init=False, repr=False)
-
-    def setup(self, trainer):
-        lr = trainer.optimizer.lr
-        if self.etas is not None:
-            self._etas = np.asarray(self.etas, dtype=np.float64)
-        else:
-            self._etas = step_grid(lr, self.preset, self.spacing, self.num)
-
-    def measure(self, trainer, x, y, grad, loss):
-        net = trainer.net
-        if self.direction == "gradient":
-            r = probe_gradient_direction(net, x, y, self._etas, beta_normalization=self.beta_normalization,
-                                         grad=grad, loss=loss)
-        else:
-            d = random_direction(net, trainer.probe_rng, norm=float(np.linalg.norm(grad.astype(np.float64))))
-            r = probe_direction(net, x, y, self._etas, d, beta_normalization=self.beta_normalization,
-                                grad=grad, loss=loss)
-        return {
-            "losses": r.losses,
-            "grad_distances": r.grad_distances,
-            "betas": r.betas,
-            "effective_beta": np.float64(r.effective_beta),
-            "base_loss": np.float64(r.base_loss),
-            "grad_norm": np.float64(r.grad_norm),
-            "num_diverged": np.int64(r.num_diverged),
-        }
-
-    def meta(self):
-        return {"etas": [float(e) for e in self._etas], "beta_normalization": self.beta_normalization,
-                "direction": self.direction}
-
-
-@dataclass
-class ICSProbe(Probe):
-    """Internal covariate shift of Definition 2.1 for chosen layers (Fig 3): `internal_covariate_shift`."""
-
-    layers: Sequence[str] | None = None
-
-    def setup(self, trainer):
-        from smoothnorm.measure.ics import weight_layer_names
-
-        self._layers = list(self.layers) if self.layers else weight_layer_names(trainer.net)
-
-    def measure(self, trainer, x, y, grad, loss):
-        result = internal_covariate_shift(trainer.net, x, y, trainer.optimizer, self._layers, grad=grad)
-        return {
-            "l2": np.array([result[n][0] for n in self._layers]),
-            "cosine": np.array([result[n][1] for n in self._layers]),
-        }
-
-    def meta(self):
-        return {"layers": self._layers}
-
-
-@dataclass
-class DistributionProbe(Probe):
-    """Distributions of a fixed random sample of units in chosen layers (Figs 1c, 2, 6, 8, 9)."""
-
-    layers: Sequence[str] = ()
-    units: int = 4
-    bins: int = 40
-    seed: int = 0
-
-    def setup(self, trainer):
-        self._sampler = ActivationSampler(
-            trainer.net, list(self.layers), self.units, np.random.default_rng([self.seed, 7]), bins=self.bins
-        )
-
-    def measure(self, trainer, x, y, grad, loss):
-        record = self._sampler.record(x)
-        row = {}
-        for layer, arrays in record.items():
-            for key, value in arrays.items():
-                row[f"{layer}/{key}"] = np.asarray(value)
-        return row
-
-    def meta(self):
-        return {"layers": list(self.layers), "units": {k: v.tolist() for k, v in self._sampler.units.items()},
-                "quantile_levels": self._sampler.quantile_levels.tolist()}
-
-
-@dataclass
-class HessianProbe(Probe):
-    """Top-k Hessian eigenvalues on the training batch (Lanczos)."""
-
-    k: int = 1
-
-    def measure(self, trainer, x, y, grad, loss):
-        return {"top_eigenvalues": np.asarray(hessian_top_eigenvalues(trainer.net, x, y, k=self.k))}
-
-    def meta(self):
-        return {"k": self.k}
-
-
-PROBES: dict[str, type[Probe]] = {
-    "landscape": LandscapeProbe,
-    "ics": ICSProbe,
-    "distributions": DistributionProbe,
-    "hessian": HessianProbe,
-}
-
-
-class ProbeRecord:
-    """Rows of one probe over training: steps and, per key, a list of equally shaped arrays."""
-
-    def __init__(self) -> None:
-        self.steps: list[int] = []
-        self.rows: dict[str, list[np.ndarray]] = {}
-
-    def append(self, step: int, row: dict[str, np.ndarray]) -> None:
-        self.steps.append(step)
-        for key, value in row.items():
-            self.rows.setdefault(key, []).append(np.asarray(value))
-
-    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        out = {f"{prefix}/steps": np.asarray(self.steps, dtype=np.int64)}
-        for key, values in self.rows.items():
-            out[f"{prefix}/{key}"] = np.stack(values) if values else np.zeros(0)
-        return out
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> ProbeRecord:
-        rec = cls()
-        steps = arrays.get(f"{prefix}/steps")
-        if steps is None:
-            return rec
-        rec.steps = [int(s) for s in steps]
-        for key, value in arrays.items():
-            if key.startswith(prefix + "/") and key != f"{prefix}/steps":
-                rec.rows[key[len(prefix) + 1:]] = list(value)
-        return rec
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -59,6 +59,19 @@ def relu_ref(x):
     return np.maximum(np.asarray(x, dtype=np.float64), 0.0)
 
 
+def sigmoid_ref(x):
+    """1 / (1 + exp(-x)) in float64, written literally (exp overflow to Inf gives the right limit 0)."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def activation_ref(x, activation):
+    """f(x) for "relu", "sigmoid", "tanh", "identity", in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    return {"relu": relu_ref, "sigmoid": sigmoid_ref, "tanh": np.tanh, "identity": np.array}[activation](x)
+
+
 def softmax_cross_entropy_ref(logits, labels):
     """Mean over rows of logsumexp(row) - row[label], and the softmax probabilities, in float64."""
     logits = np.asarray(logits, dtype=np.float64)

@@ -222,3 +222,11 @@ def test_short_spec_names_select_their_specs():
     assert names == ["fig3a_vgg_ics", "fig3b_dln_ics", "fig1_vgg_accuracy", "fig11b_dln_grad_vs_eta"]
     with pytest.raises(experiment.SpecError, match="no such spec"):
         _specs(args, ["fig7"])
+
+
+def test_conv_algorithm_reaches_every_conv_and_bad_values_are_named():
+    spec = experiment.load_spec(ROOT / "experiments" / "fig4_vgg_landscape.toml", "tiny", ["conv_algorithm=winograd"])
+    net = experiment.build_network(spec.runs[0].settings)
+    assert {layer.algorithm for layer in net.layers if hasattr(layer, "algorithm")} == {"winograd"}
+    with pytest.raises(experiment.SpecError, match=r"key 'conv_algorithm' expects one of \['auto', 'im2col'"):
+        experiment.load_spec(ROOT / "experiments" / "fig4_vgg_landscape.toml", "tiny", ["conv_algorithm=fft"])

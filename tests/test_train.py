@@ -80,3 +80,21 @@ def test_divergence_is_recorded_and_stops_the_run():
 def test_duplicate_probe_names_are_rejected():
     with pytest.raises(ValueError, match="duplicate probe names"):
         make_trainer(probes=[train.ICSProbe(name="ics", every=1), train.ICSProbe(name="ics", every=2)])
+
+
+@pytest.mark.parametrize("mode", ["probe", "eval"])
+def test_hessian_probe_records_top_eigenvalues_in_its_mode(mode):
+    from smoothnorm.measure import hessian_top_eigenvalues
+
+    probe = train.HessianProbe(name="hessian", every=2, start=2, k=2, mode=mode)
+    trainer, batch_fn = make_trainer(probes=[probe])
+    trainer.run(3)
+    recorded = trainer.probe_arrays()["hessian/top_eigenvalues"]
+    assert recorded.shape == (1, 2) and probe.meta() == {"k": 2, "mode": mode}
+    twin, _ = make_trainer()
+    twin.run(2)
+    twin.net.loss_and_grad(*batch_fn(2), mode="train")  # probes run after the step's gradient (running stats)
+    expected = hessian_top_eigenvalues(twin.net, *batch_fn(2), k=2, mode=mode)
+    np.testing.assert_allclose(recorded[0], expected, rtol=1e-9)
+    other = hessian_top_eigenvalues(twin.net, *batch_fn(2), k=2, mode="eval" if mode == "probe" else "probe")
+    assert not np.allclose(recorded[0], other, rtol=1e-3)  # the mode matters for a BN network

@@ -79,6 +79,8 @@ def torch_module(layer, in_shape):
         return TorchNorm(layer)
     if isinstance(layer, nn.ReLU):
         return torch.nn.ReLU()
+    if isinstance(layer, (nn.Sigmoid, nn.Tanh, nn.Identity)):
+        return getattr(torch.nn, type(layer).__name__)()
     if isinstance(layer, nn.MaxPool2d):
         return torch.nn.MaxPool2d(2, 2)
     if isinstance(layer, nn.Flatten):

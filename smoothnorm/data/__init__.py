@@ -7,6 +7,7 @@ from ._io import ChecksumError, DownloadError, data_home
 from .augment import augment_batch
 from .batching import BatchSampler, iterate_minibatches
 from .cifar10 import fetch_cifar10, load_cifar10
+from .normalization import IMAGE_SCALES, INPUT_NORMS, InputNormalizer, normalize_inputs
 from .synthetic import IMAGE_CLASSES, gaussian_regression, synthetic_images
 
 # Data sets that `smoothnorm data fetch NAME` can download: name -> fetch function(root=None, progress=True).
@@ -15,6 +16,9 @@ FETCHERS = {"cifar10": fetch_cifar10}
 __all__ = [
     "FETCHERS",
     "IMAGE_CLASSES",
+    "IMAGE_SCALES",
+    "INPUT_NORMS",
+    "InputNormalizer",
     "BatchSampler",
     "ChecksumError",
     "DownloadError",
@@ -24,5 +28,6 @@ __all__ = [
     "gaussian_regression",
     "iterate_minibatches",
     "load_cifar10",
+    "normalize_inputs",
     "synthetic_images",
 ]

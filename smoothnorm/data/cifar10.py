@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ._io import ChecksumError, check_md5, data_home, download, md5_file
+from .normalization import IMAGE_SCALES, image_scale
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
@@ -192,20 +193,27 @@ def _read_archive(archive: Path, names: tuple[str, ...], verify: bool) -> list[t
     return [_parse_batch(raw[name], f"{archive}:{FOLDER_NAME}/{name}") for name in names]
 
 
-def _pixel_table(normalize: bool, dtype: np.dtype) -> np.ndarray:
+def _pixel_table(scale: str, dtype: np.dtype) -> np.ndarray:
     """(3, 256) lookup from a uint8 pixel value to its float value per channel, computed once in float64."""
-    values = np.arange(256, dtype=np.float64) / 255.0
-    if normalize:
+    values = np.arange(256, dtype=np.float64)
+    if scale == "raw":
+        return np.broadcast_to(values, (3, 256)).astype(dtype)
+    values /= 255.0
+    if scale == "normalized":
         return ((values[None, :] - MEAN[:, None]) / STD[:, None]).astype(dtype)
     return np.broadcast_to(values, (3, 256)).astype(dtype)
 
 
-def to_float_images(data: np.ndarray, normalize: bool = True, dtype: DTypeLike = np.float32) -> np.ndarray:
+def to_float_images(
+    data: np.ndarray, normalize: bool = True, dtype: DTypeLike = np.float32, *, scale: str | None = None
+) -> np.ndarray:
     """Turn CIFAR rows (uint8, (n, 3072)) or images ((n, 3, 32, 32)) into float NCHW images.
 
     normalize=True: `(pixel / 255 - MEAN[c]) / STD[c]` per channel; False: `pixel / 255` in [0, 1].
+    scale: "normalized", "unit" or "raw" (0..255); when given it replaces `normalize`.
     Each value is computed in float64 and rounded once to `dtype`.
     """
+    scale = image_scale(scale, normalize)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -215,7 +223,7 @@ def to_float_images(data: np.ndarray, normalize: bool = True, dtype: DTypeLike =
             f"data should be uint8 of shape (n, {_ROW_LENGTH}) or (n, 3, 32, 32), found {data.dtype} {data.shape}"
         )
     images = data.reshape((len(data), *IMAGE_SHAPE))
-    table = _pixel_table(normalize, dtype)
+    table = _pixel_table(scale, dtype)
     out = np.empty(images.shape, dtype=dtype)
     for start in range(0, len(images), 1024):  # blocks that stay in cache: about 2x faster than whole channels
         block = slice(start, start + 1024)
@@ -243,6 +251,7 @@ def load_cifar10(
     normalize: bool = True,
     dtype: DTypeLike = np.float32,
     download: bool = False,
+    scale: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load the CIFAR-10 training (50,000) or test (10,000) set as `(x, y)`.
 
@@ -251,9 +260,11 @@ def load_cifar10(
     verify: check MD5s (each batch file read from the folder, or the whole archive) against `FILE_MD5` /
         `ARCHIVE_MD5`, raising ChecksumError on mismatch. False skips the check (contents are still validated).
     normalize: per-channel standardisation with the training-set `MEAN` and `STD`; False gives pixel / 255.
+    scale: "normalized", "unit" (pixel / 255) or "raw" (pixel values 0..255); when given it replaces `normalize`.
     download: fetch the archive with `fetch_cifar10(root)` when nothing is found.
     Returns x: `dtype` (N, 3, 32, 32) and y: int64 (N,) in [0, 10).
     """
+    scale = image_scale(scale, normalize)
     root = Path(root).expanduser() if root is not None else data_home()
     names = TRAIN_FILES if train else TEST_FILES
     source = _find_source(root, names)
@@ -277,13 +288,14 @@ def load_cifar10(
     batches = (_read_folder if kind == "folder" else _read_archive)(path, names, verify)
     data = np.concatenate([b[0] for b in batches])
     labels = np.concatenate([b[1] for b in batches])
-    return to_float_images(data, normalize=normalize, dtype=dtype), labels
+    return to_float_images(data, dtype=dtype, scale=scale), labels
 
 
 __all__ = [
     "ARCHIVE_MD5",
     "CLASSES",
     "FILE_MD5",
+    "IMAGE_SCALES",
     "MEAN",
     "STD",
     "URL",

@@ -8,6 +8,8 @@ import math
 import numpy as np
 from numpy.typing import DTypeLike
 
+from .normalization import image_scale
+
 # The ten image classes, in label order (see synthetic_images).
 IMAGE_CLASSES = (
     "grating_0",
@@ -45,12 +47,18 @@ def gaussian_regression(
     *,
     out_dim: int | None = None,
     return_matrix: bool = False,
+    feature_scale_range: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Regression data `y = A x` with `x ~ N(0, I)` and `A` i.i.d. N(0, 1), the DLN task (paper App. A.1).
 
     n: samples; dim: input dimension; out_dim: output dimension (default `dim`, A square as in the paper).
     A is drawn first, then x, both in float64 and rounded to `dtype`; `y = x @ A.T` is computed in `dtype`,
     so it holds exactly for the returned arrays. A does not depend on `n`.
+    feature_scale_range: ratio of the largest to the smallest feature scale (>= 1). Above 1 the features are badly
+        scaled: feature j is multiplied by s_j, log-spaced from range**-0.5 to range**0.5 (geometric mean 1), while
+        y stays A z of the unscaled z. Standardizing x then undoes the scaling; the Hessian of a linear least-squares
+        fit on raw x has a condition number about range**2 times larger. The returned matrix is then A diag(1/s),
+        with y = x @ matrix.T up to rounding.
     Returns x (n, dim), y (n, out_dim), and A (out_dim, dim) too when `return_matrix`.
     """
     n = _check_int("n", n, 1)
@@ -60,10 +68,18 @@ def gaussian_regression(
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    if isinstance(feature_scale_range, bool) or not isinstance(feature_scale_range, (int, float, np.floating)) or not (
+        1.0 <= feature_scale_range < np.inf
+    ):
+        raise ValueError(f"feature_scale_range: expected a finite number >= 1, got {feature_scale_range!r}")
     rng = np.random.default_rng(seed)
     matrix = rng.standard_normal((out_dim, dim)).astype(dtype)
     x = rng.standard_normal((n, dim)).astype(dtype)
     y = x @ matrix.T
+    if feature_scale_range > 1.0:
+        scales = float(feature_scale_range) ** np.linspace(-0.5, 0.5, dim)
+        x = (x * scales).astype(dtype)
+        matrix = (matrix / scales).astype(dtype)
     return (x, y, matrix) if return_matrix else (x, y)
 
 
@@ -201,6 +217,7 @@ def synthetic_images(
     seed: int = 0,
     *,
     normalize: bool = True,
+    scale: str | None = None,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """A CIFAR-shaped image task: ten classes of textures and shapes under random nuisances.
 
@@ -219,6 +236,8 @@ def synthetic_images(
         does not depend on n_train. Bitwise deterministic for a seed on a given NumPy and machine.
     normalize: subtract a per-channel mean and divide by a per-channel std (fixed constants of the
         generator, measured on a reference sample, like CIFAR's published constants).
+    scale: "normalized" (as normalize=True), "unit" (the rendered intensities, mostly in [0, 1], as
+        normalize=False) or "raw" (those times 255, CIFAR's pixel scale; not rounded); replaces `normalize`.
     Returns ((x_train, y_train), (x_test, y_test)), x float32 (N, channels, size, size), y int64 (N,).
     """
     n_train = _check_int("n_train", n_train, 1)
@@ -229,15 +248,18 @@ def synthetic_images(
     size = _check_int("size", size, 8)
     channels = _check_int("channels", channels, 1)
     _check_seed(seed)
+    scale = image_scale(scale, normalize)
     train_seq, test_seq = np.random.SeedSequence(seed).spawn(2)
     splits = []
     for seq, n in ((train_seq, n_train), (test_seq, n_test)):
         rng = np.random.default_rng(seq)
         y = _balanced_labels(rng, n, num_classes)
         x = _render(rng, y, size, channels)
-        if normalize:
+        if scale == "normalized":
             mean, std = _channel_stats(num_classes, size, channels)
             x -= mean.astype(np.float32)[:, None, None]
             x *= (1.0 / std).astype(np.float32)[:, None, None]
+        elif scale == "raw":
+            x *= np.float32(255)
         splits.append((x, y))
     return splits[0], splits[1]

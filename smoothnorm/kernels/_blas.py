@@ -22,6 +22,40 @@ _DGEMM = _GEMM_TYPE(get_cython_function_address("scipy.linalg.cython_blas", "dge
 # BLAS threads.
 
 
+def _loaded_openblas() -> dict[str, ctypes.CDLL]:
+    """{path: library} of every OpenBLAS mapped into this process (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            # address perms offset dev inode path: the path may contain spaces, so split at most 5 times.
+            fields = (line.split(None, 5) for line in maps)
+            paths = {f[5].strip() for f in fields if len(f) == 6 and "openblas" in f[5].rsplit("/", 1)[-1].lower()}
+    except OSError:
+        return {}
+    libs = {}
+    for path in sorted(paths):
+        try:
+            libs[path] = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
+        except OSError:
+            continue
+    return libs
+
+
+def openblas_report() -> list[str]:
+    """One line per OpenBLAS in the process: file, the kernel family it runs (its own corename) and its config."""
+    lines = []
+    for path, lib in _loaded_openblas().items():
+        parts = [path.rsplit("/", 1)[-1]]
+        for prefix in ("openblas", "scipy_openblas"):
+            for suffix in ("", "64_"):
+                for what in ("get_corename", "get_config"):
+                    fn = getattr(lib, f"{prefix}_{what}{suffix}", None)
+                    if fn is not None:
+                        fn.restype = ctypes.c_char_p
+                        parts.append(f"{what[4:]}={fn().decode(errors='replace').strip()}")
+        lines.append(" ".join(parts))
+    return lines
+
+
 class _SingleThreadedBlas:
     """Context manager: every OpenBLAS in the process runs on one thread inside, and as before outside.
 
@@ -41,18 +75,7 @@ class _SingleThreadedBlas:
     def _find(self) -> list[tuple[object, object]]:
         """(get, set) thread-count functions of each OpenBLAS mapped into this process (Linux)."""
         controls = []
-        try:
-            with open("/proc/self/maps") as maps:
-                # address perms offset dev inode path: the path may contain spaces, so split at most 5 times.
-                fields = (line.split(None, 5) for line in maps)
-                paths = {f[5].strip() for f in fields if len(f) == 6 and "openblas" in f[5].rsplit("/", 1)[-1].lower()}
-        except OSError:
-            return controls
-        for path in sorted(paths):
-            try:
-                lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
-            except OSError:
-                continue
+        for lib in _loaded_openblas().values():
             for name in self._NAMES:
                 for suffix in self._SUFFIXES:
                     getter = getattr(lib, f"{name}_get_num_threads{suffix}", None)

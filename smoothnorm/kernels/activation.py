@@ -1,4 +1,15 @@
-"""ReLU forward and backward kernels (elementwise, memory-bound)."""
+"""Elementwise activation kernels: ReLU, sigmoid, tanh and identity, forward, backward and their R-operators.
+
+Derivatives are written in terms of the forward output y (what a layer keeps), so a layer caches one array:
+  relu:     f' = [y > 0],     f'' = 0
+  sigmoid:  f' = y (1 - y),   f'' = f' (1 - 2 y)
+  tanh:     f' = 1 - y^2,     f'' = -2 y f'
+  identity: f' = 1,           f'' = 0
+The R-operator (Pearlmutter 1994) of an activation, for an input direction rx and upstream (dy, rdy):
+  forward_r:  ry  = f'(x) rx
+  backward_r: dx  = f'(x) dy,  rdx = f'(x) rdy + f''(x) rx dy
+All kernels are memory-bound loops split into fixed-size blocks; NaN and Inf pass through as in torch.
+"""
 
 import numpy as np
 from numba import njit, prange
@@ -7,6 +18,10 @@ from numba import njit, prange
 # a batch smaller than the thread count, splits into balanced tasks; large enough that scheduling is negligible.
 _BLOCK = 1 << 14
 
+# Integer codes select the activation inside a kernel (a jitted function passed as an argument is never cached).
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
+_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+
 
 def _as_float_array(name: str, a) -> np.ndarray:
     a = np.asarray(a)
@@ -14,6 +29,21 @@ def _as_float_array(name: str, a) -> np.ndarray:
         raise ValueError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
     # Not np.ascontiguousarray, which turns a 0-d array into shape (1,).
     return np.asarray(a, order="C")
+
+
+def _like(name: str, a, ref: np.ndarray, ref_name: str) -> np.ndarray:
+    a = _as_float_array(name, a)
+    if a.shape != ref.shape:
+        raise ValueError(f"{name}: expected shape {ref.shape} (the shape of {ref_name}), got {a.shape}")
+    if a.dtype != ref.dtype:
+        raise ValueError(f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {a.dtype}")
+    return a
+
+
+def _code(activation: str) -> int:
+    if activation not in _CODES:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    return _CODES[activation]
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -37,6 +67,76 @@ def _relu_backward(dy, y, dx):
             dx[i] = zero if y[i] <= zero else dy[i]
 
 
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _forward(x, y, code):
+    n = x.size
+    one = x.dtype.type(1)
+    for block in prange((n + _BLOCK - 1) // _BLOCK):
+        for i in range(block * _BLOCK, min(n, (block + 1) * _BLOCK)):
+            v = x[i]
+            if code == 1:
+                # exp of a non-positive number only: no overflow for any input; NaN takes the second branch.
+                if v >= 0:
+                    y[i] = one / (one + np.exp(-v))
+                else:
+                    e = np.exp(v)
+                    y[i] = e / (one + e)
+            elif code == 2:
+                y[i] = np.tanh(v)
+            else:
+                y[i] = v
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _slopes(yv, code, zero, one, two):
+    """(f', f'') at an output value yv."""
+    if code == 0:
+        # torch's threshold_backward: zero where y <= 0; a NaN output passes its gradient through.
+        return (zero, zero) if yv <= zero else (one, zero)
+    if code == 1:
+        d1 = (one - yv) * yv  # torch's sigmoid_backward order: dy * (1 - y) * y
+        return d1, d1 * (one - two * yv)
+    if code == 2:
+        d1 = one - yv * yv
+        return d1, -two * yv * d1
+    return one, zero
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _scale_by_slope(v, y, out, code):
+    """out = f'(x) * v, with f' from the output y: backward (v = dy) and forward_r (v = rx)."""
+    n = v.size
+    zero, one, two = v.dtype.type(0), v.dtype.type(1), v.dtype.type(2)
+    for block in prange((n + _BLOCK - 1) // _BLOCK):
+        for i in range(block * _BLOCK, min(n, (block + 1) * _BLOCK)):
+            d1, _ = _slopes(y[i], code, zero, one, two)
+            if code == 0:
+                out[i] = zero if d1 == zero else v[i]  # a mask, not a product: 0 * Inf upstream stays 0
+            elif code == 1:
+                out[i] = v[i] * (one - y[i]) * y[i]
+            else:
+                out[i] = v[i] * d1
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _backward_r(dy, rdy, rx, y, dx, rdx, code):
+    n = dy.size
+    zero, one, two = dy.dtype.type(0), dy.dtype.type(1), dy.dtype.type(2)
+    for block in prange((n + _BLOCK - 1) // _BLOCK):
+        for i in range(block * _BLOCK, min(n, (block + 1) * _BLOCK)):
+            d1, d2 = _slopes(y[i], code, zero, one, two)
+            if code == 0:
+                dx[i] = zero if d1 == zero else dy[i]
+                rdx[i] = zero if d1 == zero else rdy[i]
+            elif code == 3:
+                dx[i] = dy[i]
+                rdx[i] = rdy[i]
+            else:
+                # dx exactly as _scale_by_slope computes it, so backward_r's dx equals backward's bit for bit.
+                dx[i] = dy[i] * (one - y[i]) * y[i] if code == 1 else dy[i] * d1
+                rdx[i] = d1 * rdy[i] + d2 * rx[i] * dy[i]
+
+
 def relu_forward(x: np.ndarray) -> np.ndarray:
     """Rectified linear unit, max(x, 0), propagating NaN.
 
@@ -54,11 +154,66 @@ def relu_backward(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
     dy, y: same shape and dtype (y is relu_forward's output). Returns dx, same shape and dtype.
     """
     dy = _as_float_array("dy", dy)
-    y = _as_float_array("y", y)
-    if y.shape != dy.shape:
-        raise ValueError(f"y: expected shape {dy.shape} (the shape of dy), got {y.shape}")
-    if y.dtype != dy.dtype:
-        raise ValueError(f"y: expected dtype {dy.dtype} (the dtype of dy), got {y.dtype}")
+    y = _like("y", y, dy, "dy")
     dx = np.empty_like(dy)
     _relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
     return dx
+
+
+def activation_forward(x: np.ndarray, activation: str) -> np.ndarray:
+    """y = f(x) for f in ACTIVATIONS; sigmoid never overflows, NaN and Inf pass through as in torch.
+
+    x: any shape, float32 or float64. activation: "relu", "sigmoid", "tanh" or "identity".
+    Returns a new array of the same shape and dtype.
+    """
+    code = _code(activation)
+    x = _as_float_array("x", x)
+    if code == 0:
+        return relu_forward(x)
+    y = np.empty_like(x)
+    _forward(x.reshape(-1), y.reshape(-1), code)
+    return y
+
+
+def activation_backward(dy: np.ndarray, y: np.ndarray, activation: str) -> np.ndarray:
+    """dx = f'(x) * dy, with f' computed from the forward output y.
+
+    dy, y: same shape and dtype (y is activation_forward's output). Returns dx, same shape and dtype.
+    """
+    return _slope_times("dy", dy, y, activation)
+
+
+def activation_forward_r(rx: np.ndarray, y: np.ndarray, activation: str) -> np.ndarray:
+    """R-operator of the forward pass: ry = f'(x) * rx, the directional derivative of y along rx.
+
+    rx: input direction; y: activation_forward's output, same shape and dtype. Returns ry.
+    """
+    return _slope_times("rx", rx, y, activation)
+
+
+def _slope_times(name: str, v, y, activation: str) -> np.ndarray:
+    code = _code(activation)
+    v = _as_float_array(name, v)
+    y = _like("y", y, v, name)
+    out = np.empty_like(v)
+    _scale_by_slope(v.reshape(-1), y.reshape(-1), out.reshape(-1), code)
+    return out
+
+
+def activation_backward_r(
+    dy: np.ndarray, rdy: np.ndarray, rx: np.ndarray, y: np.ndarray, activation: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """R-operator of the backward pass: (dx, rdx) with dx = f'(x) dy and rdx = f'(x) rdy + f''(x) rx dy.
+
+    dy: upstream gradient; rdy: its directional derivative; rx: the input direction given to forward_r;
+    y: activation_forward's output. All the same shape and dtype.
+    """
+    code = _code(activation)
+    dy = _as_float_array("dy", dy)
+    rdy = _like("rdy", rdy, dy, "dy")
+    rx = _like("rx", rx, dy, "dy")
+    y = _like("y", y, dy, "dy")
+    dx, rdx = np.empty_like(dy), np.empty_like(dy)
+    _backward_r(dy.reshape(-1), rdy.reshape(-1), rx.reshape(-1), y.reshape(-1), dx.reshape(-1), rdx.reshape(-1),
+                code)
+    return dx, rdx

@@ -16,6 +16,10 @@ that design on VGG's layers, measured on a shared 2-core machine). The GEMM (ker
 (scipy.linalg.cython_blas, the library Numba's own np.dot uses), called with beta so bias and dW accumulate in
 place; while our workers run it, every OpenBLAS loaded in the process is set to one thread and restored afterwards.
 If no OpenBLAS can be found (MKL, Accelerate), one worker runs serially and the BLAS threads itself.
+
+algorithm= on the public functions: "im2col" (this module, any geometry), "winograd" (kernels/winograd.py: 3x3,
+stride 1, padding 1 only) or "auto", which picks per layer shape and pass by winograd.winograd_pays, a fixed rule
+written from a benchmark (never timed at run time, so the same settings always run the same arithmetic).
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ from numba import njit, prange
 
 from smoothnorm.kernels._blas import _DGEMM, _SGEMM, _gemm, _single_threaded_blas
 from smoothnorm.kernels._checks import _check_output, _float_array
+from smoothnorm.kernels.winograd import (
+    winograd_backward_input,
+    winograd_backward_weight,
+    winograd_forward,
+    winograd_pays,
+)
+
+ALGORITHMS = ("auto", "im2col", "winograd")
 
 # Cap in bytes on the sub-chunk buffers of one call, summed over workers (cols plus the (C_out, nb*P) matrix).
 # Sub-chunks of ~_TARGET_COLUMNS columns stay far below it; it binds only for very deep layers on small images.
@@ -345,6 +357,35 @@ def _sum_partials(parts, out):
                 dst[j] += src[j]
 
 
+@njit(cache=True, error_model="numpy")
+def _bias_gradient(dy3, db):
+    """db[co] = float64 sum of dy3[:, co, :] (sample by sample, in order)."""
+    db[:] = 0.0
+    for n in range(dy3.shape[0]):
+        _add_row_sums(dy3[n], db)
+
+
+def _resolve_algorithm(algorithm: str, x_shape, weight_shape, stride, padding, pass_name: str) -> str:
+    """"im2col" or "winograd" for one pass ("forward", "input", "weight"); raises for a bad or impossible choice."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm: expected one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "im2col":
+        return algorithm
+    eligible = weight_shape[2:] == (3, 3) and _pair("stride", stride, 1) == (1, 1)
+    eligible = eligible and _pair("padding", padding, 0) == (1, 1)
+    if algorithm == "winograd":
+        if not eligible:
+            raise ValueError(
+                f"algorithm: 'winograd' needs a 3x3 kernel, stride 1 and padding 1, got kernel {weight_shape[2:]}, "
+                f"stride {stride!r}, padding {padding!r}"
+            )
+        return algorithm
+    c_out, c_in = weight_shape[:2]
+    if eligible and winograd_pays(pass_name, c_in, c_out, x_shape[2], x_shape[3]):
+        return "winograd"
+    return "im2col"
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Public API.
 
@@ -355,16 +396,19 @@ def conv2d_forward(
     bias: np.ndarray | None = None,
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 1,
+    algorithm: str = "im2col",
 ) -> np.ndarray:
     """2-D cross-correlation with zero padding (torch.nn.functional.conv2d).
 
     x: (N, C_in, H, W) float32 or float64; weight: (C_out, C_in, kh, kw) and bias: (C_out,) or None, in x's dtype.
-    stride >= 1 and padding >= 0: an int or an (h, w) pair.
+    stride >= 1 and padding >= 0: an int or an (h, w) pair. algorithm: "im2col", "winograd" or "auto" (module doc).
     Returns y (N, C_out, H_out, W_out) with H_out = (H + 2*padding - kh) // stride + 1 (W_out likewise).
     """
     x = _float_array("x", x, 4)
     weight = _float_array("weight", weight, 4, x.dtype)
     geom = _geometry(x, weight, stride, padding)
+    if _resolve_algorithm(algorithm, x.shape, weight.shape, stride, padding, "forward") == "winograd":
+        return winograd_forward(x, weight, bias)
     n = x.shape[0]
     c_out = weight.shape[0]
     if bias is None:
@@ -400,12 +444,15 @@ def conv2d_backward(
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 1,
     need_dx: bool = True,
+    algorithm: str = "im2col",
 ) -> np.ndarray | None:
     """Gradients of conv2d_forward; OVERWRITES dweight and dbias in place.
 
     dy: (N, C_out, H_out, W_out); x: (N, C_in, H, W) the forward input; weight: (C_out, C_in, kh, kw); one dtype
     (float32 or float64) for all. dweight: (C_out, C_in, kh, kw) and dbias: (C_out,) or None, written in place
-    (views into a flat gradient vector). stride and padding as in the forward.
+    (views into a flat gradient vector). stride, padding and algorithm as in the forward ("auto" chooses for the
+    input and weight gradients separately; im2col computes both from one unfolding, so an im2col input gradient
+    brings an im2col weight gradient with it).
     Returns dx (N, C_in, H, W), or None when need_dx is False (the first layer does not need it).
     """
     x = _float_array("x", x, 4)
@@ -420,6 +467,20 @@ def conv2d_backward(
     _check_output("dweight", dweight, weight.shape, x.dtype)
     if dbias is not None:
         _check_output("dbias", dbias, (c_out,), x.dtype)
+    input_algorithm = _resolve_algorithm(algorithm, x.shape, weight.shape, stride, padding, "input")
+    weight_algorithm = _resolve_algorithm(algorithm, x.shape, weight.shape, stride, padding, "weight")
+    if need_dx and input_algorithm == "im2col":
+        weight_algorithm = "im2col"
+    if weight_algorithm == "winograd":
+        winograd_backward_weight(dy, x, dweight)
+        if dbias is not None:
+            db = np.empty(c_out)
+            _bias_gradient(dy.reshape(n, c_out, -1), db)
+            dbias[...] = db
+        return winograd_backward_input(dy, weight) if need_dx else None
+    if need_dx and input_algorithm == "winograd":
+        conv2d_backward(dy, x, weight, dweight, dbias, stride, padding, need_dx=False)
+        return winograd_backward_input(dy, weight)
     pixels = h_out * w_out
     w2 = weight.reshape(c_out, -1)
     k = w2.shape[1]

@@ -6,6 +6,7 @@ untouched) and leaves the network bit-identical (params, grads, buffers). Choice
 explained in docs/PROTOCOL.md ("Measurements").
 """
 
+from smoothnorm.measure.conditioning import DENSE_MAX_PARAMS, HessianConditioning, hessian_condition_number
 from smoothnorm.measure.distributions import (
     DEFAULT_QUANTILES,
     ActivationSampler,
@@ -47,8 +48,10 @@ from smoothnorm.measure.landscape import (
     probe_direction,
     probe_gradient_direction,
     probe_random_direction,
+    probe_update_direction,
     random_direction,
     step_grid,
+    update_direction,
 )
 from smoothnorm.measure.theory import (
     Theorem41,
@@ -64,7 +67,8 @@ __all__ = [
     # landscape
     "PAPER_STEP_RANGES", "INFERRED_STEP_MULTIPLIERS", "BETA_NORMALIZATIONS", "NORM_PARAM_POLICIES",
     "DirectionProbe", "LossSurface1D", "LossSurface2D", "step_grid", "probe_gradient_direction", "probe_direction",
-    "probe_random_direction", "random_direction", "filter_normalized_direction", "loss_surface_1d",
+    "probe_random_direction", "probe_update_direction", "update_direction", "random_direction",
+    "filter_normalized_direction", "loss_surface_1d",
     "loss_surface_2d",
     # ics
     "internal_covariate_shift", "weight_layer_names", "gradient_change",
@@ -76,6 +80,8 @@ __all__ = [
     "hessian_top_eigenvalues", "hessian_min_eigenvalue", "hessian_trace", "hessian_spectral_density",
     "top_eigenvalues", "power_iteration", "lanczos_tridiagonal", "hutchinson_trace", "spectral_density",
     "TraceEstimate", "SpectralDensity",
+    # conditioning
+    "DENSE_MAX_PARAMS", "HessianConditioning", "hessian_condition_number",
     # theory
     "Theorem41", "Theorem42", "theorem_4_1", "theorem_4_1_network", "theorem_4_2", "theorem_4_2_toy",
     "lemma_4_5_toy",

@@ -31,7 +31,9 @@ __all__ = [
     "probe_gradient_direction",
     "probe_direction",
     "probe_random_direction",
+    "probe_update_direction",
     "random_direction",
+    "update_direction",
     "filter_normalized_direction",
     "loss_surface_1d",
     "loss_surface_2d",
@@ -218,7 +220,7 @@ class DirectionProbe:
     gradient at w; betas: (k,) grad_distances normalized per `beta_normalization` (NaN where eta = 0 or d = 0);
     effective_beta: the largest finite entry of `betas` (NaN if none); base_loss: L(w); grad_norm: ||g||;
     direction_norm: ||d|| (equal to grad_norm along the gradient); num_diverged: points whose loss or gradient
-    distance is NaN or Inf; direction: "gradient", "random" or "given".
+    distance is NaN or Inf; direction: "gradient", "random", "update" (the optimizer's step) or "given".
     """
 
     etas: np.ndarray
@@ -341,6 +343,54 @@ def probe_direction(
     with _preserved(net) as w0:
         base_loss, g = _base_loss_and_grad(net, x, y, grad, loss)
         return _probe(net, x, y, w0, etas, d, g, base_loss, beta_normalization, "given")
+
+
+def update_direction(net, optimizer, grad: np.ndarray) -> np.ndarray:
+    """The optimizer's next update at the current params for gradient `grad`, per unit learning rate:
+    (w - optimizer.peek(w, grad)) / lr, in the network's dtype. Changes neither the network nor the optimizer.
+
+    For SGD without momentum or weight decay this is the gradient itself, so eta = lr lands on the step SGD would
+    take; for momentum, RMSprop and Adam, eta = lr lands on the step they would take.
+    """
+    peek = getattr(optimizer, "peek", None)
+    if peek is None:
+        raise ValueError(f"optimizer: expected an optimizer with a peek(params, grads) method, got "
+                         f"{type(optimizer).__name__}")
+    lr = float(getattr(optimizer, "lr", math.nan))
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"optimizer: expected a positive finite learning rate `lr`, got {lr!r}")
+    g = _check_direction(net, grad, "grad", finite=False)
+    w = net.params
+    with np.errstate(all="ignore"):
+        step = w.astype(np.float64) - peek(w, g).astype(np.float64)
+        return (step / lr).astype(net.dtype)
+
+
+def probe_update_direction(
+    net,
+    x,
+    y,
+    etas: Sequence[float] | np.ndarray,
+    optimizer,
+    *,
+    beta_normalization: str = "distance",
+    grad: np.ndarray | None = None,
+    loss: float | None = None,
+) -> DirectionProbe:
+    """The gradient-direction probe along the optimizer's own next update (momentum, RMSprop, Adam go elsewhere).
+
+    The direction is `update_direction(net, optimizer, g)`: eta = lr is the step the optimizer would take, other
+    etas scale it. grad_distances compare with g at w, as along the gradient; beta divides by ||eta d||, the
+    distance moved. The optimizer is only peeked at: its state and step count stay as they were.
+    Other arguments as `probe_gradient_direction`.
+    """
+    choice("beta_normalization", beta_normalization, BETA_NORMALIZATIONS)
+    etas = _check_etas(etas)
+    x, y = _check_batch(net, x, y)
+    with _preserved(net) as w0:
+        base_loss, g = _base_loss_and_grad(net, x, y, grad, loss)
+        d = update_direction(net, optimizer, g)
+        return _probe(net, x, y, w0, etas, d, g, base_loss, beta_normalization, "update")
 
 
 def random_direction(net, rng: np.random.Generator, *, norm: float | None = None, kind: str = "gaussian") -> np.ndarray:

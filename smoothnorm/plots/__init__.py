@@ -37,6 +37,7 @@ from smoothnorm.plots.panels import (
     draw_moments,
     draw_ridge,
 )
+from smoothnorm.plots.study import STUDY_PANELS, draw_profile, draw_series, draw_sweep, select_best
 from smoothnorm.plots.style import KNOWN_COLORS, _check_runs, _positive_int, moving_average, run_colors
 from smoothnorm.results import RunResult, load_run
 
@@ -53,13 +54,19 @@ __all__ = [
     "draw_ridge",
     "draw_moments",
     "draw_hessian",
+    "draw_series",
+    "draw_profile",
+    "draw_sweep",
+    "select_best",
     "draw_figure",
 ]
+
+PANELS.update(STUDY_PANELS)  # the optimization study's panels (smoothnorm.plots.study)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------------------------------------------
-_PANEL_KEYS = ("kind", "title", "runs")
+_PANEL_KEYS = ("kind", "title", "runs", "select")
 _STYLE = {"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8, "figure.titlesize": 12}
 
 
@@ -145,7 +152,16 @@ def draw_figure(
         missing = [label for label in wanted if label not in by_label]
         if missing:
             raise ValueError(f"runs: panel #{i + 1} names unknown run {missing[0]!r}; runs: {labels}")
-        jobs.append((fn, [by_label[label] for label in wanted], options, panel.get("title")))
+        chosen = [by_label[label] for label in wanted]
+        select = panel.get("select")
+        if select not in (None, "best_lr"):
+            raise ValueError(f"select: panel #{i + 1} expects 'best_lr' (the lowest final training loss of each "
+                             f"group 'NAME @ lr=...') or no select, got {select!r}")
+        panel_colors = None
+        if select == "best_lr":
+            chosen = select_best(chosen)
+            panel_colors = run_colors([r.label for r in chosen])  # the groups, not the sweep's runs
+        jobs.append((fn, chosen, options, panel.get("title"), panel_colors))
     colors = run_colors(labels)
     rows = math.ceil(len(panels) / columns)
     with rc_context(_STYLE):
@@ -153,8 +169,8 @@ def draw_figure(
         FigureCanvasAgg(fig)
         try:
             axes = fig.subplots(rows, columns, squeeze=False).ravel()
-            for ax, (fn, panel_runs, options, title) in zip(axes, jobs):
-                fn(ax, panel_runs, colors=colors, **options)
+            for ax, (fn, panel_runs, options, title, panel_colors) in zip(axes, jobs):
+                fn(ax, panel_runs, colors=panel_colors or colors, **options)
                 if title:
                     ax.set_title(title)
             for ax in axes[len(jobs) :]:

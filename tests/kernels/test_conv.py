@@ -396,3 +396,56 @@ def test_matches_torch(rng, dtype, case):
     assert relative_error(dweight, tw.grad.numpy()) < tol
     if bias is not None:
         assert relative_error(dbias, tb.grad.numpy()) < tol
+
+
+# algorithm=: the Winograd kernels behind the public functions (their accuracy is tested in test_winograd.py).
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "auto"])
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_algorithms_agree_with_im2col(rng, algorithm, need_dx, monkeypatch):
+    x, weight, bias, _, _ = _case_arrays(rng, (2, 3, 4, 7, 6, 3, 3, 1, 1, True))
+    dy = rng.standard_normal((2, 4, 7, 6))
+    calls = []
+    monkeypatch.setattr(conv, "winograd_pays", lambda *args: calls.append(args) or True)
+    y = conv2d_forward(x, weight, bias, 1, 1, algorithm=algorithm)
+    dweight = np.full(weight.shape, np.nan)
+    dbias = np.full(4, np.nan)
+    dx = conv2d_backward(dy, x, weight, dweight, dbias, 1, 1, need_dx=need_dx, algorithm=algorithm)
+    expected = _backward(dy, x, weight, 1, 1, need_dx=need_dx)
+    np.testing.assert_allclose(y, conv2d_forward(x, weight, bias, 1, 1), rtol=1e-12, atol=1e-12)
+    for got, want in zip((dx, dweight, dbias), expected):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    # auto asks the rule once per pass, with (pass, C_in, C_out, H, W).
+    assert calls == ([] if algorithm == "winograd" else [("forward", 3, 4, 7, 6), ("input", 3, 4, 7, 6),
+                                                         ("weight", 3, 4, 7, 6)])  # fmt: skip
+
+
+def test_auto_uses_im2col_where_winograd_cannot_run(rng, monkeypatch):
+    monkeypatch.setattr(conv, "winograd_forward", None)  # would raise TypeError if called
+    x, weight, bias, stride, padding = _case_arrays(rng, (2, 3, 2, 9, 7, 3, 3, 2, 1, True))
+    y = conv2d_forward(x, weight, bias, stride, padding, algorithm="auto")
+    np.testing.assert_allclose(y, conv2d_forward_ref(x, weight, bias, stride, padding), rtol=1e-12, atol=1e-12)
+
+
+def test_auto_rule_keeps_im2col_for_few_input_channels():
+    assert not conv.winograd_pays("forward", 3, 64, 32, 32)
+    assert conv.winograd_pays("forward", 256, 256, 8, 8)
+    assert conv.winograd_pays("forward", 512, 512, 2, 2) and not conv.winograd_pays("weight", 512, 512, 2, 2)
+    with pytest.raises(ValueError, match="^pass_name:"):
+        conv.winograd_pays("backward", 256, 256, 8, 8)
+
+
+@pytest.mark.parametrize("geometry", [(3, 3, 2, 1), (5, 5, 1, 2), (3, 3, 1, 0)])
+def test_bad_algorithm_raises_naming_it(geometry):
+    kh, kw, stride, padding = geometry
+    x = np.zeros((1, 2, 6, 6))
+    weight = np.zeros((2, 2, kh, kw))
+    with pytest.raises(ValueError, match="^algorithm:.*winograd"):
+        conv2d_forward(x, weight, None, stride, padding, algorithm="winograd")
+    with pytest.raises(ValueError, match="^algorithm:.*winograd"):
+        conv2d_backward(np.zeros((1, 2, 6, 6)), np.zeros((1, 2, 6, 6)), np.zeros((2, 2, 3, 3)),
+                        np.zeros((2, 2, 3, 3)), algorithm="fft")  # fmt: skip
