@@ -7,6 +7,7 @@ smoothnorm.executors. The names of smoothnorm.spec are re-exported here for exis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -20,7 +21,19 @@ from pathlib import Path
 import numpy as np
 
 from smoothnorm import __version__, leases
-from smoothnorm.results import jsonl_line, read_jsonl, read_npz, write_json, write_jsonl, write_npz
+from smoothnorm.results import (
+    CHECKPOINT,
+    PREVIOUS_CHECKPOINT,
+    jsonl_line,
+    read_checkpoint,
+    read_config,
+    read_jsonl,
+    read_npz,  # noqa: F401 (tests read checkpoints through experiment)
+    write_checkpoint,
+    write_json,
+    write_jsonl,
+    write_npz,
+)
 from smoothnorm.spec import (  # noqa: F401 (re-exported)
     BASE_KEYS,
     PROBE_KEYS,
@@ -258,7 +271,7 @@ def _plan(run: RunSpec, path: Path) -> tuple[RunSpec, bool, str | None]:
     wanted = _probe_key(run.probes)
     status = _status(path)
     config_path = path / "config.json"
-    old = json.loads(config_path.read_text()) if config_path.exists() else None
+    old = read_config(config_path) if config_path.exists() else None  # RunFileError naming it if damaged
     same = old is not None and old.get("identity") == run.identity
     have = old.get("probes", []) if same else []
     if same and status.get("status") in ("finished", "diverged") and all(p in have for p in wanted):
@@ -324,18 +337,21 @@ def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Call
     optimizer = optim.make_optimizer(s["optimizer"], lr=s["lr"], **s["optimizer_options"])
     trainer = Trainer(net, optimizer, _batch_fn(s, xtr, ytr), build_probes(net, run),
                       eval_fn=_eval_fn(s, xte, yte), eval_every=s["eval_every"], seed=s["seed"])
-    resumed = False
-    if same and (path / "checkpoint.npz").exists():
-        state = read_npz(path / "checkpoint.npz")
-        meta = json.loads(str(state.pop("meta_json")))
-        state["meta"] = meta
-        trainer.load_state_dict(state)
-        rows = [r for r in read_jsonl(path / "metrics.jsonl") if r.get("step", -1) < trainer.step]
+    # Temporary files of writes cut short by a kill (atomic_open's hidden ".name.XXXX.part"): under the lease no one
+    # else writes here, so they are leftovers.
+    for leftover in path.glob(".*.part"):
+        leftover.unlink(missing_ok=True)
+    resumed, checkpoint = False, None
+    if same and ((path / CHECKPOINT).exists() or (path / PREVIOUS_CHECKPOINT).exists()):
+        # The newest intact checkpoint: checkpoint.npz, else the one before it (RunFileError naming both if
+        # neither can be read or fits this run).
+        _, checkpoint = read_checkpoint(path, check=lambda arrays: _restore(trainer, arrays))
+        rows = [r for r in read_jsonl(path / "metrics.jsonl") if r["step"] < trainer.step]
         write_jsonl(path / "metrics.jsonl", rows)
         trainer.metrics = rows
         resumed = True
     else:
-        for name in ("checkpoint.npz", "probes.npz", "metrics.jsonl", "status.json", "attempts.jsonl"):
+        for name in (CHECKPOINT, PREVIOUS_CHECKPOINT, "probes.npz", "metrics.jsonl", "status.json", "attempts.jsonl"):
             if (path / name).exists():
                 (path / name).unlink()
         write_json(config_path, {
@@ -345,7 +361,7 @@ def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Call
         })
     owner = lease.record
     _log_attempt(path, {"host": owner["host"], "pid": owner["pid"], "start": owner["start"], "from_step": trainer.step,
-                        "took_over": lease.took_over})
+                        "took_over": lease.took_over, "checkpoint": checkpoint.name if checkpoint else None})
     probe_meta = {p.name: {"kind": type(p).__name__, **p.meta()} for p in trainer.probes}
     steps = s["steps"]
     every = s["checkpoint_every"] or steps
@@ -353,13 +369,18 @@ def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Call
     # Rates count from the end of this process's first step, which includes Numba's compilation.
     clock = {"t0": None, "step0": 0, "last": -1e9}
 
+    saved = {"step": trainer.step if resumed else None}
+
     def save(status_name: str) -> None:
         metrics_file.flush()
         os.fsync(metrics_file.fileno())
         state = trainer.state_dict()
         meta = state.pop("meta")
         state["meta_json"] = np.array(json.dumps(meta))
-        write_npz(path / "checkpoint.npz", state)
+        # The checkpoint first (the previous one is kept until it is complete); probes.npz and status.json are
+        # views of it, so a crash between the writes loses nothing.
+        write_checkpoint(path, state)
+        saved["step"] = trainer.step
         write_npz(path / "probes.npz", trainer.probe_arrays())
         write_json(path / "status.json", {"status": status_name, "step": trainer.step, "steps": steps,
                                           "probe_meta": probe_meta, "elapsed": trainer.elapsed})
@@ -386,11 +407,26 @@ def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Call
               "took_over": lease.took_over, "host": owner["host"], "pid": owner["pid"]})
         trainer.run(steps, callback)
         save("diverged" if trainer.diverged else "finished")
+    except OSError as exc:  # a full disk, a lost mount, permissions: stop with what to do
+        kept = f"its checkpoint at step {saved['step']} is intact" if saved["step"] is not None else "no checkpoint yet"
+        raise OSError(exc.errno, f"{path}: could not write the run's files ({exc.strerror or exc}); {kept}. Free "
+                                 "disk space (or fix the folder) and run the same command again to resume") from exc
     finally:
-        metrics_file.close()
+        with contextlib.suppress(OSError):  # closing flushes; a full disk already reported above
+            metrics_file.close()
     emit({"kind": "finish", "run": run.run_id, "status": "diverged" if trainer.diverged else "finished",
           "step": trainer.step, "steps": steps, "elapsed": trainer.elapsed})
     return path
+
+
+def _restore(trainer, arrays: dict[str, np.ndarray]) -> None:
+    """Load a checkpoint's arrays into `trainer`; ValueError if they do not fit this run (read_checkpoint's check)."""
+    state = dict(arrays)
+    try:
+        state["meta"] = json.loads(str(state.pop("meta_json")))
+        trainer.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise ValueError(f"does not fit this run ({type(exc).__name__}: {exc})") from exc
 
 
 def results_root(root: str | os.PathLike | None, profile: str) -> Path:

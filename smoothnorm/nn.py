@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -578,28 +579,36 @@ class Network:
                 state[f"{layer.name}.{bname}"] = np.array(value, copy=True)
         return state
 
-    def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Copy values from a state_dict (NumPy arrays or anything np.asarray accepts) into this network."""
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
+        """Copy values from a state_dict (NumPy arrays or anything np.asarray accepts) into this network.
+
+        Every value is checked before anything is copied (a refused state leaves the network unchanged): the
+        shape must match; parameters and float buffers take finite real numbers (float, integer); integer buffers
+        (`num_batches_tracked`) take integers, or floats with integral values. strict=False allows missing and
+        unexpected keys. Raises ValueError naming the key and what was expected.
+        """
+        if not isinstance(state, Mapping):
+            raise ValueError(f"state: expected a mapping from names to arrays, got {type(state).__name__}")
         expected = {}
         for layer in self.layers:
             for pname, value in layer.params.items():
                 expected[f"{layer.name}.{pname}"] = value
             for bname, value in layer.buffers().items():
                 expected[f"{layer.name}.{bname}"] = value
+        bad_keys = [k for k in state if not isinstance(k, str)]
+        if bad_keys:
+            raise ValueError(f"state: keys should be strings, found {bad_keys[:3]!r}")
         if strict:
             missing = sorted(set(expected) - set(state))
             unexpected = sorted(set(state) - set(expected))
             if missing or unexpected:
                 raise ValueError(f"state: missing keys {missing}, unexpected keys {unexpected}")
+        checked = {}
         for key, target in expected.items():
-            if key not in state:
-                continue
-            value = np.asarray(state[key])
-            if value.shape != target.shape:
-                raise ValueError(f"state[{key!r}]: expected shape {target.shape}, got {value.shape}")
-            if target.dtype.kind == "f" and not np.isfinite(value).all():
-                raise ValueError(f"state[{key!r}]: expected finite values")
-            target[...] = value
+            if key in state:
+                checked[key] = _checked_state_value(key, state[key], target)
+        for key, value in checked.items():
+            expected[key][...] = value
 
     def copy(self) -> Network:
         """An independent deep copy (own flat vectors, views rebound)."""
@@ -635,3 +644,32 @@ class Network:
             setattr(new, key, copy.deepcopy(value, memo))
         new._bind()
         return new
+
+
+def _checked_state_value(key: str, value: Any, target: np.ndarray) -> np.ndarray:
+    """`value` as an array that fits `target` exactly (shape, a dtype that converts without loss of meaning)."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged nested lists and the like
+        found = type(value).__name__
+        raise ValueError(f"state[{key!r}]: expected an array of shape {target.shape}, got {found}") from exc
+    if array.shape != target.shape:
+        raise ValueError(f"state[{key!r}]: expected shape {target.shape}, got {array.shape}")
+    if target.dtype.kind == "f":
+        if array.dtype.kind not in "fiu":
+            raise ValueError(f"state[{key!r}]: expected real numbers (float or integer), got dtype {array.dtype}")
+        with np.errstate(over="ignore"):
+            if not (np.isfinite(array).all() and np.isfinite(array.astype(target.dtype)).all()):
+                raise ValueError(f"state[{key!r}]: expected finite values that fit {target.dtype}")
+        return array
+    what = f"state[{key!r}]: expected integers that fit {target.dtype}, got {array.dtype}"
+    if array.dtype.kind == "f":
+        if not (np.isfinite(array).all() and (array == np.round(array)).all()):
+            raise ValueError(f"{what} with non-integral values")
+    elif array.dtype.kind not in "iu":
+        raise ValueError(what)
+    info = np.iinfo(target.dtype)
+    # Python scalars compare exactly across int and float (NumPy would cast and overflow).
+    if array.size and (array.min().item() < info.min or array.max().item() > info.max):
+        raise ValueError(f"{what} out of range [{info.min}, {info.max}]")
+    return array.astype(target.dtype)

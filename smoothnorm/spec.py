@@ -111,9 +111,11 @@ def _check_value(where: str, key: str, value, kind: type, _default, allowed) -> 
     else:
         ok = isinstance(value, kind)
     if not ok:
-        raise SpecError(f"{where}: key {key!r} expects {kind.__name__}, got {type(value).__name__} {value!r}")
+        raise SpecError(f"{where}: key {key!r} expects {kind.__name__}, got {type(value).__name__} {value!r:.80}")
     if allowed is not None and value not in allowed:
         raise SpecError(f"{where}: key {key!r} expects one of {list(allowed)}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise SpecError(f"{where}: key {key!r} expects a finite number, got {value!r}")
     return value
 
 
@@ -136,9 +138,12 @@ def _parse_set(item: str) -> tuple[str, Any]:
     key, raw = item.split("=", 1)
     key = key.strip()
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        parsed = tomllib.loads(f"v = {raw}")
     except tomllib.TOMLDecodeError:
-        value = raw
+        parsed = None
+    # A value that is not one TOML value (a bare word, or text with a newline that would smuggle in more keys)
+    # is taken as the string it is.
+    value = parsed["v"] if parsed is not None and list(parsed) == ["v"] else raw
     return key, value
 
 
@@ -210,32 +215,77 @@ def _check_settings(where: str, s: dict) -> None:
         raise SpecError(f"{where}: key 'batch_size' ({s['batch_size']}) exceeds n_train ({s['n_train']})")
 
 
+def _check_probe(where: str, table: dict) -> None:
+    """Counts and lists inside one [[probes]] table."""
+    for key in ("every", "start"):
+        if table.get(key, 0) < 0:
+            raise SpecError(f"{where}: key {key!r} expects a non-negative integer, got {table[key]}")
+    for key in ("num", "units", "bins", "k"):
+        if key in table and table[key] < 1:
+            raise SpecError(f"{where}: key {key!r} expects a positive integer, got {table[key]}")
+    for m in table.get("multipliers", []):
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not (math.isfinite(m) and m > 0):
+            raise SpecError(f"{where}: key 'multipliers' expects positive finite numbers, got {m!r:.80}")
+    for ref in table.get("layers", []):
+        if isinstance(ref, bool) or not isinstance(ref, (str, int)):
+            raise SpecError(f"{where}: key 'layers' expects layer names or numbers (the paper's Layer #k), "
+                            f"got {ref!r:.80}")
+
+
+def _check_options(where: str, s: dict) -> None:
+    """optimizer_options and norm_options name keywords that the optimizer and norm layer take."""
+    from smoothnorm import optim
+    from smoothnorm.norm_layers import make_norm
+
+    try:
+        optim.make_optimizer(s["optimizer"], lr=s["lr"], **s["optimizer_options"])
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{where}: key 'optimizer_options' {s['optimizer_options']!r:.80} does not fit "
+                        f"optimizer {s['optimizer']!r}: {exc}") from exc
+    if s["norm"] != "none" and s["norm_options"]:
+        try:
+            make_norm(s["norm"], 2, **s["norm_options"])
+        except TypeError as exc:  # an unknown keyword or a value of the wrong type
+            raise SpecError(f"{where}: key 'norm_options' {s['norm_options']!r:.80} does not fit norm "
+                            f"{s['norm']!r}: {exc}") from exc
+        except ValueError:
+            pass  # may depend on the layer's width (GroupNorm's groups): checked when the network is built
+
+
 def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[str] | tuple = ()) -> Spec:
     """Read, resolve and validate a spec for a profile. Raises SpecError naming the file and the key."""
     path = Path(path)
     if not path.exists():
         raise SpecError(f"{path}: no such spec file")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text ({err}); TOML files are UTF-8") from err
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"{path}: invalid TOML: {err}") from err
+    except RecursionError as err:
+        raise SpecError(f"{path}: invalid TOML: nested too deeply") from err
     where = str(path)
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise SpecError(f"{where}: unknown key {unknown[0]!r}; expected keys: {', '.join(TOP_KEYS)}")
     if profile not in PROFILES:
         raise SpecError(f"profile: expected one of {list(PROFILES)}, got {profile!r}")
+    for key in ("title", "description"):
+        if key in raw and not isinstance(raw[key], str):
+            raise SpecError(f"{where}: key {key!r} expects a string, got {type(raw[key]).__name__}")
     schema = {k: v for k, v in BASE_KEYS.items()}
     base = {k: copy.deepcopy(v[1]) for k, v in BASE_KEYS.items()}
     base.update(_check_table(f"{where} [base]", raw.get("base", {}), schema))
     profiles = raw.get("profile", {})
     if not isinstance(profiles, dict):
         raise SpecError(f"{where}: key 'profile' expects tables [profile.<name>]")
+    checked_profiles = {}
     for name in profiles:
         if name not in PROFILES:
             raise SpecError(f"{where}: unknown profile {name!r} in [profile.{name}]; expected one of {list(PROFILES)}")
-        _check_table(f"{where} [profile.{name}]", profiles[name], schema)
-    base.update(profiles.get(profile, {}))
+        checked_profiles[name] = _check_table(f"{where} [profile.{name}]", profiles[name], schema)
+    base.update(checked_profiles.get(profile, {}))  # checked values: `lr = 1` becomes 1.0, as in [base]
     if overrides:
         for item in overrides:
             key, value = _parse_set(item)
@@ -243,17 +293,23 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
                 raise SpecError(f"--set {item!r}: unknown key {key!r}; expected keys: {', '.join(schema)}")
             base[key] = _check_value(f"--set {item!r}", key, value, *schema[key])
     set_keys = {_parse_set(item)[0] for item in overrides}
-    runs_raw = raw.get("runs") or [{"label": "run"}]
+    runs_raw = raw.get("runs", [])
     if not isinstance(runs_raw, list):
-        raise SpecError(f"{where}: key 'runs' expects an array of tables [[runs]]")
+        raise SpecError(f"{where}: key 'runs' expects an array of tables [[runs]], got {type(runs_raw).__name__}")
+    runs_raw = runs_raw or [{"label": "run"}]
     run_schema = {"label": (str, None, None), **schema}
     probes = []
-    for i, p in enumerate(raw.get("probes", [])):
+    probes_raw = raw.get("probes", [])
+    if not isinstance(probes_raw, list):
+        raise SpecError(f"{where}: key 'probes' expects an array of tables [[probes]], got "
+                        f"{type(probes_raw).__name__}")
+    for i, p in enumerate(probes_raw):
         pw = f"{where} [[probes]] #{i + 1}"
         if not isinstance(p, dict) or "kind" not in p:
             raise SpecError(f"{pw}: missing key 'kind'")
         kind = _check_value(pw, "kind", p["kind"], *_PROBE_COMMON["kind"])
         table = _check_table(pw, p, {**_PROBE_COMMON, **PROBE_KEYS[kind]}, required=("kind",))
+        _check_probe(pw, table)
         options = {k: copy.deepcopy(v[1]) for k, v in PROBE_KEYS[kind].items()}
         options.update({k: v for k, v in table.items() if k in PROBE_KEYS[kind]})
         probes.append((pw, kind, table.get("every"), table.get("start", 0), options))
@@ -271,6 +327,7 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         settings = dict(base)
         settings.update({k: v for k, v in table.items() if k != "label" and k not in set_keys})
         _check_settings(rw, settings)
+        _check_options(rw, settings)
         run = RunSpec(label=table["label"], settings=settings)
         for _pw, kind, every, start, options in probes:
             every = settings["probe_every"] if every is None else every
@@ -292,17 +349,32 @@ def _validate_figure(where: str, figure: dict, labels: set[str]) -> None:
     unknown = sorted(set(figure) - {"title", "columns", "panels"})
     if unknown:
         raise SpecError(f"{where} [figure]: unknown key {unknown[0]!r}; expected keys: title, columns, panels")
-    for i, panel in enumerate(figure.get("panels", [])):
+    if "title" in figure:
+        _check_value(f"{where} [figure]", "title", figure["title"], str, None, None)
+    if "columns" in figure:
+        columns = _check_value(f"{where} [figure]", "columns", figure["columns"], int, None, None)
+        if not 1 <= columns <= 100:
+            raise SpecError(f"{where} [figure]: key 'columns' expects an integer in 1..100, got {columns}")
+    panels = figure.get("panels", [])
+    if not isinstance(panels, list):
+        raise SpecError(f"{where} [figure]: key 'panels' expects an array of tables [[figure.panels]], got "
+                        f"{type(panels).__name__}")
+    for i, panel in enumerate(panels):
         pw = f"{where} [[figure.panels]] #{i + 1}"
         if not isinstance(panel, dict) or "kind" not in panel:
             raise SpecError(f"{pw}: missing key 'kind'")
-        if panel["kind"] not in PANELS:
-            raise SpecError(f"{pw}: key 'kind' expects one of {list(PANELS)}, got {panel['kind']!r}")
+        if not isinstance(panel["kind"], str) or panel["kind"] not in PANELS:
+            raise SpecError(f"{pw}: key 'kind' expects one of {list(PANELS)}, got {panel['kind']!r:.80}")
         for key in ("runs",):
-            for label in panel.get(key, []):
+            named = panel.get(key, [])
+            if not isinstance(named, list) or not all(isinstance(label, str) for label in named):
+                raise SpecError(f"{pw}: key 'runs' expects an array of run labels (strings), got {named!r:.80}")
+            for label in named:
                 if label not in labels:
                     raise SpecError(f"{pw}: key 'runs' names unknown run {label!r}; runs: {sorted(labels)}")
-        if "run" in panel and isinstance(panel["run"], str) and panel["run"] not in labels:
+        if "run" in panel and not isinstance(panel["run"], str):
+            raise SpecError(f"{pw}: key 'run' expects a run label (string), got {panel['run']!r:.80}")
+        if "run" in panel and panel["run"] not in labels:
             raise SpecError(f"{pw}: key 'run' names unknown run {panel['run']!r}; runs: {sorted(labels)}")
 
 

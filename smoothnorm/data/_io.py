@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -62,12 +62,17 @@ def check_md5(path: str | os.PathLike, expected: str, advice: str = "") -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "wb", *, before_replace: Callable[[], None] | None = None
+) -> Iterator[IO]:
     """Open a temporary file next to `path`; rename it onto `path` only if the block finishes without error.
 
     The temporary file is hidden (`.name.XXXX.part`) and lives in the same folder so the final `os.replace`
     is atomic: readers see the old file or the complete new one, never a half-written one. On any exception
-    (including KeyboardInterrupt) the temporary file is removed.
+    (including KeyboardInterrupt, or a full disk while writing or flushing) the temporary file is removed and
+    `path` is untouched. `before_replace` runs once the new content is on disk, just before the rename (used
+    to keep the previous version under another name). The folder is fsynced after the rename so the new
+    name survives a power cut.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,11 +82,27 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp_name, path)
+        _fsync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class _Progress:

@@ -7,9 +7,12 @@ with `b"data"` (uint8, (n, 3072): 1024 red, 1024 green, 1024 blue values, row-ma
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import io
 import os
 import pickle
+import struct
 import sys
 import tarfile
 import zlib
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ._io import ChecksumError, check_md5, data_home, download, md5_file
+from ._io import _CHUNK, ChecksumError, check_md5, data_home, download, md5_file
 from .normalization import IMAGE_SCALES, image_scale
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -176,13 +179,29 @@ def _read_archive(archive: Path, names: tuple[str, ...], verify: bool) -> list[t
         )
     raw: dict[str, bytes] = {}
     try:
-        # Stream mode reads the gzip once, front to back, without extracting anything to disk.
-        with tarfile.open(archive, "r|*") as tar:
+        with open(archive, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        # Stream mode reads the archive once, front to back, without extracting anything to disk. tarfile's own
+        # gzip reader never checks the gzip CRC-32 (and stops at the end-of-archive blocks), so a flipped byte in a
+        # stored deflate block would read as a different pixel: gzip files go through the gzip module instead,
+        # read to the end so that its CRC-32 and length checks run.
+        with contextlib.ExitStack() as stack:
+            if gzipped:
+                stream = stack.enter_context(gzip.open(archive, "rb"))
+                tar = stack.enter_context(tarfile.open(fileobj=stream, mode="r|"))
+            else:
+                stream = None
+                tar = stack.enter_context(tarfile.open(archive, "r|*"))
             for member in tar:
                 parent, _, base = member.name.rpartition("/")
                 if member.isfile() and base in names and parent.rstrip("/").endswith(FOLDER_NAME):
                     raw[base] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            if stream is not None:
+                while stream.read(_CHUNK):
+                    pass
+    # tarfile's stream reader lets some truncations escape as TypeError (ord() of an empty read in the gzip
+    # header) or struct.error; everything raised in this block comes from reading the damaged file.
+    except (tarfile.TarError, EOFError, zlib.error, OSError, TypeError, struct.error, UnicodeDecodeError) as exc:
         raise ValueError(
             f"{archive} is not a readable tar.gz archive (truncated or corrupt: {exc}). Delete it and download "
             "it again (fetch_cifar10)."
