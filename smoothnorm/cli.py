@@ -1,4 +1,4 @@
-"""Command-line interface: `smoothnorm list | run | reproduce | plot | info | data fetch`."""
+"""Command-line interface: `smoothnorm list | run | reproduce | plot | claims | info | data fetch`."""
 
 from __future__ import annotations
 
@@ -90,7 +90,8 @@ def _specs(args, names: list[str] | None):
                 raise spec_module.SpecError(f"--only/SPEC {name!r}: no such spec; specs: {sorted(by_name)}")
             chosen.extend(matches)
         paths = chosen
-    return [spec_module.load_spec(p, args.profile, args.set) for p in paths]
+    seeds = getattr(args, "seeds", None)
+    return [spec_module.load_spec(p, args.profile, args.set, seeds=seeds) for p in paths]
 
 
 _GROUP_TITLES = {
@@ -125,6 +126,7 @@ def _run(args) -> int:
         for spec in specs:
             for path in plots.draw_spec(spec, root, args.figures):
                 print(path)
+    _verdicts(specs, root, args)
     return 0
 
 
@@ -139,6 +141,38 @@ def _reproduce(args) -> int:
         for path in plots.draw_spec(spec, root, args.figures):
             print(path)
     _progress(f"reproduce: {len(specs)} figures in {__import__('time').perf_counter() - t0:.0f}s")
+    _verdicts(specs, root, args)
+    return 0
+
+
+def _verdicts(specs, root, args) -> list:
+    """Evaluate the specs' claims on the stored runs, print the verdicts, write CLAIMS.md and claims.json."""
+    from smoothnorm import claims
+
+    results = [r for spec in specs for r in claims.evaluate_spec(spec, root)]
+    if not results:
+        return results
+    print(claims.verdict_table(results))
+    for path in claims.write_claims(results, args.figures, profile=args.profile):
+        print(path)
+    return results
+
+
+def _claims(args) -> int:
+    from smoothnorm import claims, experiment
+
+    if args.markdown or args.readme:
+        source = args.markdown if isinstance(args.markdown, str) else f"{args.figures}/claims.json"
+        table = claims.markdown_table(claims.read_claims(source), figures_link=args.link)
+        if args.readme:
+            print(claims.update_readme(args.readme, table))
+        else:
+            print(table, end="")
+        return 0
+    specs = _specs(args, args.only.split(",") if args.only else None)
+    results = _verdicts(specs, experiment.results_root(args.runs, args.profile), args)
+    if not results:
+        print("no claims in the chosen specs", file=sys.stderr)
     return 0
 
 
@@ -169,6 +203,8 @@ def _add_common(p, *, spec_selection: bool = True) -> None:
     p.add_argument("--runs", default=None, help="folder for run directories (default: $SMOOTHNORM_RUNS or ./runs)")
     p.add_argument("--figures", default="figures", help="folder for figures (default: ./figures)")
     p.add_argument("--specs", default=None, help="folder of spec files (default: ./experiments)")
+    p.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="run every run for N seeds (base seed .. base seed + N - 1); overrides a spec's seeds")
 
 
 def _positive_int(text: str) -> int:
@@ -222,6 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, help="comma-separated spec names")
     _add_common(p)
     p.set_defaults(func=_plot)
+    p = sub.add_parser("claims", help="evaluate the specs' claims on stored runs (no training); write CLAIMS.md")
+    p.add_argument("--only", default=None, help="comma-separated spec names")
+    p.add_argument("--markdown", nargs="?", const=True, default=None, metavar="CLAIMS_JSON",
+                   help="print the findings table from claims.json (default: <figures>/claims.json) and exit")
+    p.add_argument("--readme", default=None, metavar="README_MD",
+                   help="write that table into README_MD between its claims-table markers (atomically) and exit")
+    p.add_argument("--link", default="figures/", help="prefix of figure links in --markdown (default: figures/)")
+    _add_common(p)
+    p.set_defaults(func=_claims)
     p = sub.add_parser("info", help="print versions, thread counts, Numba threading layer and BLAS")
     p.set_defaults(func=_info)
     p = sub.add_parser("data", help="data sets")

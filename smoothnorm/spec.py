@@ -6,7 +6,10 @@ A spec (`experiments/<name>.toml`) has
 - `[[runs]]`: each a `label` plus any base key it overrides (a norm, a learning rate, ...);
 - `[[probes]]`: measurements recorded during every run of the spec (`kind` in `PROBE_KEYS`, `every`, options);
 - `[figure]` with `[[figure.panels]]`: the panels drawn from the runs (smoothnorm.plots);
-- `[profile.<name>]`: base keys that a profile (`quick`, `paper`, `tiny`) overrides.
+- `[profile.<name>]`: base keys that a profile (`quick`, `paper`, `tiny`) overrides;
+- `seeds = [0, 1, 2]` in [base] or a profile (or `--seeds N`: seeds base seed .. base seed + N - 1): every run
+  once per seed, everything else equal (the seed is part of a run's identity, so seed 0's runs are the same runs);
+- `[[claims]]`: the paper's findings as checks on the runs (vocabulary and evaluation: smoothnorm.claims).
 Resolution order: base, then the profile, then `--set key=value` overrides, then each run's own keys (a run's
 explicit setting wins: "lr = 0.5" stays 0.5 in every profile). Everything is validated before any work.
 
@@ -100,7 +103,7 @@ PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
 _PROBE_COMMON = {"kind": (str, None, tuple(PROBE_KEYS)), "every": (int, 0, None), "start": (int, 0, None)}
 
 PROFILES = ("tiny", "quick", "paper")
-TOP_KEYS = ("title", "description", "base", "runs", "probes", "figure", "profile")
+TOP_KEYS = ("title", "description", "base", "runs", "probes", "figure", "profile", "claims")
 
 
 class SpecError(ValueError):
@@ -190,6 +193,8 @@ class Spec:
     profile: str
     runs: list[RunSpec]
     figure: dict
+    claims: list = field(default_factory=list)  # smoothnorm.claims.Claim
+    seeds: list[int] = field(default_factory=list)  # the seeds runs were expanded over ([] when not expanded)
 
 
 def _identity(settings: dict) -> dict:
@@ -235,6 +240,22 @@ def _check_profile_probes(where: str, table) -> dict[str, dict]:
     return out
 
 
+def _check_seeds(where: str, seeds) -> list[int]:
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise SpecError(f"{where}: key 'seeds' expects a non-empty list of distinct non-negative integers, "
+                        f"got {seeds!r}")
+    return list(seeds)
+
+
+def _pop_seeds(where: str, table) -> tuple[list[int] | None, Any]:
+    if isinstance(table, dict) and "seeds" in table:
+        table = dict(table)
+        return _check_seeds(where, table.pop("seeds")), table
+    return None, table
+
+
 def _check_probe(where: str, table: dict) -> None:
     """Counts and lists inside one [[probes]] table."""
     for key in ("every", "start"):
@@ -274,8 +295,12 @@ def _check_options(where: str, s: dict) -> None:
             pass  # may depend on the layer's width (GroupNorm's groups): checked when the network is built
 
 
-def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[str] | tuple = ()) -> Spec:
-    """Read, resolve and validate a spec for a profile. Raises SpecError naming the file and the key."""
+def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[str] | tuple = (),
+              seeds: int | None = None) -> Spec:
+    """Read, resolve and validate a spec for a profile. Raises SpecError naming the file and the key.
+
+    seeds: `--seeds N`: run every run for seeds base seed .. base seed + N - 1 (overrides the spec's `seeds`).
+    """
     path = Path(path)
     if not path.exists():
         raise SpecError(f"{path}: no such spec file")
@@ -298,21 +323,25 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
             raise SpecError(f"{where}: key {key!r} expects a string, got {type(raw[key]).__name__}")
     schema = {k: v for k, v in BASE_KEYS.items()}
     base = {k: copy.deepcopy(v[1]) for k, v in BASE_KEYS.items()}
-    base.update(_check_table(f"{where} [base]", raw.get("base", {}), schema))
+    spec_seeds, base_raw = _pop_seeds(f"{where} [base]", raw.get("base", {}))
+    base.update(_check_table(f"{where} [base]", base_raw, schema))
     profiles = raw.get("profile", {})
     if not isinstance(profiles, dict):
         raise SpecError(f"{where}: key 'profile' expects tables [profile.<name>]")
     profile_probes: dict[str, dict] = {}
     checked_profiles = {}
-    for name in profiles:
+    for name in list(profiles):
         if name not in PROFILES:
             raise SpecError(f"{where}: unknown profile {name!r} in [profile.{name}]; expected one of {list(PROFILES)}")
-        table = dict(profiles[name]) if isinstance(profiles[name], dict) else profiles[name]
+        profile_seeds, table = _pop_seeds(f"{where} [profile.{name}]", profiles[name])
         # [profile.<name>.probes.<kind>]: probe options a profile overrides (e.g. fewer Lanczos steps in tiny).
+        table = dict(table) if isinstance(table, dict) else table
         overrides_of_probes = table.pop("probes", {}) if isinstance(table, dict) else {}
         checked_profiles[name] = _check_table(f"{where} [profile.{name}]", table, schema)
         if name == profile:
             profile_probes = _check_profile_probes(f"{where} [profile.{name}.probes]", overrides_of_probes)
+            if profile_seeds is not None:
+                spec_seeds = profile_seeds
     base.update(checked_profiles.get(profile, {}))  # checked values: `lr = 1` becomes 1.0, as in [base]
     if overrides:
         for item in overrides:
@@ -326,6 +355,11 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         raise SpecError(f"{where}: key 'runs' expects an array of tables [[runs]], got {type(runs_raw).__name__}")
     runs_raw = runs_raw or [{"label": "run"}]
     run_schema = {"label": (str, None, None), **schema}
+    if seeds is not None:
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise SpecError(f"--seeds: expected a positive integer, got {seeds!r}")
+        spec_seeds = [base["seed"] + i for i in range(seeds)]
+    run_seeds = spec_seeds or []
     probes = []
     probes_raw = raw.get("probes", [])
     if not isinstance(probes_raw, list):
@@ -357,18 +391,27 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         settings.update({k: v for k, v in table.items() if k != "label" and k not in set_keys})
         _check_settings(rw, settings)
         _check_options(rw, settings)
-        run = RunSpec(label=table["label"], settings=settings)
-        for _pw, kind, every, start, options in probes:
-            every = settings["probe_every"] if every is None else every
-            run.probes.append(ProbeSpec(kind, every, start, options))
-        runs.append(run)
+        if run_seeds and "seed" in table:
+            raise SpecError(f"{rw}: key 'seed' conflicts with the spec's seeds {run_seeds}; remove one")
+        for seed in run_seeds or [settings["seed"]]:
+            run = RunSpec(label=table["label"], settings=dict(settings, seed=seed))
+            for _pw, kind, every, start, options in probes:
+                every = settings["probe_every"] if every is None else every
+                run.probes.append(ProbeSpec(kind, every, start, options))
+            runs.append(run)
     figure = raw.get("figure", {})
     if not isinstance(figure, dict):
         raise SpecError(f"{where}: key 'figure' expects a table [figure]")
     _validate_figure(where, figure, labels)
+    from smoothnorm.claims import ClaimError, parse_claims
+
+    try:
+        claims = parse_claims(where, raw.get("claims"), labels, {p[1] for p in probes})
+    except ClaimError as err:
+        raise SpecError(str(err)) from None
     return Spec(
         name=path.stem, path=path, title=raw.get("title", path.stem), description=raw.get("description", ""),
-        profile=profile, runs=runs, figure=figure,
+        profile=profile, runs=runs, figure=figure, claims=claims, seeds=list(run_seeds),
     )
 
 

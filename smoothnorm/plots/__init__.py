@@ -38,7 +38,15 @@ from smoothnorm.plots.panels import (
     draw_ridge,
 )
 from smoothnorm.plots.study import STUDY_PANELS, draw_profile, draw_series, draw_sweep, select_best
-from smoothnorm.plots.style import KNOWN_COLORS, _check_runs, _positive_int, moving_average, run_colors
+from smoothnorm.plots.style import (
+    KNOWN_COLORS,
+    _check_runs,
+    _positive_int,
+    _seed_of,
+    group_by_label,
+    moving_average,
+    run_colors,
+)
 from smoothnorm.results import RunResult, load_run
 
 __all__ = [
@@ -128,6 +136,8 @@ def draw_figure(
 
     figure: {"title": str, "columns": int (default min(3, panels)), "panels": [{"kind": one of PANELS, "title":
     str (optional), "runs": [labels] (optional subset, in legend order; default all), **options of the kind}]}.
+    runs: one per label, or one per (label, seed): curve panels then draw each label's median over seeds with a
+    min-max band, and single-run panels (ridge, grad_vs_eta) the lowest seed (the title says which).
     Each run keeps one colour (by label, `run_colors`) in every panel. Every option is validated before anything is
     written; files are replaced atomically, so a failure leaves earlier files untouched and no temporary files.
     """
@@ -140,10 +150,11 @@ def draw_figure(
     if not panels:
         raise ValueError("panels: expected at least one panel")
     runs = _check_runs(runs)
-    labels = [r.label for r in runs]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"runs: labels must be unique to select runs by label, got {labels}")
-    by_label = dict(zip(labels, runs))
+    keys = [(r.label, _seed_of(r)) for r in runs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"runs: (label, seed) pairs must be unique to select runs by label, got {keys}")
+    by_label = group_by_label(runs)
+    labels = list(by_label)
     columns = _positive_int("columns", figure.get("columns", min(3, len(panels))))
     jobs = []
     for i, panel in enumerate(panels):
@@ -152,7 +163,9 @@ def draw_figure(
         missing = [label for label in wanted if label not in by_label]
         if missing:
             raise ValueError(f"runs: panel #{i + 1} names unknown run {missing[0]!r}; runs: {labels}")
-        chosen = [by_label[label] for label in wanted]
+        # A panel of one run (ridge, Fig 11) draws the lowest seed; curve panels draw every seed.
+        single = "run" in inspect.signature(fn).parameters
+        chosen = [r for label in wanted for r in (by_label[label][:1] if single else by_label[label])]
         select = panel.get("select")
         if select not in (None, "best_lr"):
             raise ValueError(f"select: panel #{i + 1} expects 'best_lr' (the lowest final training loss of each "
@@ -169,8 +182,11 @@ def draw_figure(
         FigureCanvasAgg(fig)
         try:
             axes = fig.subplots(rows, columns, squeeze=False).ravel()
+            seeded = any(len(group) > 1 for group in by_label.values())
             for ax, (fn, panel_runs, options, title, panel_colors) in zip(axes, jobs):
                 fn(ax, panel_runs, colors=panel_colors or colors, **options)
+                if title and seeded and "run" in inspect.signature(fn).parameters:
+                    title = f"{title} (seed {_seed_of(panel_runs[0])})"
                 if title:
                     ax.set_title(title)
             for ax in axes[len(jobs) :]:

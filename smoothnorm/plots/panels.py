@@ -21,16 +21,21 @@ from smoothnorm.plots.style import (
     _check_runs,
     _choice,
     _colors,
+    _draw_series,
     _etas,
     _finite_xy,
     _legend,
     _legend_label,
-    _mark_divergence,
+    _on_common_steps,
     _positive_int,
     _probe,
     _resolve_layer,
     _run_legend,
+    _seed_legend,
+    _seed_note,
+    _seed_stats,
     _select_run,
+    group_by_label,
     moving_average,
 )
 from smoothnorm.results import RunResult
@@ -66,16 +71,14 @@ def draw_accuracy(
     smooth = _positive_int("smooth", smooth)
     cmap = _colors(runs, colors)
     scale = 100.0 if metric.endswith("acc") else 1.0
-    for run in runs:
+
+    def series(run):
         steps = run.metrics.get("step", np.zeros(0, dtype=np.int64))
-        values = run.metrics.get(metric, np.full(len(steps), np.nan))
-        x, y = _finite_xy(steps, values)
-        y = moving_average(y * scale, smooth) if y.size else y
-        marker = "o" if metric.startswith("test") else None
-        ax.plot(
-            x, y, color=cmap[run.label], label=_legend_label(run), marker=marker, markersize=3, linewidth=1.2
-        )
-        _mark_divergence(ax, run, x, y, cmap[run.label])
+        x, y = _finite_xy(steps, run.metrics.get(metric, np.full(len(steps), np.nan)))
+        return x, (moving_average(y * scale, smooth) if y.size else y)
+
+    marker = "o" if metric.startswith("test") else None
+    _draw_series(ax, runs, series, cmap, marker=marker, markersize=3, linewidth=1.2)
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(STEP_LABEL)
@@ -84,6 +87,31 @@ def draw_accuracy(
 
 
 _BAND_LABELS = {"losses": "loss", "grad_distances": GRAD_DIFF_LABEL}
+
+
+def _band_edges(run: RunResult, probe: str, quantity: str, center: str):
+    """(steps, low, high, centre, any non-finite) of one run's band over step sizes at each probe step."""
+    steps = _probe(run, probe, "steps")
+    values = _probe(run, probe, quantity).astype(np.float64).reshape(len(steps), -1)
+    finite = np.isfinite(values)
+    masked = np.where(finite, values, np.nan)
+    any_finite = finite.any(axis=1)
+    lo, hi, mid = (np.full(len(steps), np.nan) for _ in range(3))
+    lo[any_finite] = np.nanmin(masked[any_finite], axis=1)
+    hi[any_finite] = np.nanmax(masked[any_finite], axis=1)
+    if center == "median":
+        mid[any_finite] = np.nanmedian(masked[any_finite], axis=1)
+    elif center == "lr":
+        etas = _etas(run, probe)
+        if etas.size != values.shape[1]:
+            raise ValueError(
+                f"probe: run {run.label!r} has {values.shape[1]} values per step but {etas.size} step sizes"
+            )
+        lr = float(run.config.get("run", {}).get("lr", math.nan))
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"center: 'lr' needs config['run']['lr'] > 0; run {run.label!r} has {lr!r}")
+        mid = masked[:, int(np.argmin(np.abs(np.log(etas) - math.log(lr))))]
+    return steps, lo, hi, mid, ~finite.all(axis=1)
 
 
 def draw_band(
@@ -102,44 +130,34 @@ def draw_band(
     linear y by default). Non-finite values (the step diverged at that eta) are left out of the band; a step with
     any such value gets a triangle at the top of the panel. center: the line drawn inside the band: "median"
     (median over the finite values), "lr" (the value at the eta nearest to the run's learning rate on a log scale,
-    i.e. the training step itself) or "none".
+    i.e. the training step itself) or "none". Several seeds of one label: the median over seeds of the band's
+    edges and of its centre (the legend says so).
     """
     runs = _check_runs(runs)
     _choice("quantity", quantity, tuple(_BAND_LABELS))
     _choice("center", center, ("median", "lr", "none"))
     cmap = _colors(runs, colors)
     marked = False
-    for run in runs:
-        color = cmap[run.label]
-        steps = _probe(run, probe, "steps")
-        values = _probe(run, probe, quantity).astype(np.float64).reshape(len(steps), -1)
-        finite = np.isfinite(values)
-        masked = np.where(finite, values, np.nan)
-        any_finite = finite.any(axis=1)
-        lo = np.full(len(steps), np.nan)
-        hi = np.full(len(steps), np.nan)
-        lo[any_finite] = np.nanmin(masked[any_finite], axis=1)
-        hi[any_finite] = np.nanmax(masked[any_finite], axis=1)
-        ax.fill_between(
-            steps, lo, hi, where=any_finite, color=color, alpha=0.3, linewidth=0, label=_legend_label(run)
-        )
-        if center == "median":
-            mid = np.full(len(steps), np.nan)
-            mid[any_finite] = np.nanmedian(masked[any_finite], axis=1)
-        elif center == "lr":
-            etas = _etas(run, probe)
-            if etas.size != values.shape[1]:
-                raise ValueError(
-                    f"probe: run {run.label!r} has {values.shape[1]} values per step but {etas.size} step sizes"
-                )
-            lr = float(run.config.get("run", {}).get("lr", math.nan))
-            if not (math.isfinite(lr) and lr > 0):
-                raise ValueError(f"center: 'lr' needs config['run']['lr'] > 0; run {run.label!r} has {lr!r}")
-            mid = masked[:, int(np.argmin(np.abs(np.log(etas) - math.log(lr))))]
+    for label, group in group_by_label(runs).items():
+        color = cmap[label]
+        edges = [_band_edges(run, probe, quantity, center) for run in group]
+        if len(group) == 1:
+            steps, lo, hi, mid, bad = edges[0]
+            legend = _legend_label(group[0])
+        else:
+            # Several seeds: the median over seeds of each edge of the band and of its centre line.
+            steps, lows = _on_common_steps([(e[0], e[1]) for e in edges])
+            highs = _on_common_steps([(e[0], e[2]) for e in edges])[1]
+            mids = _on_common_steps([(e[0], e[3]) for e in edges])[1]
+            lo, hi, mid = _seed_stats(lows)[0], _seed_stats(highs)[0], _seed_stats(mids)[0]
+            bad = np.isin(steps, np.concatenate([e[0][e[4]] for e in edges]))
+            legend = _seed_legend(group)
+            _seed_note(ax, len(group), band="band edges: medians over seeds")
+        any_finite = np.isfinite(lo) & np.isfinite(hi)
+        ax.fill_between(steps, lo, hi, where=any_finite, color=color, alpha=0.3, linewidth=0, label=legend)
         if center != "none":
             x, y = _finite_xy(steps, mid)
             ax.plot(x, y, color=color, linewidth=1.0)
-        bad = ~finite.all(axis=1)
         if bad.any():
             ax.plot(
                 steps[bad],
@@ -171,10 +189,11 @@ def draw_beta(
     """Effective beta-smoothness (max gradient change over distance moved) at each probe step (Figs 4c, 10c)."""
     runs = _check_runs(runs)
     cmap = _colors(runs, colors)
-    for run in runs:
-        x, y = _finite_xy(_probe(run, probe, "steps"), _probe(run, probe, "effective_beta").reshape(-1))
-        ax.plot(x, y, color=cmap[run.label], label=_legend_label(run), linewidth=1.2)
-        _mark_divergence(ax, run, x, y, cmap[run.label])
+    _draw_series(
+        ax, runs,
+        lambda run: _finite_xy(_probe(run, probe, "steps"), _probe(run, probe, "effective_beta").reshape(-1)),
+        cmap, linewidth=1.2,
+    )
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(STEP_LABEL)
@@ -203,16 +222,18 @@ def draw_ics(
     if quantity == "cosine" and logy:
         raise ValueError("logy: a log scale cannot show cosines in [-1, 1]; use quantity='l2'")
     cmap = _colors(runs, colors)
-    title = None
-    for run in runs:
+    titles = []
+
+    def series(run):
         values = _probe(run, probe, quantity)
         steps = _probe(run, probe, "steps")
         values = values.reshape(len(steps), -1)
         index, name = _resolve_layer(run, probe, layer, count=values.shape[1])
-        title = title or f"layer #{index + 1} ({name})"
-        x, y = _finite_xy(steps, values[:, index])
-        ax.plot(x, y, color=cmap[run.label], label=_legend_label(run), linewidth=1.2)
-        _mark_divergence(ax, run, x, y, cmap[run.label])
+        titles.append(f"layer #{index + 1} ({name})")
+        return _finite_xy(steps, values[:, index])
+
+    _draw_series(ax, runs, series, cmap, linewidth=1.2)
+    title = titles[0]
     if quantity == "cosine":
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1.0, label="ideal")
         ax.set_ylim(-1.05, 1.05)
@@ -385,19 +406,19 @@ def draw_moments(
     _choice("stat", stat, ("mean", "var"))
     key, ylabel = _MOMENT_KEYS[(which, stat)]
     cmap = _colors(runs, colors)
-    title = None
-    for run in runs:
+    titles = []
+
+    def series(run):
         index, name = _resolve_layer(run, probe, layer)
-        title = title or f"layer #{index + 1} ({name})"
+        titles.append(f"layer #{index + 1} ({name})")
         steps = _probe(run, probe, "steps")
         if len(steps) == 0:
-            ax.plot([], [], color=cmap[run.label], label=_legend_label(run))
-            continue
-        series = moment_series(_probe(run, probe, f"{name}/mean"), _probe(run, probe, f"{name}/var"))[key]
-        x = steps[1:] if which == "change" else steps
-        x, y = _finite_xy(x, series.mean(axis=1))
-        ax.plot(x, y, color=cmap[run.label], label=_legend_label(run), linewidth=1.2)
-        _mark_divergence(ax, run, x, y, cmap[run.label])
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        values = moment_series(_probe(run, probe, f"{name}/mean"), _probe(run, probe, f"{name}/var"))[key]
+        return _finite_xy(steps[1:] if which == "change" else steps, values.mean(axis=1))
+
+    _draw_series(ax, runs, series, cmap, linewidth=1.2)
+    title = titles[0]
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(STEP_LABEL)
@@ -418,7 +439,8 @@ def draw_hessian(
     """The index-th largest Hessian eigenvalue on the training batch over training, one line per run."""
     runs = _check_runs(runs)
     cmap = _colors(runs, colors)
-    for run in runs:
+
+    def series(run):
         steps = _probe(run, probe, "steps")
         values = _probe(run, probe, "top_eigenvalues").reshape(len(steps), -1)
         k = values.shape[1]
@@ -426,9 +448,9 @@ def draw_hessian(
             raise ValueError(
                 f"index: expected an eigenvalue index below {k} (run {run.label!r}), got {index!r}"
             )
-        x, y = _finite_xy(steps, values[:, index] if k else np.zeros(0))
-        ax.plot(x, y, color=cmap[run.label], label=_legend_label(run), linewidth=1.2)
-        _mark_divergence(ax, run, x, y, cmap[run.label])
+        return _finite_xy(steps, values[:, index] if k else np.zeros(0))
+
+    _draw_series(ax, runs, series, cmap, linewidth=1.2)
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(STEP_LABEL)

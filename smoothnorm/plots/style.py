@@ -194,3 +194,77 @@ def _mark_divergence(ax: Axes, run: RunResult, x: np.ndarray, y: np.ndarray, col
     """An x at the last finite point of a diverged run's line."""
     if run.status == "diverged" and x.size:
         ax.plot(x[-1:], y[-1:], marker="x", markersize=7, color=color, linestyle="none")
+
+
+def _seed_of(run: RunResult) -> int:
+    return int(run.config.get("run", {}).get("seed", 0)) if isinstance(run.config, Mapping) else 0
+
+
+def group_by_label(runs: Sequence[RunResult]) -> dict[str, list[RunResult]]:
+    """Runs grouped by label in first-seen order, each group sorted by seed (one group per curve)."""
+    groups: dict[str, list[RunResult]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    return {label: sorted(group, key=_seed_of) for label, group in groups.items()}
+
+
+def _seed_legend(group: Sequence[RunResult]) -> str:
+    """The legend label of a label's median over seeds (with how many seeds diverged or are still running)."""
+    diverged = sum(r.status == "diverged" for r in group)
+    running = sum(r.status == "running" for r in group)
+    extra = ", ".join(([f"{diverged} diverged"] if diverged else []) + ([f"{running} running"] if running else []))
+    return f"{group[0].label} ({extra})" if extra else group[0].label
+
+
+def _seed_note(ax: Axes, n: int, band: str = "shaded: min-max over seeds") -> None:
+    """One legend entry saying what the lines and bands of several seeds are (added once per panel)."""
+    text = f"line: median of {n} seeds; {band}"
+    if text not in ax.get_legend_handles_labels()[1]:
+        ax.plot([], [], color="none", label=text)
+
+
+def _on_common_steps(series: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values (seeds, steps)): each seed's curve on the union of steps, NaN outside its own range."""
+    xs = [np.asarray(x, dtype=np.float64) for x, _ in series]
+    grid = np.unique(np.concatenate(xs)) if xs else np.zeros(0)
+    table = np.full((len(series), grid.size), np.nan)
+    for i, (x, y) in enumerate(series):
+        x = np.asarray(x, dtype=np.float64)
+        if x.size:
+            inside = (grid >= x[0]) & (grid <= x[-1])
+            table[i, inside] = np.interp(grid[inside], x, np.asarray(y, dtype=np.float64))
+    return grid, table
+
+
+def _seed_stats(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median, min and max over seeds (axis 0) where at least one seed has a value (NaN elsewhere)."""
+    any_value = np.isfinite(table).any(axis=0)
+    mid, lo, hi = (np.full(table.shape[1], np.nan) for _ in range(3))
+    if any_value.any():
+        sub = table[:, any_value]
+        mid[any_value] = np.nanmedian(sub, axis=0)
+        lo[any_value] = np.nanmin(sub, axis=0)
+        hi[any_value] = np.nanmax(sub, axis=0)
+    return mid, lo, hi
+
+
+def _draw_series(ax: Axes, runs: Sequence[RunResult], series, cmap: Mapping[str, str], **line) -> None:
+    """One curve per run label: a single run as a line; several seeds as their median with a min-max band.
+
+    series(run) -> (x, y) finite points of one run.
+    """
+    for label, group in group_by_label(runs).items():
+        color = cmap[label]
+        if len(group) == 1:
+            x, y = series(group[0])
+            ax.plot(x, y, color=color, label=_legend_label(group[0]), **line)
+            _mark_divergence(ax, group[0], x, y, color)
+            continue
+        grid, table = _on_common_steps([series(r) for r in group])
+        mid, lo, hi = _seed_stats(table)
+        keep = np.isfinite(mid)
+        ax.fill_between(grid, lo, hi, where=keep, color=color, alpha=0.2, linewidth=0)
+        ax.plot(grid[keep], mid[keep], color=color, label=_seed_legend(group), **line)
+    counts = [len(group) for group in group_by_label(runs).values() if len(group) > 1]
+    if counts:
+        _seed_note(ax, max(counts))
