@@ -225,12 +225,17 @@ class DaskExecutor(Executor):
                 "distributed.scheduler.allowed-failures": allowed_failures,
                 "distributed.scheduler.worker-ttl": worker_ttl,
             }
+            # A nanny writes pre-spawn-environ into os.environ of the process it runs in (here: this one) before
+            # every worker it spawns, so this process's thread variables are put back afterwards: Numba refuses
+            # to compile once NUMBA_NUM_THREADS differs from the count its threads started with.
+            self._environ = {name: os.environ.get(name) for name in environ}
             with dask.config.set(settings):
                 self.cluster = distributed.LocalCluster(
                     n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                     silence_logs=logging.ERROR,
                 )
                 self.client = distributed.Client(self.cluster)
+            self._restore_environ()
             # The environment already holds the threads; no need to lower them again inside the task.
             self.task_threads = None
         else:
@@ -245,6 +250,12 @@ class DaskExecutor(Executor):
         return self.client.run(os.getpid)
 
     def run(self, runs, root, progress=None):
+        try:
+            return self._run(runs, root, progress)
+        finally:
+            self._restore_environ()
+
+    def _run(self, runs, root, progress=None):
         from distributed import as_completed
 
         emit = progress or (lambda event: None)
@@ -301,10 +312,18 @@ class DaskExecutor(Executor):
             raise RunsFailed(errors)
         return {run.run_id: paths[run.run_id] for run in runs}
 
+    def _restore_environ(self) -> None:
+        for name, value in getattr(self, "_environ", {}).items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
     def close(self) -> None:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+        self._restore_environ()  # a worker restarted mid-run (after a kill) set them again
 
 
 def make_executor(workers: int | None = None, scheduler: str | None = None, threads_per_run: int | None = None,

@@ -220,6 +220,7 @@ def test_a_worker_killed_mid_run_costs_only_the_steps_since_its_checkpoint(tmp_p
     spec = load_spec(ROOT / "experiments" / "fig10_dln_landscape.toml", "tiny", settings)
     reference = _cli("run", "fig10", "--profile", "tiny", *[a for s in settings for a in ("--set", s)], "--no-plot",
                      "--runs", str(tmp_path / "reference"), "--threads-per-run", "1")
+    environ = {name: os.environ.get(name) for name in executors.THREAD_VARIABLES}
     with executors.DaskExecutor(workers=2, threads_per_run=1) as executor:
         result: dict = {}
         runner = threading.Thread(target=lambda: result.update(executor.run(spec.runs, tmp_path / "dask")))
@@ -243,6 +244,9 @@ def test_a_worker_killed_mid_run_costs_only_the_steps_since_its_checkpoint(tmp_p
         os.kill(killed, signal.SIGKILL)
         runner.join(timeout=600)
         assert not runner.is_alive() and set(result) == {run.run_id for run in spec.runs}
+    # The nannies wrote the workers' thread variables into this process's environment at every spawn (the
+    # restart too); the executor puts them back, or Numba would refuse to compile here afterwards.
+    assert {name: os.environ.get(name) for name in executors.THREAD_VARIABLES} == environ
     _finish(reference)
     _assert_same_runs(tmp_path / "reference" / "tiny", tmp_path / "dask")
     first, second = _attempts(tmp_path / "dask" / victim.run_id)
