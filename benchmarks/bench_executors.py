@@ -106,37 +106,47 @@ def _child_time_steps(steps: int) -> None:
             print(json.dumps({"key": repr(key), "per_step": per_step}), flush=True)
 
 
-def estimate(steps: int, workers_per_node: int) -> None:
+def estimate(steps: int, thread_counts: list[int]) -> None:
+    """Measure s/step per paper-profile run with each thread count (fresh processes), print a table and totals.
+    Each measurement is printed as it arrives, so an interrupted estimate keeps what it measured."""
     from smoothnorm.executors import thread_environment
 
-    cores = os.cpu_count() or 1
     groups = _paper_groups()
     measured: dict[int, dict[str, float]] = {}
-    for threads in sorted({1, cores}):
+    for threads in thread_counts:
         env = {**os.environ, **thread_environment(threads)}
-        done = subprocess.run([sys.executable, "-m", "benchmarks.bench_executors", "--child-steps", str(steps)],
-                              cwd=ROOT, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(done.stderr[-3000:])
-        measured[threads] = {d["key"]: d["per_step"] for d in map(json.loads, done.stdout.splitlines())}
-    print(f"Paper profile: {sum(len(r) for r in groups.values())} runs; seconds per step measured over {steps - 1} "
-          f"steps (load average {_load()}):\n")
-    print(f"| runs | model | batch | probes (every) | steps each | s/step, {cores} threads | s/step, 1 thread |")
-    print("|---|---|---|---|---|---|---|")
-    total = {threads: 0.0 for threads in measured}
+        measured[threads] = {}
+        with subprocess.Popen([sys.executable, "-m", "benchmarks.bench_executors", "--child-steps", str(steps)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True) as child:
+            for line in child.stdout:
+                d = json.loads(line)
+                measured[threads][d["key"]] = d["per_step"]
+                print(f"{threads} thread(s): {d['per_step']:.3g} s/step  {d['key']}  (load {_load()})", flush=True)
+        if child.returncode != 0:
+            raise SystemExit(f"the timing process failed (exit {child.returncode})")
+    print(f"\nPaper profile: {sum(len(r) for r in groups.values())} runs; seconds per step measured over "
+          f"{steps - 1} steps after the first (load average {_load()}):\n")
+    heads = " | ".join(f"s/step, {t} thread{'s' if t > 1 else ''}" for t in thread_counts)
+    print(f"| runs | model | batch | probes (every) | steps each | {heads} |")
+    print("|---|---|---|---|---|" + "---|" * len(thread_counts))
+    total = {threads: 0.0 for threads in thread_counts}
+    longest = {threads: 0.0 for threads in thread_counts}
     for key, runs in groups.items():
         steps_each = runs[0].settings["steps"]
         model = f"{key[0]} {key[1]}" + (f" x{key[2]:g}" if key[0] == "vgg" else "") + f" {key[-3]}"
         probes = ", ".join(f"{k} ({e})" for k, e in key[-1])
-        for threads in measured:
-            total[threads] += len(runs) * steps_each * measured[threads][repr(key)]
+        for threads in thread_counts:
+            seconds = len(runs) * steps_each * measured[threads][repr(key)]
+            total[threads] += seconds
+            longest[threads] = max(longest[threads], steps_each * measured[threads][repr(key)])
+        cells = " | ".join(f"{measured[t][repr(key)]:.3g}" for t in thread_counts)
         print(f"| {len(runs)} | {model} | {runs[0].settings['batch_size'] or 'full'} | {probes} | {steps_each} | "
-              f"{measured[cores][repr(key)]:.3g} | {measured[1][repr(key)]:.3g} |")
-    hours = 3600.0
-    print(f"\nsequential on {cores} cores: {total[cores] / hours:.0f} h")
-    print(f"one run per core: {total[1] / hours:.0f} core-hours; on N cores about {total[1] / hours:.0f} / N h "
-          f"(at most {len(sum(groups.values(), []))} cores help: one run each; the longest run alone takes "
-          f"{max(r[0].settings['steps'] * measured[1][repr(k)] for k, r in groups.items()) / hours:.0f} h)")
+              f"{cells} |")
+    runs_total = sum(len(r) for r in groups.values())
+    for threads in thread_counts:
+        print(f"\n{threads} thread(s) per run: {total[threads] / 3600:.0f} h of runs in sequence; with one run per "
+              f"{threads} core(s) on N cores about {total[threads] / 3600:.0f} / (N / {threads}) h, at best the "
+              f"longest run, {longest[threads] / 3600:.0f} h (at most {runs_total * threads} cores help)")
 
 
 def main() -> None:
@@ -148,12 +158,15 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to reproduce")
     parser.add_argument("--estimate", action="store_true", help="paper-profile estimate instead of the comparison")
     parser.add_argument("--steps", type=int, default=4, help="steps timed per run for --estimate (first excluded)")
+    parser.add_argument("--threads", default=None, help="thread counts for --estimate, e.g. 1,2 (default: 1 and all)")
     parser.add_argument("--child-steps", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_steps:
         _child_time_steps(args.child_steps)
     elif args.estimate:
-        estimate(args.steps, args.workers)
+        cores = os.cpu_count() or 1
+        threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cores})
+        estimate(args.steps, threads)
     else:
         compare(args.profile, args.only, args.workers, args.repeats, args.set)
 

@@ -98,6 +98,7 @@ _GROUP_TITLES = {
     "paper": "Paper figures (smoothnorm reproduce)",
     "study": "Optimization study (experiments/study; smoothnorm reproduce --study, or run NAME)",
     "examples": "Examples beyond the paper (experiments/examples; smoothnorm run NAME)",
+    "beyond": "Follow-up papers (experiments/beyond, issue 15; smoothnorm run NAME)",
 }
 
 

@@ -105,7 +105,7 @@ def build_network(s: dict, input_shape: tuple[int, ...] | None = None):
     norm = None if s["norm"] == "none" else s["norm"]
     dtype = np.dtype(s["dtype"])
     common = {"norm": norm, "dtype": dtype, "seed": s["seed"], "init": s["init"],
-              "norm_options": s["norm_options"] or None}
+              "norm_options": _layer_norm_options(s)}
     activation = s.get("activation", "default")
     position = s.get("norm_position", "before_activation")
     if s["model"] == "vgg":
@@ -120,6 +120,41 @@ def build_network(s: dict, input_shape: tuple[int, ...] | None = None):
                           activation="relu" if activation == "default" else activation, norm_position=position,
                           **common)
     raise SpecError(f"model {s['model']!r} has no data set in the experiment runner yet")
+
+
+# Default size of the fixed subset behind BatchNorm's population statistics (capped by n_train).
+POPULATION_SAMPLES = 1000
+
+
+def _layer_norm_options(s: dict) -> dict | None:
+    """norm_options without the keys the runner reads itself (population_samples)."""
+    options = {k: v for k, v in s["norm_options"].items() if k != "population_samples"}
+    return options or None
+
+
+def _with_population_statistics(s: dict, net, batch_fn: Callable, x: np.ndarray) -> Callable:
+    """BatchNorm with population statistics (Ghorbani et al. 2019; norm_options statistics = "population"): before
+    each step's batch is handed out, a forward pass over a fixed training subset (`population_samples` images,
+    drawn once from data_seed) at the current weights sets every such layer's statistics (docs/PROTOCOL.md)."""
+    from smoothnorm.norm_layers import refresh_population_statistics
+
+    options = s["norm_options"]
+    if options.get("statistics") != "population":
+        if "population_samples" in options:
+            raise SpecError("norm_options: 'population_samples' needs statistics = \"population\"")
+        return batch_fn
+    size = options.get("population_samples", min(POPULATION_SAMPLES, x.shape[0]))
+    if isinstance(size, bool) or not isinstance(size, int) or not 2 <= size <= x.shape[0]:
+        raise SpecError(f"norm_options: 'population_samples' expects an integer in [2, {x.shape[0]}] (n_train), "
+                        f"got {size!r}")
+    chosen = np.random.default_rng([s["data_seed"], 17]).choice(x.shape[0], size, replace=False)
+    subset = np.ascontiguousarray(x[np.sort(chosen)])
+
+    def batch_with_statistics(step: int):
+        refresh_population_statistics(net, subset)
+        return batch_fn(step)
+
+    return batch_with_statistics
 
 
 def layer_reference(net, ref, purpose: str) -> str:
@@ -176,6 +211,12 @@ def build_probes(net, run: RunSpec) -> list:
             probes.append(train.GradNormProbe(name="grad_norms", every=p.every, start=p.start))
         elif p.kind == "bn_gap":
             probes.append(train.BatchStatsGapProbe(name="bn_gap", every=p.every, start=p.start))
+        elif p.kind == "spectrum":
+            steps = o.pop("steps")
+            if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in steps):
+                raise SpecError(f"run {run.label!r}: spectrum probe key 'steps' expects non-negative integers, "
+                                f"got {steps!r}")
+            probes.append(train.SpectrumProbe(name="spectrum", every=p.every, start=p.start, steps=steps, **o))
     return probes
 
 
@@ -335,7 +376,8 @@ def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Call
     if s["model"] == "mlp":
         xtr, xte = xtr.reshape(len(xtr), -1), None if xte is None else xte.reshape(len(xte), -1)
     optimizer = optim.make_optimizer(s["optimizer"], lr=s["lr"], **s["optimizer_options"])
-    trainer = Trainer(net, optimizer, _batch_fn(s, xtr, ytr), build_probes(net, run),
+    batch_fn = _with_population_statistics(s, net, _batch_fn(s, xtr, ytr), xtr)
+    trainer = Trainer(net, optimizer, batch_fn, build_probes(net, run),
                       eval_fn=_eval_fn(s, xte, yte), eval_every=s["eval_every"], seed=s["seed"])
     # Temporary files of writes cut short by a kill (atomic_open's hidden ".name.XXXX.part"): under the lease no one
     # else writes here, so they are leftovers.

@@ -43,7 +43,8 @@ from smoothnorm.norm_layers import NORM_LAYERS, BatchNorm, make_norm
 
 __all__ = [
     "MODES", "INITS", "Layer", "Linear", "Conv2d", "ReLU", "Sigmoid", "Tanh", "Identity", "MaxPool2d", "Flatten",
-    "BatchNorm", "NORM_LAYERS", "make_norm", "SoftmaxCrossEntropy", "SquaredError", "LOSSES", "Network",
+    "BatchNorm", "NORM_LAYERS", "make_norm", "SoftmaxCrossEntropy", "SquaredError", "OneHotSquaredError", "LOSSES",
+    "Network",
 ]
 
 MODES = ("train", "probe", "eval")
@@ -353,7 +354,36 @@ class SquaredError:
         return squared_error_backward(np.asarray(r_out, dtype=self._diff.dtype), self.reduction)
 
 
-LOSSES = {"cross_entropy": SoftmaxCrossEntropy, "squared_error": SquaredError}
+class OneHotSquaredError:
+    """Mean squared error against one-hot targets as a classification loss (Cohen et al. 2021, edge of stability):
+    loss = sum_n ||out_n - onehot(y_n)||^2 / (2 N) on outputs (N, C) with int64 labels."""
+
+    name = "onehot_squared_error"
+
+    def __init__(self) -> None:
+        self._diff: np.ndarray | None = None
+
+    def check_targets(self, y, output_shape: tuple[int, ...], n: int, dtype) -> np.ndarray:
+        return label_array("y", y, num_classes=output_shape[0], n=n)
+
+    def forward(self, out: np.ndarray, y: np.ndarray) -> float:
+        out = np.asarray(out)
+        target = np.zeros_like(out)
+        target[np.arange(out.shape[0]), y] = 1
+        loss, self._diff = squared_error_forward(out, target, "sum")
+        return loss / (2 * out.shape[0])
+
+    def backward(self) -> np.ndarray:
+        """(out - onehot) / N."""
+        return squared_error_backward(self._diff, "sum") * self._diff.dtype.type(0.5 / self._diff.shape[0])
+
+    def backward_r(self, r_out: np.ndarray) -> np.ndarray:
+        """Directional derivative of the output's gradient for an output direction r_out: r_out / N."""
+        return np.asarray(r_out, dtype=np.float64) / self._diff.shape[0]
+
+
+LOSSES = {"cross_entropy": SoftmaxCrossEntropy, "squared_error": SquaredError,
+          "onehot_squared_error": OneHotSquaredError}
 
 
 # ----------------------------------------------------------------------------------------------------------------

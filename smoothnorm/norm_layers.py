@@ -114,8 +114,27 @@ class _RunningStatsNorm(_PerChannelAffine):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
 
 
+BN_STATISTICS = ("batch", "population")
+
+
 class BatchNorm(_RunningStatsNorm):
-    """BatchNorm1d/2d with PyTorch's conventions (eps 1e-5, momentum 0.1, unbiased running variance)."""
+    """BatchNorm1d/2d with PyTorch's conventions (eps 1e-5, momentum 0.1, unbiased running variance).
+
+    statistics: "batch" (the usual BatchNorm) or "population" (Ghorbani et al. 2019): in train and probe modes the
+    layer normalizes with per-channel statistics set from outside by `set_population_statistics` (or
+    `refresh_population_statistics(net, x_subset)`), held constant: no gradient flows through them, so it behaves
+    like eval-mode BatchNorm with those statistics. Train mode updates the running statistics from them; eval mode
+    uses the running statistics, as always.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 statistics: str = "batch") -> None:
+        super().__init__(num_features, eps, momentum, affine)
+        self.statistics = choice("statistics", statistics, BN_STATISTICS)
+        self.population_mean: np.ndarray | None = None
+        self.population_var: np.ndarray | None = None
+        self.population_count = 0
+        self._collecting = False
 
     def allocate(self, dtype):
         self.running_mean = np.zeros(self.num_features, dtype=dtype)
@@ -128,12 +147,40 @@ class BatchNorm(_RunningStatsNorm):
             "num_batches_tracked": self.num_batches_tracked,
         }
 
+    def set_population_statistics(self, mean, var, count: int = 0) -> None:
+        """Set the constant statistics used in train and probe modes (statistics="population").
+
+        mean, var: (C,) per-channel mean and biased variance (var >= 0, finite); count: values per channel they were
+        computed from (N * H * W; used for the unbiased running-variance update, 0 if unknown: then biased).
+        """
+        if self.statistics != "population":
+            raise ValueError(f"{self.name}: set_population_statistics needs statistics='population', "
+                             f"got {self.statistics!r}")
+        mean = np.array(mean, dtype=np.float64).reshape(-1)
+        var = np.array(var, dtype=np.float64).reshape(-1)
+        for key, a in (("mean", mean), ("var", var)):
+            if a.shape != (self.num_features,) or not np.isfinite(a).all():
+                raise ValueError(f"{key}: expected {self.num_features} finite values, got shape {a.shape}")
+        if (var < 0).any():
+            raise ValueError("var: expected non-negative variances")
+        self.population_mean, self.population_var, self.population_count = mean, var, int(count)
+
+    def _population(self, dtype) -> tuple[np.ndarray, np.ndarray]:
+        if self.population_mean is None:
+            raise ValueError(
+                f"{self.name}: statistics='population' but no population statistics are set; call "
+                "set_population_statistics(mean, var) or refresh_population_statistics(net, x) first"
+            )
+        return self.population_mean.astype(dtype), self.population_var.astype(dtype)
+
     def forward(self, x, mode):
         gamma, beta = self.params.get("weight"), self.params.get("bias")
         if mode == "eval":
             self._cache = ("eval", x)
             return batch_norm_eval_forward(x, self.running_mean, self.running_var, gamma, beta, self.eps,
                                            out=self._reused("y", x))
+        if self.statistics == "population":
+            return self._population_forward(x, mode, gamma, beta)
         y, mean, invstd, var = batch_norm_train_forward(x, gamma, beta, self.eps, out=self._reused("y", x))
         if mode == "train":
             count = x.size // x.shape[1]
@@ -142,19 +189,65 @@ class BatchNorm(_RunningStatsNorm):
         self._cache = ("batch", x, mean, invstd)
         return y
 
+    def _population_forward(self, x, mode, gamma, beta):
+        if self._collecting:
+            x64 = as_ncs(np.asarray(x, dtype=np.float64))
+            self.set_population_statistics(x64.mean(axis=(0, 2)), x64.var(axis=(0, 2)), x.size // x.shape[1])
+        mean, var = self._population(x.dtype)
+        if mode == "train":
+            count = self.population_count if self.population_count > 1 else 0
+            if count:
+                batch_norm_update_running(self.running_mean, self.running_var, mean, var, count, self.momentum)
+            else:  # unknown subset size: biased variance into the running average
+                m = self.momentum
+                self.running_mean[...] = (1 - m) * self.running_mean + m * mean
+                self.running_var[...] = (1 - m) * self.running_var + m * var
+            self.num_batches_tracked += 1
+        self._cache = ("population", x)
+        return batch_norm_eval_forward(x, mean, var, gamma, beta, self.eps, out=self._reused("y", x))
+
     def backward(self, dy, need_dx=True):
         gamma = self.params.get("weight")
         dgamma, dbeta = self.grads.get("weight"), self.grads.get("bias")
-        if self._cache[0] == "eval":
+        if self._cache[0] in ("eval", "population"):
             x = self._cache[1]
-            return batch_norm_eval_backward(
-                dy, x, self.running_mean, self.running_var, gamma, dgamma, dbeta, self.eps, out=self._reused("dx", x)
-            )
+            mean, var = ((self.running_mean, self.running_var) if self._cache[0] == "eval"
+                         else self._population(x.dtype))
+            return batch_norm_eval_backward(dy, x, mean, var, gamma, dgamma, dbeta, self.eps,
+                                            out=self._reused("dx", x))
         _, x, mean, invstd = self._cache
         return batch_norm_train_backward(dy, x, mean, invstd, gamma, dgamma, dbeta, out=self._reused("dx", x))
 
     def _standardization(self):
+        if self._cache[0] == "population":
+            x = self._cache[1]
+            self._remember_input_shape(x)
+            return FixedStandardization(as_ncs(x), self.population_mean, 1.0 / np.sqrt(self.population_var + self.eps))
         return _variance_standardization(self)
+
+    def extra_repr(self):
+        extra = ", statistics='population'" if self.statistics == "population" else ""
+        return super().extra_repr() + extra
+
+
+def refresh_population_statistics(net, x) -> int:
+    """Set every population-statistics BatchNorm of `net` to the statistics of its input on the subset `x`.
+
+    One probe-mode forward pass over the whole subset, layer after layer: each such layer's statistics are those
+    of its input when the layers before it already normalize with their new population statistics (so the pass
+    computes exactly what batch statistics would on `x`). Returns the number of layers set (0: nothing to do).
+    """
+    layers = [layer for layer in net.layers if isinstance(layer, BatchNorm) and layer.statistics == "population"]
+    if not layers:
+        return 0
+    for layer in layers:
+        layer._collecting = True
+    try:
+        net.forward(x, "probe")
+    finally:
+        for layer in layers:
+            layer._collecting = False
+    return len(layers)
 
 
 NOISE_PLACEMENTS = ("after_affine", "before_affine")

@@ -22,6 +22,7 @@ from smoothnorm.measure import (
     step_grid,
 )
 from smoothnorm.measure.landscape import probe_direction, random_direction
+from smoothnorm.measure.spectrum import hessian_spectrum
 
 if TYPE_CHECKING:
     from smoothnorm.train import Trainer
@@ -276,6 +277,43 @@ class BatchStatsGapProbe(Probe):
         return {"layers": [name for name, _, _ in self._pairs]}
 
 
+@dataclass
+class SpectrumProbe(Probe):
+    """Hessian outliers (Ghorbani et al. 2019) on the training batch: SLQ density, top-k eigenvalues, lambda_1 /
+    lambda_k and the gradient's share in the top-k eigenspace (smoothnorm.measure.spectrum.hessian_spectrum).
+
+    steps: explicit steps to measure at (then `every` and `start` are ignored), or empty for the every/start rule.
+    tol: relative accuracy of the top-k eigenpairs (ARPACK's tol).
+    """
+
+    k: int = 10
+    num_probes: int = 1
+    lanczos_steps: int = 90
+    mode: str = "probe"
+    tol: float = 1e-6
+    steps: Sequence[int] = ()
+
+    def due(self, step: int) -> bool:
+        return step in self.steps if self.steps else super().due(step)
+
+    def measure(self, trainer, x, y, grad, loss):
+        r = hessian_spectrum(trainer.net, x, y, self.k, num_probes=self.num_probes,
+                             lanczos_steps=self.lanczos_steps, mode=self.mode, tol=self.tol,
+                             seed=trainer.probe_rng)
+        return {
+            "nodes": r.density.nodes,
+            "weights": r.density.weights,
+            "top_eigenvalues": r.top_eigenvalues,
+            "outlier_ratio": np.float64(r.outlier_ratio),
+            "gradient_share": np.float64(r.gradient_share),
+            "grad_norm": np.float64(r.grad_norm),
+        }
+
+    def meta(self):
+        return {"k": self.k, "num_probes": self.num_probes, "lanczos_steps": self.lanczos_steps, "mode": self.mode,
+                "tol": self.tol, "steps": [int(s) for s in self.steps]}
+
+
 PROBES: dict[str, type[Probe]] = {
     "landscape": LandscapeProbe,
     "ics": ICSProbe,
@@ -284,6 +322,7 @@ PROBES: dict[str, type[Probe]] = {
     "saturation": SaturationProbe,
     "grad_norms": GradNormProbe,
     "bn_gap": BatchStatsGapProbe,
+    "spectrum": SpectrumProbe,
 }
 
 

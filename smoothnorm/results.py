@@ -104,7 +104,8 @@ def _write_npz_to(f, arrays: dict[str, np.ndarray]) -> None:
 
 
 def read_npz(path: str | os.PathLike, advice: str = _RERUN) -> dict[str, np.ndarray]:
-    """All arrays of an .npz file written by `write_npz`, read, CRC-checked and compared with its manifest now.
+    """All arrays of an .npz file written by `write_npz`, read, CRC-checked and compared with its manifest now
+    (files from before manifests are read without that comparison).
 
     Raises FileNotFoundError if absent, RunFileError naming the file if it is damaged.
     """
@@ -121,7 +122,9 @@ def read_npz(path: str | os.PathLike, advice: str = _RERUN) -> dict[str, np.ndar
         raise RunFileError(path, f"not a readable .npz file (truncated or corrupt: {exc})", advice) from exc
     manifest = arrays.pop(_MANIFEST, None)
     if manifest is None:
-        raise RunFileError(path, f"no {_MANIFEST!r} entry: damaged, or written by an older smoothnorm", advice)
+        # Written before manifests existed (smoothnorm before 2026-12): each array is still CRC-checked by the zip
+        # reader above; only a dropped entry would go unnoticed. Refusing them would strand every older run folder.
+        return arrays
     try:
         listed = json.loads(str(manifest))
         listed = {k: (np.dtype(v[0]).str, tuple(v[1])) for k, v in listed.items()}

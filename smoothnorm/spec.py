@@ -91,6 +91,14 @@ PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
     "saturation": {"threshold": (float, 4.0, None)},
     "grad_norms": {},
     "bn_gap": {},
+    "spectrum": {
+        "k": (int, 10, None),
+        "num_probes": (int, 1, None),
+        "lanczos_steps": (int, 90, None),
+        "mode": (str, "probe", ("probe", "eval")),
+        "tol": (float, 1e-6, None),
+        "steps": (list, [], None),
+    },
 }
 _PROBE_COMMON = {"kind": (str, None, tuple(PROBE_KEYS)), "every": (int, 0, None), "start": (int, 0, None)}
 
@@ -220,6 +228,18 @@ def _check_settings(where: str, s: dict) -> None:
         raise SpecError(f"{where}: key 'batch_size' ({s['batch_size']}) exceeds n_train ({s['n_train']})")
 
 
+def _check_profile_probes(where: str, table) -> dict[str, dict]:
+    """Validate a profile's probe-option overrides: {kind: {option: value}} with kinds and options of PROBE_KEYS."""
+    if not isinstance(table, dict):
+        raise SpecError(f"{where}: expected tables [profile.<name>.probes.<kind>]")
+    out = {}
+    for kind, options in table.items():
+        _check_value(where, "kind", kind, *_PROBE_COMMON["kind"])
+        out[kind] = _check_table(f"{where}.{kind}", options, PROBE_KEYS[kind])
+        _check_probe(f"{where}.{kind}", out[kind])
+    return out
+
+
 def _check_seeds(where: str, seeds) -> list[int]:
     if (not isinstance(seeds, list) or not seeds
             or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)
@@ -263,9 +283,11 @@ def _check_options(where: str, s: dict) -> None:
     except (TypeError, ValueError) as exc:
         raise SpecError(f"{where}: key 'optimizer_options' {s['optimizer_options']!r:.80} does not fit "
                         f"optimizer {s['optimizer']!r}: {exc}") from exc
-    if s["norm"] != "none" and s["norm_options"]:
+    # population_samples is read by the runner (population-statistics BatchNorm), not by the layer.
+    layer_options = {k: v for k, v in s["norm_options"].items() if k != "population_samples"}
+    if s["norm"] != "none" and layer_options:
         try:
-            make_norm(s["norm"], 2, **s["norm_options"])
+            make_norm(s["norm"], 2, **layer_options)
         except TypeError as exc:  # an unknown keyword or a value of the wrong type
             raise SpecError(f"{where}: key 'norm_options' {s['norm_options']!r:.80} does not fit norm "
                             f"{s['norm']!r}: {exc}") from exc
@@ -306,14 +328,20 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
     profiles = raw.get("profile", {})
     if not isinstance(profiles, dict):
         raise SpecError(f"{where}: key 'profile' expects tables [profile.<name>]")
+    profile_probes: dict[str, dict] = {}
     checked_profiles = {}
     for name in list(profiles):
         if name not in PROFILES:
             raise SpecError(f"{where}: unknown profile {name!r} in [profile.{name}]; expected one of {list(PROFILES)}")
         profile_seeds, table = _pop_seeds(f"{where} [profile.{name}]", profiles[name])
+        # [profile.<name>.probes.<kind>]: probe options a profile overrides (e.g. fewer Lanczos steps in tiny).
+        table = dict(table) if isinstance(table, dict) else table
+        overrides_of_probes = table.pop("probes", {}) if isinstance(table, dict) else {}
         checked_profiles[name] = _check_table(f"{where} [profile.{name}]", table, schema)
-        if name == profile and profile_seeds is not None:
-            spec_seeds = profile_seeds
+        if name == profile:
+            profile_probes = _check_profile_probes(f"{where} [profile.{name}.probes]", overrides_of_probes)
+            if profile_seeds is not None:
+                spec_seeds = profile_seeds
     base.update(checked_profiles.get(profile, {}))  # checked values: `lr = 1` becomes 1.0, as in [base]
     if overrides:
         for item in overrides:
@@ -346,6 +374,7 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         _check_probe(pw, table)
         options = {k: copy.deepcopy(v[1]) for k, v in PROBE_KEYS[kind].items()}
         options.update({k: v for k, v in table.items() if k in PROBE_KEYS[kind]})
+        options.update(profile_probes.get(kind, {}))
         probes.append((pw, kind, table.get("every"), table.get("start", 0), options))
     kinds = [p[1] for p in probes]
     if len(set(kinds)) != len(kinds):
@@ -423,7 +452,7 @@ def _validate_figure(where: str, figure: dict, labels: set[str]) -> None:
 
 # Spec groups: the paper's figures (the folder itself), the optimization study and examples (subfolders).
 # `reproduce` runs the paper's figures, plus the study with --study; `run NAME` finds a spec in any group.
-SPEC_GROUPS = {"paper": ".", "study": "study", "examples": "examples"}
+SPEC_GROUPS = {"paper": ".", "study": "study", "examples": "examples", "beyond": "beyond"}
 
 
 def list_specs(folder: str | os.PathLike | None = None, groups: tuple[str, ...] = ("paper",)) -> list[Path]:

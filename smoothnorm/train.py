@@ -30,6 +30,7 @@ from smoothnorm.probes import (  # noqa: F401 (re-exported: the probes lived her
     Probe,
     ProbeRecord,
     SaturationProbe,
+    SpectrumProbe,
 )
 
 BatchFn = Callable[[int], tuple[np.ndarray, np.ndarray]]

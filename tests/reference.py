@@ -87,6 +87,17 @@ def softmax_cross_entropy_ref(logits, labels):
     return float(np.mean(losses)), probs
 
 
+def onehot_squared_error_ref(out, labels):
+    """sum_n ||out_n - e_{y_n}||^2 / (2 N), float64, by a loop over samples."""
+    out = np.asarray(out, dtype=np.float64)
+    total = 0.0
+    for n in range(out.shape[0]):
+        target = np.zeros(out.shape[1])
+        target[int(labels[n])] = 1.0
+        total += float(np.sum((out[n] - target) ** 2))
+    return total / (2 * out.shape[0])
+
+
 def squared_error_ref(pred, target, reduction="sum"):
     """Sum (or mean) over all elements of (pred - target)^2, in float64."""
     d = np.asarray(pred, dtype=np.float64) - np.asarray(target, dtype=np.float64)

@@ -160,6 +160,7 @@ def test_plain_display_counts_runs_and_throttles_step_lines():
 
 
 def test_live_display_table_shows_running_runs():
+    pytest.importorskip("rich")  # the `progress` extra; without it the display falls back to plain lines
     from rich.console import Console
 
     display = ProgressDisplay(io.StringIO(), live=True)

@@ -38,7 +38,8 @@ def test_every_spec_resolves_in_every_profile():
         25, 10, 1000, 0, 1e-6, 10000)
 
 
-EXAMPLES = sorted((ROOT / "experiments" / "examples").glob("*.toml"))
+EXAMPLES = sorted((ROOT / "experiments" / "examples").glob("*.toml")) + sorted(
+    (ROOT / "experiments" / "beyond").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -230,3 +231,17 @@ def test_conv_algorithm_reaches_every_conv_and_bad_values_are_named():
     assert {layer.algorithm for layer in net.layers if hasattr(layer, "algorithm")} == {"winograd"}
     with pytest.raises(experiment.SpecError, match=r"key 'conv_algorithm' expects one of \['auto', 'im2col'"):
         experiment.load_spec(ROOT / "experiments" / "fig4_vgg_landscape.toml", "tiny", ["conv_algorithm=fft"])
+
+
+def test_profile_probe_overrides_apply_to_their_profile_only_and_are_validated(tmp_path):
+    path = ROOT / "experiments" / "beyond" / "ghorbani_outliers.toml"
+    tiny = experiment.load_spec(path, "tiny").runs[0].probes[0]
+    quick = experiment.load_spec(path, "quick").runs[0].probes[0]
+    assert (tiny.options["lanczos_steps"], tiny.options["steps"]) == (8, [3])
+    assert (quick.options["lanczos_steps"], quick.options["steps"]) == (90, [0, 50, 200, 1000])
+    text = path.read_text()
+    for bad, message in [("lanczos_steps = 8", "unknown key 'lanczos'"), ("k = 3", "expects int")]:
+        edited = tmp_path / "bad.toml"
+        edited.write_text(text.replace(bad, "lanczos = 8" if "lanczos" in bad else 'k = "three"'))
+        with pytest.raises(experiment.SpecError, match=message):
+            experiment.load_spec(edited, "tiny")

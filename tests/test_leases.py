@@ -220,17 +220,18 @@ def test_execute_run_releases_its_lease_on_failure(tmp_path, monkeypatch):
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])
 def test_ctrl_c_and_sigterm_release_the_lease(tmp_path, signum, code):
     proc = subprocess.Popen([sys.executable, "-m", "smoothnorm.cli", "run", "fig10", "--profile", "tiny",
-                             "--set", "steps=100000", "--no-plot", "--runs", str(tmp_path)],
+                             "--set", "steps=100000", "--set", "checkpoint_every=5", "--no-plot",
+                             "--runs", str(tmp_path)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
+    deadline = time.time() + 600
     leases_seen = []
     while not leases_seen and time.time() < deadline and proc.poll() is None:
         leases_seen = list(tmp_path.glob("tiny/*/lease.json"))
         time.sleep(0.05)
     assert leases_seen, proc.stderr.read().decode()[-2000:]
-    while not (leases_seen[0].parent / "metrics.jsonl").exists() and time.time() < deadline:
-        time.sleep(0.05)  # training has started
+    while not (leases_seen[0].parent / "status.json").exists() and time.time() < deadline:
+        time.sleep(0.05)  # the first checkpoint: compiling is over (a signal waits for a long compile to return)
     proc.send_signal(signum)
-    assert proc.wait(timeout=120) == code
+    assert proc.wait(timeout=300) == code
     assert not leases_seen[0].exists()
     assert read_lease(leases_seen[0]) is None

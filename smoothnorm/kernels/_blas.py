@@ -113,7 +113,7 @@ class _SingleThreadedBlas:
 _single_threaded_blas = _SingleThreadedBlas()
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _gemm(sgemm, dgemm, a, trans_a, b, trans_b, c, beta):
     """c = op(a) @ op(b) + beta * c for C-contiguous 2-D arrays, through Fortran BLAS on the transposed problem."""
     ints = np.empty(6, dtype=np.int32)

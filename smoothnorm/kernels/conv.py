@@ -107,7 +107,7 @@ def _plan(n: int, k: int, c_out: int, pixels: int, itemsize: int) -> tuple[int, 
 # Serial building blocks (run inside one worker).
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _pixel_offsets(geom, wp):
     """offsets[oh*w_out + ow] = flat index of the window's top-left corner in a padded plane of width wp.
 
@@ -126,7 +126,7 @@ def _pixel_offsets(geom, wp):
 # LLVM from vectorising the copies (half the speed, measured).
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _fill_padded(plane, padded, ph, pw):
     """padded[ph + i, pw + j] = plane[i, j] wherever padded reaches; the border is left as it is."""
     rows = min(plane.shape[0], padded.shape[0] - ph)
@@ -138,7 +138,7 @@ def _fill_padded(plane, padded, ph, pw):
             dst[j] = src[j]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _im2col(x, n0, nb, cols, geom, padded, offsets):
     """cols[(ci*kh + ky)*kw + kx, b*P + oh*w_out + ow] = x[n0+b, ci, oh*sh - ph + ky, ow*sw - pw + kx], 0 outside.
 
@@ -172,7 +172,7 @@ def _im2col(x, n0, nb, cols, geom, padded, offsets):
                                     dst[ow] = src[ow * sw]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _col2im(dcols, dx, n0, nb, geom, padded, offsets):
     """Adjoint of _im2col: dx[n0+b] = dcols scattered back and summed (in a fixed tap order)."""
     kh, kw, sh, sw, ph, pw, h_out, w_out = geom
@@ -215,7 +215,7 @@ def _col2im(dcols, dx, n0, nb, geom, padded, offsets):
                 dst[cols_in:] = zero
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _add_row_sums(mat, sums):
     """sums[r] += float64 sum of mat[r]; four interleaved partials pipeline the adds in a shape-fixed order."""
     cols = mat.shape[1]
@@ -238,14 +238,14 @@ def _add_row_sums(mat, sums):
         sums[r] += (s0 + s1) + (s2 + s3)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _padded_scratch(geom, dtype_source):
     """Zeroed plane covering every window position: ((h_out-1)*sh + kh, (w_out-1)*sw + kw)."""
     kh, kw, sh, sw, h_out, w_out = geom[0], geom[1], geom[2], geom[3], geom[6], geom[7]
     return np.zeros(((h_out - 1) * sh + kh, (w_out - 1) * sw + kw), dtype=dtype_source.dtype)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _forward_worker(sgemm, dgemm, x, w2, bias, y, s0, s1, nb, geom, cols_buf, mat_buf):
     """y[s0:s1] for one worker, in sub-chunks of nb samples."""
     c_out, k = w2.shape
@@ -277,7 +277,7 @@ def _forward_worker(sgemm, dgemm, x, w2, bias, y, s0, s1, nb, geom, cols_buf, ma
                         dst[p] = src[p] + bv
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _backward_worker(sgemm, dgemm, dy, x, w2, dw, db, dx, need_dx, s0, s1, nb, geom, cols_buf, mat_buf):
     """For samples s0:s1: dw = sum dY @ cols.T, db = float64 sums of dy per channel, dx[s0:s1] if need_dx."""
     c_out, k = w2.shape
@@ -313,7 +313,7 @@ def _backward_worker(sgemm, dgemm, dy, x, w2, dw, db, dx, need_dx, s0, s1, nb, g
 # Parallel drivers: one prange over workers, each owning a contiguous block of samples and its own buffers.
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _forward_parallel(sgemm, dgemm, x, w2, bias, y, workers, nb, geom, cols_ws, mat_ws):
     n = x.shape[0]
     for t in prange(workers):
@@ -322,7 +322,7 @@ def _forward_parallel(sgemm, dgemm, x, w2, bias, y, workers, nb, geom, cols_ws, 
         )
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _backward_parallel(sgemm, dgemm, dy, x, w2, dw_ws, db_ws, dx, need_dx, workers, nb, geom, cols_ws, mat_ws):
     n = x.shape[0]
     for t in prange(workers):
@@ -345,7 +345,7 @@ def _backward_parallel(sgemm, dgemm, dy, x, w2, dw_ws, db_ws, dx, need_dx, worke
         )
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _sum_partials(parts, out):
     """out[r] = parts[0, r] + parts[1, r] + ... in worker order; threads own rows."""
     for r in prange(out.shape[0]):
@@ -357,7 +357,7 @@ def _sum_partials(parts, out):
                 dst[j] += src[j]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _bias_gradient(dy3, db):
     """db[co] = float64 sum of dy3[:, co, :] (sample by sample, in order)."""
     db[:] = 0.0

@@ -68,7 +68,7 @@ def winograd_pays(pass_name: str, c_in: int, c_out: int, h: int, w: int) -> bool
 # s0 + k*ss of src (d0 + k*ds of dst), and every row holds one value per tile (count of them).
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _bt6(src, s0, ss, dst, d0, ds, count):
     """B^T d for F(4x4,3x3): 6 -> 6."""
     a0, a1, a2 = src[s0], src[s0 + ss], src[s0 + 2 * ss]
@@ -92,7 +92,7 @@ def _bt6(src, s0, ss, dst, d0, ds, count):
         o5[t] = four * x1 - five * x3 + x5
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _bt4(src, s0, ss, dst, d0, ds, count):
     """B^T d for F(2x2,3x3): 4 -> 4."""
     a0, a1, a2, a3 = src[s0], src[s0 + ss], src[s0 + 2 * ss], src[s0 + 3 * ss]
@@ -105,7 +105,7 @@ def _bt4(src, s0, ss, dst, d0, ds, count):
         o3[t] = x1 - x3
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _at6(src, s0, ss, dst, d0, ds, count):
     """A^T m for F(4x4,3x3): 6 -> 4."""
     a0, a1, a2 = src[s0], src[s0 + ss], src[s0 + 2 * ss]
@@ -125,7 +125,7 @@ def _at6(src, s0, ss, dst, d0, ds, count):
         o3[t] = d12 + eight * d34 + a5[t]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _at4(src, s0, ss, dst, d0, ds, count):
     """A^T m for F(2x2,3x3): 4 -> 2."""
     a0, a1, a2, a3 = src[s0], src[s0 + ss], src[s0 + 2 * ss], src[s0 + 3 * ss]
@@ -135,7 +135,7 @@ def _at4(src, s0, ss, dst, d0, ds, count):
         o1[t] = a1[t] - a2[t] - a3[t]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _a6(src, s0, ss, dst, d0, ds, count):
     """A e for F(4x4,3x3) (the adjoint of A^T, used on dy tiles): 4 -> 6."""
     a0, a1, a2, a3 = src[s0], src[s0 + ss], src[s0 + 2 * ss], src[s0 + 3 * ss]
@@ -158,7 +158,7 @@ def _a6(src, s0, ss, dst, d0, ds, count):
         o5[t] = e3
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _a4(src, s0, ss, dst, d0, ds, count):
     """A e for F(2x2,3x3): 2 -> 4."""
     a0, a1 = src[s0], src[s0 + ss]
@@ -175,7 +175,7 @@ def _a4(src, s0, ss, dst, d0, ds, count):
 # Tile-group transforms (serial, inside one worker).
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _tile_origins(g0, count, tiles_per_image, tiles_w, m, tile_n, tile_r, tile_c):
     """Sample and top-left output pixel of tiles g0 .. g0+count-1 (numbered by sample, tile row, tile column)."""
     for t in range(count):
@@ -188,7 +188,7 @@ def _tile_origins(g0, count, tiles_per_image, tiles_w, m, tile_n, tile_r, tile_c
         tile_c[t] = (rem - tr * tiles_w) * m
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _gather(src, n, ch, r0, c0, size, dst, t):
     """dst[i*size + j, t] = src[n, ch, r0 + i, c0 + j], zero outside the plane."""
     h, w = src.shape[2], src.shape[3]
@@ -211,7 +211,7 @@ def _gather(src, n, ch, r0, c0, size, dst, t):
                     dst[i * size + j, t] = plane[r, c] if 0 <= c < w else zero
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _input_transform(x, m, count, tile_n, tile_r, tile_c, v, scratch):
     """v[xi*C + c, t] = (B^T d B)[xi] of the (m+2)^2 patch of tile t, channel c (padding 1: patches start at -1)."""
     alpha = m + 2
@@ -234,7 +234,7 @@ def _input_transform(x, m, count, tile_n, tile_r, tile_c, v, scratch):
                 _bt4(rows, j, alpha, v, j * channels + c, alpha * channels, count)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _output_transform(mat, y, bias, m, count, tile_n, tile_r, tile_c, scratch):
     """y[n, co, tile] = (A^T M A)[co, t] + bias[co], clipped to the map; mat rows xi*C_out + co."""
     alpha = m + 2
@@ -265,7 +265,7 @@ def _output_transform(mat, y, bias, m, count, tile_n, tile_r, tile_c, scratch):
                     row[b] = out[a * m + b, t] + bv
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _gradient_transform(dy, m, count, tile_n, tile_r, tile_c, e, scratch):
     """e[xi*C_out + co, t] = (A dy A^T)[xi] of dy's m x m tile t (zero outside the map)."""
     alpha = m + 2
@@ -292,7 +292,7 @@ def _gradient_transform(dy, m, count, tile_n, tile_r, tile_c, e, scratch):
 # loaded 2-core machine (milliseconds to wake a thread) than these take (about 2 ms for 512 x 512 channels).
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _g6(src, s0, ss, dst, d0, ds, count):
     """G g for F(4x4,3x3): 3 -> 6."""
     a0, a1, a2 = src[s0], src[s0 + ss], src[s0 + 2 * ss]
@@ -311,7 +311,7 @@ def _g6(src, s0, ss, dst, d0, ds, count):
         o5[t] = g2
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _g4(src, s0, ss, dst, d0, ds, count):
     """G g for F(2x2,3x3): 3 -> 4."""
     a0, a1, a2 = src[s0], src[s0 + ss], src[s0 + 2 * ss]
@@ -325,7 +325,7 @@ def _g4(src, s0, ss, dst, d0, ds, count):
         o3[t] = g2
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _gt6(src, s0, ss, dst, d0, ds, count):
     """G^T w for F(4x4,3x3) (the adjoint of G): 6 -> 3."""
     a0, a1, a2 = src[s0], src[s0 + ss], src[s0 + 2 * ss]
@@ -339,7 +339,7 @@ def _gt6(src, s0, ss, dst, d0, ds, count):
         o2[t] = (s34 - s12) / 6.0 + a5[t]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _gt4(src, s0, ss, dst, d0, ds, count):
     """G^T w for F(2x2,3x3): 4 -> 3."""
     a0, a1, a2, a3 = src[s0], src[s0 + ss], src[s0 + 2 * ss], src[s0 + 3 * ss]
@@ -351,7 +351,7 @@ def _gt4(src, s0, ss, dst, d0, ds, count):
         o2[t] = s12 + a3[t]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _transform_weights(weight, m, flip, u):
     """u[a*alpha + b, r, c] = (G g G^T)[a, b] with g = weight[r, c] (flip False) or rot180(weight[c, r]) (True)."""
     alpha = m + 2
@@ -377,7 +377,7 @@ def _transform_weights(weight, m, flip, u):
                 _g4(half, a * 3, 1, u2, a * alpha * rows + r, rows, cols)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _inverse_weight_transform(parts, m, dweight):
     """dweight[co, ci] = G^T (sum over workers of parts[t, :, co, ci], in worker order) G, in float64."""
     alpha = m + 2
@@ -418,7 +418,7 @@ def _inverse_weight_transform(parts, m, dweight):
 # Workers and parallel drivers.
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _forward_worker(sgemm, dgemm, x, u, bias, y, m, g_start, g_stop, group, v_buf, m_buf, scratch, origins):
     """y for tiles g_start .. g_stop-1, in groups of `group` tiles."""
     alpha = m + 2
@@ -441,7 +441,7 @@ def _forward_worker(sgemm, dgemm, x, u, bias, y, m, g_start, g_stop, group, v_bu
         _output_transform(mat, y, bias, m, count, tile_n, tile_r, tile_c, scratch)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _weight_worker(sgemm, dgemm, dy, x, dw_hat, m, g_start, g_stop, group, v_buf, e_buf, scratch, origins):
     """dw_hat[xi] = sum over tiles g_start .. g_stop-1 of (A dy A^T)[xi] (B^T d B)[xi]^T (zero if no tiles)."""
     alpha = m + 2
@@ -466,7 +466,7 @@ def _weight_worker(sgemm, dgemm, dy, x, dw_hat, m, g_start, g_stop, group, v_buf
             _gemm(sgemm, dgemm, e3[xi], False, v3[xi], True, dw_hat[xi], 0.0 if g0 == g_start else 1.0)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _forward_parallel(sgemm, dgemm, x, u, bias, y, m, workers, group, v_ws, m_ws, scratch_ws, origins_ws):
     n = x.shape[0]
     tiles_per_image = (-(-y.shape[2] // m)) * (-(-y.shape[3] // m))
@@ -478,7 +478,7 @@ def _forward_parallel(sgemm, dgemm, x, u, bias, y, m, workers, group, v_ws, m_ws
         )  # fmt: skip
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _weight_parallel(sgemm, dgemm, dy, x, dw_ws, m, workers, group, v_ws, e_ws, scratch_ws, origins_ws):
     n = x.shape[0]
     tiles_per_image = (-(-dy.shape[2] // m)) * (-(-dy.shape[3] // m))

@@ -53,6 +53,7 @@ from smoothnorm.measure.landscape import (
     step_grid,
     update_direction,
 )
+from smoothnorm.measure.spectrum import HessianSpectrum, gradient_share, hessian_spectrum, top_eigenpairs
 from smoothnorm.measure.theory import (
     Theorem41,
     Theorem42,
@@ -82,6 +83,8 @@ __all__ = [
     "TraceEstimate", "SpectralDensity",
     # conditioning
     "DENSE_MAX_PARAMS", "HessianConditioning", "hessian_condition_number",
+    # spectrum (Hessian outliers)
+    "HessianSpectrum", "hessian_spectrum", "top_eigenpairs", "gradient_share",
     # theory
     "Theorem41", "Theorem42", "theorem_4_1", "theorem_4_1_network", "theorem_4_2", "theorem_4_2_toy",
     "lemma_4_5_toy",

@@ -12,6 +12,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize, to_rgb
 
 from smoothnorm.measure.distributions import moment_series
+from smoothnorm.plots.spectrum import draw_spectrum_density, draw_spectrum_series
 from smoothnorm.plots.style import (
     ETA_LABEL,
     GRAD_DIFF_LABEL,
@@ -466,4 +467,6 @@ PANELS: dict[str, Callable[..., None]] = {
     "ridge": draw_ridge,
     "moments": draw_moments,
     "hessian": draw_hessian,
+    "spectrum_density": draw_spectrum_density,
+    "spectrum_series": draw_spectrum_series,
 }
