@@ -78,6 +78,16 @@ def test_mlp_products_match_double_backprop(norm, mode, rng):
     _check_products(*_mlp_case(norm, rng, mode), mode, rng)
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "identity"])
+@pytest.mark.parametrize("norm,position", [(None, "before_activation"), ("batch", "before_activation"),
+                                           ("batch", "after_activation")])
+def test_mlp_activations_products_match_double_backprop(activation, norm, position, rng):
+    net = models.mlp(12, [10, 8], 4, norm=norm, activation=activation, norm_position=position, dtype=np.float64,
+                     seed=int(rng.integers(1000)))
+    x, y = rng.standard_normal((16, 12)), rng.integers(0, 4, size=16)
+    _check_products(net, x, y, "probe", rng)
+
+
 def test_regression_dln_products_match_double_backprop(rng):
     net = models.dln(5, 6, in_dim=4, out_dim=3, norm="batch", seed=2)
     x, t = rng.standard_normal((20, 4)), rng.standard_normal((20, 3))
