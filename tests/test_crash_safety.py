@@ -173,6 +173,16 @@ def _cli(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def _rows_written(root: Path) -> int:
+    total = 0
+    for path in root.rglob("metrics.jsonl"):
+        try:
+            total += path.read_bytes().count(b"\n")
+        except OSError:  # replaced by a resume at this moment
+            pass
+    return total
+
+
 @pytest.mark.parametrize(
     "kills, steps",
     [pytest.param(2, 60, id="2-kills"), pytest.param(20, 300, id="20-kills", marks=pytest.mark.slow)],
@@ -186,19 +196,20 @@ def test_sigkill_at_random_moments_then_restart_gives_identical_results(tmp_path
     clean_root, killed_root = tmp_path / "clean", tmp_path / "killed"
     _run_all(clean_root / "tiny", settings)
     rng = random.Random(kills)
+    runs = len(experiment.load_spec(DLN_SPEC, "tiny", settings).runs)
+    # Kill points as counts of metrics rows written (over all runs), so kills land whatever the machine's speed,
+    # each plus a random few milliseconds so some land mid-write.
+    targets = sorted(rng.sample(range(1, steps * runs), kills))
     survived = 0
     for _attempt in range(10 * kills):
         proc = _cli([*args, "--runs", str(killed_root)])
         if survived < kills:
-            # Wait until this attempt trains (its first metrics row after the restart), then a random moment.
             start = time.monotonic()
-            sizes = {p: p.stat().st_size for p in killed_root.rglob("metrics.jsonl")}
-            while proc.poll() is None and time.monotonic() - start < 120:
-                now = {p: p.stat().st_size for p in killed_root.rglob("metrics.jsonl")}
-                if now and now != sizes:
+            while proc.poll() is None and time.monotonic() - start < 300:
+                if _rows_written(killed_root) >= targets[survived]:
                     break
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0, 0.6))
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0, 0.02))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
