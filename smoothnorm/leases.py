@@ -27,6 +27,8 @@ import time
 import uuid
 from pathlib import Path
 
+from smoothnorm.data._io import fsync_folder
+
 LEASE_NAME = "lease.json"
 HEARTBEAT_EVERY = 10.0  # seconds between heartbeats (at most; a quarter of stale_after when that is shorter)
 STALE_AFTER = 120.0  # a lease with no heartbeat for this long is taken over
@@ -213,7 +215,7 @@ class Lease:
         if not created:
             return False
         self._fd, self.record, self._lost = fd, record, False
-        self._fsync_folder()
+        fsync_folder(self.path.parent)
         self._start_heartbeat()
         return True
 
@@ -339,18 +341,6 @@ class Lease:
             self._fd = None
             with _HELD_LOCK:
                 _HELD.discard(self.record["token"])
-
-    def _fsync_folder(self) -> None:
-        try:
-            fd = os.open(self.path.parent, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
 
     def __enter__(self) -> Lease:
         return self

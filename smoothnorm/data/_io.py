@@ -85,14 +85,15 @@ def atomic_open(
         if before_replace is not None:
             before_replace()
         os.replace(tmp_name, path)
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Make a rename or link inside `folder` durable (where the platform can open a folder)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # some platforms cannot open a directory
