@@ -295,6 +295,14 @@ def _check_options(where: str, s: dict) -> None:
             pass  # may depend on the layer's width (GroupNorm's groups): checked when the network is built
 
 
+def _array_of_tables(where: str, table: dict, key: str, header: str) -> list:
+    """table[key] (default []), which must be a TOML array of tables [[header]]."""
+    value = table.get(key, [])
+    if not isinstance(value, list):
+        raise SpecError(f"{where}: key {key!r} expects an array of tables [[{header}]], got {type(value).__name__}")
+    return value
+
+
 def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[str] | tuple = (),
               seeds: int | None = None) -> Spec:
     """Read, resolve and validate a spec for a profile. Raises SpecError naming the file and the key.
@@ -350,10 +358,7 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
                 raise SpecError(f"--set {item!r}: unknown key {key!r}; expected keys: {', '.join(schema)}")
             base[key] = _check_value(f"--set {item!r}", key, value, *schema[key])
     set_keys = {_parse_set(item)[0] for item in overrides}
-    runs_raw = raw.get("runs", [])
-    if not isinstance(runs_raw, list):
-        raise SpecError(f"{where}: key 'runs' expects an array of tables [[runs]], got {type(runs_raw).__name__}")
-    runs_raw = runs_raw or [{"label": "run"}]
+    runs_raw = _array_of_tables(where, raw, "runs", "runs") or [{"label": "run"}]
     run_schema = {"label": (str, None, None), **schema}
     if seeds is not None:
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -361,10 +366,7 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         spec_seeds = [base["seed"] + i for i in range(seeds)]
     run_seeds = spec_seeds or []
     probes = []
-    probes_raw = raw.get("probes", [])
-    if not isinstance(probes_raw, list):
-        raise SpecError(f"{where}: key 'probes' expects an array of tables [[probes]], got "
-                        f"{type(probes_raw).__name__}")
+    probes_raw = _array_of_tables(where, raw, "probes", "probes")
     for i, p in enumerate(probes_raw):
         pw = f"{where} [[probes]] #{i + 1}"
         if not isinstance(p, dict) or "kind" not in p:
@@ -427,10 +429,7 @@ def _validate_figure(where: str, figure: dict, labels: set[str]) -> None:
         columns = _check_value(f"{where} [figure]", "columns", figure["columns"], int, None, None)
         if not 1 <= columns <= 100:
             raise SpecError(f"{where} [figure]: key 'columns' expects an integer in 1..100, got {columns}")
-    panels = figure.get("panels", [])
-    if not isinstance(panels, list):
-        raise SpecError(f"{where} [figure]: key 'panels' expects an array of tables [[figure.panels]], got "
-                        f"{type(panels).__name__}")
+    panels = _array_of_tables(f"{where} [figure]", figure, "panels", "figure.panels")
     for i, panel in enumerate(panels):
         pw = f"{where} [[figure.panels]] #{i + 1}"
         if not isinstance(panel, dict) or "kind" not in panel:
