@@ -21,114 +21,129 @@ import numpy as np
 from numba import njit
 
 # ----------------------------------------------------------------------------------------------------------------
-# One-dimensional transforms over runs of tiles: x0.. are the operands, o0.. the results, one value per tile, on
-# 1-D views (a bare loop index, so nothing keeps LLVM from vectorising).
+# One-dimensional transforms over runs of tiles, between rows of 2-D arrays (one value per tile). Each result row is
+# its own loop: one store and at most five loads, so LLVM's runtime alias checks stay few enough to vectorise, and
+# the loops index 2-D arrays directly (no array views: in Numba each view costs atomic reference counting, which
+# dominated these loops when they took views). Column offsets are unsigned, so indexing has no wraparound tests.
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _bt6(x0, x1, x2, x3, x4, x5, o0, o1, o2, o3, o4, o5, count):
-    """B^T d for F(4x4,3x3): 6 -> 6."""
-    two = o0.dtype.type(2)
-    four = o0.dtype.type(4)
-    five = o0.dtype.type(5)
-    for t in range(count):
-        a0, a1, a2, a3, a4, a5 = x0[t], x1[t], x2[t], x3[t], x4[t], x5[t]
-        p = a4 - four * a2
-        q = a3 - four * a1
-        r = a4 - a2
-        s = two * (a3 - a1)
-        o0[t] = four * a0 - five * a2 + a4
-        o1[t] = p + q
-        o2[t] = p - q
-        o3[t] = r + s
-        o4[t] = r - s
-        o5[t] = four * a1 - five * a3 + a5
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _bt4(x0, x1, x2, x3, o0, o1, o2, o3, count):
-    """B^T d for F(2x2,3x3): 4 -> 4."""
-    for t in range(count):
-        a0, a1, a2, a3 = x0[t], x1[t], x2[t], x3[t]
-        o0[t] = a0 - a2
-        o1[t] = a1 + a2
-        o2[t] = a2 - a1
-        o3[t] = a1 - a3
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _bt_rows(m, src, s0, ss, dst, d0, ds, count):
-    """dst rows d0 + k*ds = B^T (src rows s0 + k*ss), over the first count columns."""
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _bt(m, src, r0, r1, r2, r3, r4, r5, lo, hi, dst, d0, ds, dc, count):
+    """dst[d0 + k*ds, dc + t] = (B^T x)[k]: x[k] = src[r_k, lo + t] for k < m, src[r_k, hi + t] for k >= m."""
+    o0, o1, o2, o3 = d0, d0 + ds, d0 + 2 * ds, d0 + 3 * ds
     if m == 4:
-        _bt6(src[s0], src[s0 + ss], src[s0 + 2 * ss], src[s0 + 3 * ss], src[s0 + 4 * ss], src[s0 + 5 * ss],
-             dst[d0], dst[d0 + ds], dst[d0 + 2 * ds], dst[d0 + 3 * ds], dst[d0 + 4 * ds], dst[d0 + 5 * ds],
-             count)  # fmt: skip
+        two = dst.dtype.type(2)
+        four = dst.dtype.type(4)
+        five = dst.dtype.type(5)
+        for t in range(count):
+            u = np.uintp(t)
+            dst[o0, dc + u] = four * src[r0, lo + u] - five * src[r2, lo + u] + src[r4, hi + u]
+        for t in range(count):
+            u = np.uintp(t)
+            dst[o1, dc + u] = (src[r4, hi + u] - four * src[r2, lo + u]) + (src[r3, lo + u] - four * src[r1, lo + u])
+        for t in range(count):
+            u = np.uintp(t)
+            dst[o2, dc + u] = (src[r4, hi + u] - four * src[r2, lo + u]) - (src[r3, lo + u] - four * src[r1, lo + u])
+        for t in range(count):
+            u = np.uintp(t)
+            dst[o3, dc + u] = (src[r4, hi + u] - src[r2, lo + u]) + two * (src[r3, lo + u] - src[r1, lo + u])
+        for t in range(count):
+            u = np.uintp(t)
+            dst[o3 + ds, dc + u] = (src[r4, hi + u] - src[r2, lo + u]) - two * (src[r3, lo + u] - src[r1, lo + u])
+        for t in range(count):
+            u = np.uintp(t)
+            dst[o3 + 2 * ds, dc + u] = four * src[r1, lo + u] - five * src[r3, lo + u] + src[r5, hi + u]
     else:
-        _bt4(src[s0], src[s0 + ss], src[s0 + 2 * ss], src[s0 + 3 * ss],
-             dst[d0], dst[d0 + ds], dst[d0 + 2 * ds], dst[d0 + 3 * ds], count)  # fmt: skip
+        # Operands 2 and 3 are r2, r3 at hi.
+        for t in range(count):
+            u = np.uintp(t)
+            dst[o0, dc + u] = src[r0, lo + u] - src[r2, hi + u]
+        for t in range(count):
+            u = np.uintp(t)
+            dst[o1, dc + u] = src[r1, lo + u] + src[r2, hi + u]
+        for t in range(count):
+            u = np.uintp(t)
+            dst[o2, dc + u] = src[r2, hi + u] - src[r1, lo + u]
+        for t in range(count):
+            u = np.uintp(t)
+            dst[o3, dc + u] = src[r1, lo + u] - src[r3, hi + u]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _at_rows(m, src, s0, ss, dst, d0, ds, count):
-    """dst rows d0 + k*ds = A^T (src rows s0 + k*ss): m+2 -> m (the output transform)."""
-    a0, a1, a2, a3 = src[s0], src[s0 + ss], src[s0 + 2 * ss], src[s0 + 3 * ss]
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _at(m, src, s0, ss, dst, d0, ds, count):
+    """dst[d0 + k*ds, t] = (A^T x)[k], x[k] = src[s0 + k*ss, t]: m+2 -> m (the output transform)."""
+    a0, a1, a2, a3 = s0, s0 + ss, s0 + 2 * ss, s0 + 3 * ss
     if m == 4:
-        a4, a5 = src[s0 + 4 * ss], src[s0 + 5 * ss]
-        o0, o1, o2, o3 = dst[d0], dst[d0 + ds], dst[d0 + 2 * ds], dst[d0 + 3 * ds]
+        a4, a5 = s0 + 4 * ss, s0 + 5 * ss
         two = dst.dtype.type(2)
         four = dst.dtype.type(4)
         eight = dst.dtype.type(8)
         for t in range(count):
-            s12 = a1[t] + a2[t]
-            d12 = a1[t] - a2[t]
-            s34 = a3[t] + a4[t]
-            d34 = a3[t] - a4[t]
-            o0[t] = a0[t] + s12 + s34
-            o1[t] = d12 + two * d34
-            o2[t] = s12 + four * s34
-            o3[t] = d12 + eight * d34 + a5[t]
-    else:
-        o0, o1 = dst[d0], dst[d0 + ds]
+            dst[d0, t] = src[a0, t] + (src[a1, t] + src[a2, t]) + (src[a3, t] + src[a4, t])
         for t in range(count):
-            o0[t] = a0[t] + a1[t] + a2[t]
-            o1[t] = a1[t] - a2[t] - a3[t]
+            dst[d0 + ds, t] = (src[a1, t] - src[a2, t]) + two * (src[a3, t] - src[a4, t])
+        for t in range(count):
+            dst[d0 + 2 * ds, t] = (src[a1, t] + src[a2, t]) + four * (src[a3, t] + src[a4, t])
+        for t in range(count):
+            dst[d0 + 3 * ds, t] = (src[a1, t] - src[a2, t]) + eight * (src[a3, t] - src[a4, t]) + src[a5, t]
+    else:
+        for t in range(count):
+            dst[d0, t] = src[a0, t] + src[a1, t] + src[a2, t]
+        for t in range(count):
+            dst[d0 + ds, t] = src[a1, t] - src[a2, t] - src[a3, t]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _a_rows(m, src, s0, ss, dst, d0, ds, count):
-    """dst rows d0 + k*ds = A (src rows s0 + k*ss): m -> m+2 (the adjoint of A^T, on dy tiles)."""
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _a(m, src, s0, ss, dst, d0, ds, count):
+    """dst[d0 + k*ds, t] = (A x)[k], x[k] = src[s0 + k*ss, t]: m -> m+2 (the adjoint of A^T, on dy tiles)."""
     if m == 4:
-        a0, a1, a2, a3 = src[s0], src[s0 + ss], src[s0 + 2 * ss], src[s0 + 3 * ss]
-        o0, o1, o2 = dst[d0], dst[d0 + ds], dst[d0 + 2 * ds]
-        o3, o4, o5 = dst[d0 + 3 * ds], dst[d0 + 4 * ds], dst[d0 + 5 * ds]
+        e0, e1, e2, e3 = s0, s0 + ss, s0 + 2 * ss, s0 + 3 * ss
         two = dst.dtype.type(2)
         four = dst.dtype.type(4)
         eight = dst.dtype.type(8)
         for t in range(count):
-            e0, e1, e2, e3 = a0[t], a1[t], a2[t], a3[t]
-            s02 = e0 + e2
-            s13 = e1 + e3
-            t02 = e0 + four * e2
-            t13 = two * e1 + eight * e3
-            o0[t] = e0
-            o1[t] = s02 + s13
-            o2[t] = s02 - s13
-            o3[t] = t02 + t13
-            o4[t] = t02 - t13
-            o5[t] = e3
-    else:
-        a0, a1 = src[s0], src[s0 + ss]
-        o0, o1, o2, o3 = dst[d0], dst[d0 + ds], dst[d0 + 2 * ds], dst[d0 + 3 * ds]
+            dst[d0, t] = src[e0, t]
         for t in range(count):
-            e0, e1 = a0[t], a1[t]
-            o0[t] = e0
-            o1[t] = e0 + e1
-            o2[t] = e0 - e1
-            o3[t] = -e1
+            dst[d0 + ds, t] = (src[e0, t] + src[e2, t]) + (src[e1, t] + src[e3, t])
+        for t in range(count):
+            dst[d0 + 2 * ds, t] = (src[e0, t] + src[e2, t]) - (src[e1, t] + src[e3, t])
+        for t in range(count):
+            dst[d0 + 3 * ds, t] = (src[e0, t] + four * src[e2, t]) + (two * src[e1, t] + eight * src[e3, t])
+        for t in range(count):
+            dst[d0 + 4 * ds, t] = (src[e0, t] + four * src[e2, t]) - (two * src[e1, t] + eight * src[e3, t])
+        for t in range(count):
+            dst[d0 + 5 * ds, t] = src[e3, t]
+    else:
+        e0, e1 = s0, s0 + ss
+        for t in range(count):
+            dst[d0, t] = src[e0, t]
+        for t in range(count):
+            dst[d0 + ds, t] = src[e0, t] + src[e1, t]
+        for t in range(count):
+            dst[d0 + 2 * ds, t] = src[e0, t] - src[e1, t]
+        for t in range(count):
+            dst[d0 + 3 * ds, t] = -src[e1, t]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Tile-group transforms (serial, inside one worker). A group: images n0 .. n0+nb-1, tile rows tr0 .. tr0+trows-1.
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _pixel_offsets(channels, h, w, m, n0, nb, tr0, trows):
+    """off[t, a*m + j] = flat index in an (N, channels, h, w) array, channel 0, of pixel (a, j) of tile t."""
+    tw = w // m
+    run = tw * nb
+    off = np.empty((trows * run, m * m), dtype=np.uintp)
+    for r in range(trows):
+        for tc in range(tw):
+            for b in range(nb):
+                t = r * run + tc * nb + b
+                base = ((n0 + b) * channels * h + m * (tr0 + r)) * w + m * tc
+                for a in range(m):
+                    for j in range(m):
+                        off[t, a * m + j] = base + a * w + j
+    return off
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -145,42 +160,42 @@ def _input_transform(x, m, n0, nb, tr0, trows, v, planes_buf, cols_buf):
     run = tw * nb
     # planes[p*prows + i, tc*nb + b] = padded row i of the group (image row m*tr0 - 1 + i), padded column m*tc + p
     # (image column m*tc + p - 1) of image n0 + b.
-    planes = planes_buf[: m * prows * width].reshape(m * prows, width)
+    flat = planes_buf[: m * prows * width]
+    planes = flat.reshape(m * prows, width)
     cols = cols_buf[: alpha * m * width].reshape(alpha * m, width)
     # The padding stays zero: every channel rewrites the same interior.
-    planes[:] = 0
+    flat[:] = 0
     row0 = m * tr0 - 1
     r_lo = max(row0, 0)
     r_hi = min(h, row0 + prows)
+    # Image column q - 1 goes to phase q % m, tile column q // m (unsigned offsets: no wraparound tests).
+    offsets = np.empty(w, dtype=np.uintp)
+    for col in range(w):
+        offsets[col] = ((col + 1) % m) * prows * width + ((col + 1) // m) * nb
+    zero = np.uintp(0)
+    shift = np.uintp(nb)
     for c in range(channels):
         for b in range(nb):
             plane = x[n0 + b, c]
             for r in range(r_lo, r_hi):
                 src = plane[r]
-                for p in range(m):
-                    dst = planes[p * prows + r - row0, b:]
-                    # Image column tc*m + p - 1 must lie in 0 .. w-1.
-                    for tc in range(1 if p == 0 else 0, (w - p) // m + 1):
-                        dst[tc * nb] = src[tc * m + p - 1]
+                dst = flat[(r - row0) * width + b :]
+                for col in range(w):
+                    dst[offsets[col]] = src[col]
         for r in range(trows):
             # cols[i*m + p] = (B^T along the m+2 padded rows of tile row r)[i], phase p.
             for p in range(m):
-                _bt_rows(m, planes, p * prows + m * r, 1, cols, p, m, width)
+                s0 = p * prows + m * r
+                _bt(m, planes, s0, s0 + 1, s0 + 2, s0 + 3, s0 + 4, s0 + 5, zero, zero, cols, p, m, zero, width)
             # B along columns: the m phases, then phases 0 and 1 one tile to the right; into v's run of tiles.
-            lo = r * run
+            lo = np.uintp(r * run)
             for i in range(alpha):
                 k = i * m
-                dst = (i * alpha) * channels + c
+                d0 = i * alpha * channels + c
                 if m == 4:
-                    _bt6(cols[k, :run], cols[k + 1, :run], cols[k + 2, :run], cols[k + 3, :run],
-                         cols[k, nb : nb + run], cols[k + 1, nb : nb + run],
-                         v[dst, lo:], v[dst + channels, lo:], v[dst + 2 * channels, lo:],
-                         v[dst + 3 * channels, lo:], v[dst + 4 * channels, lo:], v[dst + 5 * channels, lo:],
-                         run)  # fmt: skip
+                    _bt(m, cols, k, k + 1, k + 2, k + 3, k, k + 1, zero, shift, v, d0, channels, lo, run)
                 else:
-                    _bt4(cols[k, :run], cols[k + 1, :run], cols[k, nb : nb + run], cols[k + 1, nb : nb + run],
-                         v[dst, lo:], v[dst + channels, lo:], v[dst + 2 * channels, lo:],
-                         v[dst + 3 * channels, lo:], run)  # fmt: skip
+                    _bt(m, cols, k, k + 1, k, k + 1, k, k + 1, zero, shift, v, d0, channels, lo, run)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -197,12 +212,22 @@ def _output_transform(mat, y, bias, m, n0, nb, tr0, trows, scratch):
     half = scratch[: alpha * m * count].reshape(alpha * m, count)
     out = scratch[alpha * m * count : (alpha * m + m * m) * count].reshape(m * m, count)
     has_bias = bias.shape[0] > 0
+    whole = h % m == 0 and w % m == 0
+    y_flat = y.reshape(y.size)
+    off = _pixel_offsets(channels, h, w, m, n0, nb, tr0, trows) if whole else np.empty((0, 0), dtype=np.uintp)
     for co in range(channels):
         for i in range(alpha):
-            _at_rows(m, mat, i * alpha * channels + co, channels, half, i * m, 1, count)
+            _at(m, mat, i * alpha * channels + co, channels, half, i * m, 1, count)
         for j in range(m):
-            _at_rows(m, half, j, m, out, j, m, count)
+            _at(m, half, j, m, out, j, m, count)
         bv = bias[co] if has_bias else y.dtype.type(0)
+        if whole:
+            base = np.uintp(co * h * w)
+            # Tile by tile: its m*m pixels lie on m rows of the plane (writes far apart in memory cost more).
+            for t in range(count):
+                for k in range(m * m):
+                    y_flat[base + off[t, k]] = out[k, t] + bv
+            continue
         for b in range(nb):
             for r in range(trows):
                 for a in range(min(m, h - m * (tr0 + r))):
@@ -227,22 +252,31 @@ def _gradient_transform(dy, m, n0, nb, tr0, trows, e, scratch):
     count = trows * run
     d = scratch[: m * m * count].reshape(m * m, count)
     rows = scratch[m * m * count : (m * m + m * alpha) * count].reshape(m * alpha, count)
-    if h % m or w % m:
+    whole = h % m == 0 and w % m == 0
+    dy_flat = dy.reshape(dy.size)
+    off = _pixel_offsets(channels, h, w, m, n0, nb, tr0, trows) if whole else np.empty((0, 0), dtype=np.uintp)
+    if not whole:
         d[:] = 0  # tiles past the map's edge; every channel rewrites the same interior
     for co in range(channels):
-        for b in range(nb):
-            for r in range(trows):
-                for a in range(min(m, h - m * (tr0 + r))):
-                    row = dy[n0 + b, co, m * (tr0 + r) + a]
-                    for j in range(m):
-                        src = row[j:]
-                        dst = d[a * m + j, r * run + b :]
-                        for tc in range((w - j + m - 1) // m):
-                            dst[tc * nb] = src[tc * m]
+        if whole:
+            base = np.uintp(co * h * w)
+            for t in range(count):
+                for k in range(m * m):
+                    d[k, t] = dy_flat[base + off[t, k]]
+        else:
+            for b in range(nb):
+                for r in range(trows):
+                    for a in range(min(m, h - m * (tr0 + r))):
+                        row = dy[n0 + b, co, m * (tr0 + r) + a]
+                        for j in range(m):
+                            src = row[j:]
+                            dst = d[a * m + j, r * run + b :]
+                            for tc in range((w - j + m - 1) // m):
+                                dst[tc * nb] = src[tc * m]
         for i in range(m):
-            _a_rows(m, d, i * m, 1, rows, i * alpha, 1, count)
+            _a(m, d, i * m, 1, rows, i * alpha, 1, count)
         for j in range(alpha):
-            _a_rows(m, rows, j, alpha, e, j * channels + co, alpha * channels, count)
+            _a(m, rows, j, alpha, e, j * channels + co, alpha * channels, count)
 
 
 # ----------------------------------------------------------------------------------------------------------------
