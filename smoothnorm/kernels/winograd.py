@@ -58,16 +58,16 @@ def winograd_pays(pass_name: str, c_in: int, c_out: int, h: int, w: int) -> bool
 
     pass_name: "forward", "input" (gradient) or "weight" (gradient); the layer is (C_in -> C_out) on an h x w map.
     Written from one run of benchmarks/bench_conv.py (batch 128, float32, 2 threads, AMD EPYC with AVX-512; table
-    in benchmarks/README.md): Winograd won every pass of every VGG layer by 1.08-1.76x except
+    in benchmarks/README.md, issue 13's second round): Winograd F(4x4) won every pass of every VGG layer on maps of
+    at least 4x4 by 1.15-2.1x, except
     - VGG's first layer (3 input channels): per-point GEMMs with 3 rows cost more than the transforms save
-      (im2col 1.25x faster forward, 1.9x backward);
-    - the backward on 2x2 maps (F(2x2), 512 -> 512): im2col 1.1x faster, as were im2col dW with Winograd dx.
+      (im2col 1.9x faster forward, 1.5x backward);
+    - F(2x2) on 2x2 maps (512 -> 512): a tie forward (1.01x; 0.73x and 0.80x in two other runs) and im2col 2.4x
+      faster backward, so im2col there for every pass.
     """
     if pass_name not in ("forward", "input", "weight"):
         raise ValueError(f"pass_name: expected 'forward', 'input' or 'weight', got {pass_name!r}")
-    if min(c_in, c_out) < 16:
-        return False
-    return pass_name == "forward" or min(h, w) >= 4
+    return min(c_in, c_out) >= 16 and min(h, w) >= 4
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -159,7 +159,11 @@ def _plan(n: int, h: int, w: int, c_a: int, c_b: int, m: int, itemsize: int) -> 
     parallel = n * per_image * a2 * c_a * c_b >= _PARALLEL_MIN_MACS and _single_threaded_blas.available()
     workers = max(1, min(n, numba.get_num_threads())) if parallel else 1
     images = -(-n // workers)
-    target = max(_MIN_GROUP_TILES, _GROUP_BYTES // (a2 * (c_a + c_b) * itemsize))
+    # Every group streams the transformed weights (forward) or updates the transformed weight gradient: a group at
+    # least that large keeps their traffic no bigger than the group's own.
+    # (512 -> 512 on 4x4 maps: 1.5x faster forward and input gradient, 1.1x weight gradient, than 8 MB groups.)
+    group_bytes = max(_GROUP_BYTES, a2 * c_a * c_b * itemsize)
+    target = max(_MIN_GROUP_TILES, group_bytes // (a2 * (c_a + c_b) * itemsize))
     target = min(target, _MAX_GROUP_TILES)
     # Even groups: the last one is not a sliver.
     if per_image <= target:
