@@ -12,10 +12,11 @@ below. F(4x4) does 36 multiplies per 16 outputs and channel pair where im2col do
   partials are summed in worker order, so results repeat to the bit for a given thread count).
 Weights are transformed once per call, in float64, then rounded to the working dtype.
 
-Work is split like conv.py's im2col: each worker owns a contiguous block of samples and walks its tiles in groups of
-`group` tiles (sized so the transformed group stays in cache), with its own single-threaded GEMMs inside one
-parallel region. Tile transforms run over rows of `group` tiles at a time (contiguous, so they vectorise); only the
-gathering of patches and the scattering of output tiles touch pixels one by one.
+Work is split like conv.py's im2col: each worker owns a contiguous block of samples and walks it in tile groups
+(whole images, or tile rows of one image when an image has more tiles than a group holds), sized so the transformed
+group stays in cache, with its own single-threaded GEMMs inside one parallel region. The transforms
+(kernels/_winograd_transforms.py) run over contiguous runs of a group's tiles, image fastest; the input is split
+into column phases instead of gathering (m+2)^2 patches, so only one move per pixel in and out is scalar.
 
 Accuracy (relative L2 error against a float64 direct convolution, measured on every VGG layer shape,
 tests/kernels/test_winograd.py): see docs/PROTOCOL.md, "Convolution algorithms".
