@@ -70,7 +70,8 @@ def _write(tmp_path, probe_extra=""):
 def test_init_only_runs_record_the_gradient_at_initialization_and_drop_their_checkpoint(tmp_path, capsys):
     path = _write(tmp_path)
     root = tmp_path / "runs"
-    assert main(["run", str(path), "--profile", "tiny", "--runs", str(root), "--no-plot"]) == 0
+    assert main(["run", str(path), "--profile", "tiny", "--runs", str(root), "--no-plot",
+                 "--figures", str(tmp_path / "figures")]) == 0
     spec = experiment.load_spec(path, "tiny")
     bn, plain = spec.runs
     bn_dir, plain_dir = root / "tiny" / bn.run_id, root / "tiny" / plain.run_id
@@ -96,7 +97,8 @@ def test_init_only_runs_record_the_gradient_at_initialization_and_drop_their_che
     assert outcome.values["BN"] == pytest.approx(float(load_run(bn_dir).probe("gradient_explosion", "rate")[0]))
     # A finished run without its checkpoint is not trained again.
     capsys.readouterr()
-    assert main(["run", str(path), "--profile", "tiny", "--runs", str(root), "--no-plot"]) == 0
+    assert main(["run", str(path), "--profile", "tiny", "--runs", str(root), "--no-plot",
+                 "--figures", str(tmp_path / "figures")]) == 0
     assert "skipped" in capsys.readouterr().err
 
 
@@ -120,7 +122,7 @@ def test_bad_probe_options_are_named(tmp_path, extra, message):
 
 def test_skips_that_leave_too_few_layers_fail_before_training(tmp_path, capsys):
     assert main(["run", str(_write(tmp_path, "skip_first = 3")), "--profile", "tiny", "--runs", str(tmp_path / "r"),
-                 "--no-plot"]) != 0
+                 "--no-plot", "--figures", str(tmp_path / "figures")]) != 0
     assert "skip_first, skip_last: 3 and 1 leave 1 of 5 layers" in capsys.readouterr().err
     assert not list((tmp_path / "r").rglob("metrics.jsonl"))
 
