@@ -132,10 +132,11 @@ def test_the_spec_measures_init_runs_at_step_0_with_one_step_and_trains_the_dept
     spec = experiment.load_spec(path, "quick")
     init = [r for r in spec.runs if r.settings["steps"] == 1]
     depth = [r for r in spec.runs if r.settings["steps"] > 1]
-    assert len(init) == 3 * 2 * 8 * 5 and len(depth) == 2 * 4 * 5
+    assert len(init) == 3 * 2 * 8 * 5 and len(depth) == 2 * 7 * 5
     assert {r.settings["batch_size"] for r in init} == {4, 8, 16, 32, 64, 128, 256, 512}
     assert all(r.settings["dtype"] == "float64" and not r.settings["keep_checkpoint"] for r in init)
-    assert {r.settings["depth"] for r in init} == {50} and {r.settings["depth"] for r in depth} == {10, 30, 50, 70}
+    assert {r.settings["depth"] for r in init} == {50}
+    assert {r.settings["depth"] for r in depth} == {10, 20, 30, 40, 50, 60, 70}
     assert all(p.kind == "gradient_explosion" and p.options["steps"] == [0] for r in spec.runs for p in r.probes)
     assert experiment.load_spec(path, "paper").runs[0].settings["hidden"] == 1000
 

@@ -87,9 +87,14 @@ def draw_gradient_layers(
                  else {"color": _BATCH_CMAP(norm(batch) * 0.9)})
         ax.plot(layers, np.exp(mean - reference), label=label, linewidth=1.2, **style)
     ax.set_yscale("log")
+    ys = np.concatenate([line.get_ydata() for line in ax.get_lines()])
+    ys = ys[np.isfinite(ys) & (ys > 0)]
+    if ys.size:  # headroom above the curves for the legend
+        lo, hi = np.log10(ys.min()), np.log10(ys.max())
+        ax.set_ylim(10 ** (lo - 0.05 * (hi - lo + 1)), 10 ** (hi + 0.6 * (hi - lo + 1)))
     ax.set_xlabel("layer l (1 = input side)")
     ax.set_ylabel("||dL/dW_l||^2 / value at layer L-1")
-    _legend(ax, loc="upper right", ncols=2 if len(ax.get_lines()) > 6 else 1)
+    ax.legend(fontsize="x-small", loc="upper right", ncols=2 if len(ax.get_lines()) > 4 else 1)
 
 
 def draw_explosion_rate(
@@ -123,7 +128,7 @@ def draw_explosion_rate(
     ax.set_ylabel("rate: growth of ||dL/dW_l||^2 per layer")
     if theory:
         ax.plot([], [], color="gray", linestyle=":", label="large-batch theory (BatchNorm)")
-    _legend(ax, loc="upper right", ncols=2 if len(ax.get_lines()) > 6 else 1)
+    ax.legend(fontsize="x-small", loc="upper right")
 
 
 _DEPTH_METRICS = {"train_acc": "final training accuracy (%)", "loss": "final training loss"}
