@@ -54,8 +54,8 @@ def weight_gradient_norms(net, x, y, *, grad: np.ndarray | None = None) -> tuple
     float64, with batch statistics ("probe" mode). Returns (layer names, input first; squared norms (L,)).
 
     grad: the gradient at the current parameters on (x, y) if already computed (the training step's; with batch
-    statistics it equals the probe-mode one), else one forward and backward pass on a float64 copy of `net`
-    (the network itself is not touched).
+    statistics it equals the probe-mode one; its squares are summed in float64, its entries stay in the network's
+    dtype), else one forward and backward pass on a float64 copy of `net` (the network itself is not touched).
     """
     names, slices = _weight_slices(net)
     if not names:
