@@ -210,3 +210,16 @@ def test_depth_training_panel_averages_the_end_of_training_and_counts_divergence
     assert ax.get_ylabel() == "final training accuracy (%)"
     with pytest.raises(ValueError, match="window"):
         plots.PANELS["depth_training"](_ax(), runs, window=0)
+
+
+def test_the_explosion_rate_claim_needs_the_probe():
+    from smoothnorm.claims import ClaimError, parse_claims
+
+    table = {"id": "r", "text": "t", "quantity": "explosion_rate", "stat": "final", "run": "A", "relation": "greater",
+             "level": 1.0}
+    with pytest.raises(ClaimError, match="needs a \\[\\[probes\\]\\] table of kind 'gradient_explosion'"):
+        parse_claims("spec.toml", [table], {"A"}, {"landscape"})
+    with pytest.raises(ClaimError, match="key 'layer' applies only to"):
+        parse_claims("spec.toml", [dict(table, layer=0)], {"A"}, {"gradient_explosion"})
+    (claim,) = parse_claims("spec.toml", [table], {"A"}, {"gradient_explosion"})
+    assert claim.describe() == "final explosion_rate of 'A' greater than 1"
