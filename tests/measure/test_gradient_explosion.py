@@ -145,3 +145,25 @@ def test_rates_at_initialization_follow_theory(rng):
         assert relu.rate == pytest.approx(large_batch_rate("relu"), rel=0.03), (init, relu)
     small_batch = _rate("batch", "relu", 8, rng)
     assert small_batch.rate > relu.rate + 5 * (small_batch.rate_se + relu.rate_se), (small_batch, relu)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_deep_exploding_gradients_equal_pytorch_autograd(rng, activation):
+    """A 30-layer BatchNorm MLP at batch 6, where the squared norms span many orders of magnitude: every layer's
+    ||dL/dW_l||^2 equals PyTorch's to rounding."""
+    torch = pytest.importorskip("torch")
+    from tests.torch_twin import run_torch, torch_twin
+
+    net = models.mlp(12, [24] * 29, 10, norm="batch", activation=activation, dtype=np.float64, seed=5)
+    x, y = rng.standard_normal((6, 12)), rng.integers(0, 10, size=6)
+    names, sq = weight_gradient_norms(net, x, y)
+    root, order = torch_twin(net)
+    root.double()
+    root.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
+    root.train()
+    torch.nn.functional.cross_entropy(run_torch(order, torch.from_numpy(x)), torch.from_numpy(y)).backward()
+    grads = dict(root.named_parameters())
+    expected = np.array([float((grads[f"{name}.weight"].grad ** 2).sum()) for name in names])
+    assert expected[0] / expected[-2] > 100  # the explosion is there to be measured
+    np.testing.assert_allclose(sq, expected, rtol=1e-8)
