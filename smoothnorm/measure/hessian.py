@@ -26,7 +26,7 @@ from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from smoothnorm._validate import choice
-from smoothnorm.measure.landscape import _check_batch
+from smoothnorm.measure._common import _check_batch
 
 __all__ = [
     "DEFAULT_RELATIVE_STEP",
