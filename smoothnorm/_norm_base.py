@@ -70,7 +70,11 @@ class _PerChannelAffine(Layer):
 
 
 class _RunningStatsNorm(_PerChannelAffine):
-    """Shared parts of normalizations over (N, H, W) per channel: affine parameters and running buffers."""
+    """Shared parts of normalizations over (N, H, W) per channel: affine parameters and running buffers
+    (`running_mean` from zeros, the spread statistic named by `_running_spread` from ones, `num_batches_tracked`)."""
+
+    # The running statistic beside the mean: the variance (BatchNorm), or the p-norm average (Lp norms).
+    _running_spread = "running_var"
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True) -> None:
         super().__init__()
@@ -82,9 +86,20 @@ class _RunningStatsNorm(_PerChannelAffine):
             raise ValueError(f"eps: expected a positive value, got {eps}")
         self.num_features, self.eps, self.momentum, self.affine = int(num_features), float(eps), momentum, affine
         self.running_mean: np.ndarray | None = None
-        self.running_var: np.ndarray | None = None
+        setattr(self, self._running_spread, None)  # allocated with the network's dtype
         self.num_batches_tracked = np.zeros((), dtype=np.int64)
         self._cache: tuple | None = None
+
+    def allocate(self, dtype):
+        self.running_mean = np.zeros(self.num_features, dtype=dtype)
+        setattr(self, self._running_spread, np.ones(self.num_features, dtype=dtype))
+
+    def buffers(self):
+        return {
+            "running_mean": self.running_mean,
+            self._running_spread: getattr(self, self._running_spread),
+            "num_batches_tracked": self.num_batches_tracked,
+        }
 
     def _reused(self, key: str, like: np.ndarray) -> np.ndarray:
         """A buffer shaped like `like`, kept between calls: fresh output memory (page faults) cost about a third

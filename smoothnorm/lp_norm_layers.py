@@ -24,22 +24,7 @@ class LpBatchNorm(_RunningStatsNorm):
     affine. Buffers `running_mean`, `running_norm` (momentum average, no bias correction), `num_batches_tracked`."""
 
     p: float = 2.0
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True) -> None:
-        super().__init__(num_features, eps, momentum, affine)
-        del self.running_var
-        self.running_norm: np.ndarray | None = None
-
-    def allocate(self, dtype):
-        self.running_mean = np.zeros(self.num_features, dtype=dtype)
-        self.running_norm = np.ones(self.num_features, dtype=dtype)
-
-    def buffers(self):
-        return {
-            "running_mean": self.running_mean,
-            "running_norm": self.running_norm,
-            "num_batches_tracked": self.num_batches_tracked,
-        }
+    _running_spread = "running_norm"
 
     def forward(self, x, mode):
         gamma, beta = self.params.get("weight"), self.params.get("bias")

@@ -56,17 +56,6 @@ class BatchNorm(_RunningStatsNorm):
         self.population_count = 0
         self._collecting = False
 
-    def allocate(self, dtype):
-        self.running_mean = np.zeros(self.num_features, dtype=dtype)
-        self.running_var = np.ones(self.num_features, dtype=dtype)
-
-    def buffers(self):
-        return {
-            "running_mean": self.running_mean,
-            "running_var": self.running_var,
-            "num_batches_tracked": self.num_batches_tracked,
-        }
-
     def set_population_statistics(self, mean, var, count: int = 0) -> None:
         """Set the constant statistics used in train and probe modes (statistics="population").
 
@@ -211,17 +200,9 @@ class NoisyBatchNorm(_RunningStatsNorm):
         self._noise: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def allocate(self, dtype):
+        super().allocate(dtype)
         self.dtype = np.dtype(dtype)
-        self.running_mean = np.zeros(self.num_features, dtype=dtype)
-        self.running_var = np.ones(self.num_features, dtype=dtype)
         self._noise = {}
-
-    def buffers(self):
-        return {
-            "running_mean": self.running_mean,
-            "running_var": self.running_var,
-            "num_batches_tracked": self.num_batches_tracked,
-        }
 
     def resample_noise(self, rng: np.random.Generator) -> None:
         """Draw this step's per-unit noise parameters (mu_j, sigma_j) and the seed of the per-element noise."""
