@@ -1,27 +1,24 @@
 """Lp batch normalization with running statistics (eval mode) and the running update (the paper's section 3.3).
 
 y = gamma (x - running_mean) / (running_norm + eps) + beta, the running statistics constants in the backward pass;
-the batch-statistics kernels, the formulas and the work split are in kernels/lp_norm.py (which re-exports these).
+the parallel kernels are BatchNorm's fixed-statistics ones (kernels/norm.py) with 1 / (running_norm + eps) for
+1 / sqrt(running_var + eps). The batch-statistics kernels, the formulas and the work split are in kernels/lp_norm.py
+(which re-exports these).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
 
 from smoothnorm.kernels.channel_blocks import (
     _as_ncs,
-    _block_affine,
-    _block_grad_sums,
     _channel_vector,
     _check_eps,
     _check_output,
-    _item_range,
-    _merge_rows,
     _plan,
     _same_as,
-    _zeros,
 )
+from smoothnorm.kernels.norm import _fixed_stats_backward, _fixed_stats_forward
 
 __all__ = ["lp_norm_eval_forward", "lp_norm_eval_backward", "lp_norm_update_running"]
 
@@ -31,37 +28,6 @@ def _check_momentum(momentum: float) -> float:
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum: expected a number in [0, 1], got {momentum}")
     return momentum
-
-
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _channel_affine(x, N, C, S, center, scale, offset, block, chunks, y):
-    blocks = (C + block - 1) // block
-    for item in prange(blocks * chunks):
-        c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
-        _block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y)
-
-
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _lp_norm_eval_backward(dy, x, N, C, S, center, inv, gamma, need_sums, block, chunks, dx):
-    scale = np.empty(C)
-    zeros = _zeros(C)
-    for c in range(C):
-        scale[c] = float(gamma[c]) * inv[c]
-    acc_dy = _zeros((chunks, C))
-    acc_dyx = _zeros((chunks, C))
-    blocks = (C + block - 1) // block
-    for item in prange(blocks * chunks):
-        c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
-        if need_sums:
-            _block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, item % chunks)
-        # Running statistics are constants here: dx = gamma / (running_norm + eps) * dy.
-        _block_affine(dy, C, S, c0, c1, n0, n1, zeros, scale, zeros, dx)
-    dgamma = np.empty(C)
-    dbeta = np.empty(C)
-    for c in range(C):
-        dgamma[c] = _merge_rows(acc_dyx, c) * inv[c]
-        dbeta[c] = _merge_rows(acc_dy, c)
-    return dgamma, dbeta
 
 
 def lp_norm_eval_forward(
@@ -88,7 +54,8 @@ def lp_norm_eval_forward(
     scale = gamma.astype(np.float64) / (running_norm.astype(np.float64) + eps)
     y3 = np.empty_like(x3)
     block, chunks = _plan(N, C, S, x3.itemsize, 1)
-    _channel_affine(x3.reshape(-1), N, C, S, center, scale, beta.astype(np.float64), block, chunks, y3.reshape(-1))
+    _fixed_stats_forward(x3.reshape(-1), N, C, S, center, scale, beta.astype(np.float64), block, chunks,
+                         y3.reshape(-1))
     return y3.reshape(np.shape(x))
 
 
@@ -120,8 +87,8 @@ def lp_norm_eval_backward(
     dx3 = np.empty_like(x3)
     block, chunks = _plan(N, C, S, x3.itemsize, 2)
     need_sums = dgamma is not None or dbeta is not None
-    dg, db = _lp_norm_eval_backward(dy3.reshape(-1), x3.reshape(-1), N, C, S, running_mean.astype(np.float64), inv,
-                                    gamma, need_sums, block, chunks, dx3.reshape(-1))
+    dg, db = _fixed_stats_backward(dy3.reshape(-1), x3.reshape(-1), N, C, S, running_mean.astype(np.float64), inv,
+                                   gamma, need_sums, block, chunks, dx3.reshape(-1))
     if dgamma is not None:
         dgamma[...] = dg
     if dbeta is not None:
