@@ -59,11 +59,12 @@ from smoothnorm.spec import (  # noqa: F401 (re-exported)
 # ----------------------------------------------------------------------------------------------------------------
 @lru_cache(maxsize=4)
 def _raw_dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, data_root: str, scale: str,
-                 feature_scale_range: float):
+                 feature_scale_range: float, class_colour: float = 0.0):
     from smoothnorm import data
 
     if kind == "synthetic_images":
-        (xtr, ytr), (xte, yte) = data.synthetic_images(n_train, n_test, seed=data_seed, scale=scale)
+        (xtr, ytr), (xte, yte) = data.synthetic_images(n_train, n_test, seed=data_seed, scale=scale,
+                                                       class_colour=class_colour)
         return xtr, ytr, xte, yte
     if kind == "gaussian_regression":
         x, y = data.gaussian_regression(n=n_train, dim=dim, seed=data_seed, feature_scale_range=feature_scale_range)
@@ -80,11 +81,12 @@ def _raw_dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int,
 
 @lru_cache(maxsize=4)
 def _dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, data_root: str, scale: str = "normalized",
-             feature_scale_range: float = 1.0, input_norm: str = "none"):
+             feature_scale_range: float = 1.0, input_norm: str = "none", class_colour: float = 0.0):
     """The run's data: (x_train, y_train, x_test, y_test), the input normalization fitted on x_train alone."""
     from smoothnorm.data import normalize_inputs
 
-    xtr, ytr, xte, yte = _raw_dataset(kind, n_train, n_test, dim, data_seed, data_root, scale, feature_scale_range)
+    xtr, ytr, xte, yte = _raw_dataset(kind, n_train, n_test, dim, data_seed, data_root, scale, feature_scale_range,
+                                      class_colour)
     if input_norm != "none":
         if xte is None:
             (xtr,) = normalize_inputs(input_norm, xtr)
@@ -95,7 +97,7 @@ def _dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, dat
 
 def _run_dataset(s: dict):
     return _dataset(s["data"], s["n_train"], s["n_test"], s["dim"], s["data_seed"], s["data_root"], s["scale"],
-                    s["feature_scale_range"], s["input_norm"])
+                    s["feature_scale_range"], s["input_norm"], s["class_colour"])
 
 
 def build_network(s: dict, input_shape: tuple[int, ...] | None = None):
@@ -211,12 +213,13 @@ def build_probes(net, run: RunSpec) -> list:
             probes.append(train.GradNormProbe(name="grad_norms", every=p.every, start=p.start))
         elif p.kind == "bn_gap":
             probes.append(train.BatchStatsGapProbe(name="bn_gap", every=p.every, start=p.start))
-        elif p.kind == "spectrum":
+        elif p.kind in ("spectrum", "gradient_explosion"):
             steps = o.pop("steps")
             if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in steps):
-                raise SpecError(f"run {run.label!r}: spectrum probe key 'steps' expects non-negative integers, "
+                raise SpecError(f"run {run.label!r}: {p.kind} probe key 'steps' expects non-negative integers, "
                                 f"got {steps!r}")
-            probes.append(train.SpectrumProbe(name="spectrum", every=p.every, start=p.start, steps=steps, **o))
+            cls = train.SpectrumProbe if p.kind == "spectrum" else train.GradientExplosionProbe
+            probes.append(cls(name=p.kind, every=p.every, start=p.start, steps=steps, **o))
     return probes
 
 
@@ -449,6 +452,10 @@ def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Call
               "took_over": lease.took_over, "host": owner["host"], "pid": owner["pid"]})
         trainer.run(steps, callback)
         save("diverged" if trainer.diverged else "finished")
+        if not s.get("keep_checkpoint", True):
+            # The results are metrics.jsonl, probes.npz and status.json; a finished run never resumes.
+            for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+                (path / name).unlink(missing_ok=True)
     except OSError as exc:  # a full disk, a lost mount, permissions: stop with what to do
         kept = f"its checkpoint at step {saved['step']} is intact" if saved["step"] is not None else "no checkpoint yet"
         raise OSError(exc.errno, f"{path}: could not write the run's files ({exc.strerror or exc}); {kept}. Free "
