@@ -46,6 +46,12 @@ QUANTITIES: dict[str, tuple[str | None, bool, str]] = {
     "ics_cosine": ("ics", True, "cos(G, G') of one layer (Fig 3)"),
     "mean_change": ("distributions", True, "|mu_{t+1} - mu_t| of sampled units, averaged over units (Fig 8a)"),
     "var_change": ("distributions", True, "|var_{t+1} - var_t| of sampled units, averaged over units (Fig 8a)"),
+    # Edge of stability (Cohen et al. 2021), with full-batch gradient descent (batch_size = 0).
+    "sharpness": ("hessian", False, "top Hessian eigenvalue of the training loss on the probed batch"),
+    "sharpness_ratio": ("hessian", False, "sharpness x lr / 2: 1 at gradient descent's stability threshold 2 / lr"),
+    "loss_ratio": (None, False, "training loss over its value at the first step"),
+    "loss_rise": (None, False, "1 at a step whose training loss exceeds the step before's, else 0 (mean: the "
+                               "fraction of rising steps)"),
 }
 STATS = ("final", "mean", "median", "max", "min", "fraction_above", "fraction_below")
 RELATIONS = ("greater", "less")
@@ -204,10 +210,18 @@ def quantity_series(run: RunResult, quantity: str, layer: int | None = None) -> 
     kind, _, _ = QUANTITIES[quantity]
     try:
         if kind is None:
+            metric = "loss" if quantity in ("loss_ratio", "loss_rise") else quantity
             steps = run.metrics.get("step")
-            values = run.metrics.get(quantity)
+            values = run.metrics.get(metric)
             if steps is None or values is None:
-                raise Unavailable(f"run {run.label!r} records no metric {quantity!r}")
+                raise Unavailable(f"run {run.label!r} records no metric {metric!r}")
+            if quantity != metric:
+                steps, values = _loss_derived(run, quantity, np.asarray(steps), np.asarray(values, dtype=np.float64))
+        elif quantity in ("sharpness", "sharpness_ratio"):
+            steps = run.probe(kind, "steps")
+            values = run.probe(kind, "top_eigenvalues").astype(np.float64).reshape(len(steps), -1)[:, 0]
+            if quantity == "sharpness_ratio":
+                values = values * float(run.config.get("run", {}).get("lr", np.nan)) / 2.0
         else:
             steps = run.probe(kind, "steps")
             n = len(steps)
@@ -239,6 +253,21 @@ def quantity_series(run: RunResult, quantity: str, layer: int | None = None) -> 
     values = np.asarray(values, dtype=np.float64)
     keep = ~np.isnan(values)
     return steps[keep], values[keep]
+
+
+def _loss_derived(run: RunResult, quantity: str, steps: np.ndarray,
+                  loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """loss_ratio (loss / loss at the first step) or loss_rise (1 where the loss rose from the step before)."""
+    if loss.size == 0:
+        raise Unavailable(f"run {run.label!r} records no training loss")
+    if quantity == "loss_ratio":
+        if not (np.isfinite(loss[0]) and loss[0] > 0):
+            raise Unavailable(f"run {run.label!r}: first training loss {loss[0]!r} is not a positive number")
+        return steps, loss / loss[0]
+    with np.errstate(invalid="ignore"):
+        rise = np.where(np.isfinite(loss[1:]) & np.isfinite(loss[:-1]), (loss[1:] > loss[:-1]).astype(np.float64),
+                        np.nan)
+    return steps[1:], rise
 
 
 def statistic(run: RunResult, claim: Claim) -> float:

@@ -67,13 +67,19 @@ BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     "scale": (str, "normalized", ("normalized", "unit", "raw")),  # image pixels: standardized, /255 or 0..255
     "feature_scale_range": (float, 1.0, None),  # gaussian_regression: largest / smallest feature scale
     "eval_batch_stats": (bool, False, None),  # also evaluate with batch statistics (BN in training mode)
+    # The training loss: the model's own (softmax cross-entropy for vgg and mlp, squared error for dln), or for the
+    # classifiers cross-entropy or Cohen et al.'s 0.5 ||out - onehot(y)||^2 averaged over the batch.
+    "loss": (str, "default", ("default", "cross_entropy", "mse_onehot")),
+    # Train on the first train_subset examples of the training split only (0: all of it); with batch_size = 0 that
+    # is full-batch gradient descent on a fixed subset (Cohen et al.: the first 5,000 CIFAR-10 images).
+    "train_subset": (int, 0, None),
 }
 # Keys that do not change what a run computes (excluded from its identity).
 _NON_IDENTITY = ("label", "checkpoint_every", "probe_every")
 # Keys added after runs were first stored: they enter a run's identity only when set away from their default, so
 # the identity (and the folder) of every earlier run stays the same.
 _LATER_KEYS = ("activation", "norm_position", "input_norm", "scale", "feature_scale_range", "eval_batch_stats",
-               "conv_algorithm")
+               "conv_algorithm", "loss", "train_subset")
 
 PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
     "landscape": {
@@ -87,7 +93,7 @@ PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
     "ics": {"layers": (list, [], None)},
     "distributions": {"layers": (list, [], None), "units": (int, 4, None), "bins": (int, 40, None)},
     "hessian": {"k": (int, 1, None), "mode": (str, "probe", ("probe", "eval")), "condition": (bool, False, None),
-                "max_params": (int, 0, None)},
+                "max_params": (int, 0, None), "tol": (float, 1e-6, None)},
     "saturation": {"threshold": (float, 4.0, None)},
     "grad_norms": {},
     "bn_gap": {},
@@ -100,6 +106,9 @@ PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
         "steps": (list, [], None),
     },
 }
+# Probe options added after runs were first stored: they enter a probe's recorded identity only when set away from
+# their default, so runs stored before them neither retrain nor change.
+_LATER_PROBE_KEYS: dict[str, tuple[str, ...]] = {"hessian": ("tol",)}
 _PROBE_COMMON = {"kind": (str, None, tuple(PROBE_KEYS)), "every": (int, 0, None), "start": (int, 0, None)}
 
 PROFILES = ("tiny", "quick", "paper")
@@ -166,7 +175,10 @@ class ProbeSpec:
     options: dict
 
     def identity(self) -> dict:
-        return {"kind": self.kind, "every": self.every, "start": self.start, **self.options}
+        later = _LATER_PROBE_KEYS.get(self.kind, ())
+        options = {k: v for k, v in self.options.items()
+                   if not (k in later and v == PROBE_KEYS[self.kind][k][1])}
+        return {"kind": self.kind, "every": self.every, "start": self.start, **options}
 
 
 @dataclass
@@ -215,7 +227,8 @@ def _check_settings(where: str, s: dict) -> None:
     for key in ("steps", "depth", "hidden", "n_train", "n_test", "dim"):
         if s[key] < 1:
             raise SpecError(f"{where}: key {key!r} expects a positive integer, got {s[key]!r}")
-    for key in ("batch_size", "eval_every", "eval_samples", "probe_every", "checkpoint_every", "seed", "data_seed"):
+    for key in ("batch_size", "eval_every", "eval_samples", "probe_every", "checkpoint_every", "seed", "data_seed",
+                "train_subset"):
         if s[key] < 0:
             raise SpecError(f"{where}: key {key!r} expects a non-negative integer, got {s[key]!r}")
     if not (math.isfinite(s["feature_scale_range"]) and s["feature_scale_range"] >= 1):
@@ -224,8 +237,15 @@ def _check_settings(where: str, s: dict) -> None:
         raise SpecError(f"{where}: model 'dln' needs data 'gaussian_regression', got {s['data']!r}")
     if s["model"] != "dln" and s["data"] == "gaussian_regression":
         raise SpecError(f"{where}: data 'gaussian_regression' needs model 'dln', got {s['model']!r}")
+    if s["model"] == "dln" and s["loss"] != "default":
+        raise SpecError(f"{where}: key 'loss' expects 'default' for model 'dln' (regression targets: its summed "
+                        f"squared error), got {s['loss']!r}")
     if s["batch_size"] > s["n_train"] and s["data"] != "cifar10":
         raise SpecError(f"{where}: key 'batch_size' ({s['batch_size']}) exceeds n_train ({s['n_train']})")
+    if s["train_subset"] and s["data"] != "cifar10" and s["train_subset"] > s["n_train"]:
+        raise SpecError(f"{where}: key 'train_subset' ({s['train_subset']}) exceeds n_train ({s['n_train']})")
+    if s["train_subset"] and s["batch_size"] > s["train_subset"]:
+        raise SpecError(f"{where}: key 'batch_size' ({s['batch_size']}) exceeds train_subset ({s['train_subset']})")
 
 
 def _check_profile_probes(where: str, table) -> dict[str, dict]:
@@ -510,4 +530,8 @@ def _union_probes(have: list[dict], probes: list[ProbeSpec]) -> list[ProbeSpec]:
 
 def _probe_from_identity(d: dict) -> dict:
     d = dict(d)
-    return {"kind": d.pop("kind"), "every": d.pop("every"), "start": d.pop("start"), "options": d}
+    kind = d.pop("kind")
+    # Options an identity leaves out (a later option at its default) come back as their defaults.
+    options = {k: copy.deepcopy(v[1]) for k, v in PROBE_KEYS.get(kind, {}).items()}
+    options.update(d)
+    return {"kind": kind, "every": options.pop("every"), "start": options.pop("start"), "options": options}

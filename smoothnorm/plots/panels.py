@@ -13,6 +13,7 @@ from matplotlib.colors import Normalize, to_rgb
 
 from smoothnorm.measure.distributions import moment_series
 from smoothnorm.plots.spectrum import draw_spectrum_density, draw_spectrum_series
+from smoothnorm.plots.stability import draw_sharpness
 from smoothnorm.plots.style import (
     ETA_LABEL,
     GRAD_DIFF_LABEL,
@@ -469,4 +470,5 @@ PANELS: dict[str, Callable[..., None]] = {
     "hessian": draw_hessian,
     "spectrum_density": draw_spectrum_density,
     "spectrum_series": draw_spectrum_series,
+    "sharpness": draw_sharpness,
 }
