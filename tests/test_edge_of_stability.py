@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from smoothnorm import claims as claims_module
 from smoothnorm import experiment, models, nn, optim, plots
-from smoothnorm.results import RunResult
+from smoothnorm.results import RunResult, load_run
 from smoothnorm.spec import BASE_KEYS, SpecError, load_spec, run_id_for
 from smoothnorm.train import HessianProbe, Trainer
 from tests.reference import dense_hessian_reference
@@ -215,3 +215,41 @@ def test_sharpness_panel_draws_each_run_against_its_threshold(rng):
     no_lr.config["run"].pop("lr")
     with pytest.raises(ValueError, match="run 'x': config has no positive learning rate"):
         plots.PANELS["sharpness"](_ax(), [no_lr])
+
+
+# -- the spec -----------------------------------------------------------------------------------------------------
+EOS_SPEC = Path(__file__).resolve().parent.parent / "experiments" / "beyond" / "edge_of_stability.toml"
+
+
+def test_spec_is_full_batch_gradient_descent_with_the_onehot_squared_error_in_every_profile():
+    for profile in ("tiny", "quick", "paper"):
+        spec = load_spec(EOS_SPEC, profile)
+        assert len(spec.runs) == 8
+        for run in spec.runs:
+            s = run.settings
+            assert (s["batch_size"], s["loss"], s["optimizer"], s["optimizer_options"]) == (0, "mse_onehot", "sgd", {})
+            (probe,) = run.probes
+            assert (probe.kind, probe.options["k"], probe.options["mode"]) == ("hessian", 2, "probe")
+        assert {r.settings["model"] for r in spec.runs} == {"mlp", "vgg"}
+        assert {r.settings["norm"] for r in spec.runs} == {"none", "batch"}
+    paper = load_spec(EOS_SPEC, "paper").runs[0].settings
+    assert (paper["data"], paper["train_subset"]) == ("cifar10", 5000)
+
+
+def test_one_tiny_run_records_the_loss_and_the_sharpness(tmp_path):
+    spec = load_spec(EOS_SPEC, "tiny")
+    run = next(r for r in spec.runs if r.settings["model"] == "mlp" and r.settings["norm"] == "batch")
+    path = experiment.execute_run(run, tmp_path)
+    config = experiment.read_config(path / "config.json")
+    assert config["run"]["loss"] == "mse_onehot" and config["identity"]["loss"] == "mse_onehot"
+    result = load_run(path)
+    assert result.status == "finished"
+    steps = result.probe("hessian", "steps")
+    assert list(steps) == [0, 2]
+    top = result.probe("hessian", "top_eigenvalues")
+    assert top.shape == (2, 2) and np.all(np.isfinite(top)) and np.all(top[:, 0] >= top[:, 1])
+    # The recorded loss is the one-hot squared error of the whole subset at step 0.
+    xtr, ytr, _, _ = experiment._run_dataset(run.settings)
+    net = experiment.build_network(run.settings, xtr.shape[1:])
+    x = xtr.reshape(len(xtr), -1)
+    assert result.metrics["loss"][0] == pytest.approx(net.loss(x, ytr, mode="probe"), rel=1e-5)
