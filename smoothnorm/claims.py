@@ -52,6 +52,8 @@ QUANTITIES: dict[str, tuple[str | None, bool, str]] = {
     "loss_ratio": (None, False, "training loss over its value at the first step"),
     "loss_rise": (None, False, "1 at a step whose training loss exceeds the step before's, else 0 (mean: the "
                                "fraction of rising steps)"),
+    "explosion_rate": ("gradient_explosion", False, "growth of ||dL/dW_l||^2 per layer toward the input, "
+                       "exp(-slope) of the log-linear fit (Yang et al. 2019)"),
 }
 STATS = ("final", "mean", "median", "max", "min", "fraction_above", "fraction_below")
 RELATIONS = ("greater", "less")
@@ -235,6 +237,8 @@ def quantity_series(run: RunResult, quantity: str, layer: int | None = None) -> 
                 values = np.where(np.isnan(values), np.inf, values)
             elif quantity == "effective_beta":
                 values = run.probe(kind, "effective_beta").astype(np.float64).reshape(-1)
+            elif quantity == "explosion_rate":
+                values = run.probe(kind, "rate").astype(np.float64).reshape(-1)
             elif quantity in ("ics_l2", "ics_cosine"):
                 table = run.probe(kind, quantity[4:]).astype(np.float64).reshape(n, -1)
                 if layer >= table.shape[1]:

@@ -74,9 +74,12 @@ BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     # Train on the first train_subset examples of the training split only (0: all of it); with batch_size = 0 that
     # is full-batch gradient descent on a fixed subset (Cohen et al.: the first 5,000 CIFAR-10 images).
     "train_subset": (int, 0, None),
+    # False: delete the checkpoint once the run has finished (its results are metrics.jsonl and probes.npz); for
+    # measurements at initialization of wide networks, whose checkpoints would be hundreds of MB each.
+    "keep_checkpoint": (bool, True, None),
 }
 # Keys that do not change what a run computes (excluded from its identity).
-_NON_IDENTITY = ("label", "checkpoint_every", "probe_every")
+_NON_IDENTITY = ("label", "checkpoint_every", "probe_every", "keep_checkpoint")
 # Keys added after runs were first stored: they enter a run's identity only when set away from their default, so
 # the identity (and the folder) of every earlier run stays the same.
 _LATER_KEYS = ("activation", "norm_position", "input_norm", "scale", "feature_scale_range", "class_colour",
@@ -104,6 +107,13 @@ PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
         "lanczos_steps": (int, 90, None),
         "mode": (str, "probe", ("probe", "eval")),
         "tol": (float, 1e-6, None),
+        "steps": (list, [], None),
+    },
+    # Yang et al. 2019: per-layer weight-gradient norms and the fitted per-layer growth rate (at initialization:
+    # steps = [0]).
+    "gradient_explosion": {
+        "skip_first": (int, 1, None),
+        "skip_last": (int, 1, None),
         "steps": (list, [], None),
     },
 }
@@ -285,6 +295,9 @@ def _check_probe(where: str, table: dict) -> None:
     """Counts and lists inside one [[probes]] table."""
     for key in ("every", "start"):
         if table.get(key, 0) < 0:
+            raise SpecError(f"{where}: key {key!r} expects a non-negative integer, got {table[key]}")
+    for key in ("skip_first", "skip_last"):
+        if key in table and table[key] < 0:
             raise SpecError(f"{where}: key {key!r} expects a non-negative integer, got {table[key]}")
     for key in ("num", "units", "bins", "k"):
         if key in table and table[key] < 1:

@@ -23,6 +23,7 @@ from smoothnorm.probes import (  # noqa: F401 (re-exported: the probes lived her
     PROBES,
     BatchStatsGapProbe,
     DistributionProbe,
+    GradientExplosionProbe,
     GradNormProbe,
     HessianProbe,
     ICSProbe,
