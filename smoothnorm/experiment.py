@@ -217,6 +217,14 @@ def build_probes(net, run: RunSpec) -> list:
                 raise SpecError(f"run {run.label!r}: spectrum probe key 'steps' expects non-negative integers, "
                                 f"got {steps!r}")
             probes.append(train.SpectrumProbe(name="spectrum", every=p.every, start=p.start, steps=steps, **o))
+        elif p.kind == "grad_distribution":
+            probes.append(train.GradDistributionProbe(name="grad_distribution", every=p.every, start=p.start,
+                                                      bins=o["bins"], limit=o["limit"], steps=o["steps"]))
+        elif p.kind == "one_step_loss":
+            from smoothnorm.measure.stability import DEFAULT_LRS
+
+            probes.append(train.OneStepLossProbe(name="one_step_loss", every=p.every, start=p.start,
+                                                 lrs=[float(lr) for lr in o["lrs"]] or DEFAULT_LRS, steps=o["steps"]))
     return probes
 
 

@@ -23,6 +23,7 @@ from smoothnorm.measure import (
 )
 from smoothnorm.measure.landscape import probe_direction, random_direction
 from smoothnorm.measure.spectrum import hessian_spectrum
+from smoothnorm.measure.stability import DEFAULT_LRS, gradient_statistics, one_step_relative_loss
 
 if TYPE_CHECKING:
     from smoothnorm.train import Trainer
@@ -314,6 +315,59 @@ class SpectrumProbe(Probe):
                 "tol": self.tol, "steps": [int(s) for s in self.steps]}
 
 
+@dataclass
+class GradDistributionProbe(Probe):
+    """The training gradient's distribution per weight layer (Bjorck et al. 2018: large and heavy-tailed at
+    initialization without BatchNorm): norm and excess kurtosis of each weight's gradient entries, and their
+    histogram in standard deviations (smoothnorm.measure.stability.gradient_statistics).
+
+    steps: explicit steps to measure at (e.g. [0], initialization; then `every` and `start` are ignored).
+    bins, limit: the histogram's bins over [-limit, limit] standard deviations.
+    """
+
+    bins: int = 41
+    limit: float = 8.0
+    steps: Sequence[int] = ()
+
+    def due(self, step: int) -> bool:
+        return step in self.steps if self.steps else super().due(step)
+
+    def setup(self, trainer):
+        from smoothnorm.measure.ics import weight_layer_names
+
+        self._layers = weight_layer_names(trainer.net)
+
+    def measure(self, trainer, x, y, grad, loss):
+        r = gradient_statistics(trainer.net, grad, self._layers, bins=self.bins, limit=self.limit)
+        return {"norms": r.norms, "kurtosis": r.kurtosis, "histograms": r.histograms}
+
+    def meta(self):
+        from smoothnorm.measure.stability import standardized_edges
+
+        return {"layers": self._layers, "bins": self.bins, "limit": self.limit,
+                "edges": standardized_edges(self.bins, self.limit).tolist(), "steps": [int(s) for s in self.steps]}
+
+
+@dataclass
+class OneStepLossProbe(Probe):
+    """One-step relative loss L(w - lr g) / L(w) on the training batch for each lr of a grid (Bjorck et al. 2018),
+    probe mode (smoothnorm.measure.stability.one_step_relative_loss). steps: as GradDistributionProbe's."""
+
+    lrs: Sequence[float] = DEFAULT_LRS
+    steps: Sequence[int] = ()
+
+    def due(self, step: int) -> bool:
+        return step in self.steps if self.steps else super().due(step)
+
+    def measure(self, trainer, x, y, grad, loss):
+        r = one_step_relative_loss(trainer.net, x, y, self.lrs, grad=grad, loss=loss)
+        return {"losses": r.losses, "ratios": r.ratios, "base_loss": np.float64(r.base_loss),
+                "grad_norm": np.float64(r.grad_norm)}
+
+    def meta(self):
+        return {"lrs": [float(lr) for lr in self.lrs], "steps": [int(s) for s in self.steps]}
+
+
 PROBES: dict[str, type[Probe]] = {
     "landscape": LandscapeProbe,
     "ics": ICSProbe,
@@ -323,6 +377,8 @@ PROBES: dict[str, type[Probe]] = {
     "grad_norms": GradNormProbe,
     "bn_gap": BatchStatsGapProbe,
     "spectrum": SpectrumProbe,
+    "grad_distribution": GradDistributionProbe,
+    "one_step_loss": OneStepLossProbe,
 }
 
 
