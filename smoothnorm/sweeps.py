@@ -57,7 +57,8 @@ class StableRate:
 
 def final_accuracy(run: RunResult, window: float = 0.2) -> float:
     """Mean training accuracy over the last `window` fraction of the run's steps (steps >= (1 - window) * steps,
-    as smoothnorm.claims reads `window = [1 - window, 1]`); NaN when the run recorded none there."""
+    as smoothnorm.claims reads `window = [1 - window, 1]`; at least the last recorded step, so a run of a few steps
+    is judged by its last one); NaN when the run recorded none."""
     if not 0.0 < window <= 1.0:
         raise ValueError(f"window: expected a fraction of the steps in (0, 1], got {window!r}")
     steps = run.metrics.get("step")
@@ -67,7 +68,10 @@ def final_accuracy(run: RunResult, window: float = 0.2) -> float:
     steps = np.asarray(steps, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
     total = int(run.config.get("run", {}).get("steps", 0)) or (int(steps.max()) + 1 if steps.size else 0)
-    inside = (steps >= (1.0 - window) * total) & ~np.isnan(values)
+    recorded = ~np.isnan(values)
+    if not recorded.any():
+        return math.nan
+    inside = (steps >= min((1.0 - window) * total, steps[recorded].max())) & recorded
     return float(np.mean(values[inside])) if inside.any() else math.nan
 
 
