@@ -316,3 +316,39 @@ def test_lr_sweep_panel_draws_the_median_final_accuracy_and_marks_divergence(tmp
     crosses = [line for line in ax.lines if line.get_marker() == "x"]
     assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [0.1] and list(crosses[0].get_ydata()) == [0.0]
     assert ax.get_xscale() == "log" and "training accuracy" in ax.get_ylabel()
+
+
+def test_a_sweep_runs_end_to_end_records_divergence_and_prints_the_summary(tmp_path, capsys):
+    from smoothnorm.cli import main
+    from smoothnorm.experiment import _run_dataset, build_network
+    from smoothnorm.measure.stability import gradient_statistics, one_step_relative_loss
+
+    probes = ('[[probes]]\nkind = "grad_distribution"\nsteps = [0]\nbins = 11\nlimit = 4.0\n'
+              '[[probes]]\nkind = "one_step_loss"\nsteps = [0]\nlrs = [0.1, 100.0]\n')
+    path = write_spec(tmp_path, base_lr="lr = [0.01, 1e6]", own_lr="", extra=probes)
+    runs, figures = tmp_path / "runs", tmp_path / "figures"
+    assert main(["run", str(path), "--profile", "quick", "--set", "steps=6", "--runs", str(runs),
+                 "--figures", str(figures)]) == 0
+    out = capsys.readouterr().out
+    assert "sweep: largest stable learning rate" in out and "MLP (seed 0): none of the grid" in out
+    assert "1e+06: diverged" in out
+    spec = load_spec(path, "quick", ["steps=6"])
+    by_label = {r.label: r for r in spec.runs}
+    diverged = load_run(runs / "quick" / by_label["MLP @ lr=1e+06"].run_id)
+    assert diverged.status == "diverged" and len(diverged.metrics["step"]) < 6
+    # The probes at step 0 are the measurements on the untrained network and the first batch.
+    run = by_label["MLP + BN @ lr=0.01"]
+    result = load_run(runs / "quick" / run.run_id)
+    xtr, ytr, _, _ = _run_dataset(run.settings)
+    net = build_network(run.settings, xtr.shape[1:])
+    from smoothnorm.experiment import _batch_fn
+
+    x, y = _batch_fn(run.settings, xtr.reshape(len(xtr), -1), ytr)(0)
+    loss, grads = net.loss_and_grad(x, y, mode="train")
+    stats = gradient_statistics(net, grads.copy(), bins=11, limit=4.0)
+    np.testing.assert_allclose(result.probe("grad_distribution", "kurtosis")[0], stats.kurtosis, rtol=1e-6)
+    np.testing.assert_allclose(result.probe("grad_distribution", "histograms")[0], stats.histograms, atol=1e-12)
+    step = one_step_relative_loss(net, x, y, [0.1, 100.0], grad=grads.copy(), loss=loss)
+    np.testing.assert_allclose(result.probe("one_step_loss", "ratios")[0], step.ratios, rtol=1e-6)
+    assert result.probe_meta["one_step_loss"]["lrs"] == [0.1, 100.0]
+    assert (figures / "sweep.png").stat().st_size > 1000
