@@ -134,7 +134,7 @@ def parse_claims(where: str, raw: Any, labels: set[str], probe_kinds: set[str],
         unknown = sorted(set(table) - set(_CLAIM_KEYS))
         if unknown:
             raise ClaimError(f"{cw}: unknown key {unknown[0]!r}; expected keys: {', '.join(_CLAIM_KEYS)}")
-        swept = table.get("quantity") in SWEEP_QUANTITIES
+        swept = isinstance(table.get("quantity"), str) and table["quantity"] in SWEEP_QUANTITIES
         for key in ("id", "text", "quantity", "stat", "run", "relation"):
             if key not in table and not (swept and key == "stat"):
                 raise ClaimError(f"{cw}: missing key {key!r}")
@@ -165,7 +165,7 @@ def parse_claims(where: str, raw: Any, labels: set[str], probe_kinds: set[str],
             raise ClaimError(f"{cw}: key 'layer' applies only to quantities {layered}, not {quantity!r}")
         stat = _string(cw, "stat", table["stat"], STATS)
         names = sweeps if swept else labels
-        if swept and table["run"] in labels:
+        if swept and isinstance(table["run"], str) and table["run"] in labels:
             raise ClaimError(f"{cw}: key 'run' names one run {table['run']!r}; quantity {quantity!r} takes a "
                              f"learning-rate sweep: one of {sorted(sweeps)}")
         if not swept and isinstance(table["run"], str) and table["run"] in sweeps:
