@@ -59,11 +59,12 @@ from smoothnorm.spec import (  # noqa: F401 (re-exported)
 # ----------------------------------------------------------------------------------------------------------------
 @lru_cache(maxsize=4)
 def _raw_dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, data_root: str, scale: str,
-                 feature_scale_range: float):
+                 feature_scale_range: float, class_colour: float = 0.0):
     from smoothnorm import data
 
     if kind == "synthetic_images":
-        (xtr, ytr), (xte, yte) = data.synthetic_images(n_train, n_test, seed=data_seed, scale=scale)
+        (xtr, ytr), (xte, yte) = data.synthetic_images(n_train, n_test, seed=data_seed, scale=scale,
+                                                       class_colour=class_colour)
         return xtr, ytr, xte, yte
     if kind == "gaussian_regression":
         x, y = data.gaussian_regression(n=n_train, dim=dim, seed=data_seed, feature_scale_range=feature_scale_range)
@@ -80,11 +81,12 @@ def _raw_dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int,
 
 @lru_cache(maxsize=4)
 def _dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, data_root: str, scale: str = "normalized",
-             feature_scale_range: float = 1.0, input_norm: str = "none"):
+             feature_scale_range: float = 1.0, input_norm: str = "none", class_colour: float = 0.0):
     """The run's data: (x_train, y_train, x_test, y_test), the input normalization fitted on x_train alone."""
     from smoothnorm.data import normalize_inputs
 
-    xtr, ytr, xte, yte = _raw_dataset(kind, n_train, n_test, dim, data_seed, data_root, scale, feature_scale_range)
+    xtr, ytr, xte, yte = _raw_dataset(kind, n_train, n_test, dim, data_seed, data_root, scale, feature_scale_range,
+                                      class_colour)
     if input_norm != "none":
         if xte is None:
             (xtr,) = normalize_inputs(input_norm, xtr)
@@ -95,7 +97,7 @@ def _dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, dat
 
 def _run_dataset(s: dict):
     return _dataset(s["data"], s["n_train"], s["n_test"], s["dim"], s["data_seed"], s["data_root"], s["scale"],
-                    s["feature_scale_range"], s["input_norm"])
+                    s["feature_scale_range"], s["input_norm"], s["class_colour"])
 
 
 def build_network(s: dict, input_shape: tuple[int, ...] | None = None):

@@ -70,13 +70,15 @@ BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     "input_norm": (str, "none", ("none", "standardize", "per_channel")),  # statistics of the training split only
     "scale": (str, "normalized", ("normalized", "unit", "raw")),  # image pixels: standardized, /255 or 0..255
     "feature_scale_range": (float, 1.0, None),  # gaussian_regression: largest / smallest feature scale
+    "class_colour": (float, 0.0, None),  # synthetic_images: RMS of a per-class tint (data.synthetic_images)
     "eval_batch_stats": (bool, False, None),  # also evaluate with batch statistics (BN in training mode)
 }
 # Keys that do not change what a run computes (excluded from its identity).
 _NON_IDENTITY = ("label", "checkpoint_every", "probe_every")
 # Keys added after runs were first stored: they enter a run's identity only when set away from their default, so
 # the identity (and the folder) of every earlier run stays the same.
-_LATER_KEYS = ("activation", "norm_position", "input_norm", "scale", "feature_scale_range", "eval_batch_stats",
+_LATER_KEYS = ("activation", "norm_position", "input_norm", "scale", "feature_scale_range", "class_colour",
+               "eval_batch_stats",
                "conv_algorithm")
 
 PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
@@ -238,6 +240,10 @@ def _check_settings(where: str, s: dict) -> None:
             raise SpecError(f"{where}: key {key!r} expects a non-negative integer, got {s[key]!r}")
     if not (math.isfinite(s["feature_scale_range"]) and s["feature_scale_range"] >= 1):
         raise SpecError(f"{where}: key 'feature_scale_range' expects a number >= 1, got {s['feature_scale_range']!r}")
+    if not (math.isfinite(s["class_colour"]) and s["class_colour"] >= 0):
+        raise SpecError(f"{where}: key 'class_colour' expects a number >= 0, got {s['class_colour']!r}")
+    if s["class_colour"] and s["data"] != "synthetic_images":
+        raise SpecError(f"{where}: key 'class_colour' applies only to data 'synthetic_images', got {s['data']!r}")
     if s["model"] == "dln" and s["data"] != "gaussian_regression":
         raise SpecError(f"{where}: model 'dln' needs data 'gaussian_regression', got {s['data']!r}")
     if s["model"] != "dln" and s["data"] == "gaussian_regression":

@@ -44,7 +44,7 @@ def test_new_keys_leave_earlier_run_ids_alone():
     assert spec_module.run_id_for(settings) == spec_module.run_id_for(before)
     for key, value in (("activation", "tanh"), ("norm_position", "after_activation"), ("input_norm", "standardize"),
                        ("scale", "raw"), ("feature_scale_range", 10.0), ("eval_batch_stats", True),
-                       ("conv_algorithm", "im2col")):
+                       ("conv_algorithm", "im2col"), ("class_colour", 0.13)):
         assert spec_module.run_id_for({**settings, key: value}) != spec_module.run_id_for(settings), key
 
 
@@ -57,6 +57,13 @@ def test_new_keys_leave_earlier_run_ids_alone():
 def test_bad_study_values_are_named(item, message):
     with pytest.raises(spec_module.SpecError, match=message):
         spec_module.load_spec(STUDY / "activations.toml", "tiny", [item])
+
+
+def test_class_colour_is_checked_and_only_for_synthetic_images():
+    with pytest.raises(spec_module.SpecError, match=r"key 'class_colour' expects a number >= 0"):
+        spec_module.load_spec(STUDY / "activations.toml", "tiny", ["class_colour=-0.5"])
+    with pytest.raises(spec_module.SpecError, match=r"key 'class_colour' applies only to data 'synthetic_images'"):
+        spec_module.load_spec(STUDY / "input_normalization.toml", "tiny", ["class_colour=0.1"])
 
 
 def test_feature_scale_range_below_one_is_rejected():

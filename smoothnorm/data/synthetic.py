@@ -153,8 +153,21 @@ def _patterns(
     return window * (np.float32(0.5) + np.float32(0.5) * wave)
 
 
-def _render(rng: np.random.Generator, labels: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """Raw (unnormalized) float32 images (n, channels, size, size) for the given labels."""
+@functools.lru_cache(maxsize=16)
+def class_tints(channels: int) -> np.ndarray:
+    """The fixed per-class tint directions behind `class_colour`: (len(IMAGE_CLASSES), channels) float32, row c for
+    class c, each row of unit root-mean-square, drawn once from a constant seed (like `_channel_stats`, not from the
+    data seed), so a class's tint depends neither on the seed nor on num_classes."""
+    rng = np.random.default_rng(np.random.SeedSequence(0xC0102, spawn_key=(channels,)))
+    tints = rng.standard_normal((len(IMAGE_CLASSES), channels))
+    tints /= np.sqrt(np.mean(tints**2, axis=1, keepdims=True))
+    return tints.astype(np.float32)
+
+
+def _render(rng: np.random.Generator, labels: np.ndarray, size: int, channels: int,
+            class_colour: float = 0.0) -> np.ndarray:
+    """Raw (unnormalized) float32 images (n, channels, size, size) for the given labels, tinted by class when
+    class_colour > 0 (after every random draw, so the draws and the untinted images do not depend on it)."""
     n = len(labels)
     p = _draw_parameters(rng, n, size, channels)
     # Pixel noise: uniform with std `noise` (Gaussian draws cost 5x more here and add nothing to the task).
@@ -187,6 +200,8 @@ def _render(rng: np.random.Generator, labels: np.ndarray, size: int, channels: i
             blob = np.exp((du * du + dv * dv) * inv)
             block += p["blob_colour"][sl, b, :, None, None] * blob[:, None]
         block += (p["contrast"][sl, None] * p["colour"][sl])[:, :, None, None] * pattern[:, None]
+    if class_colour:
+        images += (np.float32(class_colour) * class_tints(channels)[labels])[:, :, None, None]
     return images
 
 
@@ -195,14 +210,15 @@ def _balanced_labels(rng: np.random.Generator, n: int, num_classes: int) -> np.n
 
 
 @functools.lru_cache(maxsize=16)
-def _channel_stats(num_classes: int, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+def _channel_stats(num_classes: int, size: int, channels: int, class_colour: float = 0.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std of the generator's distribution, from a fixed reference sample of 4096 images.
 
     The analogue of CIFAR's published training-set constants: fixed for a configuration, so the normalization
     depends neither on the seed nor on n_train, and the test set does not change when n_train does.
     """
     rng = np.random.default_rng(np.random.SeedSequence(0x5EED, spawn_key=(num_classes, size, channels)))
-    raw = _render(rng, _balanced_labels(rng, 4096, num_classes), size, channels)
+    raw = _render(rng, _balanced_labels(rng, 4096, num_classes), size, channels, class_colour)
     mean = raw.mean(axis=(0, 2, 3), dtype=np.float64)
     std = raw.std(axis=(0, 2, 3), dtype=np.float64)
     return mean, std
@@ -218,6 +234,7 @@ def synthetic_images(
     *,
     normalize: bool = True,
     scale: str | None = None,
+    class_colour: float = 0.0,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """A CIFAR-shaped image task: ten classes of textures and shapes under random nuisances.
 
@@ -238,6 +255,12 @@ def synthetic_images(
         generator, measured on a reference sample, like CIFAR's published constants).
     scale: "normalized" (as normalize=True), "unit" (the rendered intensities, mostly in [0, 1], as
         normalize=False) or "raw" (those times 255, CIFAR's pixel scale; not rounded); replaces `normalize`.
+    class_colour: root-mean-square (over channels) of a tint added to every pixel of an image, fixed per class
+        (`class_tints`), in rendered intensity units (pixels mostly in [0, 1], per-channel std about 0.26); 0 (the
+        default) adds none. A CIFAR-like cue: CIFAR's classes differ in mean colour (sky, grass, water), ours do
+        not, and a colour cue is what survives the depth of a Glorot-initialized plain VGG-16 at initialization
+        (docs/PROTOCOL.md, "Quick-profile fidelity"). Every random draw is unchanged by it; the normalization
+        constants are measured on tinted reference images.
     Returns ((x_train, y_train), (x_test, y_test)), x float32 (N, channels, size, size), y int64 (N,).
     """
     n_train = _check_int("n_train", n_train, 1)
@@ -249,14 +272,18 @@ def synthetic_images(
     channels = _check_int("channels", channels, 1)
     _check_seed(seed)
     scale = image_scale(scale, normalize)
+    if isinstance(class_colour, bool) or not isinstance(class_colour, (int, float, np.floating)) or not (
+            math.isfinite(class_colour) and class_colour >= 0):
+        raise ValueError(f"class_colour must be a finite number >= 0, got {class_colour!r}")
+    class_colour = float(class_colour)
     train_seq, test_seq = np.random.SeedSequence(seed).spawn(2)
     splits = []
     for seq, n in ((train_seq, n_train), (test_seq, n_test)):
         rng = np.random.default_rng(seq)
         y = _balanced_labels(rng, n, num_classes)
-        x = _render(rng, y, size, channels)
+        x = _render(rng, y, size, channels, class_colour)
         if scale == "normalized":
-            mean, std = _channel_stats(num_classes, size, channels)
+            mean, std = _channel_stats(num_classes, size, channels, class_colour)
             x -= mean.astype(np.float32)[:, None, None]
             x *= (1.0 / std).astype(np.float32)[:, None, None]
         elif scale == "raw":

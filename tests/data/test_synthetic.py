@@ -142,3 +142,45 @@ def test_images_bad_arguments(kwargs, match):
     args = {"n_train": 10, "n_test": 10} | kwargs
     with pytest.raises(ValueError, match=match):
         synthetic_images(**args)
+
+
+# ---- class_colour: a CIFAR-like per-class tint (the quick profile's lever for the plain VGG-16's plateau) ----
+def test_class_colour_adds_exactly_the_class_tint_and_changes_no_draw():
+    from smoothnorm.data.synthetic import class_tints
+
+    (plain, y), (plain_t, yt) = synthetic_images(60, 20, seed=5, scale="unit")
+    (tinted, y2), (tinted_t, yt2) = synthetic_images(60, 20, seed=5, scale="unit", class_colour=0.3)
+    np.testing.assert_array_equal(y, y2)
+    np.testing.assert_array_equal(yt, yt2)
+    tints = class_tints(3)
+    np.testing.assert_allclose(tinted - plain, np.broadcast_to(0.3 * tints[y][:, :, None, None], plain.shape),
+                               atol=1e-6)
+    np.testing.assert_allclose(tinted_t - plain_t, np.broadcast_to(0.3 * tints[yt][:, :, None, None],
+                                                                   plain_t.shape), atol=1e-6)
+    # zero is the default, bit for bit; the tints are unit-RMS per class and differ between classes
+    np.testing.assert_array_equal(synthetic_images(30, 0, seed=5, class_colour=0.0)[0][0],
+                                  synthetic_images(30, 0, seed=5)[0][0])
+    np.testing.assert_allclose(np.sqrt(np.mean(tints**2, axis=1)), 1.0, rtol=1e-6)
+    assert np.min(np.linalg.norm(tints[:, None] - tints[None], axis=2) + np.eye(len(tints))) > 0.1
+
+
+def test_class_colour_is_normalized_away_per_channel_and_makes_mean_colour_predictive():
+    (x, _), _ = synthetic_images(3000, 0, seed=4, class_colour=0.13)
+    np.testing.assert_allclose(x.mean(axis=(0, 2, 3)), 0.0, atol=0.05)
+    np.testing.assert_allclose(x.std(axis=(0, 2, 3)), 1.0, atol=0.05)
+
+    def nearest_mean_colour_accuracy(colour):
+        (a, ya), (b, yb) = synthetic_images(2000, 1000, seed=0, class_colour=colour)
+        fa, fb = a.mean(axis=(2, 3)), b.mean(axis=(2, 3))
+        centres = np.stack([fa[ya == c].mean(axis=0) for c in range(10)])
+        guess = np.argmin(((fb[:, None] - centres[None]) ** 2).sum(axis=2), axis=1)
+        return float(np.mean(guess == yb))
+
+    without, tinted = nearest_mean_colour_accuracy(0.0), nearest_mean_colour_accuracy(0.13)
+    assert without < 0.2 < tinted, (without, tinted)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), True, "0.1"])
+def test_class_colour_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="class_colour must be a finite number >= 0"):
+        synthetic_images(4, 0, class_colour=bad)
