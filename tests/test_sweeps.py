@@ -92,9 +92,8 @@ def test_a_swept_run_is_the_same_run_as_the_unswept_one_and_existing_ids_are_pin
     assert swept["MLP @ lr=0.01"].run_id != plain["MLP"].run_id
     assert swept["MLP @ lr=0.1"].run_id == run_id_for(plain["MLP"].settings)
     # Run ids of paper specs, as stored before sweeps existed (their folders must keep their names).
-    fig1 = load_spec(ROOT / "experiments" / "fig1_vgg_accuracy.toml", "quick")
-    assert [r.run_id for r in fig1.runs] == ["vgg16-none-lr0.1-s0-cd94279664", "vgg16-batch-lr0.1-s0-5750706165",
-                                             "vgg16-none-lr0.5-s0-f28dd70271", "vgg16-batch-lr0.5-s0-1e436c0233"]
+    fig4 = load_spec(ROOT / "experiments" / "fig4_vgg_landscape.toml", "quick")
+    assert [r.run_id for r in fig4.runs] == ["vgg11-none-lr0.1-s0-b064aa6ed9", "vgg11-batch-lr0.1-s0-976d5bdfc9"]
     fig10 = load_spec(ROOT / "experiments" / "fig10_dln_landscape.toml", "tiny")
     assert [r.run_id for r in fig10.runs] == ["dln25-none-lr1e-06-s0-f7812170e9", "dln25-batch-lr1e-06-s0-1c7f892ec3"]
 
