@@ -183,7 +183,7 @@ def draw_grad_histogram(
     the probe's weight layers (default: the middle one)."""
     first = _first_runs(runs)
     cmap = _group_colors(list(first), colors)
-    name = ""
+    where = ""
     for group, run in first.items():
         i = _record(run, probe, record)
         meta = run.probe_meta.get(probe, {}) if isinstance(run.probe_meta, Mapping) else {}
@@ -192,14 +192,15 @@ def draw_grad_histogram(
         edges = np.asarray(meta["edges"], dtype=np.float64)
         table = np.asarray(_probe(run, probe, "histograms"), dtype=np.float64)
         table = table.reshape(len(_probe(run, probe, "steps")), -1, edges.size - 1)[i]
-        j, name = _layer_index(run, probe, layer, table.shape[0])
+        j, _ = _layer_index(run, probe, layer, table.shape[0])
+        where = f"weight layer #{j + 1} of {table.shape[0]}"
         norm = float(np.asarray(_probe(run, probe, "norms"), dtype=np.float64).reshape(-1, table.shape[0])[i, j])
         kurtosis = float(np.asarray(_probe(run, probe, "kurtosis"), dtype=np.float64).reshape(-1, table.shape[0])[i, j])
         fractions = np.where(table[j] > 0, table[j], np.nan)
         ax.stairs(fractions, edges, color=cmap[group], linewidth=1.3,
                   label=f"{group}: kurtosis {kurtosis:.1f}, norm {norm:.2g}")
     ax.set_yscale("log")
-    ax.set_xlabel(f"gradient entry of {name} (standard deviations from the mean)")
+    ax.set_xlabel(f"gradient entry, {where} (standard deviations from the mean)")
     ax.set_ylabel("fraction of entries")
     _legend(ax)
 
