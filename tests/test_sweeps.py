@@ -351,3 +351,43 @@ def test_a_sweep_runs_end_to_end_records_divergence_and_prints_the_summary(tmp_p
     np.testing.assert_allclose(result.probe("one_step_loss", "ratios")[0], step.ratios, rtol=1e-6)
     assert result.probe_meta["one_step_loss"]["lrs"] == [0.1, 100.0]
     assert (figures / "sweep.png").stat().st_size > 1000
+
+
+def test_probe_panels_draw_each_groups_first_run_and_mark_overflow(tmp_path):
+    from smoothnorm.plots.sweeps import draw_grad_histogram, draw_one_step_loss
+    from smoothnorm.results import write_npz
+
+    spec = load_spec(write_spec(tmp_path, base_lr="lr = [0.01, 0.1]", own_lr=""), "quick")
+    lrs, edges = [0.1, 1.0, 10.0], np.linspace(-2.0, 2.0, 5)
+    results = []
+    for k, run in enumerate(r for r in spec.runs if r.sweep in ("MLP", "MLP + BN")):
+        path = write_run(tmp_path / "runs", run, 0.5)
+        first = run.settings["lr"] == 0.01
+        ratios = [0.9, 2.0, np.inf] if first else [5.0, 5.0, 5.0]  # the lr-0.1 runs must not be drawn
+        hist = np.full((1, 3, 4), 0.25)
+        hist[0, 1] = [0.0, 0.5, 0.5, 0.0] if first else [0.25] * 4
+        write_npz(path / "probes.npz", {
+            "one_step_loss/steps": np.array([0]), "one_step_loss/ratios": np.array([ratios]),
+            "grad_distribution/steps": np.array([0]), "grad_distribution/histograms": hist,
+            "grad_distribution/norms": np.array([[1.0, 2.0 + k, 3.0]]),
+            "grad_distribution/kurtosis": np.array([[0.0, 4.5 + k, 0.0]])})
+        write_json(path / "status.json", {"status": "finished", "step": 10, "probe_meta": {
+            "one_step_loss": {"lrs": lrs}, "grad_distribution": {"edges": edges.tolist(), "layers": ["a", "b", "c"]}}})
+        results.append(load_run(path, label=run.label))
+    fig = Figure()
+    ax = fig.subplots()
+    draw_one_step_loss(ax, results, cap=100.0)
+    lines = {line.get_label(): line for line in ax.lines}
+    assert set(lines) >= {"MLP (step 0)", "MLP + BN (step 0)"}
+    np.testing.assert_allclose(lines["MLP (step 0)"].get_xdata(), [0.1, 1.0])
+    np.testing.assert_allclose(lines["MLP (step 0)"].get_ydata(), [0.9, 2.0])
+    crosses = [line for line in ax.lines if line.get_marker() == "x"]
+    assert [list(c.get_xdata()) for c in crosses] == [[10.0], [10.0]] and list(crosses[0].get_ydata()) == [100.0]
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    ax = fig.subplots()
+    draw_grad_histogram(ax, results)  # the middle of 3 layers: index 1
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels == ["MLP: kurtosis 4.5, norm 2", "MLP + BN: kurtosis 6.5, norm 4"]
+    assert "weight layer #2 of 3" in ax.get_xlabel()
+    with pytest.raises(ValueError, match="record: run"):
+        draw_one_step_loss(ax, results, record=3)
