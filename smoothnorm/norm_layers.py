@@ -1,4 +1,9 @@
-"""Normalization layers (BatchNorm and its family) and the registry behind `norm=` in smoothnorm.models."""
+"""Normalization layers: BatchNorm and its family here, the registry behind `norm=` in smoothnorm.models.
+
+BatchNorm (with batch or population statistics) and the paper's noisy BatchNorm live here; the Lp batch norms in
+smoothnorm.lp_norm_layers, the per-sample norms (group, layer, instance) in smoothnorm.sample_norm_layers, the
+shared bases in smoothnorm._norm_base. Every layer is importable from this module.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,10 @@ import math
 
 import numpy as np
 
+from smoothnorm._norm_base import _PerChannelAffine as _PerChannelAffine  # re-exported (tests/torch_twin.py)
+from smoothnorm._norm_base import _RunningStatsNorm
 from smoothnorm._rop import ElementwiseAffine, FixedStandardization, Standardization, as_ncs
 from smoothnorm._validate import choice
-from smoothnorm.kernels.group_norm import group_norm_backward, group_norm_forward
-from smoothnorm.kernels.lp_norm import (
-    lp_norm_eval_backward,
-    lp_norm_eval_forward,
-    lp_norm_train_backward,
-    lp_norm_train_forward,
-    lp_norm_update_running,
-)
 from smoothnorm.kernels.noisy_norm import noisy_batch_norm_backward, noisy_batch_norm_forward
 from smoothnorm.kernels.norm import (
     batch_norm_eval_backward,
@@ -25,93 +24,14 @@ from smoothnorm.kernels.norm import (
     batch_norm_update_running,
 )
 from smoothnorm.layer import Layer
+from smoothnorm.lp_norm_layers import L1BatchNorm, L2BatchNorm, LinfBatchNorm, LpBatchNorm
+from smoothnorm.sample_norm_layers import GroupNorm, InstanceNorm, LayerNorm
 
-
-class _PerChannelAffine(Layer):
-    """Shared by every normalization here: per-channel affine `weight` (ones) and `bias` (zeros) when `affine`,
-    inputs (N, C) or (N, C, H, W) with C = num_features. Subclasses set num_features and affine."""
-
-    num_features: int
-    affine: bool
-
-    def param_shapes(self):
-        return {"weight": (self.num_features,), "bias": (self.num_features,)} if self.affine else {}
-
-    def init_params(self, rng, init):
-        if self.affine:
-            self.params["weight"][...] = 1
-            self.params["bias"][...] = 0
-
-    def output_shape(self, input_shape):
-        if len(input_shape) not in (1, 3) or input_shape[0] != self.num_features:
-            raise ValueError(
-                f"{self.name}: expected input ({self.num_features},) or ({self.num_features}, H, W), "
-                f"got {input_shape}"
-            )
-        return input_shape
-
-    # -- R-pass (exact Hessian-vector products, smoothnorm.measure.hessian; smoothnorm._rop has the math) -------
-    def _standardization(self):
-        """The standardization of the last forward pass (a smoothnorm._rop Standardization or
-        FixedStandardization)."""
-        raise NotImplementedError
-
-    def _elementwise(self) -> ElementwiseAffine:
-        """The per-channel map from the standardized input to the output (affine, and noise where there is)."""
-        return ElementwiseAffine(self.params.get("weight"), self.params.get("bias"))
-
-    def forward_r(self, rx, rparams):
-        """R-pass: the output's directional derivative for input direction rx (None: zero) and parameter
-        directions rparams, at the last forward pass's point and mode (noise held fixed)."""
-        std, affine = self._standardization(), self._elementwise()
-        rz = std.forward_r(np.zeros(std.shape) if rx is None else as_ncs(rx))
-        ry = affine.forward_r(std.z_ncs(), rz, rparams.get("weight"), rparams.get("bias"))
-        self._r_state = (std, affine, rparams)
-        shape = (ry.shape[0], self.num_features, *self._r_spatial)
-        return ry.reshape(shape)
-
-    def backward_r(self, dy, rdy, rgrads, need_dx=True):
-        """R-pass backward: (dx, rdx); writes the directional derivatives of d gamma and d beta into rgrads."""
-        std, affine, rparams = self._r_state
-        dz, rdz = affine.backward_r(as_ncs(dy), as_ncs(rdy), rparams.get("weight"), rgrads.get("weight"),
-                                    rgrads.get("bias"))
-        if not need_dx:
-            return None, None
-        dx, rdx = std.backward_r(dz, rdz)
-        return dx.reshape(dy.shape), rdx.reshape(dy.shape)
-
-    def _remember_input_shape(self, x) -> None:
-        self._r_spatial = tuple(np.shape(x)[2:])
-
-
-class _RunningStatsNorm(_PerChannelAffine):
-    """Shared parts of normalizations over (N, H, W) per channel: affine parameters and running buffers."""
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True) -> None:
-        super().__init__()
-        if num_features < 1:
-            raise ValueError(f"num_features: expected a positive integer, got {num_features}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum: expected a value in [0, 1], got {momentum}")
-        if not eps > 0:
-            raise ValueError(f"eps: expected a positive value, got {eps}")
-        self.num_features, self.eps, self.momentum, self.affine = int(num_features), float(eps), momentum, affine
-        self.running_mean: np.ndarray | None = None
-        self.running_var: np.ndarray | None = None
-        self.num_batches_tracked = np.zeros((), dtype=np.int64)
-        self._cache: tuple | None = None
-
-    def _reused(self, key: str, like: np.ndarray) -> np.ndarray:
-        """A buffer shaped like `like`, kept between calls: fresh output memory (page faults) cost about a third
-        of BatchNorm's time at (128, 64, 32, 32). The layer's outputs are therefore valid until its next call."""
-        buffers = self.__dict__.setdefault("_buffers", {})
-        buf = buffers.get(key)
-        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
-            buf = buffers[key] = np.empty_like(like, order="C")
-        return buf
-
-    def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+__all__ = [
+    "BN_STATISTICS", "NOISE_PLACEMENTS", "BatchNorm", "refresh_population_statistics", "NoisyBatchNorm",
+    "LpBatchNorm", "L1BatchNorm", "L2BatchNorm", "LinfBatchNorm", "GroupNorm", "LayerNorm", "InstanceNorm",
+    "NORM_LAYERS", "make_norm",
+]
 
 
 BN_STATISTICS = ("batch", "population")
@@ -135,17 +55,6 @@ class BatchNorm(_RunningStatsNorm):
         self.population_var: np.ndarray | None = None
         self.population_count = 0
         self._collecting = False
-
-    def allocate(self, dtype):
-        self.running_mean = np.zeros(self.num_features, dtype=dtype)
-        self.running_var = np.ones(self.num_features, dtype=dtype)
-
-    def buffers(self):
-        return {
-            "running_mean": self.running_mean,
-            "running_var": self.running_var,
-            "num_batches_tracked": self.num_batches_tracked,
-        }
 
     def set_population_statistics(self, mean, var, count: int = 0) -> None:
         """Set the constant statistics used in train and probe modes (statistics="population").
@@ -291,17 +200,9 @@ class NoisyBatchNorm(_RunningStatsNorm):
         self._noise: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def allocate(self, dtype):
+        super().allocate(dtype)
         self.dtype = np.dtype(dtype)
-        self.running_mean = np.zeros(self.num_features, dtype=dtype)
-        self.running_var = np.ones(self.num_features, dtype=dtype)
         self._noise = {}
-
-    def buffers(self):
-        return {
-            "running_mean": self.running_mean,
-            "running_var": self.running_var,
-            "num_batches_tracked": self.num_batches_tracked,
-        }
 
     def resample_noise(self, rng: np.random.Generator) -> None:
         """Draw this step's per-unit noise parameters (mu_j, sigma_j) and the seed of the per-element noise."""
@@ -385,174 +286,6 @@ class NoisyBatchNorm(_RunningStatsNorm):
             f"{super().extra_repr()}, n_mu={self.n_mu}, n_sigma={self.n_sigma}, r_mu={self.r_mu}, "
             f"r_sigma={self.r_sigma}, placement={self.placement!r}"
         )
-
-
-class LpBatchNorm(_RunningStatsNorm):
-    """Lp batch normalization (paper section 3.3): (y - mean) / (mean p-norm of the un-centered y + eps), then the
-    affine. Buffers `running_mean`, `running_norm` (momentum average, no bias correction), `num_batches_tracked`."""
-
-    p: float = 2.0
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True) -> None:
-        super().__init__(num_features, eps, momentum, affine)
-        del self.running_var
-        self.running_norm: np.ndarray | None = None
-
-    def allocate(self, dtype):
-        self.running_mean = np.zeros(self.num_features, dtype=dtype)
-        self.running_norm = np.ones(self.num_features, dtype=dtype)
-
-    def buffers(self):
-        return {
-            "running_mean": self.running_mean,
-            "running_norm": self.running_norm,
-            "num_batches_tracked": self.num_batches_tracked,
-        }
-
-    def forward(self, x, mode):
-        gamma, beta = self.params.get("weight"), self.params.get("bias")
-        if mode == "eval":
-            self._cache = ("eval", x)
-            return lp_norm_eval_forward(x, self.running_mean, self.running_norm, gamma, beta, self.eps)
-        y, mean, norm, argmax = lp_norm_train_forward(x, self.p, gamma, beta, self.eps)
-        if mode == "train":
-            lp_norm_update_running(self.running_mean, self.running_norm, mean, norm, self.momentum)
-            self.num_batches_tracked += 1
-        self._cache = ("batch", x, mean, norm, argmax)
-        return y
-
-    def backward(self, dy, need_dx=True):
-        gamma = self.params.get("weight")
-        dgamma, dbeta = self.grads.get("weight"), self.grads.get("bias")
-        if self._cache[0] == "eval":
-            x = self._cache[1]
-            return lp_norm_eval_backward(
-                dy, x, self.running_mean, self.running_norm, gamma, dgamma, dbeta, self.eps
-            )
-        _, x, mean, norm, argmax = self._cache
-        return lp_norm_train_backward(dy, x, self.p, mean, norm, argmax, gamma, dgamma, dbeta, self.eps)
-
-    def _standardization(self):
-        x = self._cache[1]
-        self._remember_input_shape(x)
-        if self._cache[0] == "eval":
-            return FixedStandardization(as_ncs(x), self.running_mean, 1.0 / (self.running_norm.astype(np.float64)
-                                                                              + self.eps))
-        stat = {1.0: "l1", 2.0: "l2", math.inf: "linf"}[self.p]
-        return Standardization(as_ncs(x), None, stat, self.eps, argmax=self._cache[4])
-
-
-class L1BatchNorm(LpBatchNorm):
-    """Lp batch normalization with p = 1: divide by mean |y| + eps."""
-
-    p = 1.0
-
-
-class L2BatchNorm(LpBatchNorm):
-    """Lp batch normalization with p = 2: divide by sqrt(mean y^2) + eps."""
-
-    p = 2.0
-
-
-class LinfBatchNorm(LpBatchNorm):
-    """Lp batch normalization with p = inf: divide by max |y| + eps (subgradient at the first arg-max)."""
-
-    p = math.inf
-
-
-class GroupNorm(_PerChannelAffine):
-    """GroupNorm with PyTorch's semantics: per sample, statistics over each group of C / groups channels (and H, W),
-    per-channel affine `weight`, `bias`; no running statistics (every mode uses the sample's own statistics).
-
-    groups: default 32, capped at the channel count; must divide it.
-    """
-
-    def __init__(self, num_features: int, groups: int = 32, eps: float = 1e-5, affine: bool = True) -> None:
-        super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) or num_features < 1:
-            raise ValueError(f"num_features: expected a positive integer, got {num_features!r}")
-        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
-            raise ValueError(f"groups: expected a positive integer, got {groups!r}")
-        if not eps > 0:
-            raise ValueError(f"eps: expected a positive value, got {eps}")
-        self.num_features, self.eps, self.affine = int(num_features), float(eps), bool(affine)
-        self.groups = min(int(groups), self.num_features)
-        if self.num_features % self.groups:
-            raise ValueError(
-                f"groups: expected a divisor of num_features {self.num_features}, got {self.groups}; "
-                f"pass norm_options={{'groups': k}} with k dividing {self.num_features}"
-            )
-        self._cache: tuple | None = None
-
-    def output_shape(self, input_shape):
-        shape = super().output_shape(input_shape)
-        self._check_group_size(input_shape)
-        return shape
-
-    def _check_group_size(self, input_shape):
-        # One value per group normalizes to 0 whatever the input: the output is beta and no gradient flows back.
-        size = self.num_features // self.groups * int(np.prod(input_shape[1:], dtype=np.int64))
-        if size < 2:
-            raise ValueError(
-                f"{self.name}: {type(self).__name__} with {self.groups} groups on input {input_shape} normalizes "
-                f"groups of 1 value (the output would be constant); use fewer groups"
-            )
-
-    def forward(self, x, mode):
-        y, mean, invstd = group_norm_forward(x, self.groups, self.params.get("weight"), self.params.get("bias"),
-                                             self.eps)
-        self._cache = (x, mean, invstd)
-        return y
-
-    def backward(self, dy, need_dx=True):
-        x, mean, invstd = self._cache
-        return group_norm_backward(dy, x, self.groups, mean, invstd, self.params.get("weight"),
-                                   self.grads.get("weight"), self.grads.get("bias"))
-
-    def _standardization(self):
-        x = self._cache[0]
-        self._remember_input_shape(x)
-        return Standardization(as_ncs(x), self.groups, "var", self.eps)
-
-    def extra_repr(self):
-        return f"{self.groups}, {self.num_features}, eps={self.eps}, affine={self.affine}"
-
-
-class LayerNorm(GroupNorm):
-    """Layer normalization: per sample over all of (C, H, W), per-channel affine (= GroupNorm(1, C); for (N, C)
-    inputs identical to torch's LayerNorm(C))."""
-
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
-        super().__init__(num_features, 1, eps, affine)
-
-    def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
-
-
-class InstanceNorm(GroupNorm):
-    """Instance normalization: per sample and channel over (H, W), per-channel affine (= GroupNorm(C, C) =
-    torch's InstanceNorm2d(C, affine=True)); needs (C, H, W) inputs."""
-
-    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
-        super().__init__(num_features, num_features, eps, affine)
-
-    def output_shape(self, input_shape):
-        if len(input_shape) != 3 or input_shape[0] != self.num_features:
-            raise ValueError(
-                f"{self.name}: instance norm needs feature maps: expected input ({self.num_features}, H, W), got "
-                f"{input_shape} (for flat features use 'layer' or 'batch')"
-            )
-        self._check_group_size(input_shape)
-        return input_shape
-
-    def forward(self, x, mode):
-        if np.ndim(x) != 4:
-            raise ValueError(f"x: instance norm expected a 4D array (N, C, H, W), got shape {np.shape(x)}")
-        return super().forward(x, mode)
-
-    def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
-
 
 def _variance_standardization(layer):
     """BatchNorm's (and noisy BatchNorm's) standardization: batch statistics, or running ones in eval mode."""

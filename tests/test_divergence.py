@@ -96,7 +96,8 @@ def test_a_diverging_run_inside_a_multi_run_spec_is_recorded_and_drawn(tmp_path,
     for ext in ("png", "pdf"):
         assert (figures / f"diverging.{ext}").stat().st_size > 1000
     # Running again finds it done: a diverged run is a result, not a failure to retry.
-    assert main(["run", str(spec_path), "--profile", "tiny", "--runs", str(tmp_path / "runs"), "--no-plot"]) == 0
+    assert main(["run", str(spec_path), "--profile", "tiny", "--runs", str(tmp_path / "runs"), "--no-plot",
+                 "--figures", str(figures)]) == 0
     assert load_run(boom.path).metrics["step"].tolist() == steps.tolist()
 
 

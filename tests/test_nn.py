@@ -14,19 +14,19 @@ def tiny_vgg(norm=None, dtype=np.float64, seed=0, name="vgg11"):
     return models.vgg(name, norm=norm, width=1 / 16, dtype=dtype, seed=seed)
 
 
-def directional_fd(net, x, y, direction, eps=1e-6):
-    """Central difference of the probe-mode loss along `direction` in parameter space."""
+def directional_fd(net, x, y, direction, eps=1e-6, mode="probe"):
+    """Central difference of the loss along `direction` in parameter space (probe mode: the noise stays fixed)."""
     w0 = net.params.copy()
     net.params[:] = w0 + eps * direction
-    fp = net.loss(x, y, mode="probe")
+    fp = net.loss(x, y, mode=mode)
     net.params[:] = w0 - eps * direction
-    fm = net.loss(x, y, mode="probe")
+    fm = net.loss(x, y, mode=mode)
     net.params[:] = w0
     return (fp - fm) / (2 * eps)
 
 
 def check_gradient(net, x, y, rng, n_coords=24, n_dirs=3):
-    """Analytic gradient (probe mode) against central differences: random coordinates and random directions."""
+    """Analytic gradient (probe mode) against central differences: random coordinates and unit directions."""
     _, g = net.loss_and_grad(x, y, mode="probe")
     g = g.copy()
     analytic, numeric = [], []
@@ -36,7 +36,9 @@ def check_gradient(net, x, y, rng, n_coords=24, n_dirs=3):
         analytic.append(g[i])
         numeric.append(directional_fd(net, x, y, e))
     for _ in range(n_dirs):
+        # Unit directions: a step of eps * ||d|| ~ 2e-4 for unnormalized d would cross ReLU / max-pool kinks.
         d = rng.standard_normal(net.num_params)
+        d /= np.linalg.norm(d)
         analytic.append(g @ d)
         numeric.append(directional_fd(net, x, y, d))
     return relative_error(analytic, numeric)

@@ -27,6 +27,7 @@ from tests.reference import (
     noisy_batch_norm_reference,
     relative_error,
 )
+from tests.test_nn import check_gradient, directional_fd
 
 NEW_NORMS = ["noisy_batch", "l1", "l2", "linf", "layer", "instance", "group"]
 # Options that keep every group larger than one value on the small (N, 6) inputs below.
@@ -41,36 +42,6 @@ def single_norm_net(norm, input_shape, dtype=np.float64, seed=0, **options):
 
 def randomize_affine(net, rng):
     net.params[:] = rng.uniform(0.5, 1.5, net.num_params) * rng.choice([-1.0, 1.0], net.num_params)
-
-
-def directional_fd(net, x, y, direction, eps=1e-6, mode="probe"):
-    """Central difference of the loss along `direction` in parameter space (probe mode: the noise stays fixed)."""
-    w0 = net.params.copy()
-    net.params[:] = w0 + eps * direction
-    fp = net.loss(x, y, mode=mode)
-    net.params[:] = w0 - eps * direction
-    fm = net.loss(x, y, mode=mode)
-    net.params[:] = w0
-    return (fp - fm) / (2 * eps)
-
-
-def check_gradient(net, x, y, rng, n_coords=24, n_dirs=3):
-    """Analytic gradient (probe mode) against central differences: random coordinates and unit directions."""
-    _, g = net.loss_and_grad(x, y, mode="probe")
-    g = g.copy()
-    analytic, numeric = [], []
-    for i in rng.choice(net.num_params, size=min(n_coords, net.num_params), replace=False):
-        e = np.zeros(net.num_params)
-        e[i] = 1.0
-        analytic.append(g[i])
-        numeric.append(directional_fd(net, x, y, e))
-    for _ in range(n_dirs):
-        # Unit directions: a step of eps * ||d|| ~ 2e-4 for unnormalized d would cross ReLU / max-pool kinks.
-        d = rng.standard_normal(net.num_params)
-        d /= np.linalg.norm(d)
-        analytic.append(g @ d)
-        numeric.append(directional_fd(net, x, y, d))
-    return relative_error(analytic, numeric)
 
 
 def test_registry_order_and_public_names():

@@ -172,14 +172,9 @@ def _batch_norm_train_backward(dy, x, N, C, S, mean, invstd, gamma, block, chunk
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _batch_norm_eval_forward(x, N, C, S, running_mean, running_var, gamma, beta, eps, block, chunks, y):
-    center = np.empty(C)
-    scale = np.empty(C)
-    offset = np.empty(C)
-    for c in range(C):
-        center[c] = float(running_mean[c])
-        scale[c] = float(gamma[c]) / math.sqrt(float(running_var[c]) + eps)
-        offset[c] = float(beta[c])
+def _fixed_stats_forward(x, N, C, S, center, scale, offset, block, chunks, y):
+    """y = (x - center) scale + offset per channel, the (C,) float64 coefficients fixed: eval-mode normalization
+    (here and in lp_norm_eval.py) with scale = gamma / sqrt(running_var + eps) or gamma / (running_norm + eps)."""
     blocks = (C + block - 1) // block
     for item in prange(blocks * chunks):
         c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
@@ -187,15 +182,13 @@ def _batch_norm_eval_forward(x, N, C, S, running_mean, running_var, gamma, beta,
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _batch_norm_eval_backward(dy, x, N, C, S, running_mean, running_var, gamma, eps, need_sums, block, chunks, dx):
-    center = np.empty(C)
-    inv = np.empty(C)
-    a = np.empty(C)
+def _fixed_stats_backward(dy, x, N, C, S, center, inv, gamma, need_sums, block, chunks, dx):
+    """Gradient of y = gamma (x - center) inv + beta with center and inv (C,) float64 constants: dx = gamma inv dy;
+    returns (dgamma, dbeta) = (sum(dy (x - center)) inv, sum(dy)) (zeros unless need_sums)."""
+    scale = np.empty(C)
     zeros = _zeros(C)
     for c in range(C):
-        center[c] = float(running_mean[c])
-        inv[c] = 1.0 / math.sqrt(float(running_var[c]) + eps)
-        a[c] = float(gamma[c]) * inv[c]
+        scale[c] = float(gamma[c]) * inv[c]
     acc_dy = _zeros((chunks, C))
     acc_dyx = _zeros((chunks, C))
     blocks = (C + block - 1) // block
@@ -203,8 +196,7 @@ def _batch_norm_eval_backward(dy, x, N, C, S, running_mean, running_var, gamma, 
         c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
         if need_sums:
             _block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, item % chunks)
-        # Running statistics are constants here: dx = gamma / sqrt(running_var + eps) * dy.
-        _block_affine(dy, C, S, c0, c1, n0, n1, zeros, a, zeros, dx)
+        _block_affine(dy, C, S, c0, c1, n0, n1, zeros, scale, zeros, dx)
     dgamma = np.empty(C)
     dbeta = np.empty(C)
     for c in range(C):
@@ -318,9 +310,10 @@ def batch_norm_eval_forward(
     beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
     y = _output(out, x3, np.shape(x), (x3,))
     block, chunks = _plan(N, C, S, x3.itemsize, 1)
-    _batch_norm_eval_forward(
-        x3.reshape(-1), N, C, S, running_mean, running_var, gamma, beta, eps, block, chunks, y.reshape(-1)
-    )
+    # Per-channel coefficients in float64, like every elementwise pass here.
+    scale = gamma.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + eps)
+    _fixed_stats_forward(x3.reshape(-1), N, C, S, running_mean.astype(np.float64), scale, beta.astype(np.float64),
+                         block, chunks, y.reshape(-1))
     return y
 
 
@@ -354,21 +347,9 @@ def batch_norm_eval_backward(
     need_sums = dgamma is not None or dbeta is not None
     dx = _output(out, x3, np.shape(x), (x3, dy3))
     block, chunks = _plan(N, C, S, x3.itemsize, 2)
-    dg, db = _batch_norm_eval_backward(
-        dy3.reshape(-1),
-        x3.reshape(-1),
-        N,
-        C,
-        S,
-        running_mean,
-        running_var,
-        gamma,
-        eps,
-        need_sums,
-        block,
-        chunks,
-        dx.reshape(-1),
-    )
+    inv = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+    dg, db = _fixed_stats_backward(dy3.reshape(-1), x3.reshape(-1), N, C, S, running_mean.astype(np.float64), inv,
+                                   gamma, need_sums, block, chunks, dx.reshape(-1))
     if dgamma is not None:
         dgamma[...] = dg
     if dbeta is not None:

@@ -5,19 +5,35 @@ untouched) and leaves the network bit-identical (params, grads, buffers): points
 `w - eta * d` into `net.params` in place and restoring it afterwards, so no copy of the network is made.
 
 Diverging points (NaN or Inf loss or gradient) are recorded as they come and counted; they never raise.
+
+Li et al.'s filter-normalized loss surfaces live in smoothnorm.measure.loss_surface and the helpers every
+measurement shares in smoothnorm.measure._common; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from numba import njit
 
 from smoothnorm._validate import choice
+
+# Re-exported: smoothnorm.measure.ics and theory import these private helpers from here.
+from smoothnorm.measure._common import _base_loss_and_grad as _base_loss_and_grad
+from smoothnorm.measure._common import _check_batch as _check_batch
+from smoothnorm.measure._common import _check_direction, _check_etas, _distance64, _move_to, _norm64
+from smoothnorm.measure._common import _preserved as _preserved
+from smoothnorm.measure._common import _sums as _sums
+from smoothnorm.measure.loss_surface import (
+    NORM_PARAM_POLICIES,
+    LossSurface1D,
+    LossSurface2D,
+    filter_normalized_direction,
+    loss_surface_1d,
+    loss_surface_2d,
+)
 
 __all__ = [
     "PAPER_STEP_RANGES",
@@ -49,128 +65,6 @@ INFERRED_STEP_MULTIPLIERS: dict[str, tuple[float, ...]] = {
 # "distance": beta = ||grad(w - eta d) - grad(w)|| / ||eta d|| (gradient change per distance moved, the default);
 # "eta": the same divided by eta only (pitfall viii: state the choice).
 BETA_NORMALIZATIONS = ("distance", "eta")
-# What Li et al.'s filter normalization does with 1-D parameters (biases, norm gamma/beta): "zero" them in the
-# direction (Li et al.'s `ignore="biasbn"`), use the "parameter" itself (their code's default otherwise), or
-# "filter"-normalize the whole vector as one filter.
-NORM_PARAM_POLICIES = ("zero", "parameter", "filter")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Shared by every measurement module
-# ----------------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _preserved(net) -> Iterator[np.ndarray]:
-    """Restore params, grads and every layer buffer (running statistics, counters) on exit, bit for bit.
-
-    Yields the saved copy of the params (read-only by convention: it is what gets restored).
-    """
-    params = net.params.copy()
-    grads = net.grads.copy()
-    buffers = [
-        {name: np.array(value, copy=True) for name, value in layer.buffers().items()} for layer in net.layers
-    ]
-    try:
-        yield params
-    finally:
-        net.params[...] = params
-        net.grads[...] = grads
-        for layer, saved in zip(net.layers, buffers):
-            current = layer.buffers()
-            for name, value in saved.items():
-                current[name][...] = value
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _pair_sums(a, b):
-    """(sum a^2, sum b^2, sum a b, sum (a - b)^2) over 1-D arrays, each element widened to float64 first.
-
-    One pass and no temporaries: on VGG-11's 9.2M parameters a float64 copy costs 50-70 ms, this ~10 ms.
-    """
-    aa = bb = ab = dd = 0.0
-    for i in range(a.size):
-        x = np.float64(a[i])
-        y = np.float64(b[i])
-        aa += x * x
-        bb += y * y
-        ab += x * y
-        d = x - y
-        dd += d * d
-    return aa, bb, ab, dd
-
-
-def _flat(v) -> np.ndarray:
-    v = np.asarray(v)
-    if v.dtype not in (np.float32, np.float64):
-        v = v.astype(np.float64)
-    return np.ascontiguousarray(v.reshape(-1))
-
-
-def _sums(a, b) -> tuple[float, float, float, float]:
-    a, b = _flat(a), _flat(b)
-    if a.size != b.size:
-        raise ValueError(f"expected vectors of one size, got {a.size} and {b.size}")
-    return _pair_sums(a, b)
-
-
-def _norm64(v: np.ndarray) -> float:
-    """Euclidean norm accumulated in float64 (NaN/Inf propagate, no warnings)."""
-    v = _flat(v)
-    return math.sqrt(_pair_sums(v, v)[0])
-
-
-def _distance64(a: np.ndarray, b: np.ndarray) -> float:
-    """||a - b||_2 with the difference and the sum in float64."""
-    return math.sqrt(_sums(a, b)[3])
-
-
-def _check_batch(net, x, y) -> tuple[np.ndarray, np.ndarray]:
-    x = net.check_input(x)
-    if x.shape[0] < 1:
-        raise ValueError("x: expected at least one sample, got an empty batch")
-    return x, net.check_targets(y, x.shape[0])
-
-
-def _check_etas(etas, name: str = "etas") -> np.ndarray:
-    etas = np.asarray(etas, dtype=np.float64)
-    if etas.ndim == 0:
-        etas = etas.reshape(1)
-    if etas.ndim != 1 or etas.size == 0:
-        raise ValueError(f"{name}: expected a non-empty 1-D sequence of step sizes, got shape {etas.shape}")
-    if not np.isfinite(etas).all():
-        raise ValueError(f"{name}: expected finite step sizes, got {etas.tolist()}")
-    return etas
-
-
-def _check_direction(net, direction, name: str = "direction", finite: bool = True) -> np.ndarray:
-    d = np.asarray(direction)
-    if d.shape != net.params.shape:
-        raise ValueError(f"{name}: expected shape {net.params.shape} (the shape of net.params), got {d.shape}")
-    if d.dtype.kind != "f":
-        raise ValueError(f"{name}: expected a float array, got dtype {d.dtype}")
-    if finite and not np.isfinite(d).all():
-        raise ValueError(f"{name}: expected finite values")
-    return np.ascontiguousarray(d, dtype=net.dtype)
-
-
-def _base_loss_and_grad(net, x, y, grad, loss) -> tuple[float, np.ndarray]:
-    """The loss and gradient at the current params: given ones are trusted (and copied), else one pass."""
-    if grad is None:
-        base_loss, g = net.loss_and_grad(x, y, mode="probe")
-        return float(base_loss), g.copy()
-    # A non-finite gradient (a diverged run) is measured like any other point, not rejected.
-    g = _check_direction(net, grad, "grad", finite=False)
-    if np.shares_memory(g, net.grads):
-        g = g.copy()  # net.grads is overwritten by every probe point
-    if loss is None:
-        loss = net.loss(x, y, mode="probe")
-    return float(loss), g
-
-
-def _move_to(net, w0: np.ndarray, eta: float, direction: np.ndarray) -> None:
-    """net.params = w0 - eta * direction, in the network's dtype (as a training step would compute it)."""
-    with np.errstate(all="ignore"):
-        np.multiply(direction, net.dtype.type(eta), out=net.params)
-        np.subtract(w0, net.params, out=net.params)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -441,129 +335,3 @@ def probe_random_direction(
         d = random_direction(net, rng, norm=_norm64(g), kind=kind)
         return _probe(net, x, y, w0, etas, d, g, base_loss, beta_normalization, "random")
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# Li et al. (2018) filter-normalized loss surfaces
-# ----------------------------------------------------------------------------------------------------------------
-def _parameters(net):
-    """(full name, slice, shape) for every parameter, in flat-vector order."""
-    slices = net.param_slices()
-    for layer in net.layers:
-        for pname, value in layer.params.items():
-            name = f"{layer.name}.{pname}"
-            yield name, slices[name], value.shape
-
-
-def filter_normalized_direction(net, rng: np.random.Generator, *, norm_params: str = "zero") -> np.ndarray:
-    """Li et al.'s filter-normalized random direction (Visualizing the Loss Landscape of Neural Nets, 2018).
-
-    Each filter of a weight with ndim >= 2 (a conv output channel, a row of a Linear weight) is a Gaussian direction
-    rescaled to the norm of the same filter of the current weights. 1-D parameters (biases, norm gamma/beta) follow
-    `norm_params`: "zero" (Li et al.'s ignore="biasbn", the default), "parameter" (the direction equals the
-    parameter, their code's other choice) or "filter" (the whole vector normalized as one filter).
-    Returns an (n,) array in the network's dtype.
-    """
-    choice("norm_params", norm_params, NORM_PARAM_POLICIES)
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
-    d = rng.standard_normal(net.num_params)
-    w = net.params.astype(np.float64)
-    for _, s, shape in _parameters(net):
-        if len(shape) >= 2:
-            dv = d[s].reshape(shape[0], -1)
-            wv = w[s].reshape(shape[0], -1)
-            # Li et al. add 1e-10 to the direction's filter norm; a Gaussian filter is never exactly zero anyway.
-            dv *= (np.linalg.norm(wv, axis=1) / (np.linalg.norm(dv, axis=1) + 1e-10))[:, None]
-        elif norm_params == "zero":
-            d[s] = 0.0
-        elif norm_params == "parameter":
-            d[s] = w[s]
-        else:
-            d[s] *= np.linalg.norm(w[s]) / (np.linalg.norm(d[s]) + 1e-10)
-    return d.astype(net.dtype)
-
-
-@dataclass(frozen=True)
-class LossSurface1D:
-    """Loss (and accuracy for classifiers, else None) at w + alpha d for each alpha."""
-
-    alphas: np.ndarray
-    losses: np.ndarray
-    accuracies: np.ndarray | None
-    num_diverged: int
-
-
-@dataclass(frozen=True)
-class LossSurface2D:
-    """Loss (and accuracy for classifiers, else None) at w + a d1 + b d2 on the grid steps1 x steps2.
-
-    losses, accuracies: (len(steps1), len(steps2)).
-    """
-
-    steps1: np.ndarray
-    steps2: np.ndarray
-    losses: np.ndarray
-    accuracies: np.ndarray | None
-    num_diverged: int
-
-
-def _loss_and_accuracy(net, x, y) -> tuple[float, float]:
-    with np.errstate(all="ignore"):
-        try:
-            out = net.forward(x, mode="probe")
-            loss = float(net.loss_fn.forward(out, y))
-        except FloatingPointError:
-            return math.nan, math.nan
-        accuracy = float(np.mean(np.argmax(out, axis=1) == y)) if y.ndim == 1 and y.dtype.kind == "i" else math.nan
-    return loss, accuracy
-
-
-def loss_surface_1d(net, x, y, direction: np.ndarray, alphas: Sequence[float] | np.ndarray) -> LossSurface1D:
-    """Li et al.'s 1-D loss curve: the probe-mode loss at w + alpha d for each alpha (forward passes only).
-
-    direction: (n,), e.g. from `filter_normalized_direction`. alphas: coordinates, e.g. np.linspace(-1, 1, 51).
-    """
-    alphas = _check_etas(alphas, "alphas")
-    x, y = _check_batch(net, x, y)
-    d = _check_direction(net, direction)
-    losses = np.empty(alphas.size)
-    accuracies = np.empty(alphas.size)
-    with _preserved(net) as w0:
-        for i, alpha in enumerate(alphas):
-            _move_to(net, w0, -alpha, d)
-            losses[i], accuracies[i] = _loss_and_accuracy(net, x, y)
-    classifier = y.ndim == 1 and y.dtype.kind == "i"
-    return LossSurface1D(alphas.copy(), losses, accuracies if classifier else None, int((~np.isfinite(losses)).sum()))
-
-
-def loss_surface_2d(
-    net,
-    x,
-    y,
-    direction1: np.ndarray,
-    direction2: np.ndarray,
-    steps1: Sequence[float] | np.ndarray,
-    steps2: Sequence[float] | np.ndarray,
-) -> LossSurface2D:
-    """Li et al.'s 2-D loss surface: the probe-mode loss at w + a d1 + b d2 for a in steps1, b in steps2.
-
-    Cost: len(steps1) * len(steps2) forward passes.
-    """
-    steps1 = _check_etas(steps1, "steps1")
-    steps2 = _check_etas(steps2, "steps2")
-    x, y = _check_batch(net, x, y)
-    d1 = _check_direction(net, direction1, "direction1")
-    d2 = _check_direction(net, direction2, "direction2")
-    losses = np.empty((steps1.size, steps2.size))
-    accuracies = np.empty((steps1.size, steps2.size))
-    with _preserved(net) as w0:
-        for i, a in enumerate(steps1):
-            _move_to(net, w0, -a, d1)
-            wa = net.params.copy()
-            for j, b in enumerate(steps2):
-                _move_to(net, wa, -b, d2)
-                losses[i, j], accuracies[i, j] = _loss_and_accuracy(net, x, y)
-    classifier = y.ndim == 1 and y.dtype.kind == "i"
-    return LossSurface2D(
-        steps1.copy(), steps2.copy(), losses, accuracies if classifier else None, int((~np.isfinite(losses)).sum())
-    )

@@ -2,13 +2,13 @@
 reference, backward against central finite differences, determinism, NaN propagation, bad inputs, and optional
 parity with torch.nn.functional."""
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smoothnorm.kernels.group_norm import group_norm_backward, group_norm_forward
+from tests.kernels.threads import assert_same_at_thread_counts
 from tests.reference import central_difference, group_norm_reference, relative_error
 
 # (shape, groups): layer (1), group, instance (C) on 2D and 4D inputs; odd sizes exercise the 4-lane tails.
@@ -135,19 +135,14 @@ def test_results_do_not_depend_on_thread_count(rng, groups):
     x = _input(rng, shape)
     gamma, beta = _affine(rng, 4)
     dy = rng.standard_normal(shape)
-    results = []
-    before = numba.get_num_threads()
-    try:
-        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(threads)
-            y, mean, invstd = group_norm_forward(x, groups, gamma, beta)
-            dgamma, dbeta = np.empty(4), np.empty(4)
-            dx = group_norm_backward(dy, x, groups, mean, invstd, gamma, dgamma, dbeta)
-            results.append((y, mean, invstd, dx, dgamma, dbeta))
-    finally:
-        numba.set_num_threads(before)
-    for a, b in zip(results[0], results[-1]):
-        assert np.array_equal(a, b)
+
+    def forward_and_backward():
+        y, mean, invstd = group_norm_forward(x, groups, gamma, beta)
+        dgamma, dbeta = np.empty(4), np.empty(4)
+        dx = group_norm_backward(dy, x, groups, mean, invstd, gamma, dgamma, dbeta)
+        return y, mean, invstd, dx, dgamma, dbeta
+
+    assert_same_at_thread_counts(forward_and_backward)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -1,9 +1,9 @@
-import numba
 import numpy as np
 import pytest
 
 from smoothnorm.kernels import linear
 from smoothnorm.kernels.linear import linear_backward, linear_forward
+from tests.kernels.threads import assert_same_at_thread_counts
 from tests.reference import central_difference, linear_ref, relative_error
 
 SHAPES = [(1, 1, 1), (5, 7, 3), (16, 33, 10), (3, 4, 300)]  # (N, in, out); out=300 spans two column blocks
@@ -123,18 +123,13 @@ def test_bias_gradient_is_independent_of_thread_count(rng):
     x, weight, _ = _params(rng, 700, 3, 520)
     dy = rng.standard_normal((700, 520)).astype(np.float32) * 1e3
     x, weight = x.astype(np.float32), weight.astype(np.float32)
-    results = []
-    before = numba.get_num_threads()
-    try:
-        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(threads)
-            dbias = np.empty(520, dtype=np.float32)
-            linear_backward(dy, x, weight, np.empty_like(weight), dbias, need_dx=False)
-            results.append(dbias)
-    finally:
-        numba.set_num_threads(before)
-    for r in results[1:]:
-        np.testing.assert_array_equal(r, results[0])
+
+    def bias_gradient():
+        dbias = np.empty(520, dtype=np.float32)
+        linear_backward(dy, x, weight, np.empty_like(weight), dbias, need_dx=False)
+        return dbias
+
+    assert_same_at_thread_counts(bias_gradient)
 
 
 def test_forward_bad_inputs_raise(rng):
@@ -246,19 +241,13 @@ def test_split_rows_route_is_independent_of_thread_count(rng):
     n, n_in, n_out = ROUTE_SHAPES["split rows"]
     x, weight, bias = _params(rng, n, n_in, n_out)
     dy = rng.standard_normal((n, n_out)) * 1e3
-    results = []
-    before = numba.get_num_threads()
-    try:
-        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(threads)
-            dweight, dbias = np.empty_like(weight), np.empty_like(bias)
-            dx = linear_backward(dy, x, weight, dweight, dbias)
-            results.append((linear_forward(x, weight, bias), dx, dweight, dbias))
-    finally:
-        numba.set_num_threads(before)
-    for r in results[1:]:
-        for a, b in zip(r, results[0]):
-            np.testing.assert_array_equal(a, b)
+
+    def forward_and_backward():
+        dweight, dbias = np.empty_like(weight), np.empty_like(bias)
+        dx = linear_backward(dy, x, weight, dweight, dbias)
+        return linear_forward(x, weight, bias), dx, dweight, dbias
+
+    assert_same_at_thread_counts(forward_and_backward)
 
 
 def test_nan_propagates_through_split_rows(rng):

@@ -1,4 +1,3 @@
-import numba
 import numpy as np
 import pytest
 
@@ -8,6 +7,7 @@ from smoothnorm.kernels.loss import (
     squared_error_backward,
     squared_error_forward,
 )
+from tests.kernels.threads import assert_same_at_thread_counts
 from tests.reference import central_difference, relative_error, softmax_cross_entropy_ref, squared_error_ref
 
 CE_SHAPES = [(1, 1), (1, 3), (8, 10), (33, 7)]
@@ -175,15 +175,7 @@ def test_squared_error_float32_matches_float64(rng):
 def test_squared_error_is_independent_of_thread_count(rng):
     pred = rng.standard_normal(50001).astype(np.float32)
     target = rng.standard_normal(50001).astype(np.float32)
-    before = numba.get_num_threads()
-    losses = []
-    try:
-        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(threads)
-            losses.append(squared_error_forward(pred, target)[0])
-    finally:
-        numba.set_num_threads(before)
-    assert len(set(losses)) == 1
+    assert_same_at_thread_counts(lambda: squared_error_forward(pred, target)[0])
 
 
 def test_squared_error_nan_and_inf_propagate():

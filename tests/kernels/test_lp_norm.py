@@ -3,7 +3,6 @@ finite differences, invariances, running statistics, ties, NaN propagation, dete
 
 import math
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -17,6 +16,7 @@ from smoothnorm.kernels.lp_norm import (
     lp_norm_train_forward,
     lp_norm_update_running,
 )
+from tests.kernels.threads import assert_same_at_thread_counts
 from tests.reference import (
     central_difference,
     lp_norm_reference,
@@ -213,19 +213,14 @@ def test_results_do_not_depend_on_thread_count(rng, p, shape):
     x = _input(rng, shape)
     gamma, beta = _affine(rng, shape[1])
     dy = rng.standard_normal(shape)
-    results = []
-    before = numba.get_num_threads()
-    try:
-        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(threads)
-            y, mean, norm, argmax = lp_norm_train_forward(x, p, gamma, beta)
-            dg = np.empty(shape[1])
-            dx = lp_norm_train_backward(dy, x, p, mean, norm, argmax, gamma, dg)
-            results.append((y, mean, norm, argmax, dx, dg))
-    finally:
-        numba.set_num_threads(before)
-    for a, b in zip(results[0], results[-1]):
-        assert np.array_equal(a, b)
+
+    def forward_and_backward():
+        y, mean, norm, argmax = lp_norm_train_forward(x, p, gamma, beta)
+        dg = np.empty(shape[1])
+        dx = lp_norm_train_backward(dy, x, p, mean, norm, argmax, gamma, dg)
+        return y, mean, norm, argmax, dx, dg
+
+    assert_same_at_thread_counts(forward_and_backward)
 
 
 def test_l2_zero_channel_has_finite_gradient(rng):

@@ -2,12 +2,12 @@
 forward against a float64 reference, backward against central finite differences, statistics equal to batch
 norm's, determinism, NaN propagation and bad inputs."""
 
-import numba
 import numpy as np
 import pytest
 
 from smoothnorm.kernels.noisy_norm import noisy_batch_norm_backward, noisy_batch_norm_forward
 from smoothnorm.kernels.norm import batch_norm_train_forward
+from tests.kernels.threads import assert_same_at_thread_counts
 from tests.reference import central_difference, noisy_batch_norm_reference, relative_error
 
 SHAPES = [(5, 3), (16, 7), (2, 3, 4, 5), (3, 6, 1, 1), (64, 1, 32, 32), (40000, 1)]
@@ -123,19 +123,14 @@ def test_float32_close_to_float64(rng):
 def test_results_do_not_depend_on_thread_count(rng, shape):
     x, scale, shift, gamma, beta = _case(rng, shape)
     dy = rng.standard_normal(shape)
-    results = []
-    before = numba.get_num_threads()
-    try:
-        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(threads)
-            y, mean, invstd, var = noisy_batch_norm_forward(x, scale, shift, gamma, beta)
-            dgamma = np.empty(shape[1])
-            dx = noisy_batch_norm_backward(dy, x, scale, shift, mean, invstd, gamma, dgamma)
-            results.append((y, mean, invstd, var, dx, dgamma))
-    finally:
-        numba.set_num_threads(before)
-    for a, b in zip(results[0], results[-1]):
-        assert np.array_equal(a, b)
+
+    def forward_and_backward():
+        y, mean, invstd, var = noisy_batch_norm_forward(x, scale, shift, gamma, beta)
+        dgamma = np.empty(shape[1])
+        dx = noisy_batch_norm_backward(dy, x, scale, shift, mean, invstd, gamma, dgamma)
+        return y, mean, invstd, var, dx, dgamma
+
+    assert_same_at_thread_counts(forward_and_backward)
 
 
 def test_nan_propagates(rng):

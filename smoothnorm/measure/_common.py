@@ -1,0 +1,129 @@
+"""Shared by every measurement module: restoring the network bit for bit, float64 norms and distances, checks.
+
+Probes visit points by writing `w0 - eta * d` into `net.params` in place (`_move_to`) inside `_preserved(net)`,
+which restores params, grads and layer buffers on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import numpy as np
+from numba import njit
+
+
+@contextlib.contextmanager
+def _preserved(net) -> Iterator[np.ndarray]:
+    """Restore params, grads and every layer buffer (running statistics, counters) on exit, bit for bit.
+
+    Yields the saved copy of the params (read-only by convention: it is what gets restored).
+    """
+    params = net.params.copy()
+    grads = net.grads.copy()
+    buffers = [
+        {name: np.array(value, copy=True) for name, value in layer.buffers().items()} for layer in net.layers
+    ]
+    try:
+        yield params
+    finally:
+        net.params[...] = params
+        net.grads[...] = grads
+        for layer, saved in zip(net.layers, buffers):
+            current = layer.buffers()
+            for name, value in saved.items():
+                current[name][...] = value
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _pair_sums(a, b):
+    """(sum a^2, sum b^2, sum a b, sum (a - b)^2) over 1-D arrays, each element widened to float64 first.
+
+    One pass and no temporaries: on VGG-11's 9.2M parameters a float64 copy costs 50-70 ms, this ~10 ms.
+    """
+    aa = bb = ab = dd = 0.0
+    for i in range(a.size):
+        x = np.float64(a[i])
+        y = np.float64(b[i])
+        aa += x * x
+        bb += y * y
+        ab += x * y
+        d = x - y
+        dd += d * d
+    return aa, bb, ab, dd
+
+
+def _flat(v) -> np.ndarray:
+    v = np.asarray(v)
+    if v.dtype not in (np.float32, np.float64):
+        v = v.astype(np.float64)
+    return np.ascontiguousarray(v.reshape(-1))
+
+
+def _sums(a, b) -> tuple[float, float, float, float]:
+    a, b = _flat(a), _flat(b)
+    if a.size != b.size:
+        raise ValueError(f"expected vectors of one size, got {a.size} and {b.size}")
+    return _pair_sums(a, b)
+
+
+def _norm64(v: np.ndarray) -> float:
+    """Euclidean norm accumulated in float64 (NaN/Inf propagate, no warnings)."""
+    v = _flat(v)
+    return math.sqrt(_pair_sums(v, v)[0])
+
+
+def _distance64(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b||_2 with the difference and the sum in float64."""
+    return math.sqrt(_sums(a, b)[3])
+
+
+def _check_batch(net, x, y) -> tuple[np.ndarray, np.ndarray]:
+    x = net.check_input(x)
+    if x.shape[0] < 1:
+        raise ValueError("x: expected at least one sample, got an empty batch")
+    return x, net.check_targets(y, x.shape[0])
+
+
+def _check_etas(etas, name: str = "etas") -> np.ndarray:
+    etas = np.asarray(etas, dtype=np.float64)
+    if etas.ndim == 0:
+        etas = etas.reshape(1)
+    if etas.ndim != 1 or etas.size == 0:
+        raise ValueError(f"{name}: expected a non-empty 1-D sequence of step sizes, got shape {etas.shape}")
+    if not np.isfinite(etas).all():
+        raise ValueError(f"{name}: expected finite step sizes, got {etas.tolist()}")
+    return etas
+
+
+def _check_direction(net, direction, name: str = "direction", finite: bool = True) -> np.ndarray:
+    d = np.asarray(direction)
+    if d.shape != net.params.shape:
+        raise ValueError(f"{name}: expected shape {net.params.shape} (the shape of net.params), got {d.shape}")
+    if d.dtype.kind != "f":
+        raise ValueError(f"{name}: expected a float array, got dtype {d.dtype}")
+    if finite and not np.isfinite(d).all():
+        raise ValueError(f"{name}: expected finite values")
+    return np.ascontiguousarray(d, dtype=net.dtype)
+
+
+def _base_loss_and_grad(net, x, y, grad, loss) -> tuple[float, np.ndarray]:
+    """The loss and gradient at the current params: given ones are trusted (and copied), else one pass."""
+    if grad is None:
+        base_loss, g = net.loss_and_grad(x, y, mode="probe")
+        return float(base_loss), g.copy()
+    # A non-finite gradient (a diverged run) is measured like any other point, not rejected.
+    g = _check_direction(net, grad, "grad", finite=False)
+    if np.shares_memory(g, net.grads):
+        g = g.copy()  # net.grads is overwritten by every probe point
+    if loss is None:
+        loss = net.loss(x, y, mode="probe")
+    return float(loss), g
+
+
+def _move_to(net, w0: np.ndarray, eta: float, direction: np.ndarray) -> None:
+    """net.params = w0 - eta * direction, in the network's dtype (as a training step would compute it)."""
+    with np.errstate(all="ignore"):
+        np.multiply(direction, net.dtype.type(eta), out=net.params)
+        np.subtract(w0, net.params, out=net.params)
