@@ -54,6 +54,13 @@ from smoothnorm.measure.landscape import (
     update_direction,
 )
 from smoothnorm.measure.spectrum import HessianSpectrum, gradient_share, hessian_spectrum, top_eigenpairs
+from smoothnorm.measure.stability import (
+    GradientStatistics,
+    OneStepLoss,
+    excess_kurtosis,
+    gradient_statistics,
+    one_step_relative_loss,
+)
 from smoothnorm.measure.theory import (
     Theorem41,
     Theorem42,
@@ -85,6 +92,8 @@ __all__ = [
     "DENSE_MAX_PARAMS", "HessianConditioning", "hessian_condition_number",
     # spectrum (Hessian outliers)
     "HessianSpectrum", "hessian_spectrum", "top_eigenpairs", "gradient_share",
+    # stability (largest stable learning rate)
+    "GradientStatistics", "OneStepLoss", "gradient_statistics", "one_step_relative_loss", "excess_kurtosis",
     # theory
     "Theorem41", "Theorem42", "theorem_4_1", "theorem_4_1_network", "theorem_4_2", "theorem_4_2_toy",
     "lemma_4_5_toy",

@@ -4,7 +4,8 @@ L(w - lr g) / L(w) over a grid of learning rates.
 
 Bjorck et al.: without BatchNorm, gradients at initialization are large and heavy-tailed, and the loss after one
 step explodes beyond a learning rate that BatchNorm's network tolerates. Both functions use one batch; the one-step
-loss runs in "probe" mode and leaves the network bit-identical (smoothnorm.measure.landscape's helpers).
+loss runs in "probe" mode and leaves the network bit-identical (smoothnorm.measure._common's helpers, as
+the landscape probes).
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smoothnorm.measure.ics import weight_layer_names
-from smoothnorm.measure.landscape import (
+from smoothnorm.measure._common import (
     _base_loss_and_grad,
     _check_batch,
     _check_direction,
@@ -24,6 +24,7 @@ from smoothnorm.measure.landscape import (
     _move_to,
     _preserved,
 )
+from smoothnorm.measure.ics import weight_layer_names
 
 __all__ = ["GradientStatistics", "OneStepLoss", "excess_kurtosis", "gradient_statistics", "one_step_relative_loss",
            "DEFAULT_LRS"]
