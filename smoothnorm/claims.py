@@ -50,6 +50,8 @@ QUANTITIES: dict[str, tuple[str | None, bool, str]] = {
     "ics_cosine": ("ics", True, "cos(G, G') of one layer (Fig 3)"),
     "mean_change": ("distributions", True, "|mu_{t+1} - mu_t| of sampled units, averaged over units (Fig 8a)"),
     "var_change": ("distributions", True, "|var_{t+1} - var_t| of sampled units, averaged over units (Fig 8a)"),
+    "explosion_rate": ("gradient_explosion", False, "growth of ||dL/dW_l||^2 per layer toward the input, "
+                       "exp(-slope) of the log-linear fit (Yang et al. 2019)"),
 }
 # quantity -> what it is: one value per sweep group and seed (smoothnorm.sweeps)
 SWEEP_QUANTITIES: dict[str, str] = {
@@ -253,6 +255,8 @@ def quantity_series(run: RunResult, quantity: str, layer: int | None = None) -> 
                 values = np.where(np.isnan(values), np.inf, values)
             elif quantity == "effective_beta":
                 values = run.probe(kind, "effective_beta").astype(np.float64).reshape(-1)
+            elif quantity == "explosion_rate":
+                values = run.probe(kind, "rate").astype(np.float64).reshape(-1)
             elif quantity in ("ics_l2", "ics_cosine"):
                 table = run.probe(kind, quantity[4:]).astype(np.float64).reshape(n, -1)
                 if layer >= table.shape[1]:

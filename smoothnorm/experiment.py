@@ -213,12 +213,13 @@ def build_probes(net, run: RunSpec) -> list:
             probes.append(train.GradNormProbe(name="grad_norms", every=p.every, start=p.start))
         elif p.kind == "bn_gap":
             probes.append(train.BatchStatsGapProbe(name="bn_gap", every=p.every, start=p.start))
-        elif p.kind == "spectrum":
+        elif p.kind in ("spectrum", "gradient_explosion"):
             steps = o.pop("steps")
             if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in steps):
-                raise SpecError(f"run {run.label!r}: spectrum probe key 'steps' expects non-negative integers, "
+                raise SpecError(f"run {run.label!r}: {p.kind} probe key 'steps' expects non-negative integers, "
                                 f"got {steps!r}")
-            probes.append(train.SpectrumProbe(name="spectrum", every=p.every, start=p.start, steps=steps, **o))
+            cls = train.SpectrumProbe if p.kind == "spectrum" else train.GradientExplosionProbe
+            probes.append(cls(name=p.kind, every=p.every, start=p.start, steps=steps, **o))
         elif p.kind == "grad_distribution":
             probes.append(train.GradDistributionProbe(name="grad_distribution", every=p.every, start=p.start,
                                                       bins=o["bins"], limit=o["limit"], steps=o["steps"]))
@@ -459,6 +460,10 @@ def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Call
               "took_over": lease.took_over, "host": owner["host"], "pid": owner["pid"]})
         trainer.run(steps, callback)
         save("diverged" if trainer.diverged else "finished")
+        if not s.get("keep_checkpoint", True):
+            # The results are metrics.jsonl, probes.npz and status.json; a finished run never resumes.
+            for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
+                (path / name).unlink(missing_ok=True)
     except OSError as exc:  # a full disk, a lost mount, permissions: stop with what to do
         kept = f"its checkpoint at step {saved['step']} is intact" if saved["step"] is not None else "no checkpoint yet"
         raise OSError(exc.errno, f"{path}: could not write the run's files ({exc.strerror or exc}); {kept}. Free "

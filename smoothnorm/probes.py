@@ -21,6 +21,7 @@ from smoothnorm.measure import (
     probe_update_direction,
     step_grid,
 )
+from smoothnorm.measure.gradient_explosion import fit_log_growth, weight_gradient_norms
 from smoothnorm.measure.landscape import probe_direction, random_direction
 from smoothnorm.measure.spectrum import hessian_spectrum
 from smoothnorm.measure.stability import DEFAULT_LRS, gradient_statistics, one_step_relative_loss
@@ -316,6 +317,42 @@ class SpectrumProbe(Probe):
 
 
 @dataclass
+class GradientExplosionProbe(Probe):
+    """Gradient explosion (Yang et al. 2019) on the training batch: ||dL/dW_l||^2 of every weight layer (weights
+    only, float64, input layer first) and the fit of its logarithm against the layer index
+    (smoothnorm.measure.gradient_explosion): `rate` = exp(-slope), the growth per layer toward the input.
+
+    skip_first, skip_last: layers left out of the fit at the input and output ends.
+    steps: explicit steps to measure at (then `every` and `start` are ignored), or empty for the every/start rule.
+    """
+
+    skip_first: int = 1
+    skip_last: int = 1
+    steps: Sequence[int] = ()
+
+    def due(self, step: int) -> bool:
+        return step in self.steps if self.steps else super().due(step)
+
+    def setup(self, trainer):
+        from smoothnorm.measure.ics import weight_layer_names
+
+        self._layers = weight_layer_names(trainer.net)
+        # Fail before training when the skips leave fewer than two layers to fit.
+        fit_log_growth(np.ones(len(self._layers)), skip_first=self.skip_first, skip_last=self.skip_last)
+
+    def measure(self, trainer, x, y, grad, loss):
+        _, sq_norms = weight_gradient_norms(trainer.net, x, y, grad=grad)
+        fit = fit_log_growth(sq_norms, skip_first=self.skip_first, skip_last=self.skip_last)
+        return {"sq_norms": sq_norms, "slope": np.float64(fit.slope), "slope_se": np.float64(fit.slope_se),
+                "intercept": np.float64(fit.intercept), "rate": np.float64(fit.rate),
+                "rate_se": np.float64(fit.rate_se)}
+
+    def meta(self):
+        return {"layers": self._layers, "skip_first": self.skip_first, "skip_last": self.skip_last,
+                "steps": [int(s) for s in self.steps]}
+
+
+@dataclass
 class GradDistributionProbe(Probe):
     """The training gradient's distribution per weight layer (Bjorck et al. 2018: large and heavy-tailed at
     initialization without BatchNorm): norm and excess kurtosis of each weight's gradient entries, and their
@@ -377,6 +414,7 @@ PROBES: dict[str, type[Probe]] = {
     "grad_norms": GradNormProbe,
     "bn_gap": BatchStatsGapProbe,
     "spectrum": SpectrumProbe,
+    "gradient_explosion": GradientExplosionProbe,
     "grad_distribution": GradDistributionProbe,
     "one_step_loss": OneStepLossProbe,
 }

@@ -72,9 +72,12 @@ BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     "feature_scale_range": (float, 1.0, None),  # gaussian_regression: largest / smallest feature scale
     "class_colour": (float, 0.0, None),  # synthetic_images: RMS of a per-class tint (data.synthetic_images)
     "eval_batch_stats": (bool, False, None),  # also evaluate with batch statistics (BN in training mode)
+    # False: delete the checkpoint once the run has finished (its results are metrics.jsonl and probes.npz); for
+    # measurements at initialization of wide networks, whose checkpoints would be hundreds of MB each.
+    "keep_checkpoint": (bool, True, None),
 }
 # Keys that do not change what a run computes (excluded from its identity).
-_NON_IDENTITY = ("label", "checkpoint_every", "probe_every")
+_NON_IDENTITY = ("label", "checkpoint_every", "probe_every", "keep_checkpoint")
 # Keys added after runs were first stored: they enter a run's identity only when set away from their default, so
 # the identity (and the folder) of every earlier run stays the same.
 _LATER_KEYS = ("activation", "norm_position", "input_norm", "scale", "feature_scale_range", "class_colour",
@@ -109,6 +112,13 @@ PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
     "grad_distribution": {"bins": (int, 41, None), "limit": (float, 8.0, None), "steps": (list, [], None)},
     # lrs: the learning rates of the one-step probe; [] is measure.stability.DEFAULT_LRS (1e-4 .. 10).
     "one_step_loss": {"lrs": (list, [], None), "steps": (list, [], None)},
+    # Yang et al. 2019: per-layer weight-gradient norms and the fitted per-layer growth rate (at initialization:
+    # steps = [0]).
+    "gradient_explosion": {
+        "skip_first": (int, 1, None),
+        "skip_last": (int, 1, None),
+        "steps": (list, [], None),
+    },
 }
 _PROBE_COMMON = {"kind": (str, None, tuple(PROBE_KEYS)), "every": (int, 0, None), "start": (int, 0, None)}
 
@@ -314,6 +324,9 @@ def _check_probe(where: str, table: dict) -> None:
     """Counts and lists inside one [[probes]] table."""
     for key in ("every", "start"):
         if table.get(key, 0) < 0:
+            raise SpecError(f"{where}: key {key!r} expects a non-negative integer, got {table[key]}")
+    for key in ("skip_first", "skip_last"):
+        if key in table and table[key] < 0:
             raise SpecError(f"{where}: key {key!r} expects a non-negative integer, got {table[key]}")
     for key in ("num", "units", "bins", "k"):
         if key in table and table[key] < 1:

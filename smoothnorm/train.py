@@ -24,6 +24,7 @@ from smoothnorm.probes import (  # noqa: F401 (re-exported: the probes lived her
     BatchStatsGapProbe,
     DistributionProbe,
     GradDistributionProbe,
+    GradientExplosionProbe,
     GradNormProbe,
     HessianProbe,
     ICSProbe,

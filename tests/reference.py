@@ -425,3 +425,65 @@ def assert_unchanged(net, snap):
         for k, v in saved.items():
             assert np.asarray(current[k]).tobytes() == v.tobytes(), (la.name, k)
 # === end measurements ===
+
+
+# === section: gradient explosion (a NumPy MLP with BatchNorm, backpropagated by hand) ===
+_ACTIVATION_GRAD_REF = {
+    "relu": lambda z: (z > 0).astype(np.float64),
+    "tanh": lambda z: 1.0 - np.tanh(z) ** 2,
+    "sigmoid": lambda z: sigmoid_ref(z) * (1.0 - sigmoid_ref(z)),
+    "identity": np.ones_like,
+}
+
+
+def mlp_loss_ref(layers, x, labels, activation, eps=1e-5):
+    """Mean softmax cross-entropy of an MLP given as a list of ("linear", W, b) and ("batch", gamma, beta) entries
+    (an activation after every BatchNorm, or after every hidden Linear when there is no BatchNorm), float64."""
+    return _mlp_forward_ref(layers, x, activation, eps)[0](labels)
+
+
+def _mlp_forward_ref(layers, x, activation, eps):
+    h = np.asarray(x, dtype=np.float64)
+    caches = []
+    hidden_linear = [i for i, la in enumerate(layers) if la[0] == "linear"][:-1]
+    for i, layer in enumerate(layers):
+        if layer[0] == "linear":
+            _, w, b = layer
+            caches.append(("linear", h, np.asarray(w, dtype=np.float64)))
+            h = h @ np.asarray(w, dtype=np.float64).T + np.asarray(b, dtype=np.float64)
+        else:
+            _, gamma, _beta = layer
+            mean, var = batch_norm_stats_reference(h)
+            xhat = (h - mean) / np.sqrt(var + eps)
+            caches.append(("batch", xhat, np.sqrt(var + eps), np.asarray(gamma, dtype=np.float64)))
+            h = batch_norm_train_reference(h, gamma, _beta, eps)
+        followed_by_norm = i + 1 < len(layers) and layers[i + 1][0] == "batch"
+        if layer[0] == "batch" or (i in hidden_linear and not followed_by_norm):
+            caches.append(("activation", h))
+            h = activation_ref(h, activation)
+    return (lambda labels: softmax_cross_entropy_ref(h, labels)[0]), caches, h
+
+
+def mlp_weight_gradients_ref(layers, x, labels, activation, eps=1e-5):
+    """dL/dW of every Linear layer of `mlp_loss_ref`'s MLP, by backpropagation written out layer by layer."""
+    _, caches, logits = _mlp_forward_ref(layers, x, activation, eps)
+    n = logits.shape[0]
+    _, probs = softmax_cross_entropy_ref(logits, labels)
+    d = probs.copy()
+    d[np.arange(n), labels] -= 1.0
+    d /= n
+    grads = []
+    for cache in reversed(caches):
+        if cache[0] == "linear":
+            _, inp, w = cache
+            grads.append(d.T @ inp)
+            d = d @ w
+        elif cache[0] == "activation":
+            d = d * _ACTIVATION_GRAD_REF[activation](cache[1])
+        else:
+            _, xhat, std, gamma = cache
+            dxhat = d * gamma
+            # Batch statistics depend on the input: d/dx of (x - mean) / std over the batch.
+            d = (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) / std
+    return grads[::-1]
+# === end gradient explosion ===

@@ -15,6 +15,13 @@ from smoothnorm.measure.distributions import (
     sample_units,
     stack_records,
 )
+from smoothnorm.measure.gradient_explosion import (
+    GrowthFit,
+    fit_log_growth,
+    init_gradient_norms,
+    large_batch_rate,
+    weight_gradient_norms,
+)
 from smoothnorm.measure.hessian import (
     HessianOperator,
     SpectralDensity,
@@ -94,6 +101,8 @@ __all__ = [
     "HessianSpectrum", "hessian_spectrum", "top_eigenpairs", "gradient_share",
     # stability (largest stable learning rate)
     "GradientStatistics", "OneStepLoss", "gradient_statistics", "one_step_relative_loss", "excess_kurtosis",
+    # gradient explosion at initialization (Yang et al. 2019)
+    "GrowthFit", "weight_gradient_norms", "fit_log_growth", "init_gradient_norms", "large_batch_rate",
     # theory
     "Theorem41", "Theorem42", "theorem_4_1", "theorem_4_1_network", "theorem_4_2", "theorem_4_2_toy",
     "lemma_4_5_toy",
