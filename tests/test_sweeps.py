@@ -307,10 +307,10 @@ def test_lr_sweep_panel_draws_the_median_final_accuracy_and_marks_divergence(tmp
     ax = fig.subplots()
     draw_lr_sweep(ax, results, criterion=0.5)
     lines = {line.get_label(): line for line in ax.lines}
-    mlp = lines["MLP (largest stable lr 0.1, 0.01)"]
+    mlp = lines["MLP (largest stable lr by seed: 0.1, 0.01)"]
     np.testing.assert_allclose(mlp.get_xdata(), [0.01, 0.1])
     np.testing.assert_allclose(mlp.get_ydata(), [70.0, 90.0])  # the diverged seed is left out of the median
-    bn = lines["MLP + BN (largest stable lr 0.1, 0.1)"]
+    bn = lines["MLP + BN (largest stable lr by seed: 0.1, 0.1)"]
     np.testing.assert_allclose(bn.get_ydata(), [30.0, 70.0])
     crosses = [line for line in ax.lines if line.get_marker() == "x"]
     assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [0.1] and list(crosses[0].get_ydata()) == [0.0]

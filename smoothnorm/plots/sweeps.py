@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.axes import Axes
 
-from smoothnorm.plots.style import _check_runs, _choice, _colors, _legend, _probe, _seed_of
+from smoothnorm.plots.style import _check_runs, _choice, _colors, _legend, _probe, _seed_note, _seed_of
 from smoothnorm.results import RunResult
 from smoothnorm.spec import SWEEP_SEPARATOR
 from smoothnorm.sweeps import stable_rate, sweep_point
@@ -59,14 +59,16 @@ def draw_lr_sweep(
     colors: Mapping[str, str] | None = None,
 ) -> None:
     """Final training accuracy (mean over the last `window` fraction of steps) against the learning rate, log x, one
-    line per sweep group (median over seeds). Diverged runs are x at 0%; the dashed line is the `criterion` a run
-    must exceed to train, and a star marks each seed's largest stable learning rate (smoothnorm.sweeps)."""
+    line per sweep group (median over seeds, diverged seeds left out). Diverged runs are x at 0%; the dashed line is
+    the `criterion` a run must exceed to train, and a star marks each seed's largest stable learning rate (at the
+    line's height; smoothnorm.sweeps)."""
     runs = _check_runs(runs)
     criterion = _fraction("criterion", criterion, closed_low=True)
     window = _fraction("window", window, closed_low=False)
     groups = sweep_groups(runs)
     cmap = _group_colors(list(groups), colors)
     all_lrs: list[float] = []
+    seeds = 1
     for group, members in groups.items():
         color = cmap[group]
         by_lr: dict[float, list] = {}
@@ -85,9 +87,11 @@ def draw_lr_sweep(
         rates = [stable_rate(group, seed, points) for seed, points in sorted(by_seed.items())]
         largest = [r.largest for r in rates if r.known]
         shown = ", ".join("none" if lr is None else f"{lr:g}" for lr in largest) or "unknown"
+        per_seed = " by seed:" if len(rates) > 1 else ""
         ok = np.isfinite(accuracy)
         ax.plot(lrs[ok], accuracy[ok], color=color, marker="o", markersize=4, linewidth=1.2,
-                label=f"{group} (largest stable lr {shown})")
+                label=f"{group} (largest stable lr{per_seed} {shown})")
+        seeds = max(seeds, len(rates))
         diverged = np.array([any(p.status == "diverged" for p in by_lr[lr]) for lr in lrs])
         if diverged.any():
             ax.plot(lrs[diverged], np.zeros(diverged.sum()), color=color, marker="x", markersize=8,
@@ -98,6 +102,8 @@ def draw_lr_sweep(
                 ax.plot([lr], [y], color=color, marker="*", markersize=12, linestyle="none")
     ax.axhline(100.0 * criterion, color="0.4", linestyle="--", linewidth=0.9,
                label=f"criterion {100 * criterion:g}% (x: diverged)")
+    if seeds > 1:
+        _seed_note(ax, seeds, band="stars: per seed")
     ax.set_xscale("log")
     ax.set_xlim(min(all_lrs) / 2, max(all_lrs) * 2)
     ax.set_xlabel(LR_LABEL)
@@ -200,7 +206,7 @@ def draw_grad_histogram(
         ax.stairs(fractions, edges, color=cmap[group], linewidth=1.3,
                   label=f"{group}: kurtosis {kurtosis:.1f}, norm {norm:.2g}")
     ax.set_yscale("log")
-    ax.set_xlabel(f"gradient entry, {where} (standard deviations from the mean)")
+    ax.set_xlabel(f"gradient entry (g - mean) / std, {where}")
     ax.set_ylabel("fraction of entries")
     _legend(ax)
 
