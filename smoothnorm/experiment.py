@@ -248,6 +248,14 @@ def build_probes(net, run: RunSpec) -> list:
                                 f"got {steps!r}")
             cls = train.SpectrumProbe if p.kind == "spectrum" else train.GradientExplosionProbe
             probes.append(cls(name=p.kind, every=p.every, start=p.start, steps=steps, **o))
+        elif p.kind == "grad_distribution":
+            probes.append(train.GradDistributionProbe(name="grad_distribution", every=p.every, start=p.start,
+                                                      bins=o["bins"], limit=o["limit"], steps=o["steps"]))
+        elif p.kind == "one_step_loss":
+            from smoothnorm.measure.stability import DEFAULT_LRS
+
+            probes.append(train.OneStepLossProbe(name="one_step_loss", every=p.every, start=p.start,
+                                                 lrs=[float(lr) for lr in o["lrs"]] or DEFAULT_LRS, steps=o["steps"]))
     return probes
 
 
