@@ -151,6 +151,35 @@ def test_sharpness_probe_on_the_full_batch_matches_a_dense_hessian(rng, norm):
         np.testing.assert_allclose(row, expected[step], rtol=1e-6)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("model", ["mlp", "vgg"])
+def test_sharpness_matches_pytorch_double_backprop(rng, model):
+    """The probe's top two eigenvalues on the full batch equal those of PyTorch's double-backward Hessian of the
+    same network and loss (BatchNorm with batch statistics), by ARPACK on both operators."""
+    pytest.importorskip("torch")
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    from tests.torch_twin import TorchHessian
+
+    if model == "mlp":
+        net = models.mlp(6, [5, 5], 3, activation="tanh", norm="batch", norm_position="after_activation",
+                         dtype=np.float64, seed=int(rng.integers(1000)), init="pytorch")
+        x = rng.standard_normal((10, 6))
+    else:
+        net = models.vgg("vgg11", width=0.0625, norm="batch", dtype=np.float64, seed=int(rng.integers(1000)))
+        x = rng.standard_normal((6, 3, 32, 32))
+    net.loss_fn = nn.OneHotSquaredError()
+    y = rng.integers(0, net.output_shape[0], x.shape[0])
+    probe = HessianProbe(name="hessian", every=1, k=2, tol=1e-10)
+    trainer = Trainer(net, optim.SGD(0.01), lambda step: (x, y), [probe])
+    hvp = TorchHessian(net, x, y)
+    op = LinearOperator((net.num_params, net.num_params), matvec=hvp, dtype=np.float64)
+    expected = np.sort(eigsh(op, k=2, which="LA", tol=1e-10, v0=rng.standard_normal(net.num_params),
+                             return_eigenvectors=False))[::-1]
+    trainer.train_step()
+    np.testing.assert_allclose(trainer.records["hessian"].rows["top_eigenvalues"][0], expected, rtol=1e-6)
+
+
 # -- claims and the panel on hand-built runs ---------------------------------------------------------------------
 def _run(label: str, lr: float, sharpness: np.ndarray, loss: np.ndarray, every: int = 10) -> RunResult:
     steps = np.arange(len(sharpness)) * every
