@@ -7,8 +7,12 @@ A spec's `[[claims]]` table holds
 - `stat` (`STATS`) of that quantity over `window = [a, b]`: the steps from fraction a to fraction b of training
   (default [0, 1]); `level` for the "fraction_above" / "fraction_below" statistics;
 - the check: `run` (a run label) compared with `than` (another label; `relation` "greater" or "less" against
-  factor * value(than) + margin, `factor` default 1, `margin` default 0), or with `level` alone (`relation` against
-  the number `level`, "fails to train": final training accuracy less than 0.2);
+  factor * value(than) + margin, `factor` default 1, `margin` default 0, or "within": |value(run) - factor *
+  value(than)| <= margin, "train alike"), or with `level` alone (`relation` against the number `level`, "fails to
+  train": final training accuracy less than 0.2);
+- sweep quantities (`SWEEP_QUANTITIES`, e.g. "largest_stable_lr") name learning-rate sweep groups (the plain label
+  of a swept run) in `run` and `than`; they have one value per seed (stat "final", no window), from
+  smoothnorm.sweeps with the spec's [sweep] criterion; a grid where no rate trains counts as 0;
 - `if_diverged`: "null" (default: a diverged run makes the check null, never holding) or "holds" (for "fails to
   train" checks, where diverging is failing to train);
 - `notes`: optional {profile: text}, the measured reason a check cannot hold at that profile's scale, shown beside
@@ -46,11 +50,22 @@ QUANTITIES: dict[str, tuple[str | None, bool, str]] = {
     "ics_cosine": ("ics", True, "cos(G, G') of one layer (Fig 3)"),
     "mean_change": ("distributions", True, "|mu_{t+1} - mu_t| of sampled units, averaged over units (Fig 8a)"),
     "var_change": ("distributions", True, "|var_{t+1} - var_t| of sampled units, averaged over units (Fig 8a)"),
+    # Edge of stability (Cohen et al. 2021), with full-batch gradient descent (batch_size = 0).
+    "sharpness": ("hessian", False, "top Hessian eigenvalue of the training loss on the probed batch"),
+    "sharpness_ratio": ("hessian", False, "sharpness x lr / 2: 1 at gradient descent's stability threshold 2 / lr"),
+    "loss_ratio": (None, False, "training loss over its value at the first step"),
+    "loss_rise": (None, False, "1 at a step whose training loss exceeds the step before's, else 0 (mean: the "
+                               "fraction of rising steps)"),
     "explosion_rate": ("gradient_explosion", False, "growth of ||dL/dW_l||^2 per layer toward the input, "
                        "exp(-slope) of the log-linear fit (Yang et al. 2019)"),
 }
+# quantity -> what it is: one value per sweep group and seed (smoothnorm.sweeps)
+SWEEP_QUANTITIES: dict[str, str] = {
+    "largest_stable_lr": "the largest swept learning rate that trains (not diverged, final training accuracy above "
+                         "the spec's [sweep] criterion; 0 when none does)",
+}
 STATS = ("final", "mean", "median", "max", "min", "fraction_above", "fraction_below")
-RELATIONS = ("greater", "less")
+RELATIONS = ("greater", "less", "within")
 _CLAIM_KEYS = ("id", "text", "quantity", "layer", "stat", "window", "run", "than", "relation", "factor", "margin",
                "level", "if_diverged", "notes")
 _NOTE_PROFILES = ("tiny", "quick", "paper")
@@ -91,6 +106,8 @@ class Claim:
         if self.than is None:
             return f"{stat} {what}{window} of '{self.run}' {self.relation} than {self.level:g}"
         scale = "" if self.factor == 1.0 else f"{self.factor:g} x "
+        if self.relation == "within":
+            return f"{stat} {what}{window} of '{self.run}' within {self.margin:g} of {scale}'{self.than}'"
         shift = "" if self.margin == 0.0 else f" {'+' if self.margin > 0 else '-'} {abs(self.margin):g}"
         return f"{stat} {what}{window} of '{self.run}' {self.relation} than {scale}'{self.than}'{shift}"
 
@@ -109,8 +126,10 @@ def _string(where: str, key: str, value, allowed: tuple | list | set | None = No
     return value
 
 
-def parse_claims(where: str, raw: Any, labels: set[str], probe_kinds: set[str]) -> list[Claim]:
-    """Validate a spec's `[[claims]]` array against its run labels and probe kinds; errors name file and key."""
+def parse_claims(where: str, raw: Any, labels: set[str], probe_kinds: set[str],
+                 sweeps: set[str] = frozenset()) -> list[Claim]:
+    """Validate a spec's `[[claims]]` array against its run labels, probe kinds and learning-rate sweep groups
+    (`sweeps`: the plain labels of swept runs); errors name file and key."""
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -123,15 +142,24 @@ def parse_claims(where: str, raw: Any, labels: set[str], probe_kinds: set[str]) 
         unknown = sorted(set(table) - set(_CLAIM_KEYS))
         if unknown:
             raise ClaimError(f"{cw}: unknown key {unknown[0]!r}; expected keys: {', '.join(_CLAIM_KEYS)}")
+        swept = isinstance(table.get("quantity"), str) and table["quantity"] in SWEEP_QUANTITIES
         for key in ("id", "text", "quantity", "stat", "run", "relation"):
-            if key not in table:
+            if key not in table and not (swept and key == "stat"):
                 raise ClaimError(f"{cw}: missing key {key!r}")
         cid = _string(cw, "id", table["id"])
         cw = f"{where} [[claims]] {cid!r}"
         if cid in {c.id for c in claims}:
             raise ClaimError(f"{cw}: key 'id' repeats {cid!r}; ids are unique in a spec")
-        quantity = _string(cw, "quantity", table["quantity"], QUANTITIES)
-        kind, needs_layer, _ = QUANTITIES[quantity]
+        quantity = _string(cw, "quantity", table["quantity"], {**QUANTITIES, **SWEEP_QUANTITIES})
+        if swept:
+            if table.get("stat", "final") != "final" or "window" in table or "layer" in table:
+                raise ClaimError(f"{cw}: quantity {quantity!r} has one value per seed: stat 'final' only, no "
+                                 f"'window' or 'layer'")
+            if not sweeps:
+                raise ClaimError(f"{cw}: quantity {quantity!r} needs a learning-rate sweep (lr = [..]); the spec "
+                                 f"sweeps none")
+            table = dict(table, stat="final")
+        kind, needs_layer, _ = QUANTITIES.get(quantity, (None, False, ""))
         if kind is not None and kind not in probe_kinds:
             raise ClaimError(f"{cw}: key 'quantity' {quantity!r} needs a [[probes]] table of kind {kind!r}; "
                              f"the spec records: {sorted(probe_kinds) or 'no probes'}")
@@ -144,11 +172,18 @@ def parse_claims(where: str, raw: Any, labels: set[str], probe_kinds: set[str]) 
             layered = [q for q, v in QUANTITIES.items() if v[1]]
             raise ClaimError(f"{cw}: key 'layer' applies only to quantities {layered}, not {quantity!r}")
         stat = _string(cw, "stat", table["stat"], STATS)
-        run = _string(cw, "run", table["run"], labels)
+        names = sweeps if swept else labels
+        if swept and isinstance(table["run"], str) and table["run"] in labels:
+            raise ClaimError(f"{cw}: key 'run' names one run {table['run']!r}; quantity {quantity!r} takes a "
+                             f"learning-rate sweep: one of {sorted(sweeps)}")
+        if not swept and isinstance(table["run"], str) and table["run"] in sweeps:
+            raise ClaimError(f"{cw}: key 'run' names the learning-rate sweep {table['run']!r}; quantity "
+                             f"{quantity!r} takes one of its runs, e.g. '{table['run']} @ lr=...'")
+        run = _string(cw, "run", table["run"], names)
         relation = _string(cw, "relation", table["relation"], RELATIONS)
         than = table.get("than")
         if than is not None:
-            than = _string(cw, "than", than, labels)
+            than = _string(cw, "than", than, names)
             if than == run:
                 raise ClaimError(f"{cw}: key 'than' names the same run as 'run' ({run!r})")
         level = table.get("level")
@@ -171,6 +206,9 @@ def parse_claims(where: str, raw: Any, labels: set[str], probe_kinds: set[str]) 
         margin = _number(cw, "margin", table.get("margin", 0.0))
         if than is None and ("factor" in table or "margin" in table):
             raise ClaimError(f"{cw}: keys 'factor' and 'margin' apply only to a comparison with 'than'")
+        if relation == "within" and (than is None or not margin > 0):
+            raise ClaimError(f"{cw}: relation 'within' compares with 'than' up to a positive 'margin' "
+                             f"(|run - factor x than| <= margin), got than={than!r}, margin={margin!r}")
         if_diverged = _string(cw, "if_diverged", table.get("if_diverged", "null"), ("null", "holds"))
         text = _string(cw, "text", table["text"])
         notes = table.get("notes", {})
@@ -206,10 +244,18 @@ def quantity_series(run: RunResult, quantity: str, layer: int | None = None) -> 
     kind, _, _ = QUANTITIES[quantity]
     try:
         if kind is None:
+            metric = "loss" if quantity in ("loss_ratio", "loss_rise") else quantity
             steps = run.metrics.get("step")
-            values = run.metrics.get(quantity)
+            values = run.metrics.get(metric)
             if steps is None or values is None:
-                raise Unavailable(f"run {run.label!r} records no metric {quantity!r}")
+                raise Unavailable(f"run {run.label!r} records no metric {metric!r}")
+            if quantity != metric:
+                steps, values = _loss_derived(run, quantity, np.asarray(steps), np.asarray(values, dtype=np.float64))
+        elif quantity in ("sharpness", "sharpness_ratio"):
+            steps = run.probe(kind, "steps")
+            values = run.probe(kind, "top_eigenvalues").astype(np.float64).reshape(len(steps), -1)[:, 0]
+            if quantity == "sharpness_ratio":
+                values = values * float(run.config.get("run", {}).get("lr", np.nan)) / 2.0
         else:
             steps = run.probe(kind, "steps")
             n = len(steps)
@@ -245,6 +291,21 @@ def quantity_series(run: RunResult, quantity: str, layer: int | None = None) -> 
     return steps[keep], values[keep]
 
 
+def _loss_derived(run: RunResult, quantity: str, steps: np.ndarray,
+                  loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """loss_ratio (loss / loss at the first step) or loss_rise (1 where the loss rose from the step before)."""
+    if loss.size == 0:
+        raise Unavailable(f"run {run.label!r} records no training loss")
+    if quantity == "loss_ratio":
+        if not (np.isfinite(loss[0]) and loss[0] > 0):
+            raise Unavailable(f"run {run.label!r}: first training loss {loss[0]!r} is not a positive number")
+        return steps, loss / loss[0]
+    with np.errstate(invalid="ignore"):
+        rise = np.where(np.isfinite(loss[1:]) & np.isfinite(loss[:-1]), (loss[1:] > loss[:-1]).astype(np.float64),
+                        np.nan)
+    return steps[1:], rise
+
+
 def statistic(run: RunResult, claim: Claim) -> float:
     """The claim's statistic of its quantity over its window, in one run."""
     steps, values = quantity_series(run, claim.quantity, claim.layer)
@@ -264,7 +325,9 @@ def statistic(run: RunResult, claim: Claim) -> float:
         return float({"mean": np.mean, "median": np.median, "max": np.max, "min": np.min}[claim.stat](values))
 
 
-def _compare(relation: str, a: float, b: float) -> bool:
+def _compare(relation: str, a: float, b: float, margin: float = 0.0) -> bool:
+    if relation == "within":
+        return bool(abs(a - b) <= margin)
     return bool(a > b) if relation == "greater" else bool(a < b)
 
 
@@ -339,9 +402,34 @@ def _evaluate_seed(claim: Claim, runs: dict[str, Any], root: Path, cache: dict, 
             values[label] = statistic(loaded[label], claim)
     except Unavailable as why:
         return SeedOutcome(seed, None, values, str(why))
+    return _outcome(claim, seed, values)
+
+
+def _outcome(claim: Claim, seed: int, values: dict, note: str = "") -> SeedOutcome:
     a = values[claim.run]
+    if claim.relation == "within":
+        return SeedOutcome(seed, _compare("within", a, claim.factor * values[claim.than], claim.margin), values, note)
     b = claim.level if claim.than is None else claim.factor * values[claim.than] + claim.margin
-    return SeedOutcome(seed, _compare(claim.relation, a, b), values)
+    return SeedOutcome(seed, _compare(claim.relation, a, b), values, note)
+
+
+def _evaluate_sweep_seed(claim: Claim, rates: dict[str, Any], seed: int) -> SeedOutcome:
+    """A sweep claim at one seed: each named group's largest stable learning rate (0 when none of the grid trains;
+    null when missing or unfinished runs could change it)."""
+    labels = [claim.run] + ([claim.than] if claim.than else [])
+    values: dict[str, float | None] = {label: None for label in labels}
+    notes = []
+    for label in labels:
+        rate = rates.get(label)
+        if rate is None:
+            return SeedOutcome(seed, None, values, f"no sweep {label!r} with seed {seed}")
+        if not rate.known:
+            lrs = ", ".join(f"{lr:g}" for lr in rate.unknown_lrs)
+            return SeedOutcome(seed, None, values, f"{label!r}: runs at lr {lrs} missing or unfinished")
+        if rate.largest is None:
+            notes.append(f"no learning rate of {label!r} trains")
+        values[label] = 0.0 if rate.largest is None else rate.largest
+    return _outcome(claim, seed, values, "; ".join(notes))
 
 
 def evaluate_spec(spec, root: str | os.PathLike) -> list[ClaimResult]:
@@ -349,12 +437,21 @@ def evaluate_spec(spec, root: str | os.PathLike) -> list[ClaimResult]:
     by_seed: dict[int, dict[str, Any]] = {}
     for run in spec.runs:
         by_seed.setdefault(int(run.settings["seed"]), {})[run.label] = run
+    rates: dict[int, dict[str, Any]] = {}
+    if any(c.quantity in SWEEP_QUANTITIES for c in spec.claims):
+        from smoothnorm.sweeps import stable_rates
+
+        for rate in stable_rates(spec, root):
+            rates.setdefault(rate.seed, {})[rate.group] = rate
     cache: dict = {}
     results = []
     for claim in spec.claims:
         result = ClaimResult(spec.name, claim)
         for seed in sorted(by_seed):
-            result.outcomes.append(_evaluate_seed(claim, by_seed[seed], Path(root), cache, seed))
+            if claim.quantity in SWEEP_QUANTITIES:
+                result.outcomes.append(_evaluate_sweep_seed(claim, rates.get(seed, {}), seed))
+            else:
+                result.outcomes.append(_evaluate_seed(claim, by_seed[seed], Path(root), cache, seed))
         results.append(result)
     return results
 

@@ -126,6 +126,7 @@ def _run(args) -> int:
         for spec in specs:
             for path in plots.draw_spec(spec, root, args.figures):
                 print(path)
+    _stable_rates(specs, root)
     _verdicts(specs, root, args)
     return 0
 
@@ -141,8 +142,19 @@ def _reproduce(args) -> int:
         for path in plots.draw_spec(spec, root, args.figures):
             print(path)
     _progress(f"reproduce: {len(specs)} figures in {__import__('time').perf_counter() - t0:.0f}s")
+    _stable_rates(specs, root)
     _verdicts(specs, root, args)
     return 0
+
+
+def _stable_rates(specs, root) -> None:
+    """Print each learning-rate sweep's largest stable learning rate per seed (smoothnorm.sweeps)."""
+    from smoothnorm import sweeps
+
+    for spec in specs:
+        if spec.sweeps:
+            print(f"{spec.name}: " + sweeps.format_stable_rates(sweeps.stable_rates(spec, root),
+                                                                 spec.sweep["criterion"], spec.sweep["window"]))
 
 
 def _verdicts(specs, root, args) -> list:

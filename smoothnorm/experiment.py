@@ -96,12 +96,39 @@ def _dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, dat
 
 
 def _run_dataset(s: dict):
-    return _dataset(s["data"], s["n_train"], s["n_test"], s["dim"], s["data_seed"], s["data_root"], s["scale"],
-                    s["feature_scale_range"], s["input_norm"], s["class_colour"])
+    """The run's data; with train_subset, only the first train_subset training examples (a fixed subset)."""
+    xtr, ytr, xte, yte = _dataset(s["data"], s["n_train"], s["n_test"], s["dim"], s["data_seed"], s["data_root"],
+                                  s["scale"], s["feature_scale_range"], s["input_norm"], s["class_colour"])
+    subset = s.get("train_subset", 0)
+    if subset:
+        if subset > xtr.shape[0]:
+            raise SpecError(f"key 'train_subset' ({subset}) exceeds the training split's {xtr.shape[0]} examples")
+        xtr, ytr = xtr[:subset], ytr[:subset]
+    return xtr, ytr, xte, yte
+
+
+# The spec's `loss` values -> smoothnorm.nn.LOSSES names ("default": the model's own loss).
+SPEC_LOSSES = {"cross_entropy": "cross_entropy", "mse_onehot": "onehot_squared_error"}
 
 
 def build_network(s: dict, input_shape: tuple[int, ...] | None = None):
-    """The run's network. input_shape: one sample's shape (an MLP flattens images, so it needs the data's)."""
+    """The run's network with the run's training loss. input_shape: one sample's shape (an MLP flattens images, so
+    it needs the data's)."""
+    from smoothnorm.nn import LOSSES
+
+    net = _architecture(s, input_shape)
+    loss = s.get("loss", "default")
+    if loss != "default":
+        if loss not in SPEC_LOSSES:
+            raise SpecError(f"key 'loss' expects one of {['default', *SPEC_LOSSES]}, got {loss!r}")
+        if s["model"] == "dln":
+            raise SpecError(f"key 'loss' expects 'default' for model 'dln' (regression targets), got {loss!r}")
+        net.loss_fn = LOSSES[SPEC_LOSSES[loss]]()
+    return net
+
+
+def _architecture(s: dict, input_shape: tuple[int, ...] | None):
+    """The run's network with its model's default loss."""
     from smoothnorm import models
 
     norm = None if s["norm"] == "none" else s["norm"]
@@ -205,7 +232,8 @@ def build_probes(net, run: RunSpec) -> list:
                                                   units=o["units"], bins=o["bins"], seed=run.settings["seed"]))
         elif p.kind == "hessian":
             probes.append(train.HessianProbe(name="hessian", every=p.every, start=p.start, k=o["k"],
-                                             mode=o["mode"], condition=o["condition"], max_params=o["max_params"]))
+                                             mode=o["mode"], condition=o["condition"], max_params=o["max_params"],
+                                             tol=o["tol"]))
         elif p.kind == "saturation":
             probes.append(train.SaturationProbe(name="saturation", every=p.every, start=p.start,
                                                 threshold=o["threshold"]))
@@ -220,6 +248,14 @@ def build_probes(net, run: RunSpec) -> list:
                                 f"got {steps!r}")
             cls = train.SpectrumProbe if p.kind == "spectrum" else train.GradientExplosionProbe
             probes.append(cls(name=p.kind, every=p.every, start=p.start, steps=steps, **o))
+        elif p.kind == "grad_distribution":
+            probes.append(train.GradDistributionProbe(name="grad_distribution", every=p.every, start=p.start,
+                                                      bins=o["bins"], limit=o["limit"], steps=o["steps"]))
+        elif p.kind == "one_step_loss":
+            from smoothnorm.measure.stability import DEFAULT_LRS
+
+            probes.append(train.OneStepLossProbe(name="one_step_loss", every=p.every, start=p.start,
+                                                 lrs=[float(lr) for lr in o["lrs"]] or DEFAULT_LRS, steps=o["steps"]))
     return probes
 
 

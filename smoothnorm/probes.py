@@ -2,13 +2,14 @@
 
 Each turns (trainer, x, y) at one step into a dict of fixed-shape arrays (one row of its record); `ProbeRecord`
 keeps the rows. The trainer (smoothnorm.train) decides when they run; the measurements are smoothnorm.measure's.
+The base classes live in smoothnorm.probe_base, the follow-up papers' probes in smoothnorm.probes_beyond; `PROBES`
+registers every kind.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,41 +22,19 @@ from smoothnorm.measure import (
     probe_update_direction,
     step_grid,
 )
-from smoothnorm.measure.gradient_explosion import fit_log_growth, weight_gradient_norms
 from smoothnorm.measure.landscape import probe_direction, random_direction
-from smoothnorm.measure.spectrum import hessian_spectrum
-
-if TYPE_CHECKING:
-    from smoothnorm.train import Trainer
+from smoothnorm.probe_base import Probe, ProbeRecord, StepListProbe  # noqa: F401 (re-exported)
+from smoothnorm.probes_beyond import (
+    GradDistributionProbe,
+    GradientExplosionProbe,
+    OneStepLossProbe,
+    SpectrumProbe,
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Probes: each turns (trainer, x, y) at one step into a dict of fixed-shape arrays (one row of its record).
 # ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class Probe:
-    """A measurement run every `every` steps (from `start`) on the current training batch."""
-
-    name: str
-    every: int
-    start: int = 0
-
-    def due(self, step: int) -> bool:
-        return self.every > 0 and step >= self.start and (step - self.start) % self.every == 0
-
-    def setup(self, trainer: Trainer) -> None:
-        """Called once when the trainer is built (before any step)."""
-
-    def measure(self, trainer: Trainer, x: np.ndarray, y: np.ndarray, grad: np.ndarray,
-                loss: float) -> dict[str, np.ndarray]:
-        """One row of measurements at the current weights; `grad`, `loss`: the step's gradient and loss there."""
-        raise NotImplementedError
-
-    def meta(self) -> dict[str, Any]:
-        """JSON-able description stored beside the record (e.g. layer names, step sizes)."""
-        return {}
-
-
 @dataclass
 class LandscapeProbe(Probe):
     """Loss and gradient change along the descent direction -g (Figs 4, 10, 11): `probe_gradient_direction`.
@@ -163,13 +142,18 @@ class HessianProbe(Probe):
     mode: "probe" (batch statistics, as every other probe) or "eval" (running statistics, PyHessian's convention).
     condition: also the bottom eigenvalue and the condition number top / bottom (`hessian_condition_number`: small
     models only). max_params: record NaN instead of measuring networks with more parameters (0: no limit), so one
-    spec can mix small and large models.
+    spec can mix small and large models. tol: relative accuracy of the top eigenvalues (ARPACK's tol; 1e-3 needs
+    about 40% fewer products than 1e-6, enough to compare a sharpness with 2 / lr).
+
+    On the full training set as the batch (batch_size = 0, full-batch gradient descent) the top eigenvalue is the
+    sharpness of Cohen et al. (2021), with BatchNorm's batch statistics as in training (mode "probe").
     """
 
     k: int = 1
     mode: str = "probe"
     condition: bool = False
     max_params: int = 0
+    tol: float = 1e-6
 
     def measure(self, trainer, x, y, grad, loss):
         if self.max_params and trainer.net.num_params > self.max_params:
@@ -179,9 +163,10 @@ class HessianProbe(Probe):
             return row
         if not self.condition:
             return {"top_eigenvalues": np.asarray(hessian_top_eigenvalues(trainer.net, x, y, k=self.k,
-                                                                          mode=self.mode))}
+                                                                          mode=self.mode, tol=self.tol))}
         c = hessian_condition_number(trainer.net, x, y, mode=self.mode)
-        top = [c.top] if self.k == 1 else hessian_top_eigenvalues(trainer.net, x, y, k=self.k, mode=self.mode)
+        top = [c.top] if self.k == 1 else hessian_top_eigenvalues(trainer.net, x, y, k=self.k, mode=self.mode,
+                                                                  tol=self.tol)
         return {"top_eigenvalues": np.asarray(top, dtype=np.float64), "bottom_eigenvalue": np.float64(c.bottom),
                 "condition_number": np.float64(c.condition_number)}
 
@@ -189,6 +174,8 @@ class HessianProbe(Probe):
         meta = {"k": self.k, "mode": self.mode}
         if self.condition or self.max_params:
             meta.update(condition=self.condition, max_params=self.max_params)
+        if self.tol != 1e-6:
+            meta["tol"] = self.tol
         return meta
 
 
@@ -278,79 +265,6 @@ class BatchStatsGapProbe(Probe):
         return {"layers": [name for name, _, _ in self._pairs]}
 
 
-@dataclass
-class SpectrumProbe(Probe):
-    """Hessian outliers (Ghorbani et al. 2019) on the training batch: SLQ density, top-k eigenvalues, lambda_1 /
-    lambda_k and the gradient's share in the top-k eigenspace (smoothnorm.measure.spectrum.hessian_spectrum).
-
-    steps: explicit steps to measure at (then `every` and `start` are ignored), or empty for the every/start rule.
-    tol: relative accuracy of the top-k eigenpairs (ARPACK's tol).
-    """
-
-    k: int = 10
-    num_probes: int = 1
-    lanczos_steps: int = 90
-    mode: str = "probe"
-    tol: float = 1e-6
-    steps: Sequence[int] = ()
-
-    def due(self, step: int) -> bool:
-        return step in self.steps if self.steps else super().due(step)
-
-    def measure(self, trainer, x, y, grad, loss):
-        r = hessian_spectrum(trainer.net, x, y, self.k, num_probes=self.num_probes,
-                             lanczos_steps=self.lanczos_steps, mode=self.mode, tol=self.tol,
-                             seed=trainer.probe_rng)
-        return {
-            "nodes": r.density.nodes,
-            "weights": r.density.weights,
-            "top_eigenvalues": r.top_eigenvalues,
-            "outlier_ratio": np.float64(r.outlier_ratio),
-            "gradient_share": np.float64(r.gradient_share),
-            "grad_norm": np.float64(r.grad_norm),
-        }
-
-    def meta(self):
-        return {"k": self.k, "num_probes": self.num_probes, "lanczos_steps": self.lanczos_steps, "mode": self.mode,
-                "tol": self.tol, "steps": [int(s) for s in self.steps]}
-
-
-@dataclass
-class GradientExplosionProbe(Probe):
-    """Gradient explosion (Yang et al. 2019) on the training batch: ||dL/dW_l||^2 of every weight layer (weights
-    only, float64, input layer first) and the fit of its logarithm against the layer index
-    (smoothnorm.measure.gradient_explosion): `rate` = exp(-slope), the growth per layer toward the input.
-
-    skip_first, skip_last: layers left out of the fit at the input and output ends.
-    steps: explicit steps to measure at (then `every` and `start` are ignored), or empty for the every/start rule.
-    """
-
-    skip_first: int = 1
-    skip_last: int = 1
-    steps: Sequence[int] = ()
-
-    def due(self, step: int) -> bool:
-        return step in self.steps if self.steps else super().due(step)
-
-    def setup(self, trainer):
-        from smoothnorm.measure.ics import weight_layer_names
-
-        self._layers = weight_layer_names(trainer.net)
-        # Fail before training when the skips leave fewer than two layers to fit.
-        fit_log_growth(np.ones(len(self._layers)), skip_first=self.skip_first, skip_last=self.skip_last)
-
-    def measure(self, trainer, x, y, grad, loss):
-        _, sq_norms = weight_gradient_norms(trainer.net, x, y, grad=grad)
-        fit = fit_log_growth(sq_norms, skip_first=self.skip_first, skip_last=self.skip_last)
-        return {"sq_norms": sq_norms, "slope": np.float64(fit.slope), "slope_se": np.float64(fit.slope_se),
-                "intercept": np.float64(fit.intercept), "rate": np.float64(fit.rate),
-                "rate_se": np.float64(fit.rate_se)}
-
-    def meta(self):
-        return {"layers": self._layers, "skip_first": self.skip_first, "skip_last": self.skip_last,
-                "steps": [int(s) for s in self.steps]}
-
-
 PROBES: dict[str, type[Probe]] = {
     "landscape": LandscapeProbe,
     "ics": ICSProbe,
@@ -361,35 +275,6 @@ PROBES: dict[str, type[Probe]] = {
     "bn_gap": BatchStatsGapProbe,
     "spectrum": SpectrumProbe,
     "gradient_explosion": GradientExplosionProbe,
+    "grad_distribution": GradDistributionProbe,
+    "one_step_loss": OneStepLossProbe,
 }
-
-
-class ProbeRecord:
-    """Rows of one probe over training: steps and, per key, a list of equally shaped arrays."""
-
-    def __init__(self) -> None:
-        self.steps: list[int] = []
-        self.rows: dict[str, list[np.ndarray]] = {}
-
-    def append(self, step: int, row: dict[str, np.ndarray]) -> None:
-        self.steps.append(step)
-        for key, value in row.items():
-            self.rows.setdefault(key, []).append(np.asarray(value))
-
-    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        out = {f"{prefix}/steps": np.asarray(self.steps, dtype=np.int64)}
-        for key, values in self.rows.items():
-            out[f"{prefix}/{key}"] = np.stack(values) if values else np.zeros(0)
-        return out
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> ProbeRecord:
-        rec = cls()
-        steps = arrays.get(f"{prefix}/steps")
-        if steps is None:
-            return rec
-        rec.steps = [int(s) for s in steps]
-        for key, value in arrays.items():
-            if key.startswith(prefix + "/") and key != f"{prefix}/steps":
-                rec.rows[key[len(prefix) + 1:]] = list(value)
-        return rec

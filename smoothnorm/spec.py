@@ -9,6 +9,10 @@ A spec (`experiments/<name>.toml`) has
 - `[profile.<name>]`: base keys that a profile (`quick`, `paper`, `tiny`) overrides;
 - `seeds = [0, 1, 2]` in [base] or a profile (or `--seeds N`: seeds base seed .. base seed + N - 1): every run
   once per seed, everything else equal (the seed is part of a run's identity, so seed 0's runs are the same runs);
+- `lr = [1e-4, 3e-4, 1e-3]` (a list) in [base], a profile, a run or `--set lr=[...]`: a learning-rate sweep, every
+  such run once per learning rate (and per seed), labelled "<label> @ lr=<lr:g>" (`sweep_label`); the run keeps its
+  plain label as its sweep group (figure panels and sweep claims name the group); `[sweep]` records the criterion
+  of "trains" for the largest-stable-learning-rate summary (smoothnorm.sweeps);
 - `[[claims]]`: the paper's findings as checks on the runs (vocabulary and evaluation: smoothnorm.claims).
 Resolution order: base, then the profile, then `--set key=value` overrides, then each run's own keys (a run's
 explicit setting wins: "lr = 0.5" stays 0.5 in every profile). Everything is validated before any work.
@@ -68,6 +72,12 @@ BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     "feature_scale_range": (float, 1.0, None),  # gaussian_regression: largest / smallest feature scale
     "class_colour": (float, 0.0, None),  # synthetic_images: RMS of a per-class tint (data.synthetic_images)
     "eval_batch_stats": (bool, False, None),  # also evaluate with batch statistics (BN in training mode)
+    # The training loss: the model's own (softmax cross-entropy for vgg and mlp, squared error for dln), or for the
+    # classifiers cross-entropy or Cohen et al.'s 0.5 ||out - onehot(y)||^2 averaged over the batch.
+    "loss": (str, "default", ("default", "cross_entropy", "mse_onehot")),
+    # Train on the first train_subset examples of the training split only (0: all of it); with batch_size = 0 that
+    # is full-batch gradient descent on a fixed subset (Cohen et al.: the first 5,000 CIFAR-10 images).
+    "train_subset": (int, 0, None),
     # False: delete the checkpoint once the run has finished (its results are metrics.jsonl and probes.npz); for
     # measurements at initialization of wide networks, whose checkpoints would be hundreds of MB each.
     "keep_checkpoint": (bool, True, None),
@@ -77,8 +87,7 @@ _NON_IDENTITY = ("label", "checkpoint_every", "probe_every", "keep_checkpoint")
 # Keys added after runs were first stored: they enter a run's identity only when set away from their default, so
 # the identity (and the folder) of every earlier run stays the same.
 _LATER_KEYS = ("activation", "norm_position", "input_norm", "scale", "feature_scale_range", "class_colour",
-               "eval_batch_stats",
-               "conv_algorithm")
+               "eval_batch_stats", "conv_algorithm", "loss", "train_subset")
 
 PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
     "landscape": {
@@ -92,7 +101,7 @@ PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
     "ics": {"layers": (list, [], None)},
     "distributions": {"layers": (list, [], None), "units": (int, 4, None), "bins": (int, 40, None)},
     "hessian": {"k": (int, 1, None), "mode": (str, "probe", ("probe", "eval")), "condition": (bool, False, None),
-                "max_params": (int, 0, None)},
+                "max_params": (int, 0, None), "tol": (float, 1e-6, None)},
     "saturation": {"threshold": (float, 4.0, None)},
     "grad_norms": {},
     "bn_gap": {},
@@ -104,6 +113,10 @@ PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
         "tol": (float, 1e-6, None),
         "steps": (list, [], None),
     },
+    # Bjorck et al. 2018 (experiments/beyond/bjorck_stable_lr.toml): gradients at initialization, one-step loss.
+    "grad_distribution": {"bins": (int, 41, None), "limit": (float, 8.0, None), "steps": (list, [], None)},
+    # lrs: the learning rates of the one-step probe; [] is measure.stability.DEFAULT_LRS (1e-4 .. 10).
+    "one_step_loss": {"lrs": (list, [], None), "steps": (list, [], None)},
     # Yang et al. 2019: per-layer weight-gradient norms and the fitted per-layer growth rate (at initialization:
     # steps = [0]).
     "gradient_explosion": {
@@ -112,10 +125,20 @@ PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
         "steps": (list, [], None),
     },
 }
+# Probe options added after runs were first stored: they enter a probe's recorded identity only when set away from
+# their default, so runs stored before them neither retrain nor change.
+_LATER_PROBE_KEYS: dict[str, tuple[str, ...]] = {"hessian": ("tol",)}
 _PROBE_COMMON = {"kind": (str, None, tuple(PROBE_KEYS)), "every": (int, 0, None), "start": (int, 0, None)}
 
 PROFILES = ("tiny", "quick", "paper")
-TOP_KEYS = ("title", "description", "base", "runs", "probes", "figure", "profile", "claims")
+TOP_KEYS = ("title", "description", "base", "runs", "probes", "figure", "profile", "claims", "sweep")
+# [sweep]: what "trains" means in a learning-rate sweep (smoothnorm.sweeps.largest_stable_lr): the mean training
+# accuracy over the last `window` fraction of steps must exceed `criterion`, and the run must not diverge.
+SWEEP_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
+    "criterion": (float, 0.5, None),
+    "window": (float, 0.2, None),
+}
+SWEEP_SEPARATOR = " @ lr="
 
 
 class SpecError(ValueError):
@@ -178,7 +201,10 @@ class ProbeSpec:
     options: dict
 
     def identity(self) -> dict:
-        return {"kind": self.kind, "every": self.every, "start": self.start, **self.options}
+        later = _LATER_PROBE_KEYS.get(self.kind, ())
+        options = {k: v for k, v in self.options.items()
+                   if not (k in later and v == PROBE_KEYS[self.kind][k][1])}
+        return {"kind": self.kind, "every": self.every, "start": self.start, **options}
 
 
 @dataclass
@@ -186,6 +212,7 @@ class RunSpec:
     label: str
     settings: dict  # fully resolved base keys
     probes: list[ProbeSpec] = field(default_factory=list)
+    sweep: str | None = None  # the plain label of its learning-rate sweep (None: not swept)
 
     @property
     def identity(self) -> dict:
@@ -207,6 +234,8 @@ class Spec:
     figure: dict
     claims: list = field(default_factory=list)  # smoothnorm.claims.Claim
     seeds: list[int] = field(default_factory=list)  # the seeds runs were expanded over ([] when not expanded)
+    sweeps: dict[str, list[str]] = field(default_factory=dict)  # sweep group -> its runs' labels, lr ascending
+    sweep: dict = field(default_factory=lambda: {k: v[1] for k, v in SWEEP_KEYS.items()})  # the [sweep] criterion
 
 
 def _identity(settings: dict) -> dict:
@@ -227,7 +256,8 @@ def _check_settings(where: str, s: dict) -> None:
     for key in ("steps", "depth", "hidden", "n_train", "n_test", "dim"):
         if s[key] < 1:
             raise SpecError(f"{where}: key {key!r} expects a positive integer, got {s[key]!r}")
-    for key in ("batch_size", "eval_every", "eval_samples", "probe_every", "checkpoint_every", "seed", "data_seed"):
+    for key in ("batch_size", "eval_every", "eval_samples", "probe_every", "checkpoint_every", "seed", "data_seed",
+                "train_subset"):
         if s[key] < 0:
             raise SpecError(f"{where}: key {key!r} expects a non-negative integer, got {s[key]!r}")
     if not (math.isfinite(s["feature_scale_range"]) and s["feature_scale_range"] >= 1):
@@ -240,8 +270,15 @@ def _check_settings(where: str, s: dict) -> None:
         raise SpecError(f"{where}: model 'dln' needs data 'gaussian_regression', got {s['data']!r}")
     if s["model"] != "dln" and s["data"] == "gaussian_regression":
         raise SpecError(f"{where}: data 'gaussian_regression' needs model 'dln', got {s['model']!r}")
+    if s["model"] == "dln" and s["loss"] != "default":
+        raise SpecError(f"{where}: key 'loss' expects 'default' for model 'dln' (regression targets: its summed "
+                        f"squared error), got {s['loss']!r}")
     if s["batch_size"] > s["n_train"] and s["data"] != "cifar10":
         raise SpecError(f"{where}: key 'batch_size' ({s['batch_size']}) exceeds n_train ({s['n_train']})")
+    if s["train_subset"] and s["data"] != "cifar10" and s["train_subset"] > s["n_train"]:
+        raise SpecError(f"{where}: key 'train_subset' ({s['train_subset']}) exceeds n_train ({s['n_train']})")
+    if s["train_subset"] and s["batch_size"] > s["train_subset"]:
+        raise SpecError(f"{where}: key 'batch_size' ({s['batch_size']}) exceeds train_subset ({s['train_subset']})")
 
 
 def _check_profile_probes(where: str, table) -> dict[str, dict]:
@@ -265,6 +302,36 @@ def _check_seeds(where: str, seeds) -> list[int]:
     return list(seeds)
 
 
+def sweep_label(label: str, lr: float) -> str:
+    """The label of one run of a learning-rate sweep: "<label> @ lr=<lr:g>" (e.g. "MLP + BN @ lr=0.003")."""
+    return f"{label}{SWEEP_SEPARATOR}{lr:g}"
+
+
+def _check_lrs(where: str, lrs) -> list[float]:
+    if not isinstance(lrs, list) or not lrs:
+        raise SpecError(f"{where}: key 'lr' expects a positive number or a non-empty list of them (a sweep), "
+                        f"got {lrs!r:.80}")
+    for lr in lrs:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+            raise SpecError(f"{where}: key 'lr' expects a list of numbers, got {type(lr).__name__} {lr!r:.80} "
+                            f"in {lrs!r:.80}")
+        if not (math.isfinite(lr) and lr > 0):
+            raise SpecError(f"{where}: key 'lr' expects positive finite learning rates, got {lr!r} in {lrs!r:.80}")
+    lrs = [float(lr) for lr in lrs]
+    labels = [sweep_label("", lr) for lr in lrs]
+    if len(set(labels)) != len(labels):
+        raise SpecError(f"{where}: key 'lr' repeats a learning rate (as labelled, '%g'): {lrs!r:.80}")
+    return sorted(lrs)
+
+
+def _pop_lrs(where: str, table) -> tuple[list[float] | None, Any]:
+    """A learning-rate sweep (`lr` given as a list) out of a table: (sorted lrs or None, the table without it)."""
+    if isinstance(table, dict) and isinstance(table.get("lr"), list):
+        table = dict(table)
+        return _check_lrs(where, table.pop("lr")), table
+    return None, table
+
+
 def _pop_seeds(where: str, table) -> tuple[list[int] | None, Any]:
     if isinstance(table, dict) and "seeds" in table:
         table = dict(table)
@@ -283,6 +350,14 @@ def _check_probe(where: str, table: dict) -> None:
     for key in ("num", "units", "bins", "k"):
         if key in table and table[key] < 1:
             raise SpecError(f"{where}: key {key!r} expects a positive integer, got {table[key]}")
+    if "limit" in table and not table["limit"] > 0:
+        raise SpecError(f"{where}: key 'limit' expects a positive number of standard deviations, got {table['limit']}")
+    for lr in table.get("lrs", []):
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+            raise SpecError(f"{where}: key 'lrs' expects positive finite learning rates, got {lr!r:.80}")
+    for t in table.get("steps", []):
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            raise SpecError(f"{where}: key 'steps' expects non-negative integers (training steps), got {t!r:.80}")
     for m in table.get("multipliers", []):
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not (math.isfinite(m) and m > 0):
             raise SpecError(f"{where}: key 'multipliers' expects positive finite numbers, got {m!r:.80}")
@@ -351,6 +426,8 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
     schema = {k: v for k, v in BASE_KEYS.items()}
     base = {k: copy.deepcopy(v[1]) for k, v in BASE_KEYS.items()}
     spec_seeds, base_raw = _pop_seeds(f"{where} [base]", raw.get("base", {}))
+    # A learning-rate sweep: lr = [..] in [base], then a profile's lr (a list or a number) replaces it.
+    spec_lrs, base_raw = _pop_lrs(f"{where} [base]", base_raw)
     base.update(_check_table(f"{where} [base]", base_raw, schema))
     profiles = raw.get("profile", {})
     if not isinstance(profiles, dict):
@@ -361,6 +438,7 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         if name not in PROFILES:
             raise SpecError(f"{where}: unknown profile {name!r} in [profile.{name}]; expected one of {list(PROFILES)}")
         profile_seeds, table = _pop_seeds(f"{where} [profile.{name}]", profiles[name])
+        profile_lrs, table = _pop_lrs(f"{where} [profile.{name}]", table)
         # [profile.<name>.probes.<kind>]: probe options a profile overrides (e.g. fewer Lanczos steps in tiny).
         table = dict(table) if isinstance(table, dict) else table
         overrides_of_probes = table.pop("probes", {}) if isinstance(table, dict) else {}
@@ -369,12 +447,18 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
             profile_probes = _check_profile_probes(f"{where} [profile.{name}.probes]", overrides_of_probes)
             if profile_seeds is not None:
                 spec_seeds = profile_seeds
+            if profile_lrs is not None or "lr" in checked_profiles[name]:
+                spec_lrs = profile_lrs
     base.update(checked_profiles.get(profile, {}))  # checked values: `lr = 1` becomes 1.0, as in [base]
     if overrides:
         for item in overrides:
             key, value = _parse_set(item)
             if key not in schema:
                 raise SpecError(f"--set {item!r}: unknown key {key!r}; expected keys: {', '.join(schema)}")
+            if key == "lr":
+                spec_lrs = _check_lrs(f"--set {item!r}", value) if isinstance(value, list) else None
+                if spec_lrs is not None:
+                    continue
             base[key] = _check_value(f"--set {item!r}", key, value, *schema[key])
     set_keys = {_parse_set(item)[0] for item in overrides}
     runs_raw = _array_of_tables(where, raw, "runs", "runs") or [{"label": "run"}]
@@ -402,41 +486,67 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         raise SpecError(f"{where}: at most one [[probes]] table per kind, got {kinds}")
     runs: list[RunSpec] = []
     labels = set()
+    sweeps: dict[str, list[str]] = {}
     for i, r in enumerate(runs_raw):
         rw = f"{where} [[runs]] #{i + 1}"
+        run_lrs, r = _pop_lrs(rw, r)
         table = _check_table(rw, r, run_schema, required=("label",))
-        if table["label"] in labels:
-            raise SpecError(f"{rw}: duplicate label {table['label']!r}")
-        labels.add(table["label"])
+        if "lr" in set_keys:
+            run_lrs = spec_lrs  # --set wins over a run's own keys
+        elif run_lrs is None and "lr" not in table:
+            run_lrs = spec_lrs
         settings = dict(base)
         settings.update({k: v for k, v in table.items() if k != "label" and k not in set_keys})
+        if run_lrs is not None:
+            settings["lr"] = run_lrs[0]
         _check_settings(rw, settings)
         _check_options(rw, settings)
         if run_seeds and "seed" in table:
             raise SpecError(f"{rw}: key 'seed' conflicts with the spec's seeds {run_seeds}; remove one")
-        for seed in run_seeds or [settings["seed"]]:
-            run = RunSpec(label=table["label"], settings=dict(settings, seed=seed))
-            for _pw, kind, every, start, options in probes:
-                every = settings["probe_every"] if every is None else every
-                run.probes.append(ProbeSpec(kind, every, start, options))
-            runs.append(run)
+        group = table["label"]
+        names = [(group, settings["lr"])] if run_lrs is None else [(sweep_label(group, lr), lr) for lr in run_lrs]
+        if run_lrs is not None:
+            if group in labels or group in sweeps:
+                raise SpecError(f"{rw}: duplicate label {group!r}")
+            sweeps[group] = [name for name, _ in names]
+        for name, lr in names:
+            if name in labels or name in sweeps:
+                raise SpecError(f"{rw}: duplicate label {name!r}")
+            labels.add(name)
+            for seed in run_seeds or [settings["seed"]]:
+                run = RunSpec(label=name, settings=dict(settings, lr=lr, seed=seed),
+                              sweep=None if run_lrs is None else group)
+                for _pw, kind, every, start, options in probes:
+                    every = settings["probe_every"] if every is None else every
+                    run.probes.append(ProbeSpec(kind, every, start, options))
+                runs.append(run)
+    sweep = {k: v[1] for k, v in SWEEP_KEYS.items()}
+    sweep.update(_check_table(f"{where} [sweep]", raw.get("sweep", {}), SWEEP_KEYS))
+    if not 0.0 <= sweep["criterion"] < 1.0:
+        raise SpecError(f"{where} [sweep]: key 'criterion' expects a training accuracy in [0, 1), "
+                        f"got {sweep['criterion']!r}")
+    if not 0.0 < sweep["window"] <= 1.0:
+        raise SpecError(f"{where} [sweep]: key 'window' expects a fraction of the steps in (0, 1], "
+                        f"got {sweep['window']!r}")
     figure = raw.get("figure", {})
     if not isinstance(figure, dict):
         raise SpecError(f"{where}: key 'figure' expects a table [figure]")
-    _validate_figure(where, figure, labels)
+    _validate_figure(where, figure, labels, set(sweeps))
     from smoothnorm.claims import ClaimError, parse_claims
 
     try:
-        claims = parse_claims(where, raw.get("claims"), labels, {p[1] for p in probes})
+        claims = parse_claims(where, raw.get("claims"), labels, {p[1] for p in probes}, sweeps=set(sweeps))
     except ClaimError as err:
         raise SpecError(str(err)) from None
     return Spec(
         name=path.stem, path=path, title=raw.get("title", path.stem), description=raw.get("description", ""),
-        profile=profile, runs=runs, figure=figure, claims=claims, seeds=list(run_seeds),
+        profile=profile, runs=runs, figure=figure, claims=claims, seeds=list(run_seeds), sweeps=sweeps,
+        sweep=sweep,
     )
 
 
-def _validate_figure(where: str, figure: dict, labels: set[str]) -> None:
+def _validate_figure(where: str, figure: dict, labels: set[str], groups: set[str] = frozenset()) -> None:
+    """Panels, their kinds and the runs they name: `runs` takes run labels and sweep groups, `run` one label."""
     from smoothnorm.plots import PANELS
 
     unknown = sorted(set(figure) - {"title", "columns", "panels"})
@@ -460,8 +570,8 @@ def _validate_figure(where: str, figure: dict, labels: set[str]) -> None:
             if not isinstance(named, list) or not all(isinstance(label, str) for label in named):
                 raise SpecError(f"{pw}: key 'runs' expects an array of run labels (strings), got {named!r:.80}")
             for label in named:
-                if label not in labels:
-                    raise SpecError(f"{pw}: key 'runs' names unknown run {label!r}; runs: {sorted(labels)}")
+                if label not in labels and label not in groups:
+                    raise SpecError(f"{pw}: key 'runs' names unknown run {label!r}; runs: {sorted(labels | groups)}")
         if "run" in panel and not isinstance(panel["run"], str):
             raise SpecError(f"{pw}: key 'run' expects a run label (string), got {panel['run']!r:.80}")
         if "run" in panel and panel["run"] not in labels:
@@ -506,7 +616,7 @@ def merge_runs(specs: list[Spec]) -> list[RunSpec]:
         for run in spec.runs:
             rid = run.run_id
             if rid not in merged:
-                merged[rid] = RunSpec(run.label, dict(run.settings), list(run.probes))
+                merged[rid] = RunSpec(run.label, dict(run.settings), list(run.probes), run.sweep)
                 continue
             have = {p.kind: p for p in merged[rid].probes}
             for p in run.probes:
@@ -529,4 +639,8 @@ def _union_probes(have: list[dict], probes: list[ProbeSpec]) -> list[ProbeSpec]:
 
 def _probe_from_identity(d: dict) -> dict:
     d = dict(d)
-    return {"kind": d.pop("kind"), "every": d.pop("every"), "start": d.pop("start"), "options": d}
+    kind = d.pop("kind")
+    # Options an identity leaves out (a later option at its default) come back as their defaults.
+    options = {k: copy.deepcopy(v[1]) for k, v in PROBE_KEYS.get(kind, {}).items()}
+    options.update(d)
+    return {"kind": kind, "every": options.pop("every"), "start": options.pop("start"), "options": options}

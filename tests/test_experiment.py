@@ -96,8 +96,9 @@ def _run_cli(args, **kwargs):
 
 def test_resume_after_sigkill_gives_identical_results(tmp_path):
     spec = str(ROOT / "experiments" / "fig10_dln_landscape.toml")
+    # --figures: `run` writes CLAIMS.md and claims.json even with --no-plot (else into the repository's figures/).
     common = ["--profile", "tiny", "--set", "steps=1500", "--set", "checkpoint_every=50", "--set", "probe_every=10",
-              "--no-plot"]
+              "--no-plot", "--figures", str(tmp_path / "figures")]
     clean = _run_cli(["run", spec, *common, "--runs", str(tmp_path / "clean")])
     killed_root = tmp_path / "killed"
     proc = _run_cli(["run", spec, *common, "--runs", str(killed_root)])

@@ -155,6 +155,9 @@ class TorchHessian:
         out = run_torch(self.order, torch.from_numpy(np.asarray(x, dtype=np.float64)))
         if net.loss_fn.name == "cross_entropy":
             loss = F.cross_entropy(out, torch.from_numpy(np.asarray(y)))
+        elif net.loss_fn.name == "onehot_squared_error":  # Cohen et al.'s 0.5 ||out - onehot||^2, mean over N
+            target = F.one_hot(torch.from_numpy(np.asarray(y)), out.shape[1]).double()
+            loss = 0.5 * ((out - target) ** 2).sum() / out.shape[0]
         else:
             diff = out - torch.from_numpy(np.asarray(y, dtype=np.float64))
             loss = (diff * diff).sum() if net.loss_fn.reduction == "sum" else (diff * diff).mean()

@@ -61,6 +61,13 @@ from smoothnorm.measure.landscape import (
     update_direction,
 )
 from smoothnorm.measure.spectrum import HessianSpectrum, gradient_share, hessian_spectrum, top_eigenpairs
+from smoothnorm.measure.stability import (
+    GradientStatistics,
+    OneStepLoss,
+    excess_kurtosis,
+    gradient_statistics,
+    one_step_relative_loss,
+)
 from smoothnorm.measure.theory import (
     Theorem41,
     Theorem42,
@@ -92,6 +99,8 @@ __all__ = [
     "DENSE_MAX_PARAMS", "HessianConditioning", "hessian_condition_number",
     # spectrum (Hessian outliers)
     "HessianSpectrum", "hessian_spectrum", "top_eigenpairs", "gradient_share",
+    # stability (largest stable learning rate)
+    "GradientStatistics", "OneStepLoss", "gradient_statistics", "one_step_relative_loss", "excess_kurtosis",
     # gradient explosion at initialization (Yang et al. 2019)
     "GrowthFit", "weight_gradient_norms", "fit_log_growth", "init_gradient_norms", "large_batch_rate",
     # theory

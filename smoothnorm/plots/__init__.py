@@ -47,6 +47,13 @@ from smoothnorm.plots.style import (
     moving_average,
     run_colors,
 )
+from smoothnorm.plots.sweeps import (
+    SWEEP_PANELS,
+    draw_grad_histogram,
+    draw_grad_layers,
+    draw_lr_sweep,
+    draw_one_step_loss,
+)
 from smoothnorm.results import RunResult, load_run
 
 __all__ = [
@@ -66,10 +73,15 @@ __all__ = [
     "draw_profile",
     "draw_sweep",
     "select_best",
+    "draw_lr_sweep",
+    "draw_one_step_loss",
+    "draw_grad_histogram",
+    "draw_grad_layers",
     "draw_figure",
 ]
 
 PANELS.update(STUDY_PANELS)  # the optimization study's panels (smoothnorm.plots.study)
+PANELS.update(SWEEP_PANELS)  # learning-rate sweeps and gradients at initialization (smoothnorm.plots.sweeps)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Figures
@@ -135,7 +147,8 @@ def draw_figure(
     """Draw a figure of panels from runs and write `<out_base>.png` and `<out_base>.pdf`; returns both paths.
 
     figure: {"title": str, "columns": int (default min(3, panels)), "panels": [{"kind": one of PANELS, "title":
-    str (optional), "runs": [labels] (optional subset, in legend order; default all), **options of the kind}]}.
+    str (optional), "runs": [labels] (optional subset, in legend order; default all; a learning-rate sweep's group
+    label names all its runs "<group> @ lr=..."), **options of the kind}]}.
     runs: one per label, or one per (label, seed): curve panels then draw each label's median over seeds with a
     min-max band, and single-run panels (ridge, grad_vs_eta) the lowest seed (the title says which).
     Each run keeps one colour (by label, `run_colors`) in every panel. Every option is validated before anything is
@@ -159,7 +172,7 @@ def draw_figure(
     jobs = []
     for i, panel in enumerate(panels):
         fn, options = _panel_options(i, panel)
-        wanted = list(panel.get("runs") or labels)
+        wanted = _expand_sweeps(list(panel.get("runs") or labels), labels)
         missing = [label for label in wanted if label not in by_label]
         if missing:
             raise ValueError(f"runs: panel #{i + 1} names unknown run {missing[0]!r}; runs: {labels}")
@@ -198,6 +211,17 @@ def draw_figure(
             fig.clear()
 
 
+def _expand_sweeps(wanted: list[str], labels: list[str]) -> list[str]:
+    """Panel run names with each sweep group (not itself a label) replaced by its runs "<group> @ lr=..."."""
+    from smoothnorm.spec import SWEEP_SEPARATOR
+
+    out = []
+    for name in wanted:
+        members = [] if name in labels else [label for label in labels if label.startswith(name + SWEEP_SEPARATOR)]
+        out.extend(members or [name])
+    return out
+
+
 def draw_spec(spec, root: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
     """Draw a spec's figure (smoothnorm.spec.Spec) from its stored runs in `root` into out_dir/<spec name>.png, .pdf."""
     runs: list[RunResult] = []
@@ -208,4 +232,8 @@ def draw_spec(spec, root: str | os.PathLike, out_dir: str | os.PathLike) -> list
         runs.append(load_run(path, label=run.label))
     figure = dict(spec.figure)
     figure.setdefault("title", spec.title)
+    # The sweep panel draws the spec's recorded criterion of "trains" unless the panel sets its own.
+    figure["panels"] = [dict(p, **{k: v for k, v in spec.sweep.items() if k not in p})
+                        if isinstance(p, Mapping) and p.get("kind") == "lr_sweep" else p
+                        for p in figure.get("panels", [])]
     return draw_figure(figure, runs, Path(out_dir) / spec.name)

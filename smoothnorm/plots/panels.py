@@ -14,6 +14,7 @@ from matplotlib.colors import Normalize, to_rgb
 from smoothnorm.measure.distributions import moment_series
 from smoothnorm.plots.gradients import draw_depth_training, draw_explosion_rate, draw_gradient_layers
 from smoothnorm.plots.spectrum import draw_spectrum_density, draw_spectrum_series
+from smoothnorm.plots.stability import draw_sharpness
 from smoothnorm.plots.style import (
     ETA_LABEL,
     GRAD_DIFF_LABEL,
@@ -470,6 +471,7 @@ PANELS: dict[str, Callable[..., None]] = {
     "hessian": draw_hessian,
     "spectrum_density": draw_spectrum_density,
     "spectrum_series": draw_spectrum_series,
+    "sharpness": draw_sharpness,
     "gradient_layers": draw_gradient_layers,
     "explosion_rate": draw_explosion_rate,
     "depth_training": draw_depth_training,
