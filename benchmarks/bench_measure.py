@@ -1,6 +1,7 @@
 """Cost of the measurements relative to a training step (forward + backward + SGD update).
 
-    python -m benchmarks.bench_measure [--repeats 5] [--batch 128] [--width 1.0]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.bench_measure [--repeats 5] [--batch 128]
+        [--width 1.0] [--skip-vgg] [--skip-hessian] [--skip-dln]
 
 - Gradient-direction probe with 4 step sizes on VGG-11-BN (float32): target <= 4 forward+backward passes + 10%
   when the training step's gradient and loss are passed in (`grad=`, `loss=`); also timed without them (+1 pass).
@@ -20,6 +21,7 @@ import numpy as np
 
 from benchmarks._timing import describe_machine, format_table, time_alternating
 from smoothnorm import measure, models, optim
+from smoothnorm.kernels._blas import openblas_report
 
 
 def _vgg_rows(repeats: int, batch: int, width: float) -> list[dict]:
@@ -166,11 +168,15 @@ def main(argv=None) -> None:
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--hessian-batch", type=int, default=32, help="batch of the VGG Hessian rows")
     parser.add_argument("--skip-vgg", action="store_true")
+    parser.add_argument("--skip-hessian", action="store_true", help="leave out the VGG Hessian rows")
+    parser.add_argument("--skip-dln", action="store_true", help="leave out the DLN rows")
     args = parser.parse_args(argv)
     print(describe_machine())
+    print("OpenBLAS: " + "; ".join(openblas_report()))
     rows = [] if args.skip_vgg else _vgg_rows(args.repeats, args.batch, args.width)
-    rows += [] if args.skip_vgg else _vgg_hessian_rows(args.repeats, args.hessian_batch, args.width)
-    rows += _dln_rows(args.repeats)
+    if not (args.skip_vgg or args.skip_hessian):
+        rows += _vgg_hessian_rows(args.repeats, args.hessian_batch, args.width)
+    rows += [] if args.skip_dln else _dln_rows(args.repeats)
     print(format_table(rows, ["what", "median s", "x train step", "x (4 f+b)"]))
 
 

@@ -434,7 +434,9 @@ def test_auto_uses_im2col_where_winograd_cannot_run(rng, monkeypatch):
 def test_auto_rule_keeps_im2col_for_few_input_channels():
     assert not conv.winograd_pays("forward", 3, 64, 32, 32)
     assert conv.winograd_pays("forward", 256, 256, 8, 8)
-    assert conv.winograd_pays("forward", 512, 512, 2, 2) and not conv.winograd_pays("weight", 512, 512, 2, 2)
+    assert conv.winograd_pays("weight", 512, 512, 4, 4)
+    # F(2x2) on 2x2 maps measured no faster than im2col in any pass (issue 13's second round).
+    assert not any(conv.winograd_pays(p, 512, 512, 2, 2) for p in ("forward", "input", "weight"))
     with pytest.raises(ValueError, match="^pass_name:"):
         conv.winograd_pays("backward", 256, 256, 8, 8)
 

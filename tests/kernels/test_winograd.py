@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smoothnorm import models, nn
+from smoothnorm.kernels import winograd
 from smoothnorm.kernels.winograd import (
     output_tile,
     winograd_backward_input,
@@ -168,6 +169,25 @@ def test_any_shape_matches_direct_convolution(n, c_in, c_out, h, w, tile, seed):
     weight = rng.standard_normal((c_out, c_in, 3, 3))
     bias = rng.standard_normal(c_out)
     dy = rng.standard_normal((n, c_out, h, w))
+    assert l2_error(winograd_forward(x, weight, bias, tile=tile), direct_forward(x, weight, bias)) <= 1e-13
+    assert l2_error(winograd_backward_input(dy, weight, tile=tile), direct_input_gradient(dy, weight)) <= 1e-13
+    dw = np.empty_like(weight)
+    winograd_backward_weight(dy, x, dw, tile=tile)
+    assert l2_error(dw, direct_weight_gradient(dy, x)) <= 1e-13
+
+
+@pytest.mark.parametrize("max_tiles", [3, 20, 64])
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("size", [(8, 12), (9, 10)], ids=["whole tiles", "partial tiles"])
+def test_every_tile_grouping_matches_direct_convolution(monkeypatch, rng, max_tiles, tile, size):
+    """Groups of tile rows of one image (an image has more tiles than a group), of several images with a shorter
+    last group, and of whole images, on maps that are and are not multiples of the tile."""
+    monkeypatch.setattr(winograd, "_MIN_GROUP_TILES", 1)
+    monkeypatch.setattr(winograd, "_MAX_GROUP_TILES", max_tiles)
+    x = rng.standard_normal((5, 3, *size))
+    weight = rng.standard_normal((4, 3, 3, 3))
+    bias = rng.standard_normal(4)
+    dy = rng.standard_normal((5, 4, *size))
     assert l2_error(winograd_forward(x, weight, bias, tile=tile), direct_forward(x, weight, bias)) <= 1e-13
     assert l2_error(winograd_backward_input(dy, weight, tile=tile), direct_input_gradient(dy, weight)) <= 1e-13
     dw = np.empty_like(weight)
