@@ -192,7 +192,9 @@ def test_sigkill_at_random_moments_then_restart_gives_identical_results(tmp_path
     status: with a checkpoint every 2 steps, writes are a large share of the time), restart, repeat; the final
     folders equal an uninterrupted run's (trained in this process)."""
     settings = [f"steps={steps}", "checkpoint_every=2", "probe_every=3"]
-    args = ["run", str(DLN_SPEC), "--profile", "tiny", "--no-plot", *[a for s in settings for a in ("--set", s)]]
+    # --figures: `run` writes CLAIMS.md and claims.json even with --no-plot (else into the repository's figures/).
+    args = ["run", str(DLN_SPEC), "--profile", "tiny", "--no-plot", "--figures", str(tmp_path / "figures"),
+            *[a for s in settings for a in ("--set", s)]]
     clean_root, killed_root = tmp_path / "clean", tmp_path / "killed"
     _run_all(clean_root / "tiny", settings)
     rng = random.Random(kills)

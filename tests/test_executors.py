@@ -219,7 +219,8 @@ def test_a_worker_killed_mid_run_costs_only_the_steps_since_its_checkpoint(tmp_p
     settings = ["steps=400", "checkpoint_every=50", "probe_every=10"]
     spec = load_spec(ROOT / "experiments" / "fig10_dln_landscape.toml", "tiny", settings)
     reference = _cli("run", "fig10", "--profile", "tiny", *[a for s in settings for a in ("--set", s)], "--no-plot",
-                     "--runs", str(tmp_path / "reference"), "--threads-per-run", "1")
+                     "--runs", str(tmp_path / "reference"), "--threads-per-run", "1",
+                     "--figures", str(tmp_path / "figures"))  # CLAIMS.md and claims.json, not the repository's
     environ = {name: os.environ.get(name) for name in executors.THREAD_VARIABLES}
     with executors.DaskExecutor(workers=2, threads_per_run=1) as executor:
         result: dict = {}

@@ -221,7 +221,7 @@ def test_execute_run_releases_its_lease_on_failure(tmp_path, monkeypatch):
 def test_ctrl_c_and_sigterm_release_the_lease(tmp_path, signum, code):
     proc = subprocess.Popen([sys.executable, "-m", "smoothnorm.cli", "run", "fig10", "--profile", "tiny",
                              "--set", "steps=100000", "--set", "checkpoint_every=5", "--no-plot",
-                             "--runs", str(tmp_path)],
+                             "--runs", str(tmp_path), "--figures", str(tmp_path / "figures")],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 600
     leases_seen = []
