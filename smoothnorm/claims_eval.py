@@ -58,6 +58,8 @@ def quantity_series(run: RunResult, quantity: str, layer: int | None = None) -> 
                 values = np.where(np.isnan(values), np.inf, values)
             elif quantity == "effective_beta":
                 values = run.probe(kind, "effective_beta").astype(np.float64).reshape(-1)
+            elif quantity in ("outlier_ratio", "gradient_share"):
+                values = run.probe(kind, quantity).astype(np.float64).reshape(-1)
             elif quantity == "explosion_rate":
                 values = run.probe(kind, "rate").astype(np.float64).reshape(-1)
             elif quantity in ("ics_l2", "ics_cosine"):

@@ -28,6 +28,9 @@ QUANTITIES: dict[str, tuple[str | None, bool, str]] = {
     "loss_ratio": (None, False, "training loss over its value at the first step"),
     "loss_rise": (None, False, "1 at a step whose training loss exceeds the step before's, else 0 (mean: the "
                                "fraction of rising steps)"),
+    # Hessian outliers (Ghorbani et al. 2019), from the spectrum probe at its listed steps.
+    "outlier_ratio": ("spectrum", False, "lambda_1 / lambda_k of the training-batch Hessian (k: the probe's k)"),
+    "gradient_share": ("spectrum", False, "share of the gradient's squared norm in the top-k Hessian eigenspace"),
     "explosion_rate": ("gradient_explosion", False, "growth of ||dL/dW_l||^2 per layer toward the input, "
                        "exp(-slope) of the log-linear fit (Yang et al. 2019)"),
 }

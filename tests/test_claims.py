@@ -387,3 +387,42 @@ def test_run_with_seeds_trains_each_seed_draws_and_prints_verdicts(tmp_path, cap
     assert main(args) == 0
     assert "starting" not in capsys.readouterr().err
     assert {p: p.read_bytes() for p in figures.glob("claims.json")} == before
+
+
+def test_spectrum_quantities_read_the_probe_arrays(tmp_path):
+    """outlier_ratio and gradient_share (Ghorbani et al.) are the spectrum probe's recorded values per probed step."""
+    text = SPEC.replace('kind = "landscape"', 'kind = "spectrum"\nsteps = [0, 50, 99]').format(claims="""
+[[claims]]
+id = "fewer-outliers"
+text = "BN's lambda_1 / lambda_k is smaller"
+quantity = "outlier_ratio"
+stat = "median"
+run = "BN"
+relation = "less"
+than = "Standard"
+
+[[claims]]
+id = "share"
+text = "the gradient concentrates in the top eigenspace without BN"
+quantity = "gradient_share"
+stat = "final"
+run = "Standard"
+relation = "greater"
+than = "BN"
+""", base_extra="")
+    path = tmp_path / "figx_spectrum.toml"
+    path.write_text(text)
+    spec = load_spec(path, "quick")
+    root = tmp_path / "runs"
+    runs = runs_by(spec)
+    recorded = {"Standard": ([2.0, 9.0, 15.0], [0.6, 0.4, 0.99]), "BN": ([1.7, 4.8, 17.0], [0.1, 0.5, 0.98])}
+    for label, (ratios, shares) in recorded.items():
+        folder = write_run(root, runs[label, 0], acc=np.full(100, 0.5))
+        write_npz(folder / "probes.npz", {"spectrum/steps": np.array([0, 50, 99]),
+                                          "spectrum/outlier_ratio": np.array(ratios),
+                                          "spectrum/gradient_share": np.array(shares)})
+    ratio, share = claims_module.evaluate_spec(spec, root)
+    assert ratio.outcomes[0].values == {"BN": pytest.approx(4.8), "Standard": pytest.approx(9.0)}
+    assert ratio.outcomes[0].holds is True
+    assert share.outcomes[0].values == {"Standard": pytest.approx(0.99), "BN": pytest.approx(0.98)}
+    assert share.outcomes[0].holds is True
