@@ -222,7 +222,11 @@ def test_ctrl_c_and_sigterm_release_the_lease(tmp_path, signum, code):
     proc = subprocess.Popen([sys.executable, "-m", "smoothnorm.cli", "run", "fig10", "--profile", "tiny",
                              "--set", "steps=100000", "--set", "checkpoint_every=5", "--no-plot",
                              "--runs", str(tmp_path), "--figures", str(tmp_path / "figures")],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            # A job started in the background (e.g. `bash .ci/run &`) inherits SIGINT ignored, and
+                            # Python then installs no KeyboardInterrupt handler: give the child the default, as a
+                            # terminal's foreground job has.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
     leases_seen = []
     while not leases_seen and time.time() < deadline and proc.poll() is None:
