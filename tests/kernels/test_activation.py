@@ -208,3 +208,35 @@ def test_smooth_activations_match_torch(rng, activation):
     y = activation_forward(x, activation)
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-15, atol=1e-16)
     np.testing.assert_allclose(activation_backward(dy, y, activation), tx.grad.numpy(), rtol=1e-14, atol=1e-16)
+
+
+def test_relu_out_buffers_give_the_same_bits_in_place_or_not(rng):
+    x = rng.standard_normal((3, 20001)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    y_new = relu_forward(x)
+    out = np.full_like(x, np.nan)
+    assert relu_forward(x, out=out) is out
+    np.testing.assert_array_equal(out, y_new)
+    dx_new = relu_backward(dy, y_new)
+    dx_out = np.full_like(dy, np.nan)
+    assert relu_backward(dy, y_new, out=dx_out) is dx_out
+    np.testing.assert_array_equal(dx_out, dx_new)
+    in_place = x.copy()
+    relu_forward(in_place, out=in_place)
+    np.testing.assert_array_equal(in_place, y_new)
+    dy_in_place = dy.copy()
+    relu_backward(dy_in_place, y_new, out=dy_in_place)
+    np.testing.assert_array_equal(dy_in_place, dx_new)
+
+
+def test_relu_rejects_bad_out_buffers(rng):
+    x = rng.standard_normal((4, 6))
+    with pytest.raises(ValueError, match="out: expected shape"):
+        relu_forward(x, out=np.empty((4, 5)))
+    with pytest.raises(ValueError, match="out: expected dtype"):
+        relu_forward(x, out=np.empty((4, 6), dtype=np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        relu_forward(x, out=np.empty((6, 4)).T)
+    with pytest.raises(ValueError, match="overlaps an input partially"):
+        big = np.zeros(30)
+        relu_forward(big[:24].reshape(4, 6), out=big[6:].reshape(4, 6))
