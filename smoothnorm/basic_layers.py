@@ -185,18 +185,19 @@ class Conv2d(Layer):
 
 
 class ReLU(Layer):
-    """Rectified linear unit; keeps its output for the backward mask."""
+    """Rectified linear unit; keeps its output for the backward mask. Its output and input gradient live in buffers
+    kept between calls (valid until the next call, as BatchNorm's)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._y: np.ndarray | None = None
 
     def forward(self, x, mode):
-        self._y = relu_forward(x)
+        self._y = relu_forward(x, out=self._reused("y", x))
         return self._y
 
     def backward(self, dy, need_dx=True):
-        return relu_backward(dy, self._y) if need_dx else None
+        return relu_backward(dy, self._y, out=self._reused("dx", dy)) if need_dx else None
 
     def forward_r(self, rx, rparams):
         """R-pass: rx masked by the base point's pattern (relu' = 1 where the output is positive; relu'' = 0)."""

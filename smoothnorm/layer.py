@@ -13,6 +13,16 @@ class Layer:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
 
+    def _reused(self, key: str, like: np.ndarray) -> np.ndarray:
+        """A buffer shaped like `like`, kept between calls: fresh output memory (page faults) cost about a third
+        of BatchNorm's time at (128, 64, 32, 32), and more than ReLU's whole kernel. A layer that uses it returns
+        outputs valid until its next call (Network.forward's contract)."""
+        buffers = self.__dict__.setdefault("_buffers", {})
+        buf = buffers.get(key)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = buffers[key] = np.empty_like(like, order="C")
+        return buf
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Parameter name -> shape, in flat-vector order."""
         return {}

@@ -117,3 +117,21 @@ def test_exact_hessian_vector_products_through_smooth_activations(rng, activatio
         grads.append(net.loss_and_grad(x, y, mode="probe")[1].copy())
     net.params[:] = w0
     assert relative_error(exact, (grads[0] - grads[1]) / (2 * eps)) < 1e-6
+
+
+def test_relu_layer_reuses_its_buffers_and_follows_shape_changes(rng):
+    from smoothnorm.basic_layers import ReLU
+
+    layer = ReLU()
+    x1, x2 = rng.standard_normal((2, 3, 4, 4)), rng.standard_normal((2, 3, 4, 4))
+    y1 = layer.forward(x1, "train")
+    np.testing.assert_array_equal(y1, np.maximum(x1, 0))
+    y2 = layer.forward(x2, "train")
+    assert y2 is y1  # the same buffer: outputs are valid until the layer's next call
+    np.testing.assert_array_equal(y2, np.maximum(x2, 0))
+    dy = rng.standard_normal(x2.shape)
+    np.testing.assert_array_equal(layer.backward(dy), np.where(x2 > 0, dy, 0.0))
+    x3 = rng.standard_normal((5, 3, 4, 4)).astype(np.float32)  # another batch size and dtype: new buffers
+    y3 = layer.forward(x3, "train")
+    assert y3.dtype == np.float32 and y3.shape == x3.shape
+    np.testing.assert_array_equal(y3, np.maximum(x3, 0))
