@@ -101,7 +101,11 @@ def layer_inputs(rng, n, c_in, c_out, size, kind):
 
 
 def check_all_passes(rng, n, c_in, c_out, size, kind, dtype, tile=None):
-    x, weight, bias, dy = layer_inputs(rng, n, c_in, c_out, size, kind)
+    return pass_errors(*layer_inputs(rng, n, c_in, c_out, size, kind), dtype, tile)
+
+
+def pass_errors(x, weight, bias, dy, dtype, tile=None):
+    """{pass: relative L2 error} of the three Winograd passes in `dtype` against float64 direct convolutions."""
     xd, wd, bd, dyd = (a.astype(dtype) for a in (x, weight, bias, dy))
     # The reference sees the same rounded inputs, so the error is the algorithm's alone.
     x, weight, bias, dy = (a.astype(np.float64) for a in (xd, wd, bd, dyd))
@@ -143,6 +147,49 @@ def test_vgg_layer_shapes_within_tolerance(rng, layer, kind, dtype):
 def test_full_width_vgg_layers_within_tolerance(rng, layer, kind, dtype):
     errors = check_all_passes(rng, 2, *layer, kind, dtype)
     assert max(errors.values()) <= TOLERANCE[dtype], errors
+
+
+@pytest.fixture(scope="module")
+def trained_vgg_layers():
+    """(name, x, weight, bias, dy) in float64 for every conv of a VGG-11-BN at 1/8 width trained (im2col) for 160
+    SGD steps (40 epochs of 128 synthetic images, about 3 s): x the layer's input and dy the loss gradient at its
+    output, on a held-out batch.
+    Trained activations are what issue 13 asks the error to hold on, beside N(0,1) data."""
+    from smoothnorm import data, optim
+
+    (x_train, y_train), (x_test, y_test) = data.synthetic_images(128, 32, seed=3, class_colour=0.15)
+    net = models.vgg("vgg11", norm="batch", width=1 / 8, dtype=np.float64, seed=3, algorithm="im2col")
+    opt = optim.SGD(lr=0.05, momentum=0.9)
+    order = np.random.default_rng(3).permutation(128)
+    losses = []
+    for step in range(160):
+        batch = order[(step % 4) * 32 : (step % 4 + 1) * 32]
+        loss, _ = net.loss_and_grad(x_train[batch], y_train[batch])
+        opt.step(net.params, net.grads)
+        losses.append(loss)
+    # It learned: the last 16 steps' mean loss is a fraction of the first 16 steps' (2.38 and 0.09 when written).
+    assert np.mean(losses[-16:]) < 0.25 * np.mean(losses[:16]), (losses[:16], losses[-16:])
+    inputs, out = [], x_test.astype(np.float64)
+    for layer in net.layers:
+        inputs.append(out.copy())
+        out = layer.forward(out, "probe")
+    net.loss_fn.forward(out, y_test)
+    d = net.loss_fn.backward()
+    found = []
+    for i in range(len(net.layers) - 1, -1, -1):
+        layer = net.layers[i]
+        if isinstance(layer, nn.Conv2d):
+            found.append((layer.name, inputs[i], layer.params["weight"].copy(), layer.params["bias"].copy(), d.copy()))
+        d = layer.backward(d, need_dx=True)
+    assert len(found) == 8
+    return found[::-1]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_trained_network_activations_within_tolerance(trained_vgg_layers, dtype):
+    for name, x, weight, bias, dy in trained_vgg_layers:
+        errors = pass_errors(x, weight, bias, dy, dtype)
+        assert max(errors.values()) <= TOLERANCE[dtype], (name, x.shape, weight.shape, errors)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
