@@ -210,7 +210,8 @@ class ReLU(Layer):
 
 
 class MaxPool2d(Layer):
-    """2x2 max-pooling with stride 2 (floor for odd sizes, as PyTorch)."""
+    """2x2 max-pooling with stride 2 (floor for odd sizes, as PyTorch). Output, arg-max and input gradient live in
+    buffers kept between calls (valid until the next call, as ReLU's and BatchNorm's)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -224,11 +225,17 @@ class MaxPool2d(Layer):
 
     def forward(self, x, mode):
         self._shape = x.shape
-        y, self._argmax = maxpool2d_forward(x)
+        out = None
+        if np.ndim(x) == 4:  # anything else is the kernel's to reject, by name
+            shape = (*x.shape[:2], x.shape[2] // 2, x.shape[3] // 2)
+            out = (self._buffer("y", shape, x.dtype), self._buffer("argmax", shape, np.int8))
+        y, self._argmax = maxpool2d_forward(x, out=out)
         return y
 
     def backward(self, dy, need_dx=True):
-        return maxpool2d_backward(dy, self._argmax, self._shape) if need_dx else None
+        if not need_dx:
+            return None
+        return maxpool2d_backward(dy, self._argmax, self._shape, out=self._buffer("dx", self._shape, dy.dtype))
 
     def forward_r(self, rx, rparams):
         """R-pass: rx at the base point's arg-max of each window (the winners are held fixed)."""

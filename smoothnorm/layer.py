@@ -17,10 +17,14 @@ class Layer:
         """A buffer shaped like `like`, kept between calls: fresh output memory (page faults) cost about a third
         of BatchNorm's time at (128, 64, 32, 32), and more than ReLU's whole kernel. A layer that uses it returns
         outputs valid until its next call (Network.forward's contract)."""
+        return self._buffer(key, like.shape, like.dtype)
+
+    def _buffer(self, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """The layer's kept buffer `key` (C-contiguous), reallocated only when its shape or dtype changes."""
         buffers = self.__dict__.setdefault("_buffers", {})
         buf = buffers.get(key)
-        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
-            buf = buffers[key] = np.empty_like(like, order="C")
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+            buf = buffers[key] = np.empty(shape, dtype=dtype)
         return buf
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -43,12 +43,16 @@ def _maxpool2d_backward(dy, argmax, dx):
                 dx[p, 2 * i + (k >> 1), 2 * j + (k & 1)] = dy[p, i, j]
 
 
-def maxpool2d_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def maxpool2d_forward(
+    x: np.ndarray, *, out: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Max-pool over 2x2 windows with stride 2; odd trailing rows/columns are dropped (floor, as torch).
 
     x: (N, C, H, W) float32 or float64, H, W >= 2.
     Returns y (N, C, H//2, W//2) in x's dtype and argmax (int8, y's shape): the winner's position in its window,
     row-major 0..3 (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right).
+    out: optional (y, argmax) arrays to write into and return (C-contiguous, those shapes and dtypes, apart from x):
+    a layer that keeps its buffers saves fresh memory's page faults.
     """
     x = np.asarray(x)
     if x.ndim != 4:
@@ -59,18 +63,26 @@ def maxpool2d_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if h < 2 or w < 2:
         raise ValueError(f"x: expected H >= 2 and W >= 2 for a 2x2 window, got shape {x.shape}")
     x = np.ascontiguousarray(x)
-    y = np.empty((n, c, h // 2, w // 2), dtype=x.dtype)
-    argmax = np.empty(y.shape, dtype=np.int8)
+    shape = (n, c, h // 2, w // 2)
+    if out is None:
+        y, argmax = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int8)
+    else:
+        y, argmax = out
+        _check_out("out[0] (y)", y, shape, x.dtype, x)
+        _check_out("out[1] (argmax)", argmax, shape, np.dtype(np.int8), x)
     planes_out = (n * c, h // 2, w // 2)
     _maxpool2d_forward(x.reshape(n * c, h, w), y.reshape(planes_out), argmax.reshape(planes_out))
     return y, argmax
 
 
-def maxpool2d_backward(dy: np.ndarray, argmax: np.ndarray, input_shape: tuple[int, int, int, int]) -> np.ndarray:
+def maxpool2d_backward(
+    dy: np.ndarray, argmax: np.ndarray, input_shape: tuple[int, int, int, int], *, out: np.ndarray | None = None
+) -> np.ndarray:
     """Gradient of 2x2 max-pooling: dy routed to each window's argmax, zero elsewhere.
 
     dy: (N, C, H//2, W//2) float32 or float64; argmax: int8 of the same shape, from maxpool2d_forward;
-    input_shape: (N, C, H, W) of the forward input. Returns dx of input_shape in dy's dtype.
+    input_shape: (N, C, H, W) of the forward input. Returns dx of input_shape in dy's dtype (in `out` if given: a
+    C-contiguous array of that shape and dtype, apart from dy and argmax; every element is written).
     """
     dy = np.asarray(dy)
     argmax = np.asarray(argmax)
@@ -94,7 +106,23 @@ def maxpool2d_backward(dy: np.ndarray, argmax: np.ndarray, input_shape: tuple[in
         raise ValueError(f"argmax: expected shape {dy.shape} (the shape of dy), got {argmax.shape}")
     dy = np.ascontiguousarray(dy)
     argmax = np.ascontiguousarray(argmax)
-    dx = np.empty(input_shape, dtype=dy.dtype)
+    if out is None:
+        dx = np.empty(input_shape, dtype=dy.dtype)
+    else:
+        dx = out
+        _check_out("out", dx, input_shape, dy.dtype, dy, argmax)
     planes_out = (n * c, h // 2, w // 2)
     _maxpool2d_backward(dy.reshape(planes_out), argmax.reshape(planes_out), dx.reshape(n * c, h, w))
     return dx
+
+
+def _check_out(name: str, a, shape: tuple, dtype, *inputs) -> None:
+    """An output buffer must be a writeable C-contiguous array of `shape` and `dtype` sharing no memory with inputs."""
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy array of shape {shape}, got {type(a).__name__}")
+    if a.shape != tuple(shape) or a.dtype != dtype:
+        raise ValueError(f"{name}: expected shape {tuple(shape)} and dtype {np.dtype(dtype)}, got {a.shape} {a.dtype}")
+    if not (a.flags.c_contiguous and a.flags.writeable):
+        raise ValueError(f"{name}: expected a writeable C-contiguous array")
+    if any(np.may_share_memory(a, b) for b in inputs):
+        raise ValueError(f"{name}: shares memory with an input; pooling cannot run in place")

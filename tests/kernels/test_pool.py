@@ -152,3 +152,27 @@ def test_matches_torch(rng):
     cols = 2 * np.arange(y.shape[3])[None, :] + argmax % 2
     np.testing.assert_array_equal(rows * x.shape[3] + cols, tidx.numpy())
     np.testing.assert_array_equal(maxpool2d_backward(dy, argmax, x.shape), tx.grad.numpy())
+
+
+def test_out_buffers_give_the_same_result_and_are_checked(rng):
+    x = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
+    y_new, arg_new = maxpool2d_forward(x)
+    y_out, arg_out = np.full((2, 3, 3, 2), np.nan, np.float32), np.full((2, 3, 3, 2), 9, np.int8)
+    y, arg = maxpool2d_forward(x, out=(y_out, arg_out))
+    assert y is y_out and arg is arg_out
+    np.testing.assert_array_equal(y, y_new)
+    np.testing.assert_array_equal(arg, arg_new)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx_out = np.full(x.shape, np.nan, np.float32)  # every element is written, zeros included
+    assert maxpool2d_backward(dy, arg, x.shape, out=dx_out) is dx_out
+    np.testing.assert_array_equal(dx_out, maxpool2d_backward(dy, arg, x.shape))
+    with pytest.raises(ValueError, match=r"out\[0\] \(y\): expected shape"):
+        maxpool2d_forward(x, out=(np.empty((2, 3, 3, 3), np.float32), arg_out))
+    with pytest.raises(ValueError, match=r"out\[1\] \(argmax\): expected shape .* dtype int8"):
+        maxpool2d_forward(x, out=(y_out, np.empty((2, 3, 3, 2), np.int64)))
+    buf = np.zeros(x.size + 4, np.float32)
+    overlapping_dy = buf[x.size + 4 - dy.size :].reshape(dy.shape)
+    with pytest.raises(ValueError, match="out: shares memory with an input"):
+        maxpool2d_backward(overlapping_dy, arg, x.shape, out=buf[: x.size].reshape(x.shape))
+    with pytest.raises(ValueError, match="out: expected a writeable C-contiguous"):
+        maxpool2d_backward(dy, arg, x.shape, out=np.empty((2, 3, 5, 6), np.float32).transpose(0, 1, 3, 2))
