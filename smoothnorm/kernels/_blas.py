@@ -94,6 +94,8 @@ class _SingleThreadedBlas:
 
     def __enter__(self):
         with self._lock:
+            if self._controls is None:
+                self._controls = self._find()
             if self._depth == 0:
                 self._saved = [(setter, getter()) for getter, setter in self._controls or ()]
                 for setter, _ in self._saved:

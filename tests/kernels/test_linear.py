@@ -288,3 +288,31 @@ def test_chain_kernels_match_layer_by_layer_and_check_their_arguments(rng):
         linear.linear_chain_backward(dy[:, :2], x, outs, params, grads, w_off, b_off, dims, 1)
     with pytest.raises(ValueError, match="outputs: expected the list linear_chain_forward returned"):
         linear.linear_chain_backward(dy, x, [o.copy() for o in outs], params, grads, w_off, b_off, dims, 1)
+
+
+def test_mid_sized_products_hold_blas_at_one_thread_and_restore_it(monkeypatch):
+    """The NumPy products of linear_forward/backward run with every OpenBLAS at one thread below
+    _BLAS_THREADS_MIN_MACS (a threaded BLAS stalls the next Numba region), and the thread counts come back after."""
+    from smoothnorm.kernels import _blas, linear
+
+    controls = _blas._SingleThreadedBlas()._find()
+    if not controls:
+        pytest.skip("no OpenBLAS with thread controls in this process")
+    # A fresh context manager that has never been asked `available()`: entering must still find the libraries.
+    fresh = _blas._SingleThreadedBlas()
+    monkeypatch.setattr(linear, "_single_threaded_blas", fresh)
+    seen = []
+    real_matmul = np.matmul
+
+    def spy(*args, **kwargs):
+        seen.append([getter() for getter, _ in controls])
+        return real_matmul(*args, **kwargs)
+
+    monkeypatch.setattr(linear.np, "matmul", spy)
+    before = [getter() for getter, _ in controls]
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((128, 512)), rng.standard_normal((10, 512))
+    linear.linear_forward(x, w)  # 655,360 multiply-adds: above _SMALL_MACS, below _BLAS_THREADS_MIN_MACS
+    linear.linear_backward(rng.standard_normal((128, 10)), x, w, np.empty((10, 512)))
+    assert len(seen) == 3 and all(all(n == 1 for n in counts) for counts in seen), seen
+    assert [getter() for getter, _ in controls] == before
