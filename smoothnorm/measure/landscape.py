@@ -166,6 +166,7 @@ def _probe(net, x, y, w0, etas, direction, g, base_loss, beta_normalization, kin
                 # Only reachable if a kernel were compiled to trap; the point diverged either way.
                 losses[i] = distances[i] = math.nan
     direction_norm = _norm64(direction)
+    grad_norm = direction_norm if direction is g else _norm64(g)  # the gradient probe: one pass, not two
     with np.errstate(all="ignore"):
         scale = np.abs(etas) * (direction_norm if beta_normalization == "distance" else 1.0)
         betas = np.where(scale > 0, distances / np.where(scale > 0, scale, 1.0), math.nan)
@@ -178,7 +179,7 @@ def _probe(net, x, y, w0, etas, direction, g, base_loss, beta_normalization, kin
         betas=betas,
         effective_beta=float(finite_betas.max()) if finite_betas.size else math.nan,
         base_loss=float(base_loss),
-        grad_norm=_norm64(g),
+        grad_norm=grad_norm,
         direction_norm=direction_norm,
         num_diverged=int(diverged.sum()),
         beta_normalization=beta_normalization,
