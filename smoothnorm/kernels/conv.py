@@ -215,27 +215,34 @@ def _col2im(dcols, dx, n0, nb, geom, padded, offsets):
                 dst[cols_in:] = zero
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _row_sum(a3, n, r):
+    """float64 sum of a3[n, r, :]; four interleaved partials pipeline the adds in a shape-fixed order (indexed
+    directly: callers run it for every (sample, channel), and a Numba view per row costs reference counting)."""
+    cols = a3.shape[2]
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    j = 0
+    while j + 4 <= cols:
+        s0 += a3[n, r, j]
+        s1 += a3[n, r, j + 1]
+        s2 += a3[n, r, j + 2]
+        s3 += a3[n, r, j + 3]
+        j += 4
+    while j < cols:
+        s0 += a3[n, r, j]
+        j += 1
+    return (s0 + s1) + (s2 + s3)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _add_row_sums(mat, sums):
-    """sums[r] += float64 sum of mat[r]; four interleaved partials pipeline the adds in a shape-fixed order."""
-    cols = mat.shape[1]
+    """sums[r] += float64 sum of mat[r] (C-contiguous 2-D), by _row_sum."""
+    m3 = mat.reshape(1, mat.shape[0], mat.shape[1])
     for r in range(mat.shape[0]):
-        row = mat[r]
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
-        j = 0
-        while j + 4 <= cols:
-            s0 += row[j]
-            s1 += row[j + 1]
-            s2 += row[j + 2]
-            s3 += row[j + 3]
-            j += 4
-        while j < cols:
-            s0 += row[j]
-            j += 1
-        sums[r] += (s0 + s1) + (s2 + s3)
+        sums[r] += _row_sum(m3, 0, r)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -357,12 +364,15 @@ def _sum_partials(parts, out):
                 dst[j] += src[j]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _bias_gradient(dy3, db):
-    """db[co] = float64 sum of dy3[:, co, :] (sample by sample, in order)."""
-    db[:] = 0.0
-    for n in range(dy3.shape[0]):
-        _add_row_sums(dy3[n], db)
+    """db[co] = float64 sum of dy3[:, co, :] (sample by sample, in order; channels in parallel, each channel's sums
+    in the same order on any thread, so the bits do not depend on the thread count)."""
+    for co in prange(dy3.shape[1]):
+        acc = 0.0
+        for n in range(dy3.shape[0]):
+            acc += _row_sum(dy3, n, co)
+        db[co] = acc
 
 
 def _resolve_algorithm(algorithm: str, x_shape, weight_shape, stride, padding, pass_name: str) -> str:
