@@ -6,7 +6,8 @@ like weight.reshape(C_out, K), column b*P + p for output pixel p of sample b, th
     forward:  Y = W @ cols                                      (C_out, nb*P) -> NCHW, plus bias
     backward: dW_worker (+)= dY @ cols.T;  dcols = W.T @ dY;  dx = col2im(dcols)
 With nb == 1 the (C_out, P) matrices are y[n] and dy[n] themselves, so large images need no layout copies.
-dW partials are merged in worker order, so results repeat to the bit for a given thread count.
+dW partials are merged in worker order, so results repeat to the bit for a given thread count. The unfolding
+(im2col, col2im) and the bias gradient's row sums are the serial blocks of kernels/_im2col.py.
 
 Why workers call a single-threaded BLAS instead of one multithreaded GEMM at Python level: on this 2-core target,
 alternating Numba's thread pool (im2col) with the BLAS pool (GEMM) made each pool spin while the other needed the
@@ -30,6 +31,14 @@ from numba import njit, prange
 
 from smoothnorm.kernels._blas import _DGEMM, _SGEMM, _gemm, _single_threaded_blas
 from smoothnorm.kernels._checks import _check_output, _float_array
+from smoothnorm.kernels._im2col import (
+    _add_row_sums,
+    _col2im,
+    _im2col,
+    _padded_scratch,
+    _pixel_offsets,
+    _row_sum,
+)
 from smoothnorm.kernels.winograd import (
     winograd_backward_input,
     winograd_backward_weight,
@@ -47,9 +56,6 @@ _WORKSPACE_BYTES = 32 << 20
 # columns ran fastest on VGG's layers: the sub-chunk then stays in cache between im2col and the GEMMs).
 _DIRECT_PIXELS = 256
 _TARGET_COLUMNS = 512
-# Below this output width the im2col rows are gathered through an index table (a segment loop per output row has
-# more overhead than work).
-_GATHER_WIDTH = 8
 # Calls with fewer multiply-adds than this run as one serial worker: starting the thread team costs more than it
 # saves (and much more on a loaded machine, where waking the second thread can take milliseconds).
 _PARALLEL_MIN_MACS = 1 << 20
@@ -101,155 +107,6 @@ def _plan(n: int, k: int, c_out: int, pixels: int, itemsize: int) -> tuple[int, 
     nb = min(per_worker, -(-_TARGET_COLUMNS // pixels), max(1, budget // ((k + c_out) * pixels * itemsize)))
     subchunks = -(-per_worker // nb)
     return workers, -(-per_worker // subchunks), parallel
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Serial building blocks (run inside one worker).
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _pixel_offsets(geom, wp):
-    """offsets[oh*w_out + ow] = flat index of the window's top-left corner in a padded plane of width wp.
-
-    Unsigned, so indexing with them needs no negative-index wraparound test.
-    """
-    sh, sw, h_out, w_out = geom[2], geom[3], geom[6], geom[7]
-    offsets = np.empty(h_out * w_out, dtype=np.uintp)
-    for oh in range(h_out):
-        for ow in range(w_out):
-            offsets[oh * w_out + ow] = oh * sh * wp + ow * sw
-    return offsets
-
-
-# In the loops below every inner index is a bare loop counter over a view (`dst[j] = src[j]`), never `a[start + j]`:
-# Numba must test a computed index for being negative (Python's wraparound), and that test in the inner loop kept
-# LLVM from vectorising the copies (half the speed, measured).
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _fill_padded(plane, padded, ph, pw):
-    """padded[ph + i, pw + j] = plane[i, j] wherever padded reaches; the border is left as it is."""
-    rows = min(plane.shape[0], padded.shape[0] - ph)
-    width = min(plane.shape[1], padded.shape[1] - pw)
-    for i in range(rows):
-        src = plane[i, :width]
-        dst = padded[ph + i, pw : pw + width]
-        for j in range(width):
-            dst[j] = src[j]
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _im2col(x, n0, nb, cols, geom, padded, offsets):
-    """cols[(ci*kh + ky)*kw + kx, b*P + oh*w_out + ow] = x[n0+b, ci, oh*sh - ph + ky, ow*sw - pw + kx], 0 outside.
-
-    Each plane is first copied into `padded`, whose zero border never changes, so the unfolding has no bounds
-    tests. Channels outermost: consecutive samples then write adjacent segments of the same kh*kw rows.
-    """
-    kh, kw, sh, sw, ph, pw, h_out, w_out = geom
-    hp, wp = padded.shape
-    flat = padded.reshape(hp * wp)
-    pixels = h_out * w_out
-    for ci in range(x.shape[1]):
-        for b in range(nb):
-            _fill_padded(x[n0 + b, ci], padded, ph, pw)
-            base = b * pixels
-            for ky in range(kh):
-                for kx in range(kw):
-                    row = cols[(ci * kh + ky) * kw + kx, base : base + pixels]
-                    window = flat[ky * wp + kx :]
-                    if w_out < _GATHER_WIDTH:
-                        for p in range(pixels):
-                            row[p] = window[offsets[p]]
-                    else:
-                        for oh in range(h_out):
-                            dst = row[oh * w_out : (oh + 1) * w_out]
-                            src = window[oh * sh * wp :]
-                            if sw == 1:
-                                for ow in range(w_out):
-                                    dst[ow] = src[ow]
-                            else:
-                                for ow in range(w_out):
-                                    dst[ow] = src[ow * sw]
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _col2im(dcols, dx, n0, nb, geom, padded, offsets):
-    """Adjoint of _im2col: dx[n0+b] = dcols scattered back and summed (in a fixed tap order)."""
-    kh, kw, sh, sw, ph, pw, h_out, w_out = geom
-    h, w = dx.shape[2], dx.shape[3]
-    hp, wp = padded.shape
-    flat = padded.reshape(hp * wp)
-    pixels = h_out * w_out
-    rows_in = min(h, hp - ph)
-    cols_in = min(w, wp - pw)
-    zero = dx.dtype.type(0)
-    for ci in range(dx.shape[1]):
-        for b in range(nb):
-            flat[:] = zero
-            base = b * pixels
-            for ky in range(kh):
-                for kx in range(kw):
-                    row = dcols[(ci * kh + ky) * kw + kx, base : base + pixels]
-                    window = flat[ky * wp + kx :]
-                    if w_out < _GATHER_WIDTH:
-                        for p in range(pixels):
-                            window[offsets[p]] += row[p]
-                    else:
-                        for oh in range(h_out):
-                            src = row[oh * w_out : (oh + 1) * w_out]
-                            dst = window[oh * sh * wp :]
-                            if sw == 1:
-                                for ow in range(w_out):
-                                    dst[ow] += src[ow]
-                            else:
-                                for ow in range(w_out):
-                                    dst[ow * sw] += src[ow]
-            plane = dx[n0 + b, ci]
-            # Input pixels no window reaches (stride leaving a remainder) get zero gradient.
-            plane[rows_in:, :] = zero
-            for i in range(rows_in):
-                src = padded[ph + i, pw : pw + cols_in]
-                dst = plane[i]
-                for j in range(cols_in):
-                    dst[j] = src[j]
-                dst[cols_in:] = zero
-
-
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _row_sum(a3, n, r):
-    """float64 sum of a3[n, r, :]; four interleaved partials pipeline the adds in a shape-fixed order (indexed
-    directly: callers run it for every (sample, channel), and a Numba view per row costs reference counting)."""
-    cols = a3.shape[2]
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    j = 0
-    while j + 4 <= cols:
-        s0 += a3[n, r, j]
-        s1 += a3[n, r, j + 1]
-        s2 += a3[n, r, j + 2]
-        s3 += a3[n, r, j + 3]
-        j += 4
-    while j < cols:
-        s0 += a3[n, r, j]
-        j += 1
-    return (s0 + s1) + (s2 + s3)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _add_row_sums(mat, sums):
-    """sums[r] += float64 sum of mat[r] (C-contiguous 2-D), by _row_sum."""
-    m3 = mat.reshape(1, mat.shape[0], mat.shape[1])
-    for r in range(mat.shape[0]):
-        sums[r] += _row_sum(m3, 0, r)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _padded_scratch(geom, dtype_source):
-    """Zeroed plane covering every window position: ((h_out-1)*sh + kh, (w_out-1)*sw + kw)."""
-    kh, kw, sh, sw, h_out, w_out = geom[0], geom[1], geom[2], geom[3], geom[6], geom[7]
-    return np.zeros(((h_out - 1) * sh + kh, (w_out - 1) * sw + kw), dtype=dtype_source.dtype)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
