@@ -1,12 +1,14 @@
 """Cost of the measurements relative to a training step (forward + backward + SGD update).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.bench_measure [--repeats 5] [--batch 128]
-        [--width 1.0] [--skip-vgg] [--skip-hessian] [--skip-dln]
+        [--width 1.0] [--skip-vgg] [--skip-hessian] [--skip-dln] [--skip-blas]
 
 - Gradient-direction probe with 4 step sizes on VGG-11-BN (float32): target <= 4 forward+backward passes + 10%
   when the training step's gradient and loss are passed in (`grad=`, `loss=`); also timed without them (+1 pass).
 - ICS over the weight layers (the default) and over every parameterized layer of VGG-11-BN.
 - Lanczos top Hessian eigenvalue of the paper's DLN (25 layers of 10x10, 1000 samples, float64), with and without BN.
+- Top-2 Hessian eigenvalues of a BatchNorm MLP with the BLAS held at one thread (as the measurements run them)
+  against the threaded BLAS: the stall a threaded BLAS call causes in the next Numba region.
 - One Hessian-vector product on VGG-11-BN (its float64 copy) in float64 gradient evaluations, and the Lanczos top
   eigenvalue in float32 train steps: exact products (R-operator, the default) against central differences.
 
@@ -118,6 +120,34 @@ def _vgg_hessian_rows(repeats: int, batch: int, width: float) -> list[dict]:
     return rows
 
 
+def _blas_rows(repeats: int) -> list[dict]:
+    """Top-2 Hessian eigenvalues (Lanczos) of a 784-512-512-10 BatchNorm MLP, batch 512, float32: with every OpenBLAS
+    held at one thread (what the measurement functions do, measure._common.one_blas_thread) against the threaded
+    BLAS (the undecorated function), alternating."""
+    from smoothnorm.measure import linalg
+
+    rng = np.random.default_rng(0)
+    net = models.mlp(784, [512, 512], 10, norm="batch", seed=0)
+    x = rng.standard_normal((512, 784)).astype(np.float32)
+    y = rng.integers(0, 10, size=512)
+    op = measure.hessian_operator(net, x, y)
+    values = {}
+
+    def run(fn, key):
+        def call():
+            values[key] = fn(op, 2)
+        return call
+
+    times = time_alternating({"one BLAS thread": run(linalg.top_eigenvalues, "one"),
+                              "threaded BLAS": run(linalg.top_eigenvalues.__wrapped__, "threaded")},
+                             repeats=repeats, warmup=1)
+    # The thread count changes BLAS's summation order inside ARPACK, so the values agree to rounding, not bits.
+    diff = float(np.max(np.abs(values["one"] - values["threaded"]) / np.abs(values["threaded"])))
+    base = times["threaded BLAS"]
+    return [{"what": f"MLP-BN Hessian top-2 (Lanczos), {name} (values agree to {diff:.0e})",
+             "median s": f"{t:.3f}", "x train step": f"{t / base:.2f} x threaded"} for name, t in times.items()]
+
+
 def _dln_rows(repeats: int) -> list[dict]:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1000, 10))
@@ -170,6 +200,7 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-vgg", action="store_true")
     parser.add_argument("--skip-hessian", action="store_true", help="leave out the VGG Hessian rows")
     parser.add_argument("--skip-dln", action="store_true", help="leave out the DLN rows")
+    parser.add_argument("--skip-blas", action="store_true", help="leave out the BLAS-threads rows")
     args = parser.parse_args(argv)
     print(describe_machine())
     print("OpenBLAS: " + "; ".join(openblas_report()))
@@ -177,6 +208,7 @@ def main(argv=None) -> None:
     if not (args.skip_vgg or args.skip_hessian):
         rows += _vgg_hessian_rows(args.repeats, args.hessian_batch, args.width)
     rows += [] if args.skip_dln else _dln_rows(args.repeats)
+    rows += [] if args.skip_blas else _blas_rows(args.repeats)
     print(format_table(rows, ["what", "median s", "x train step", "x (4 f+b)"]))
 
 

@@ -7,11 +7,33 @@ which restores params, grads and layer buffers on exit.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 
 import numpy as np
 from numba import njit, prange
+
+from smoothnorm.kernels._blas import _single_threaded_blas
+
+
+def one_blas_thread(fn):
+    """Run `fn` with every OpenBLAS in the process held at one thread (kernels/_blas.py), restored after.
+
+    For the iterative measurements (Lanczos, ARPACK, power iteration, Hutchinson) that alternate NumPy/SciPy linear
+    algebra on long vectors with Hessian-vector products in Numba's kernels: a threaded BLAS call leaves its worker
+    threads spinning, and the product's next parallel region then waits for a core (8 ms a time on 2 cores). The
+    top-2 Hessian eigenvalues of a 784-512-512-10 BatchNorm MLP (batch 512) took 3.06 -> 1.85 s (bench_measure,
+    quiet 2-core EPYC), and 20.8 -> 16.7 s on VGG-11-BN at 1/4 width (batch 64, one run); the values agree to
+    rounding (BLAS's summation order depends on its thread count).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _single_threaded_blas:
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 @contextlib.contextmanager

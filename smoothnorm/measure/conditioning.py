@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence
 
+from smoothnorm.measure._common import one_blas_thread
 from smoothnorm.measure.hessian import dense_hessian, hessian_operator, top_eigenvalues
 
 __all__ = ["DENSE_MAX_PARAMS", "HessianConditioning", "hessian_condition_number"]
@@ -40,6 +41,7 @@ class HessianConditioning:
         return asdict(self)
 
 
+@one_blas_thread
 def hessian_condition_number(
     net,
     x,

@@ -25,7 +25,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from smoothnorm._validate import choice
-from smoothnorm.measure._common import _check_batch
+from smoothnorm.measure._common import _check_batch, one_blas_thread
 from smoothnorm.measure.linalg import (
     SpectralDensity,
     TraceEstimate,
@@ -286,6 +286,7 @@ def hessian_top_eigenvalues(
     return top_eigenvalues(op, k, method=method, tol=tol, maxiter=maxiter, seed=seed)
 
 
+@one_blas_thread
 def hessian_min_eigenvalue(
     net,
     x,

@@ -14,6 +14,7 @@ from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 from smoothnorm._validate import choice
+from smoothnorm.measure._common import one_blas_thread
 
 __all__ = [
     "top_eigenvalues",
@@ -61,6 +62,7 @@ def _check_k(k, n: int) -> int:
     return int(k)
 
 
+@one_blas_thread
 def power_iteration(
     op,
     k: int = 1,
@@ -99,6 +101,7 @@ def power_iteration(
     return theta[:k].copy()
 
 
+@one_blas_thread
 def top_eigenvalues(
     op,
     k: int = 1,
@@ -134,6 +137,7 @@ def top_eigenvalues(
     return np.sort(values)[::-1]
 
 
+@one_blas_thread
 def lanczos_tridiagonal(op, v0: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """`steps` Lanczos iterations from v0 with full reorthogonalization: the tridiagonal (alpha, beta).
 
@@ -177,6 +181,7 @@ class TraceEstimate:
     samples: np.ndarray
 
 
+@one_blas_thread
 def hutchinson_trace(op, num_probes: int = 100, *, seed: int | np.random.Generator = 0) -> TraceEstimate:
     """Hutchinson's estimator tr(H) ~ mean of v^T H v over Rademacher vectors v (variance 2 sum_{i != j} H_ij^2)."""
     op = _check_operator(op)
@@ -215,6 +220,7 @@ class SpectralDensity:
         return kernel @ weights / self.nodes.shape[0]
 
 
+@one_blas_thread
 def spectral_density(
     op, *, num_probes: int = 10, lanczos_steps: int = 50, seed: int | np.random.Generator = 0
 ) -> SpectralDensity:

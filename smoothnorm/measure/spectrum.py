@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.sparse.linalg import eigsh
 
+from smoothnorm.measure._common import one_blas_thread
 from smoothnorm.measure.hessian import (
     HessianOperator,
     SpectralDensity,
@@ -47,6 +48,7 @@ class HessianSpectrum:
     loss: float
 
 
+@one_blas_thread
 def top_eigenpairs(
     op, k: int, *, tol: float = 1e-6, maxiter: int | None = None, seed: int | np.random.Generator = 0
 ) -> tuple[np.ndarray, np.ndarray]:

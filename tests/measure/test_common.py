@@ -55,3 +55,31 @@ def test_move_to_rounds_as_numpy_multiply_then_subtract(rng, dtype):
     wide = np.repeat(d, 2)[::2]
     _move_to(net, w0, 0.25, wide)
     np.testing.assert_array_equal(net.params, w0 - d * net.dtype.type(0.25))
+
+
+def test_iterative_measurements_hold_blas_at_one_thread_and_restore_it():
+    """Lanczos, power iteration and Hutchinson run their linear algebra with every OpenBLAS at one thread (a threaded
+    BLAS stalls the next Numba region of the operator's products) and give the thread counts back after."""
+    from scipy.sparse.linalg import LinearOperator
+
+    from smoothnorm.kernels import _blas
+    from smoothnorm.measure import linalg
+
+    controls = _blas._SingleThreadedBlas()._find()
+    if not controls:
+        pytest.skip("no OpenBLAS with thread controls in this process")
+    before = [getter() for getter, _ in controls]
+    seen = []
+    matrix = np.diag(np.arange(1.0, 41.0))
+
+    def matvec(v):
+        seen.append(tuple(getter() for getter, _ in controls))
+        return matrix @ v
+
+    op = LinearOperator((40, 40), matvec=matvec, dtype=np.float64)
+    assert np.allclose(linalg.top_eigenvalues(op, 2), [40.0, 39.0])
+    assert np.allclose(linalg.top_eigenvalues(op, 1, method="power", tol=1e-10), [40.0])
+    linalg.hutchinson_trace(op, num_probes=3)
+    linalg.spectral_density(op, num_probes=1, lanczos_steps=10)
+    assert seen and all(all(n == 1 for n in counts) for counts in seen)
+    assert [getter() for getter, _ in controls] == before
