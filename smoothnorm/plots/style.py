@@ -134,9 +134,22 @@ def _probe(run: RunResult, probe: str, key: str) -> np.ndarray:
     return np.asarray(run.probes[full])
 
 
+def _probe_meta(run: RunResult, probe: str) -> Mapping:
+    """The metadata a run recorded for `probe` ({} when it recorded none)."""
+    return run.probe_meta.get(probe, {}) if isinstance(run.probe_meta, Mapping) else {}
+
+
+def _meta_array(run: RunResult, probe: str, key: str, what: str) -> np.ndarray:
+    """The probe's metadata entry `key` as a float64 array; `what` names it in the error when it is missing."""
+    meta = _probe_meta(run, probe)
+    if key not in meta:
+        raise ValueError(f"probe: run {run.label!r} has no {what} in the metadata of probe {probe!r}")
+    return np.asarray(meta[key], dtype=np.float64)
+
+
 def _layer_names(run: RunResult, probe: str) -> list[str] | None:
     """Layer names of a per-layer probe: its metadata, else (distributions) the names in its array keys."""
-    meta = run.probe_meta.get(probe, {}) if isinstance(run.probe_meta, Mapping) else {}
+    meta = _probe_meta(run, probe)
     if meta.get("layers"):
         return [str(n) for n in meta["layers"]]
     prefix, suffix = f"{probe}/", "/mean"
@@ -170,12 +183,7 @@ def _resolve_layer(run: RunResult, probe: str, layer: str | int, count: int | No
 
 
 def _etas(run: RunResult, probe: str) -> np.ndarray:
-    meta = run.probe_meta.get(probe, {}) if isinstance(run.probe_meta, Mapping) else {}
-    if "etas" not in meta:
-        raise ValueError(
-            f"probe: run {run.label!r} has no step sizes ('etas') in the metadata of probe {probe!r}"
-        )
-    return np.asarray(meta["etas"], dtype=np.float64)
+    return _meta_array(run, probe, "etas", "step sizes ('etas')")
 
 
 def _legend(ax: Axes, **kwargs) -> None:

@@ -15,7 +15,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.axes import Axes
 
-from smoothnorm.plots.style import _check_runs, _choice, _colors, _legend, _probe, _seed_note, _seed_of
+from smoothnorm.plots.style import (
+    _check_runs,
+    _choice,
+    _colors,
+    _legend,
+    _meta_array,
+    _probe,
+    _probe_meta,
+    _seed_note,
+    _seed_of,
+)
 from smoothnorm.results import RunResult
 from smoothnorm.spec import SWEEP_SEPARATOR
 from smoothnorm.sweeps import stable_rate, sweep_point
@@ -142,10 +152,7 @@ def draw_one_step_loss(
     all_lrs: list[float] = []
     for group, run in first.items():
         i = _record(run, probe, record)
-        meta = run.probe_meta.get(probe, {}) if isinstance(run.probe_meta, Mapping) else {}
-        if "lrs" not in meta:
-            raise ValueError(f"probe: run {run.label!r} has no learning rates ('lrs') in the metadata of {probe!r}")
-        lrs = np.asarray(meta["lrs"], dtype=np.float64)
+        lrs = _meta_array(run, probe, "lrs", "learning rates ('lrs')")
         all_lrs.extend(lrs)
         ratios = np.asarray(_probe(run, probe, "ratios"), dtype=np.float64).reshape(-1, lrs.size)[i]
         step = int(_probe(run, probe, "steps")[i])
@@ -165,8 +172,7 @@ def draw_one_step_loss(
 
 
 def _layer_index(run: RunResult, probe: str, layer: int | None, count: int) -> tuple[int, str]:
-    names = (run.probe_meta.get(probe, {}) if isinstance(run.probe_meta, Mapping) else {}).get("layers") or [
-        f"#{i + 1}" for i in range(count)]
+    names = _probe_meta(run, probe).get("layers") or [f"#{i + 1}" for i in range(count)]
     if layer is None:
         return count // 2, names[count // 2]
     if isinstance(layer, bool) or not isinstance(layer, int) or not -count <= layer < count:
@@ -192,10 +198,7 @@ def draw_grad_histogram(
     where = ""
     for group, run in first.items():
         i = _record(run, probe, record)
-        meta = run.probe_meta.get(probe, {}) if isinstance(run.probe_meta, Mapping) else {}
-        if "edges" not in meta:
-            raise ValueError(f"probe: run {run.label!r} has no histogram edges in the metadata of {probe!r}")
-        edges = np.asarray(meta["edges"], dtype=np.float64)
+        edges = _meta_array(run, probe, "edges", "histogram edges")
         table = np.asarray(_probe(run, probe, "histograms"), dtype=np.float64)
         table = table.reshape(len(_probe(run, probe, "steps")), -1, edges.size - 1)[i]
         j, _ = _layer_index(run, probe, layer, table.shape[0])
