@@ -153,14 +153,17 @@ class Conv2d(Layer):
 
     def forward(self, x, mode):
         self._x = x
+        out = self._buffer("y", (x.shape[0], *self.output_shape(x.shape[1:])), x.dtype) if x.ndim == 4 else None
         return conv2d_forward(
-            x, self.params["weight"], self.params.get("bias"), self.stride, self.padding, algorithm=self.algorithm
+            x, self.params["weight"], self.params.get("bias"), self.stride, self.padding, algorithm=self.algorithm,
+            out=out,
         )
 
     def backward(self, dy, need_dx=True):
+        out = self._reused("dx", self._x) if need_dx else None
         return conv2d_backward(
             dy, self._x, self.params["weight"], self.grads["weight"], self.grads.get("bias"),
-            self.stride, self.padding, need_dx=need_dx, algorithm=self.algorithm,
+            self.stride, self.padding, need_dx=need_dx, algorithm=self.algorithm, out=out,
         )
 
     def forward_r(self, rx, rparams):

@@ -350,3 +350,32 @@ def test_large_products_run_layer_by_layer(rng):
     net = models.dln(3, 300, in_dim=300, out_dim=300)  # 2000 x 300 x 300 multiply-adds: beyond the small route
     net.forward(rng.standard_normal((2000, 300)))
     assert net._chains and not net._fused
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
+def test_conv_layer_reuses_its_output_buffers_and_follows_shape_changes(rng, algorithm):
+    """Conv2d writes y and dx into buffers kept between calls (no fresh pages per step), with the kernels' bits."""
+    from smoothnorm.basic_layers import Conv2d
+    from smoothnorm.kernels.conv import conv2d_backward, conv2d_forward
+
+    layer = Conv2d(3, 4, algorithm=algorithm)
+    layer.name = "conv"
+    w, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    layer.params = {"weight": w, "bias": b}
+    layer.grads = {"weight": np.empty_like(w), "bias": np.empty_like(b)}
+    x1, x2 = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((2, 3, 5, 5))
+    y1 = layer.forward(x1, "train")
+    y2 = layer.forward(x2, "train")
+    assert y2 is y1  # outputs are valid until the layer's next call
+    np.testing.assert_array_equal(y2, conv2d_forward(x2, w, b, algorithm=algorithm))
+    dy = rng.standard_normal(y2.shape)
+    dx1 = layer.backward(dy)
+    assert layer.backward(dy) is dx1
+    dw = np.empty_like(w)
+    np.testing.assert_array_equal(dx1, conv2d_backward(dy, x2, w, dw, None, algorithm=algorithm))
+    np.testing.assert_array_equal(layer.grads["weight"], dw)
+    assert layer.backward(dy, need_dx=False) is None
+    x3 = rng.standard_normal((3, 3, 6, 6))  # another batch and map size: new buffers
+    y3 = layer.forward(x3, "train")
+    assert y3.shape == (3, 4, 6, 6)
+    np.testing.assert_array_equal(y3, conv2d_forward(x3, w, b, algorithm=algorithm))

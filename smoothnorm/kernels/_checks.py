@@ -27,3 +27,16 @@ def _check_output(name: str, a, shape: tuple, dtype) -> None:
         raise ValueError(f"{name}: expected dtype {dtype} (matching x), got {a.dtype}")
     if not a.flags.writeable:
         raise ValueError(f"{name}: expected a writeable array (it is overwritten in place), got a read-only one")
+
+
+def _check_out(name: str, a, shape: tuple, dtype, *inputs) -> None:
+    """A kernel's output buffer (`out=`): a writeable C-contiguous array of `shape` and `dtype` that shares no
+    memory with the kernel's inputs (the kernels read inputs after writing parts of the output)."""
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy array of shape {tuple(shape)}, got {type(a).__name__}")
+    if a.shape != tuple(shape) or a.dtype != dtype:
+        raise ValueError(f"{name}: expected shape {tuple(shape)} and dtype {np.dtype(dtype)}, got {a.shape} {a.dtype}")
+    if not (a.flags.c_contiguous and a.flags.writeable):
+        raise ValueError(f"{name}: expected a writeable C-contiguous array")
+    if any(np.may_share_memory(a, b) for b in inputs):
+        raise ValueError(f"{name}: shares memory with an input; this kernel cannot run in place")

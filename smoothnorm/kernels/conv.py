@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from smoothnorm.kernels._blas import _DGEMM, _SGEMM, _gemm, _single_threaded_blas
-from smoothnorm.kernels._checks import _check_output, _float_array
+from smoothnorm.kernels._checks import _check_out, _check_output, _float_array
 from smoothnorm.kernels._im2col import (
     _add_row_sums,
     _col2im,
@@ -39,6 +39,7 @@ from smoothnorm.kernels._im2col import (
     _pixel_offsets,
     _row_sum,
 )
+from smoothnorm.kernels._scratch import scratch
 from smoothnorm.kernels.winograd import (
     winograd_backward_input,
     winograd_backward_weight,
@@ -264,18 +265,21 @@ def conv2d_forward(
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 1,
     algorithm: str = "im2col",
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """2-D cross-correlation with zero padding (torch.nn.functional.conv2d).
 
     x: (N, C_in, H, W) float32 or float64; weight: (C_out, C_in, kh, kw) and bias: (C_out,) or None, in x's dtype.
     stride >= 1 and padding >= 0: an int or an (h, w) pair. algorithm: "im2col", "winograd" or "auto" (module doc).
-    Returns y (N, C_out, H_out, W_out) with H_out = (H + 2*padding - kh) // stride + 1 (W_out likewise).
+    Returns y (N, C_out, H_out, W_out) with H_out = (H + 2*padding - kh) // stride + 1 (W_out likewise), in `out`
+    if given (a C-contiguous array of that shape and x's dtype, apart from x, weight and bias).
     """
     x = _float_array("x", x, 4)
     weight = _float_array("weight", weight, 4, x.dtype)
     geom = _geometry(x, weight, stride, padding)
     if _resolve_algorithm(algorithm, x.shape, weight.shape, stride, padding, "forward") == "winograd":
-        return winograd_forward(x, weight, bias)
+        return winograd_forward(x, weight, bias, out=out)
     n = x.shape[0]
     c_out = weight.shape[0]
     if bias is None:
@@ -285,15 +289,19 @@ def conv2d_forward(
         if bias.shape != (c_out,):
             raise ValueError(f"bias: expected shape ({c_out},), got {bias.shape}")
     h_out, w_out = geom[6], geom[7]
-    y = np.empty((n, c_out, h_out, w_out), dtype=x.dtype)
+    if out is None:
+        y = np.empty((n, c_out, h_out, w_out), dtype=x.dtype)
+    else:
+        _check_out("out", out, (n, c_out, h_out, w_out), x.dtype, x, weight, bias)
+        y = out
     if n == 0:
         return y
     pixels = h_out * w_out
     w2 = weight.reshape(c_out, -1)
     k = w2.shape[1]
     workers, nb, parallel = _plan(n, k, c_out, pixels, x.itemsize)
-    cols_ws = np.empty((workers, k * nb * pixels), dtype=x.dtype)
-    mat_ws = np.empty((workers, c_out * nb * pixels if nb > 1 else 0), dtype=x.dtype)
+    cols_ws = scratch("conv.cols", (workers, k * nb * pixels), x.dtype)
+    mat_ws = scratch("conv.mat", (workers, c_out * nb * pixels if nb > 1 else 0), x.dtype)
     if parallel:
         with _single_threaded_blas:
             _forward_parallel(_SGEMM, _DGEMM, x, w2, bias, y, workers, nb, geom, cols_ws, mat_ws)
@@ -312,6 +320,8 @@ def conv2d_backward(
     padding: int | tuple[int, int] = 1,
     need_dx: bool = True,
     algorithm: str = "im2col",
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """Gradients of conv2d_forward; OVERWRITES dweight and dbias in place.
 
@@ -320,7 +330,8 @@ def conv2d_backward(
     (views into a flat gradient vector). stride, padding and algorithm as in the forward ("auto" chooses for the
     input and weight gradients separately; im2col computes both from one unfolding, so an im2col input gradient
     brings an im2col weight gradient with it).
-    Returns dx (N, C_in, H, W), or None when need_dx is False (the first layer does not need it).
+    Returns dx (N, C_in, H, W), or None when need_dx is False (the first layer does not need it); dx is written
+    into `out` if given (a C-contiguous array of x's shape and dtype, apart from every other argument).
     """
     x = _float_array("x", x, 4)
     weight = _float_array("weight", weight, 4, x.dtype)
@@ -334,6 +345,8 @@ def conv2d_backward(
     _check_output("dweight", dweight, weight.shape, x.dtype)
     if dbias is not None:
         _check_output("dbias", dbias, (c_out,), x.dtype)
+    if out is not None and need_dx:
+        _check_out("out", out, x.shape, x.dtype, dy, x, weight, dweight, *(() if dbias is None else (dbias,)))
     input_algorithm = _resolve_algorithm(algorithm, x.shape, weight.shape, stride, padding, "input")
     weight_algorithm = _resolve_algorithm(algorithm, x.shape, weight.shape, stride, padding, "weight")
     if need_dx and input_algorithm == "im2col":
@@ -344,19 +357,22 @@ def conv2d_backward(
             db = np.empty(c_out)
             _bias_gradient(dy.reshape(n, c_out, -1), db)
             dbias[...] = db
-        return winograd_backward_input(dy, weight) if need_dx else None
+        return winograd_backward_input(dy, weight, out=out) if need_dx else None
     if need_dx and input_algorithm == "winograd":
         conv2d_backward(dy, x, weight, dweight, dbias, stride, padding, need_dx=False)
-        return winograd_backward_input(dy, weight)
+        return winograd_backward_input(dy, weight, out=out)
     pixels = h_out * w_out
     w2 = weight.reshape(c_out, -1)
     k = w2.shape[1]
-    dx = np.empty_like(x) if need_dx else np.empty((0, 0, 0, 0), dtype=x.dtype)
+    if not need_dx:
+        dx = np.empty((0, 0, 0, 0), dtype=x.dtype)
+    else:
+        dx = np.empty_like(x) if out is None else out
     workers, nb, parallel = _plan(max(n, 1), k, c_out, pixels, x.itemsize)
-    cols_ws = np.empty((workers, k * nb * pixels), dtype=x.dtype)
-    mat_ws = np.empty((workers, c_out * nb * pixels if nb > 1 else 0), dtype=x.dtype)
-    dw_ws = np.empty((workers, c_out, k), dtype=x.dtype)
-    db_ws = np.empty((workers, c_out), dtype=np.float64)
+    cols_ws = scratch("conv.cols", (workers, k * nb * pixels), x.dtype)
+    mat_ws = scratch("conv.mat", (workers, c_out * nb * pixels if nb > 1 else 0), x.dtype)
+    dw_ws = scratch("conv.dw", (workers, c_out, k), x.dtype)
+    db_ws = scratch("conv.db", (workers, c_out), np.float64)
     args = (dy, x, w2, dw_ws, db_ws, dx, bool(need_dx))
     if parallel:
         with _single_threaded_blas:
@@ -370,7 +386,7 @@ def conv2d_backward(
     elif dweight.flags.c_contiguous:
         _sum_partials(dw_ws, dweight.reshape(c_out, k))
     else:
-        merged = np.empty((c_out, k), dtype=x.dtype)
+        merged = scratch("conv.merged", (c_out, k), x.dtype)
         _sum_partials(dw_ws, merged)
         dweight[...] = merged.reshape(weight.shape)
     if dbias is not None:

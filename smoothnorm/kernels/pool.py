@@ -3,6 +3,8 @@
 import numpy as np
 from numba import njit, prange
 
+from smoothnorm.kernels._checks import _check_out
+
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _maxpool2d_forward(x, y, argmax):
@@ -114,15 +116,3 @@ def maxpool2d_backward(
     planes_out = (n * c, h // 2, w // 2)
     _maxpool2d_backward(dy.reshape(planes_out), argmax.reshape(planes_out), dx.reshape(n * c, h, w))
     return dx
-
-
-def _check_out(name: str, a, shape: tuple, dtype, *inputs) -> None:
-    """An output buffer must be a writeable C-contiguous array of `shape` and `dtype` sharing no memory with inputs."""
-    if not isinstance(a, np.ndarray):
-        raise ValueError(f"{name}: expected a numpy array of shape {shape}, got {type(a).__name__}")
-    if a.shape != tuple(shape) or a.dtype != dtype:
-        raise ValueError(f"{name}: expected shape {tuple(shape)} and dtype {np.dtype(dtype)}, got {a.shape} {a.dtype}")
-    if not (a.flags.c_contiguous and a.flags.writeable):
-        raise ValueError(f"{name}: expected a writeable C-contiguous array")
-    if any(np.may_share_memory(a, b) for b in inputs):
-        raise ValueError(f"{name}: shares memory with an input; pooling cannot run in place")

@@ -29,7 +29,8 @@ import numpy as np
 from numba import njit, prange
 
 from smoothnorm.kernels._blas import _DGEMM, _SGEMM, _gemm, _single_threaded_blas
-from smoothnorm.kernels._checks import _check_output, _float_array
+from smoothnorm.kernels._checks import _check_out, _check_output, _float_array
+from smoothnorm.kernels._scratch import scratch
 from smoothnorm.kernels._winograd_transforms import (
     _gradient_transform,
     _input_transform,
@@ -180,11 +181,11 @@ def _workspaces(workers: int, nb: int, trows: int, m: int, w: int, c_a: int, c_b
     tiles_w = -(-w // m)
     count = nb * trows * tiles_w
     return (
-        np.empty((workers, alpha * alpha * c_a * count), dtype=dtype),
-        np.empty((workers, alpha * alpha * c_b * count), dtype=dtype),
-        np.empty((workers, m * (m * trows + 2) * (tiles_w + 1) * nb), dtype=dtype),
-        np.empty((workers, alpha * m * (tiles_w + 1) * nb), dtype=dtype),
-        np.empty((workers, (alpha * m + m * m) * count), dtype=dtype),
+        scratch("winograd.v", (workers, alpha * alpha * c_a * count), dtype),
+        scratch("winograd.m", (workers, alpha * alpha * c_b * count), dtype),
+        scratch("winograd.planes", (workers, m * (m * trows + 2) * (tiles_w + 1) * nb), dtype),
+        scratch("winograd.cols", (workers, alpha * m * (tiles_w + 1) * nb), dtype),
+        scratch("winograd.scratch", (workers, (alpha * m + m * m) * count), dtype),
     )
 
 
@@ -214,12 +215,18 @@ def _run_forward(x: np.ndarray, u: np.ndarray, bias: np.ndarray, y: np.ndarray, 
 
 
 def winograd_forward(
-    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, tile: int | None = None
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    tile: int | None = None,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """3x3 cross-correlation, stride 1, padding 1, by Winograd F(m x m, 3x3); same result as conv2d_forward.
 
     x: (N, C_in, H, W) float32 or float64; weight: (C_out, C_in, 3, 3); bias: (C_out,) or None; x's dtype for all.
-    tile: output tile m (2 or 4), None for output_tile(H, W). Returns y (N, C_out, H, W).
+    tile: output tile m (2 or 4), None for output_tile(H, W). Returns y (N, C_out, H, W), in `out` if given (a
+    C-contiguous array of that shape and x's dtype, apart from x, weight and bias).
     """
     x = _float_array("x", x, 4)
     weight = _float_array("weight", weight, 4, x.dtype)
@@ -237,19 +244,26 @@ def winograd_forward(
         if bias.shape != (c_out,):
             raise ValueError(f"bias: expected shape ({c_out},), got {bias.shape}")
     m = _check_tile(tile, h, w)
-    y = np.empty((n, c_out, h, w), dtype=x.dtype)
+    if out is None:
+        y = np.empty((n, c_out, h, w), dtype=x.dtype)
+    else:
+        _check_out("out", out, (n, c_out, h, w), x.dtype, x, weight, bias)
+        y = out
     if n == 0:
         return y
-    u = np.empty(((m + 2) ** 2, c_out, c_in), dtype=x.dtype)
+    u = scratch("winograd.u", ((m + 2) ** 2, c_out, c_in), x.dtype)
     _transform_weights(weight, m, False, u)
     _run_forward(x, u, bias, y, m)
     return y
 
 
-def winograd_backward_input(dy: np.ndarray, weight: np.ndarray, tile: int | None = None) -> np.ndarray:
+def winograd_backward_input(
+    dy: np.ndarray, weight: np.ndarray, tile: int | None = None, *, out: np.ndarray | None = None
+) -> np.ndarray:
     """dx of winograd_forward: dy correlated with the kernel rotated 180 degrees, channels swapped.
 
-    dy: (N, C_out, H, W); weight: (C_out, C_in, 3, 3) in dy's dtype. Returns dx (N, C_in, H, W).
+    dy: (N, C_out, H, W); weight: (C_out, C_in, 3, 3) in dy's dtype. Returns dx (N, C_in, H, W), in `out` if given
+    (a C-contiguous array of that shape and dy's dtype, apart from dy and weight).
     """
     dy = _float_array("dy", dy, 4)
     weight = _float_array("weight", weight, 4, dy.dtype)
@@ -261,10 +275,14 @@ def winograd_backward_input(dy: np.ndarray, weight: np.ndarray, tile: int | None
     if min(h, w) < 1:
         raise ValueError(f"dy: expected H, W >= 1, got shape {dy.shape}")
     m = _check_tile(tile, h, w)
-    dx = np.empty((n, c_in, h, w), dtype=dy.dtype)
+    if out is None:
+        dx = np.empty((n, c_in, h, w), dtype=dy.dtype)
+    else:
+        _check_out("out", out, (n, c_in, h, w), dy.dtype, dy, weight)
+        dx = out
     if n == 0:
         return dx
-    u = np.empty(((m + 2) ** 2, c_in, c_out), dtype=dy.dtype)
+    u = scratch("winograd.u", ((m + 2) ** 2, c_in, c_out), dy.dtype)
     _transform_weights(weight, m, True, u)
     _run_forward(dy, u, np.empty(0, dtype=dy.dtype), dx, m)
     return dx
@@ -288,7 +306,7 @@ def winograd_backward_weight(dy: np.ndarray, x: np.ndarray, dweight: np.ndarray,
     a2 = (m + 2) ** 2
     workers, nb, trows, parallel = _plan(max(n, 1), h, w, c_in, c_out, m, x.itemsize)
     ws = _workspaces(workers, nb, trows, m, w, c_in, c_out, x.dtype)
-    dw_ws = np.empty((workers, a2, c_out, c_in), dtype=x.dtype)
+    dw_ws = scratch("winograd.dw", (workers, a2, c_out, c_in), x.dtype)
     if parallel:
         with _single_threaded_blas:
             _weight_parallel(_SGEMM, _DGEMM, dy, x, dw_ws, m, workers, nb, trows, *ws)
@@ -297,6 +315,6 @@ def winograd_backward_weight(dy: np.ndarray, x: np.ndarray, dweight: np.ndarray,
     if dweight.flags.c_contiguous:
         _inverse_weight_transform(dw_ws, m, dweight)
     else:
-        out = np.empty((c_out, c_in, 3, 3), dtype=x.dtype)
+        out = scratch("winograd.dw_merged", (c_out, c_in, 3, 3), x.dtype)
         _inverse_weight_transform(dw_ws, m, out)
         dweight[...] = out

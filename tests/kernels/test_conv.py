@@ -451,3 +451,29 @@ def test_bad_algorithm_raises_naming_it(geometry):
     with pytest.raises(ValueError, match="^algorithm:.*winograd"):
         conv2d_backward(np.zeros((1, 2, 6, 6)), np.zeros((1, 2, 6, 6)), np.zeros((2, 2, 3, 3)),
                         np.zeros((2, 2, 3, 3)), algorithm="fft")  # fmt: skip
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_out_buffers_give_the_same_bits_and_are_checked(rng, algorithm, dtype):
+    x, weight, bias, stride, padding = _case_arrays(rng, (3, 8, 16, 8, 8, 3, 3, 1, 1, True), dtype)
+    y_ref = conv2d_forward(x, weight, bias, stride, padding, algorithm=algorithm)
+    y_out = np.full_like(y_ref, np.nan)
+    assert conv2d_forward(x, weight, bias, stride, padding, algorithm=algorithm, out=y_out) is y_out
+    np.testing.assert_array_equal(y_out, y_ref)
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    dw_ref, dw = np.empty_like(weight), np.empty_like(weight)
+    dx_ref = conv2d_backward(dy, x, weight, dw_ref, None, stride, padding, algorithm=algorithm)
+    dx_out = np.full_like(x, np.nan)
+    assert conv2d_backward(dy, x, weight, dw, None, stride, padding, algorithm=algorithm, out=dx_out) is dx_out
+    np.testing.assert_array_equal(dx_out, dx_ref)
+    np.testing.assert_array_equal(dw, dw_ref)
+    with pytest.raises(ValueError, match=r"out: expected shape \(3, 16, 8, 8\) and dtype"):
+        conv2d_forward(x, weight, bias, algorithm=algorithm, out=np.empty((3, 16, 8, 7), dtype))
+    with pytest.raises(ValueError, match=r"out: expected shape .* and dtype float(32|64), got .* float16"):
+        conv2d_forward(x, weight, bias, algorithm=algorithm, out=y_out.astype(np.float16))
+    with pytest.raises(ValueError, match="out: shares memory with an input"):
+        conv2d_backward(dy, x, weight, dw, None, algorithm=algorithm, out=x)
+    with pytest.raises(ValueError, match="out: expected a writeable C-contiguous"):
+        conv2d_backward(dy, x, weight, dw, None, algorithm=algorithm,
+                        out=np.empty((3, 8, 8, 8), dtype).transpose(0, 1, 3, 2))
