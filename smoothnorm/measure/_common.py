@@ -204,7 +204,9 @@ def _move_to(net, w0: np.ndarray, eta: float, direction: np.ndarray) -> None:
     out = net.params
     if w0.dtype == direction.dtype == out.dtype and w0.flags.c_contiguous and direction.flags.c_contiguous \
             and out.flags.c_contiguous and not np.shares_memory(out, direction) and not np.shares_memory(out, w0):
-        _axpy_from(w0.reshape(-1), out.dtype.type(eta), direction.reshape(-1), out.reshape(-1))  # one parallel pass
+        with np.errstate(over="ignore"):  # a step too large for the dtype is a diverged point, measured as one
+            step = out.dtype.type(eta)
+        _axpy_from(w0.reshape(-1), step, direction.reshape(-1), out.reshape(-1))  # one parallel pass
         return
     with np.errstate(all="ignore"):
         np.multiply(direction, net.dtype.type(eta), out=out)
