@@ -59,17 +59,18 @@ def winograd_pays(pass_name: str, c_in: int, c_out: int, h: int, w: int) -> bool
     """The fixed rule behind algorithm="auto": True where Winograd measured faster than im2col for this pass.
 
     pass_name: "forward", "input" (gradient) or "weight" (gradient); the layer is (C_in -> C_out) on an h x w map.
-    Written from one run of benchmarks/bench_conv.py (batch 128, float32, 2 threads, AMD EPYC with AVX-512; table
-    in benchmarks/README.md, issue 13's second round): Winograd F(4x4) won every pass of every VGG layer on maps of
-    at least 4x4 by 1.15-2.1x, except
-    - VGG's first layer (3 input channels): per-point GEMMs with 3 rows cost more than the transforms save
-      (im2col 1.9x faster forward, 1.5x backward);
-    - F(2x2) on 2x2 maps (512 -> 512): a tie forward (1.01x; 0.73x and 0.80x in two other runs) and im2col 2.4x
-      faster backward, so im2col there for every pass.
+    Written from benchmarks/bench_conv.py (batch 128, float32, 2 threads, AMD EPYC with AVX-512; tables in
+    benchmarks/README.md): Winograd F(4x4) won every pass of every VGG layer on maps of at least 4x4 by 1.15-2.4x,
+    and since the kernels stopped page-faulting their temporaries (issue 13's fourth round) F(2x2) wins on VGG's 2x2
+    maps (512 -> 512) too: 1.09-1.21x forward and 1.12-1.18x backward in five runs (before, while every call
+    faulted in its transformed weights, im2col tied or won there). Exceptions:
+    - layers with fewer than 16 input or output channels (VGG's first layer, 3 -> 64): per-point GEMMs with 3 rows
+      cost more than the transforms save (im2col 1.5-2.1x faster in every pass);
+    - maps smaller than 2x2 (1 pixel: F(2x2) would compute four outputs for one; not measured).
     """
     if pass_name not in ("forward", "input", "weight"):
         raise ValueError(f"pass_name: expected 'forward', 'input' or 'weight', got {pass_name!r}")
-    return min(c_in, c_out) >= 16 and min(h, w) >= 4
+    return min(c_in, c_out) >= 16 and min(h, w) >= 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
