@@ -3,8 +3,9 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.bench_measure [--repeats 5] [--batch 128]
         [--width 1.0] [--skip-vgg] [--skip-hessian] [--skip-dln] [--skip-blas]
 
-- Gradient-direction probe with 4 step sizes on VGG-11-BN (float32): target <= 4 forward+backward passes + 10%
-  when the training step's gradient and loss are passed in (`grad=`, `loss=`); also timed without them (+1 pass).
+- Gradient-direction probe with 4 step sizes on VGG-11-BN (float32): targets <= 4.4 train steps (issue 13) and
+  <= 4 forward+backward passes + 10% when the training step's gradient and loss are passed in (`grad=`, `loss=`);
+  also timed without them (+1 pass).
 - ICS over the weight layers (the default) and over every parameterized layer of VGG-11-BN.
 - Lanczos top Hessian eigenvalue of the paper's DLN (25 layers of 10x10, 1000 samples, float64), with and without BN.
 - Top-2 Hessian eigenvalues of a BatchNorm MLP with the BLAS held at one thread (as the measurements run them)
