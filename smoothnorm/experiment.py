@@ -41,6 +41,7 @@ from smoothnorm.run_setup import (  # noqa: F401 (re-exported: built here before
     _dataset,
     _eval_fn,
     _layer_norm_options,
+    _population_subset,
     _raw_dataset,
     _run_dataset,
     _with_population_statistics,
@@ -170,9 +171,10 @@ def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Call
     if s["model"] == "mlp":
         xtr, xte = xtr.reshape(len(xtr), -1), None if xte is None else xte.reshape(len(xte), -1)
     optimizer = optim.make_optimizer(s["optimizer"], lr=s["lr"], **s["optimizer_options"])
-    batch_fn = _with_population_statistics(s, net, _batch_fn(s, xtr, ytr), xtr)
+    subset = _population_subset(s, xtr)
+    batch_fn = _with_population_statistics(net, _batch_fn(s, xtr, ytr), subset)
     trainer = Trainer(net, optimizer, batch_fn, build_probes(net, run),
-                      eval_fn=_eval_fn(s, xte, yte), eval_every=s["eval_every"], seed=s["seed"])
+                      eval_fn=_eval_fn(s, xte, yte, subset), eval_every=s["eval_every"], seed=s["seed"])
     # Temporary files of writes cut short by a kill (atomic_open's hidden ".name.XXXX.part"): under the lease no one
     # else writes here, so they are leftovers.
     for leftover in path.glob(".*.part"):

@@ -118,23 +118,29 @@ def _layer_norm_options(s: dict) -> dict | None:
     return options or None
 
 
-def _with_population_statistics(s: dict, net, batch_fn: Callable, x: np.ndarray) -> Callable:
-    """BatchNorm with population statistics (Ghorbani et al. 2019; norm_options statistics = "population"): before
-    each step's batch is handed out, a forward pass over a fixed training subset (`population_samples` images,
-    drawn once from data_seed) at the current weights sets every such layer's statistics (docs/PROTOCOL.md)."""
-    from smoothnorm.norm_layers import refresh_population_statistics
-
+def _population_subset(s: dict, x: np.ndarray) -> np.ndarray | None:
+    """The fixed training subset behind BatchNorm's population statistics (Ghorbani et al. 2019; norm_options
+    statistics = "population"): `population_samples` images drawn once from data_seed; None for other runs."""
     options = s["norm_options"]
     if options.get("statistics") != "population":
         if "population_samples" in options:
             raise SpecError("norm_options: 'population_samples' needs statistics = \"population\"")
-        return batch_fn
+        return None
     size = options.get("population_samples", min(POPULATION_SAMPLES, x.shape[0]))
     if isinstance(size, bool) or not isinstance(size, int) or not 2 <= size <= x.shape[0]:
         raise SpecError(f"norm_options: 'population_samples' expects an integer in [2, {x.shape[0]}] (n_train), "
                         f"got {size!r}")
     chosen = np.random.default_rng([s["data_seed"], 17]).choice(x.shape[0], size, replace=False)
-    subset = np.ascontiguousarray(x[np.sort(chosen)])
+    return np.ascontiguousarray(x[np.sort(chosen)])
+
+
+def _with_population_statistics(net, batch_fn: Callable, subset: np.ndarray | None) -> Callable:
+    """Before each step's batch is handed out, a forward pass over the population subset at the current weights
+    sets every population-statistics BatchNorm's statistics (docs/PROTOCOL.md); batch_fn itself without a subset."""
+    from smoothnorm.norm_layers import refresh_population_statistics
+
+    if subset is None:
+        return batch_fn
 
     def batch_with_statistics(step: int):
         refresh_population_statistics(net, subset)
@@ -238,18 +244,24 @@ def _batch_fn(s: dict, x: np.ndarray, y: np.ndarray) -> Callable[[int], tuple[np
     return fn
 
 
-def _eval_fn(s: dict, xte, yte):
+def _eval_fn(s: dict, xte, yte, population_subset: np.ndarray | None = None):
+    """Test metrics every eval_every steps: test_acc / test_loss in eval mode (running statistics); with
+    eval_batch_stats also with batch statistics of test batches of the training size; for population-statistics
+    BatchNorm also test_acc_population / test_loss_population, with the population statistics of the current
+    weights (refreshed on the fixed subset, as the next step would: training is unchanged)."""
+    from smoothnorm.norm_layers import refresh_population_statistics
+
     if xte is None:
         return None
     limit = s["eval_samples"] or xte.shape[0]
     xe, ye = xte[:limit], yte[:limit]
 
-    def evaluate(net, mode: str, size: int) -> tuple[float, float]:
+    def evaluate(net, mode: str, size: int, full_batches: bool = False) -> tuple[float, float]:
         correct = total_loss = 0.0
         count = 0
         for start in range(0, xe.shape[0], size):
             xb, yb = xe[start:start + size], ye[start:start + size]
-            if mode == "probe" and xb.shape[0] < size and count:
+            if full_batches and xb.shape[0] < size and count:
                 break  # batch statistics need full batches, as in training (drop_last)
             with np.errstate(all="ignore"):
                 loss = net.loss(xb, yb, mode=mode)
@@ -264,7 +276,12 @@ def _eval_fn(s: dict, xte, yte):
         if s.get("eval_batch_stats"):
             # BatchNorm in training mode on the test split: batch statistics of test batches of the training size.
             size = min(s["batch_size"] or xe.shape[0], xe.shape[0])
-            row["test_acc_batch_stats"], row["test_loss_batch_stats"] = evaluate(net, "probe", size)
+            row["test_acc_batch_stats"], row["test_loss_batch_stats"] = evaluate(net, "probe", size, True)
+        if population_subset is not None:
+            # Probe mode: population layers normalize with their (constant) statistics, sample by sample. The
+            # running averages eval mode uses trail them when the statistics drift (docs/PROTOCOL.md).
+            refresh_population_statistics(net, population_subset)
+            row["test_acc_population"], row["test_loss_population"] = evaluate(net, "probe", 500)
         return row
 
     return fn

@@ -148,6 +148,35 @@ def test_eval_with_batch_statistics(rng):
     assert row["test_acc"] == pytest.approx(np.mean(np.argmax(net.forward(xte, "eval"), 1) == yte))
 
 
+def test_eval_with_population_statistics(rng):
+    """Population-statistics BatchNorm also gets test metrics with the population statistics of the current weights
+    (the running averages of eval mode trail them), computed here by hand from the subset; nothing else changes."""
+    from smoothnorm.norm_layers import refresh_population_statistics
+
+    net = models.mlp(4, [6], 3, norm="batch", norm_options={"statistics": "population"}, dtype=np.float64, seed=4)
+    subset = 1.5 + 2 * rng.standard_normal((12, 4))
+    xte, yte = rng.standard_normal((20, 4)), rng.integers(0, 3, 20)
+    refresh_population_statistics(net, rng.standard_normal((12, 4)))  # statistics of another subset: stale
+    net.forward(subset, "train")  # running averages move a tenth of the way
+    state = net.state_dict()
+    settings = {"eval_samples": 0, "eval_batch_stats": False, "batch_size": 8}
+    row = _eval_fn(settings, xte, yte, subset)(net)
+    p = {layer.name: layer.params for layer in net.layers}
+    h_sub = subset @ p["layers.0"]["weight"].T + p["layers.0"]["bias"]
+    h = xte @ p["layers.0"]["weight"].T + p["layers.0"]["bias"]
+    z = (h - h_sub.mean(0)) / np.sqrt(h_sub.var(0) + 1e-5) * p["layers.1"]["weight"] + p["layers.1"]["bias"]
+    logits = np.maximum(z, 0) @ p["layers.3"]["weight"].T + p["layers.3"]["bias"]
+    shifted = logits - logits.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    assert row["test_acc_population"] == pytest.approx(np.mean(np.argmax(logits, 1) == yte))
+    assert row["test_loss_population"] == pytest.approx(-np.mean(log_probs[np.arange(20), yte]), rel=1e-12)
+    assert row["test_loss"] != pytest.approx(row["test_loss_population"])  # eval mode: the running averages
+    for key, value in net.state_dict().items():  # params and running statistics untouched
+        np.testing.assert_array_equal(value, state[key], err_msg=key)
+    batch_net = models.mlp(4, [6], 3, norm="batch", dtype=np.float64, seed=4)
+    assert "test_acc_population" not in _eval_fn(settings, xte, yte)(batch_net)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Panels
 # ----------------------------------------------------------------------------------------------------------------
