@@ -48,7 +48,7 @@ class _PerChannelAffine(Layer):
     def forward_r(self, rx, rparams):
         """R-pass: the output's directional derivative for input direction rx (None: zero) and parameter
         directions rparams, at the last forward pass's point and mode (noise held fixed)."""
-        std, affine = self._standardization(), self._elementwise()
+        std, affine = self._standardization_of_last_forward(), self._elementwise()
         rz = std.forward_r(np.zeros(std.shape) if rx is None else as_ncs(rx))
         ry = affine.forward_r(std.z_ncs(), rz, rparams.get("weight"), rparams.get("bias"))
         self._r_state = (std, affine, rparams)
@@ -64,6 +64,17 @@ class _PerChannelAffine(Layer):
             return None, None
         dx, rdx = std.backward_r(dz, rdz)
         return dx.reshape(dy.shape), rdx.reshape(dy.shape)
+
+    def _standardization_of_last_forward(self):
+        """`_standardization()`, built once per forward pass: a Hessian operator runs many R-passes at one base point,
+        and rebuilding it (mean, scale, z and grad s over the whole input, in float64) each time made an exact
+        Hessian-vector product on VGG-11-BN 1.34x slower. Every forward stores a new `_cache` tuple, which
+        invalidates it."""
+        cache = getattr(self, "_cache", None)
+        memo = getattr(self, "_standardization_memo", None)
+        if cache is None or memo is None or memo[0] is not cache:
+            memo = self._standardization_memo = (cache, self._standardization())
+        return memo[1]
 
     def _remember_input_shape(self, x) -> None:
         self._r_spatial = tuple(np.shape(x)[2:])

@@ -400,3 +400,23 @@ def test_every_norm_builds_in_every_model(norm):
         models.dln(3, 4, in_dim=3, out_dim=2, norm=norm, norm_options=options)
         models.mlp(4, [6], 3, norm=norm, norm_options=options)
     assert repr(net)
+
+
+def test_r_pass_standardization_is_built_once_per_forward(rng):
+    """A Hessian operator runs many R-passes at one base point: the layer reuses its standardization between them,
+    and a new forward pass (another point) must replace it."""
+    net = models.mlp(4, [5], 3, norm="batch", dtype=np.float64, seed=2)
+    bn = net.layers[1]
+    h1, h2, rx = (rng.standard_normal((6, 5)) for _ in range(3))
+    rparams = {"weight": rng.standard_normal(5), "bias": rng.standard_normal(5)}
+    bn.forward(h1, "probe")
+    r1 = bn.forward_r(rx, rparams).copy()
+    std = bn._standardization_memo[1]
+    np.testing.assert_array_equal(bn.forward_r(rx, rparams), r1)
+    assert bn._standardization_memo[1] is std
+    bn.forward(h2, "probe")
+    r2 = bn.forward_r(rx, rparams).copy()
+    twin = models.mlp(4, [5], 3, norm="batch", dtype=np.float64, seed=2).layers[1]
+    twin.forward(h2, "probe")
+    np.testing.assert_array_equal(r2, twin.forward_r(rx, rparams))
+    assert not np.allclose(r1, r2)
