@@ -24,8 +24,9 @@ g = grad s (dense, per element) and a direction rx:
     rk = sum_group(rdz * c + dz * rc) / s^2 - 2 k rs / s
 
 with rg the directional derivative of g ("var": rc / (M s) - c rs / (M s^2); "l2": rx / (M n) - x rn / (M n^2) with
-n = sqrt(mean x^2); "l1", "linf": 0). NumPy in float64 (Hessian products run on float64 copies); these are
-measurement paths, not the training loop, so they favour plainness over speed.
+n = sqrt(mean x^2); "l1", "linf": 0). NumPy in float64 (Hessian products run on float64 copies), favouring
+plainness over speed; BatchNorm with batch statistics in float64, the common case, runs the same mathematics fused
+in smoothnorm.kernels.norm_rop (tested against this module).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from smoothnorm.kernels.norm import (
     batch_norm_train_forward,
     batch_norm_update_running,
 )
+from smoothnorm.kernels.norm_rop import batch_norm_r_backward, batch_norm_r_forward
 from smoothnorm.layer import Layer
 from smoothnorm.lp_norm_layers import L1BatchNorm, L2BatchNorm, LinfBatchNorm, LpBatchNorm
 from smoothnorm.sample_norm_layers import GroupNorm, InstanceNorm, LayerNorm
@@ -126,6 +127,33 @@ class BatchNorm(_RunningStatsNorm):
                                             out=self._reused("dx", x))
         _, x, mean, invstd = self._cache
         return batch_norm_train_backward(dy, x, mean, invstd, gamma, dgamma, dbeta, out=self._reused("dx", x))
+
+    # -- R-pass: batch statistics in float64 (Hessian products) take the fused kernels of kernels/norm_rop.py;
+    # population and eval modes, float32 and affine=False the general path of smoothnorm._rop.
+    def _fused_r(self, rparams) -> bool:
+        return (self._cache is not None and self._cache[0] == "batch" and self.affine
+                and self._cache[1].dtype == np.float64 and rparams.get("weight") is not None)
+
+    def forward_r(self, rx, rparams):
+        if not self._fused_r(rparams):
+            self._r_fused = None
+            return super().forward_r(rx, rparams)
+        _, x, mean, invstd = self._cache
+        x3 = as_ncs(x)
+        rx3 = np.zeros(x3.shape) if rx is None else as_ncs(rx)
+        ry, rx_mean, rs = batch_norm_r_forward(x3, mean, invstd, self.params["weight"], rparams["weight"],
+                                               rparams["bias"], rx3, out=self._buffer("ry", x3.shape, np.float64))
+        self._r_fused = (x3, mean, invstd, rparams["weight"], rx3, rx_mean, rs)
+        return ry.reshape(x.shape)
+
+    def backward_r(self, dy, rdy, rgrads, need_dx=True):
+        if getattr(self, "_r_fused", None) is None:
+            return super().backward_r(dy, rdy, rgrads, need_dx)
+        x3, mean, invstd, rgamma, rx3, rx_mean, rs = self._r_fused
+        out = (self._buffer("dx_r", x3.shape, np.float64), self._buffer("rdx_r", x3.shape, np.float64))
+        dx, rdx = batch_norm_r_backward(x3, mean, invstd, self.params["weight"], rgamma, rx3, rx_mean, rs,
+                                        as_ncs(dy), as_ncs(rdy), rgrads["weight"], rgrads["bias"], need_dx, out=out)
+        return (None, None) if dx is None else (dx.reshape(dy.shape), rdx.reshape(dy.shape))
 
     def _standardization(self):
         if self._cache[0] == "population":

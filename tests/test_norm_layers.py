@@ -11,6 +11,7 @@ import smoothnorm
 from smoothnorm import models, nn
 from smoothnorm.norm_layers import (
     NORM_LAYERS,
+    BatchNorm,
     GroupNorm,
     InstanceNorm,
     LayerNorm,
@@ -405,7 +406,7 @@ def test_every_norm_builds_in_every_model(norm):
 def test_r_pass_standardization_is_built_once_per_forward(rng):
     """A Hessian operator runs many R-passes at one base point: the layer reuses its standardization between them,
     and a new forward pass (another point) must replace it."""
-    net = models.mlp(4, [5], 3, norm="batch", dtype=np.float64, seed=2)
+    net = models.mlp(4, [5], 3, norm="layer", dtype=np.float64, seed=2)  # BatchNorm in float64 runs fused
     bn = net.layers[1]
     h1, h2, rx = (rng.standard_normal((6, 5)) for _ in range(3))
     rparams = {"weight": rng.standard_normal(5), "bias": rng.standard_normal(5)}
@@ -416,7 +417,44 @@ def test_r_pass_standardization_is_built_once_per_forward(rng):
     assert bn._standardization_memo[1] is std
     bn.forward(h2, "probe")
     r2 = bn.forward_r(rx, rparams).copy()
-    twin = models.mlp(4, [5], 3, norm="batch", dtype=np.float64, seed=2).layers[1]
+    twin = models.mlp(4, [5], 3, norm="layer", dtype=np.float64, seed=2).layers[1]
     twin.forward(h2, "probe")
     np.testing.assert_array_equal(r2, twin.forward_r(rx, rparams))
     assert not np.allclose(r1, r2)
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (4, 3, 5, 6), (2, 4, 1, 1)])
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_fused_batch_norm_r_pass_matches_the_general_path(rng, shape, need_dx):
+    """BatchNorm's fused R-pass (kernels/norm_rop.py: batch statistics, float64) against smoothnorm._rop's general
+    Standardization + ElementwiseAffine, which the finite-difference and PyTorch tests check."""
+    from smoothnorm._norm_base import _PerChannelAffine
+
+    c = shape[1]
+    layer = BatchNorm(c)
+    layer.name = "bn"
+    layer.allocate(np.float64)
+    layer.params = {"weight": 1 + rng.standard_normal(c), "bias": rng.standard_normal(c)}
+    layer.grads = {k: np.empty(c) for k in layer.params}
+    x, rx, dy, rdy = (3 + 2 * rng.standard_normal(shape) for _ in range(4))
+    rparams = {"weight": rng.standard_normal(c), "bias": rng.standard_normal(c)}
+    layer.forward(x, "probe")
+    results = []
+    for forward_r, backward_r in ((layer.forward_r, layer.backward_r),
+                                  (lambda *a: _PerChannelAffine.forward_r(layer, *a),
+                                   lambda *a: _PerChannelAffine.backward_r(layer, *a))):
+        rgrads = {k: np.full(c, np.nan) for k in rparams}
+        ry = forward_r(rx, rparams).copy()
+        if not results:
+            assert layer._r_fused is not None  # the layer's own R-pass took the fused kernels
+        dx, rdx = backward_r(dy, rdy, rgrads, need_dx)
+        results.append((ry, None if dx is None else dx.copy(), None if rdx is None else rdx.copy(), rgrads))
+    (ry, dx, rdx, rg), (ry_ref, dx_ref, rdx_ref, rg_ref) = results
+    np.testing.assert_allclose(ry, ry_ref, rtol=1e-11, atol=1e-12)
+    for key in rparams:
+        np.testing.assert_allclose(rg[key], rg_ref[key], rtol=1e-11, atol=1e-12)
+    if need_dx:
+        np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(rdx, rdx_ref, rtol=1e-10, atol=1e-12)
+    else:
+        assert dx is None and dx_ref is None
