@@ -15,7 +15,7 @@ import numpy as np
 from smoothnorm._rop import maxpool_gather
 from smoothnorm._validate import choice
 from smoothnorm.kernels.activation import relu_backward, relu_forward
-from smoothnorm.kernels.conv import ALGORITHMS, conv2d_backward, conv2d_forward
+from smoothnorm.kernels.conv import ALGORITHMS, conv2d_backward, conv2d_backward_input, conv2d_forward
 from smoothnorm.kernels.linear import linear_backward, linear_forward
 from smoothnorm.kernels.pool import maxpool2d_backward, maxpool2d_forward
 from smoothnorm.layer import Layer
@@ -45,19 +45,24 @@ def _init_weight_bias(layer: Layer, rng: np.random.Generator, init: str) -> None
             layer.params["bias"][...] = rng.uniform(-bound, bound, size=layer.params["bias"].shape)
 
 
-def _bilinear_backward_r(backward, layer, dy, rdy, rgrads, need_dx, geometry):
+def _bilinear_backward_r(backward, layer, dy, rdy, rgrads, need_dx, geometry, input_grad=None):
     """R-pass backward of y = B(x, W) + b with B bilinear (Linear, Conv2d), given `backward(dy, x, W, dW, db,
     *geometry, need_dx)` of B: dx = B_x^T(dy, W); rdx = B_x^T(rdy, W) + B_x^T(dy, rW);
-    r dW = B_W^T(rdy, x) + B_W^T(dy, rx); r db = sum(rdy)."""
+    r dW = B_W^T(rdy, x) + B_W^T(dy, rx); r db = sum(rdy). input_grad(dy, W): B_x^T(dy, W) alone, where that is
+    cheaper than `backward` (Winograd convolutions); None: `backward` with its weight gradient dropped."""
     w, rw, x, rx = layer.params["weight"], layer._rparams["weight"], layer._x, layer._rx
     scratch = np.empty_like(w)
-    dx = backward(dy, x, w, scratch, None, *geometry, need_dx=need_dx)
+
+    def input_only(d, weight):
+        return input_grad(d, weight) if input_grad else backward(d, x, weight, scratch, None, *geometry, need_dx=True)
+
+    dx = input_only(dy, w) if need_dx else None
     rdx = backward(rdy, x, w, rgrads["weight"], rgrads.get("bias"), *geometry, need_dx=need_dx)
     if rx is not None:
         t = backward(dy, rx, rw, scratch, None, *geometry, need_dx=need_dx)
         rgrads["weight"] += scratch
     elif need_dx:
-        t = backward(dy, x, rw, scratch, None, *geometry, need_dx=True)
+        t = input_only(dy, rw)
     if need_dx:
         rdx = rdx + t
     return dx, rdx
@@ -178,7 +183,10 @@ class Conv2d(Layer):
     def backward_r(self, dy, rdy, rgrads, need_dx=True):
         """R-pass backward: as Linear.backward_r."""
         backward = partial(conv2d_backward, algorithm=self.algorithm)
-        return _bilinear_backward_r(backward, self, dy, rdy, rgrads, need_dx, (self.stride, self.padding))
+        input_grad = partial(conv2d_backward_input, x=self._x, stride=self.stride, padding=self.padding,
+                             algorithm=self.algorithm)
+        return _bilinear_backward_r(backward, self, dy, rdy, rgrads, need_dx, (self.stride, self.padding),
+                                    lambda d, weight: input_grad(d, weight=weight))
 
     def extra_repr(self):
         return (

@@ -392,3 +392,28 @@ def conv2d_backward(
     if dbias is not None:
         dbias[...] = db_ws.sum(axis=0)
     return dx if need_dx else None
+
+
+def conv2d_backward_input(
+    dy: np.ndarray,
+    x: np.ndarray,
+    weight: np.ndarray,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 1,
+    algorithm: str = "im2col",
+) -> np.ndarray:
+    """dx of conv2d_forward alone (for the R-pass of Hessian products, which needs input gradients without their
+    weight gradient). Where `algorithm` takes Winograd for the input gradient it runs alone; im2col computes the
+    weight gradient from the same unfolding anyway, so there it is computed into scratch and dropped.
+    Arguments as conv2d_backward; x is the forward input (its shape and, for im2col, its values)."""
+    x = _float_array("x", x, 4)
+    weight = _float_array("weight", weight, 4, x.dtype)
+    _geometry(x, weight, stride, padding)
+    if _resolve_algorithm(algorithm, x.shape, weight.shape, stride, padding, "input") == "winograd":
+        dy = _float_array("dy", dy, 4, x.dtype)
+        if dy.shape != (x.shape[0], weight.shape[0], *x.shape[2:]):
+            raise ValueError(f"dy: expected shape {(x.shape[0], weight.shape[0], *x.shape[2:])} (the forward output), "
+                             f"got {dy.shape}")
+        return winograd_backward_input(dy, weight)
+    dropped = scratch("conv.dropped_dweight", weight.shape, x.dtype)
+    return conv2d_backward(dy, x, weight, dropped, None, stride, padding, algorithm="im2col")

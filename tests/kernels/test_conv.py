@@ -479,3 +479,21 @@ def test_out_buffers_give_the_same_bits_and_are_checked(rng, algorithm, dtype):
     with pytest.raises(ValueError, match="out: expected a writeable C-contiguous"):
         conv2d_backward(dy, x, weight, dw, None, algorithm=algorithm,
                         out=np.empty((3, 8, 8, 8), dtype).transpose(0, 1, 3, 2))
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd", "auto"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_input_alone_gives_conv2d_backwards_dx_bits(rng, algorithm, dtype):
+    x, weight, _, stride, padding = _case_arrays(rng, (3, 16, 24, 8, 8, 3, 3, 1, 1, False), dtype)
+    dy = rng.standard_normal((3, 24, 8, 8)).astype(dtype)
+    dx = conv2d_backward(dy, x, weight, np.empty_like(weight), None, stride, padding, algorithm=algorithm)
+    np.testing.assert_array_equal(conv.conv2d_backward_input(dy, x, weight, stride, padding, algorithm), dx)
+    with pytest.raises(ValueError, match=r"dy: expected shape \(3, 24, 8, 8\)"):
+        conv.conv2d_backward_input(dy[:, :, :7], x, weight, stride, padding, algorithm)
+
+
+def test_backward_input_alone_skips_the_winograd_weight_gradient(rng, monkeypatch):
+    x, weight, _, stride, padding = _case_arrays(rng, (2, 16, 16, 4, 4, 3, 3, 1, 1, False))
+    monkeypatch.setattr(conv, "winograd_backward_weight", None)  # would raise TypeError if called
+    dx = conv.conv2d_backward_input(rng.standard_normal((2, 16, 4, 4)), x, weight, 1, 1, "winograd")
+    assert dx.shape == x.shape
