@@ -180,11 +180,3 @@ class ElementwiseAffine:
             if r_dbeta is not None:
                 r_dbeta[...] = (rdy * self.s_a).sum(axis=(0, 2)) if np.ndim(self.s_a) else rdy.sum(axis=(0, 2))
         return dz, self.s_n * rdu
-
-
-def maxpool_gather(rx: np.ndarray, argmax: np.ndarray) -> np.ndarray:
-    """The 2x2 max-pool's directional derivative: rx at each window's arg-max (int8 0..3, row-major)."""
-    n, c, ho, wo = argmax.shape
-    windows = rx[:, :, : 2 * ho, : 2 * wo].reshape(n, c, ho, 2, wo, 2).transpose(0, 1, 2, 4, 3, 5)
-    windows = windows.reshape(n, c, ho, wo, 4)
-    return np.take_along_axis(windows, argmax.astype(np.int64)[..., None], axis=-1)[..., 0]

@@ -12,12 +12,11 @@ from functools import partial
 
 import numpy as np
 
-from smoothnorm._rop import maxpool_gather
 from smoothnorm._validate import choice
 from smoothnorm.kernels.activation import relu_backward, relu_forward
 from smoothnorm.kernels.conv import ALGORITHMS, conv2d_backward, conv2d_backward_input, conv2d_forward
 from smoothnorm.kernels.linear import linear_backward, linear_forward
-from smoothnorm.kernels.pool import maxpool2d_backward, maxpool2d_forward
+from smoothnorm.kernels.pool import maxpool2d_backward, maxpool2d_forward, maxpool2d_gather
 from smoothnorm.layer import Layer
 
 __all__ = ["Linear", "Conv2d", "ReLU", "MaxPool2d", "Flatten"]
@@ -212,12 +211,15 @@ class ReLU(Layer):
 
     def forward_r(self, rx, rparams):
         """R-pass: rx masked by the base point's pattern (relu' = 1 where the output is positive; relu'' = 0)."""
-        return None if rx is None else relu_backward(rx, self._y)
+        return None if rx is None else relu_backward(rx, self._y, out=self._reused("ry", rx))
 
     def backward_r(self, dy, rdy, rgrads, need_dx=True):
+        """R-pass backward (dx, rdx): both masked like dy. R-pass outputs, like forward outputs, live in buffers
+        valid until the layer's next R-pass."""
         if not need_dx:
             return None, None
-        return relu_backward(dy, self._y), relu_backward(rdy, self._y)
+        return (relu_backward(dy, self._y, out=self._reused("dx_r", dy)),
+                relu_backward(rdy, self._y, out=self._reused("rdx_r", rdy)))
 
 
 class MaxPool2d(Layer):
@@ -250,13 +252,16 @@ class MaxPool2d(Layer):
 
     def forward_r(self, rx, rparams):
         """R-pass: rx at the base point's arg-max of each window (the winners are held fixed)."""
-        return None if rx is None else maxpool_gather(rx, self._argmax)
+        if rx is None:
+            return None
+        return maxpool2d_gather(rx, self._argmax, out=self._buffer("ry", self._argmax.shape, rx.dtype))
 
     def backward_r(self, dy, rdy, rgrads, need_dx=True):
+        """R-pass backward (dx, rdx), routed like dy; outputs in buffers valid until the layer's next R-pass."""
         if not need_dx:
             return None, None
-        return (maxpool2d_backward(dy, self._argmax, self._shape),
-                maxpool2d_backward(rdy, self._argmax, self._shape))
+        return (maxpool2d_backward(dy, self._argmax, self._shape, out=self._buffer("dx_r", self._shape, dy.dtype)),
+                maxpool2d_backward(rdy, self._argmax, self._shape, out=self._buffer("rdx_r", self._shape, rdy.dtype)))
 
     def extra_repr(self):
         return "kernel_size=2, stride=2"

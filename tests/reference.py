@@ -487,3 +487,11 @@ def mlp_weight_gradients_ref(layers, x, labels, activation, eps=1e-5):
             d = (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0)) / std
     return grads[::-1]
 # === end gradient explosion ===
+
+
+def maxpool_gather_ref(rx: np.ndarray, argmax: np.ndarray) -> np.ndarray:
+    """rx at each 2x2 window's arg-max (int8 0..3, row-major), by NumPy indexing."""
+    n, c, ho, wo = argmax.shape
+    windows = rx[:, :, : 2 * ho, : 2 * wo].reshape(n, c, ho, 2, wo, 2).transpose(0, 1, 2, 4, 3, 5)
+    windows = windows.reshape(n, c, ho, wo, 4)
+    return np.take_along_axis(windows, argmax.astype(np.int64)[..., None], axis=-1)[..., 0]

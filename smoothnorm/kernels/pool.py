@@ -45,6 +45,17 @@ def _maxpool2d_backward(dy, argmax, dx):
                 dx[p, 2 * i + (k >> 1), 2 * j + (k & 1)] = dy[p, i, j]
 
 
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _maxpool2d_gather(x, argmax, y):
+    # y (P, H//2, W//2) = x at each window's recorded arg-max: the max-pool's directional derivative.
+    planes, out_h, out_w = y.shape
+    for p in prange(planes):
+        for i in range(out_h):
+            for j in range(out_w):
+                k = argmax[p, i, j] & 3
+                y[p, i, j] = x[p, 2 * i + (k >> 1), 2 * j + (k & 1)]
+
+
 def maxpool2d_forward(
     x: np.ndarray, *, out: tuple[np.ndarray, np.ndarray] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -116,3 +127,27 @@ def maxpool2d_backward(
     planes_out = (n * c, h // 2, w // 2)
     _maxpool2d_backward(dy.reshape(planes_out), argmax.reshape(planes_out), dx.reshape(n * c, h, w))
     return dx
+
+
+def maxpool2d_gather(x: np.ndarray, argmax: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """x (N, C, H, W) read at the arg-max positions of a max-pool (int8 argmax (N, C, H//2, W//2) from
+    maxpool2d_forward): the pooled output's directional derivative along x with the winners held fixed (the
+    R-pass of Hessian products). Returns an array of argmax's shape in x's dtype (in `out` if given: C-contiguous,
+    that shape and dtype, apart from x and argmax)."""
+    x = np.asarray(x)
+    argmax = np.asarray(argmax)
+    if x.ndim != 4 or x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"x: expected a float32 or float64 (N, C, H, W) array, got {x.dtype} shape {x.shape}")
+    n, c, h, w = x.shape
+    shape = (n, c, h // 2, w // 2)
+    if argmax.dtype != np.int8 or argmax.shape != shape:
+        raise ValueError(f"argmax: expected int8 of shape {shape} (from maxpool2d_forward), got {argmax.dtype} "
+                         f"{argmax.shape}")
+    x, argmax = np.ascontiguousarray(x), np.ascontiguousarray(argmax)
+    if out is None:
+        y = np.empty(shape, dtype=x.dtype)
+    else:
+        y = out
+        _check_out("out", y, shape, x.dtype, x, argmax)
+    _maxpool2d_gather(x.reshape(n * c, h, w), argmax.reshape(n * c, h // 2, w // 2), y.reshape(n * c, h // 2, w // 2))
+    return y

@@ -176,3 +176,22 @@ def test_out_buffers_give_the_same_result_and_are_checked(rng):
         maxpool2d_backward(overlapping_dy, arg, x.shape, out=buf[: x.size].reshape(x.shape))
     with pytest.raises(ValueError, match="out: expected a writeable C-contiguous"):
         maxpool2d_backward(dy, arg, x.shape, out=np.empty((2, 3, 5, 6), np.float32).transpose(0, 1, 3, 2))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 6, 8), (1, 2, 5, 7)])  # odd sizes: the trailing row/column is dropped
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gather_reads_x_at_the_arg_max(rng, shape, dtype):
+    from smoothnorm.kernels.pool import maxpool2d_gather
+    from tests.reference import maxpool_gather_ref
+
+    x = rng.standard_normal(shape).astype(dtype)
+    y, arg = maxpool2d_forward(x)
+    np.testing.assert_array_equal(maxpool2d_gather(x, arg), y)  # gathering x itself is the forward
+    rx = rng.standard_normal(shape).astype(dtype)
+    out = np.full(y.shape, np.nan, dtype)
+    assert maxpool2d_gather(rx, arg, out=out) is out
+    np.testing.assert_array_equal(out, maxpool_gather_ref(rx, arg))
+    with pytest.raises(ValueError, match="argmax: expected int8"):
+        maxpool2d_gather(rx, arg.astype(np.int64))
+    with pytest.raises(ValueError, match="out: shares memory with an input"):
+        maxpool2d_gather(rx, arg, out=rx.reshape(-1)[: y.size].reshape(y.shape))
