@@ -1,12 +1,17 @@
-"""The serial building blocks of kernels/conv.py's im2col convolution, run inside one worker: the unfolding of a
+"""kernels/conv.py's im2col convolution: the serial building blocks run inside one worker (the unfolding of a
 sub-chunk of samples into columns (im2col) and its adjoint (col2im), the zero-padded scratch plane they share, and
-the float64 row sums of the bias gradient (also used by the Winograd path). conv.py's docstring has the method.
+the float64 row sums of the bias gradient, also used by the Winograd path), then the work split (`_plan`), the
+forward and backward workers and their parallel drivers. conv.py has the public functions, the choice of algorithm
+and, in its docstring, the method.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+from smoothnorm.kernels._blas import _gemm, _single_threaded_blas
 
 # Below this output width the im2col rows are gathered through an index table (a segment loop per output row has
 # more overhead than work).
@@ -156,3 +161,144 @@ def _padded_scratch(geom, dtype_source):
     """Zeroed plane covering every window position: ((h_out-1)*sh + kh, (w_out-1)*sw + kw)."""
     kh, kw, sh, sw, h_out, w_out = geom[0], geom[1], geom[2], geom[3], geom[6], geom[7]
     return np.zeros(((h_out - 1) * sh + kh, (w_out - 1) * sw + kw), dtype=dtype_source.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The im2col convolution: work split, workers (one contiguous block of samples each) and parallel drivers.
+
+# Cap in bytes on the sub-chunk buffers of one call, summed over workers (cols plus the (C_out, nb*P) matrix).
+# Sub-chunks of ~_TARGET_COLUMNS columns stay far below it; it binds only for very deep layers on small images.
+_WORKSPACE_BYTES = 32 << 20
+# Samples per sub-chunk: one when an image has at least this many output pixels (the GEMM is wide enough alone and
+# y[n], dy[n] serve as the matrices), otherwise enough samples for about _TARGET_COLUMNS columns per GEMM (256-512
+# columns ran fastest on VGG's layers: the sub-chunk then stays in cache between im2col and the GEMMs).
+_DIRECT_PIXELS = 256
+_TARGET_COLUMNS = 512
+# Calls with fewer multiply-adds than this run as one serial worker: starting the thread team costs more than it
+# saves (and much more on a loaded machine, where waking the second thread can take milliseconds).
+_PARALLEL_MIN_MACS = 1 << 20
+
+
+def _plan(n: int, k: int, c_out: int, pixels: int, itemsize: int) -> tuple[int, int, bool]:
+    """(workers, samples per sub-chunk, parallel): depends on the shape and thread count only."""
+    parallel = n * k * c_out * pixels >= _PARALLEL_MIN_MACS and _single_threaded_blas.available()
+    workers = max(1, min(n, numba.get_num_threads())) if parallel else 1
+    per_worker = -(-n // workers)
+    if pixels >= _DIRECT_PIXELS:
+        return workers, 1, parallel
+    budget = _WORKSPACE_BYTES // workers
+    nb = min(per_worker, -(-_TARGET_COLUMNS // pixels), max(1, budget // ((k + c_out) * pixels * itemsize)))
+    subchunks = -(-per_worker // nb)
+    return workers, -(-per_worker // subchunks), parallel
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _forward_worker(sgemm, dgemm, x, w2, bias, y, s0, s1, nb, geom, cols_buf, mat_buf):
+    """y[s0:s1] for one worker, in sub-chunks of nb samples."""
+    c_out, k = w2.shape
+    pixels = geom[6] * geom[7]
+    padded = _padded_scratch(geom, x)
+    offsets = _pixel_offsets(geom, padded.shape[1])
+    y3 = y.reshape(y.shape[0], c_out, pixels)
+    has_bias = bias.shape[0] > 0
+    for n0 in range(s0, s1, nb):
+        m = min(nb, s1 - n0)
+        cols = cols_buf[: k * m * pixels].reshape(k, m * pixels)
+        _im2col(x, n0, m, cols, geom, padded, offsets)
+        if nb == 1:
+            # y[n] is the (C_out, P) result itself; the bias enters as C with beta = 1.
+            out = y3[n0]
+            if has_bias:
+                for co in range(c_out):
+                    out[co, :] = bias[co]
+            _gemm(sgemm, dgemm, w2, False, cols, False, out, 1.0 if has_bias else 0.0)
+        else:
+            mat = mat_buf[: c_out * m * pixels].reshape(c_out, m * pixels)
+            _gemm(sgemm, dgemm, w2, False, cols, False, mat, 0.0)
+            for co in range(c_out):
+                bv = bias[co] if has_bias else y.dtype.type(0)
+                for b in range(m):
+                    src = mat[co, b * pixels : (b + 1) * pixels]
+                    dst = y3[n0 + b, co]
+                    for p in range(pixels):
+                        dst[p] = src[p] + bv
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _backward_worker(sgemm, dgemm, dy, x, w2, dw, db, dx, need_dx, s0, s1, nb, geom, cols_buf, mat_buf):
+    """For samples s0:s1: dw = sum dY @ cols.T, db = float64 sums of dy per channel, dx[s0:s1] if need_dx."""
+    c_out, k = w2.shape
+    pixels = geom[6] * geom[7]
+    padded = _padded_scratch(geom, x)
+    # col2im needs its own plane: _im2col relies on the border of `padded` staying zero.
+    grad_padded = _padded_scratch(geom, x)
+    offsets = _pixel_offsets(geom, padded.shape[1])
+    dy3 = dy.reshape(dy.shape[0], c_out, pixels)
+    db[:] = 0.0
+    if s1 <= s0:
+        dw[:, :] = 0
+    for n0 in range(s0, s1, nb):
+        m = min(nb, s1 - n0)
+        if nb == 1:
+            mat = dy3[n0]
+        else:
+            mat = mat_buf[: c_out * m * pixels].reshape(c_out, m * pixels)
+            for co in range(c_out):
+                for b in range(m):
+                    mat[co, b * pixels : (b + 1) * pixels] = dy3[n0 + b, co]
+        _add_row_sums(mat, db)
+        cols = cols_buf[: k * m * pixels].reshape(k, m * pixels)
+        _im2col(x, n0, m, cols, geom, padded, offsets)
+        _gemm(sgemm, dgemm, mat, False, cols, True, dw, 0.0 if n0 == s0 else 1.0)
+        if need_dx:
+            # cols is spent once dW has it: its memory takes dcols.
+            _gemm(sgemm, dgemm, w2, True, mat, False, cols, 0.0)
+            _col2im(cols, dx, n0, m, geom, grad_padded, offsets)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parallel drivers: one prange over workers, each owning a contiguous block of samples and its own buffers.
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _forward_parallel(sgemm, dgemm, x, w2, bias, y, workers, nb, geom, cols_ws, mat_ws):
+    n = x.shape[0]
+    for t in prange(workers):
+        _forward_worker(
+            sgemm, dgemm, x, w2, bias, y, n * t // workers, n * (t + 1) // workers, nb, geom, cols_ws[t], mat_ws[t]
+        )
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _backward_parallel(sgemm, dgemm, dy, x, w2, dw_ws, db_ws, dx, need_dx, workers, nb, geom, cols_ws, mat_ws):
+    n = x.shape[0]
+    for t in prange(workers):
+        _backward_worker(
+            sgemm,
+            dgemm,
+            dy,
+            x,
+            w2,
+            dw_ws[t],
+            db_ws[t],
+            dx,
+            need_dx,
+            n * t // workers,
+            n * (t + 1) // workers,
+            nb,
+            geom,
+            cols_ws[t],
+            mat_ws[t],
+        )
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _sum_partials(parts, out):
+    """out[r] = parts[0, r] + parts[1, r] + ... in worker order; threads own rows."""
+    for r in prange(out.shape[0]):
+        dst = out[r]
+        dst[:] = parts[0, r]
+        for t in range(1, parts.shape[0]):
+            src = parts[t, r]
+            for j in range(dst.shape[0]):
+                dst[j] += src[j]

@@ -46,7 +46,7 @@ from smoothnorm.kernels._winograd_transforms import (
 _GROUP_BYTES = 8 << 20
 _MIN_GROUP_TILES = 32
 _MAX_GROUP_TILES = 256
-# As in conv.py: calls this small run as one serial worker.
+# As in _im2col.py (the im2col convolution): calls this small run as one serial worker.
 _PARALLEL_MIN_MACS = 1 << 20
 
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smoothnorm.kernels import conv
+from smoothnorm.kernels import _im2col, conv
 from smoothnorm.kernels.conv import conv2d_backward, conv2d_forward
 from tests.reference import central_difference, conv2d_forward_ref, relative_error
 
@@ -154,7 +154,7 @@ def test_backward_writes_non_contiguous_dweight(rng, monkeypatch, parallel):
     dy = rng.standard_normal(conv2d_forward(x, weight, bias, stride, padding).shape)
     _, dweight_ref, _ = _backward(dy, x, weight, stride, padding)
     if parallel:  # two workers' partials are merged into a temporary, then copied
-        monkeypatch.setattr(conv, "_PARALLEL_MIN_MACS", 0)
+        monkeypatch.setattr(_im2col, "_PARALLEL_MIN_MACS", 0)
     holder = np.full((weight.shape[0], 2) + weight.shape[1:], np.nan)
     dweight = holder[:, 0]
     conv2d_backward(dy, x, weight, dweight, None, stride, padding)
@@ -167,12 +167,12 @@ def _force_plan(monkeypatch, plan):
     if plan == "serial":
         monkeypatch.setattr(conv._single_threaded_blas, "available", lambda: False)
         return
-    monkeypatch.setattr(conv, "_PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(_im2col, "_PARALLEL_MIN_MACS", 0)
     if plan == "per_sample":
-        monkeypatch.setattr(conv, "_DIRECT_PIXELS", 1)
+        monkeypatch.setattr(_im2col, "_DIRECT_PIXELS", 1)
     elif plan == "two_per_chunk":
-        monkeypatch.setattr(conv, "_DIRECT_PIXELS", 10**9)
-        monkeypatch.setattr(conv, "_TARGET_COLUMNS", 2 * 30)
+        monkeypatch.setattr(_im2col, "_DIRECT_PIXELS", 10**9)
+        monkeypatch.setattr(_im2col, "_TARGET_COLUMNS", 2 * 30)
 
 
 @pytest.mark.parametrize("plan", ["parallel", "per_sample", "two_per_chunk", "serial"])
@@ -196,9 +196,9 @@ def test_every_work_split_gives_the_same_result(rng, monkeypatch, plan, dtype):
 
 def test_large_images_match_reference_and_finite_differences(rng, monkeypatch):
     # 16x16 outputs take the one-sample-per-GEMM path (y[n] and dy[n] are the GEMM matrices, bias enters as C).
-    monkeypatch.setattr(conv, "_PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(_im2col, "_PARALLEL_MIN_MACS", 0)
     x, weight, bias, stride, padding = _case_arrays(rng, (3, 2, 3, 16, 16, 3, 3, 1, 1, True))
-    assert 16 * 16 >= conv._DIRECT_PIXELS
+    assert 16 * 16 >= _im2col._DIRECT_PIXELS
     y = conv2d_forward(x, weight, bias, stride, padding)
     np.testing.assert_allclose(y, conv2d_forward_ref(x, weight, bias, stride, padding), rtol=1e-12, atol=1e-12)
     probe = rng.standard_normal(y.shape)
@@ -218,7 +218,7 @@ def test_large_images_match_reference_and_finite_differences(rng, monkeypatch):
 
 
 def test_one_thread_matches_two(rng, monkeypatch):
-    monkeypatch.setattr(conv, "_PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(_im2col, "_PARALLEL_MIN_MACS", 0)
     x, weight, bias, stride, padding = _case_arrays(rng, (4, 3, 5, 9, 9, 3, 3, 1, 1, True))
     y = conv2d_forward(x, weight, bias, stride, padding)
     dy = rng.standard_normal(y.shape)
@@ -236,7 +236,7 @@ def test_one_thread_matches_two(rng, monkeypatch):
 
 
 def test_blas_thread_counts_are_restored(rng, monkeypatch):
-    monkeypatch.setattr(conv, "_PARALLEL_MIN_MACS", 0)
+    monkeypatch.setattr(_im2col, "_PARALLEL_MIN_MACS", 0)
     threadpoolctl = pytest.importorskip("threadpoolctl")
     before = [(info["filepath"], info["num_threads"]) for info in threadpoolctl.threadpool_info()]
     x, weight, bias, stride, padding = _case_arrays(rng, FORWARD_CASES[0], np.float32)
