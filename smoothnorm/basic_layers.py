@@ -182,10 +182,10 @@ class Conv2d(Layer):
     def backward_r(self, dy, rdy, rgrads, need_dx=True):
         """R-pass backward: as Linear.backward_r."""
         backward = partial(conv2d_backward, algorithm=self.algorithm)
-        input_grad = partial(conv2d_backward_input, x=self._x, stride=self.stride, padding=self.padding,
-                             algorithm=self.algorithm)
-        return _bilinear_backward_r(backward, self, dy, rdy, rgrads, need_dx, (self.stride, self.padding),
-                                    lambda d, weight: input_grad(d, weight=weight))
+        return _bilinear_backward_r(
+            backward, self, dy, rdy, rgrads, need_dx, (self.stride, self.padding),
+            lambda d, weight: conv2d_backward_input(d, self._x, weight, self.stride, self.padding, self.algorithm),
+        )
 
     def extra_repr(self):
         return (

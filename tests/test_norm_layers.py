@@ -458,3 +458,18 @@ def test_fused_batch_norm_r_pass_matches_the_general_path(rng, shape, need_dx):
         np.testing.assert_allclose(rdx, rdx_ref, rtol=1e-10, atol=1e-12)
     else:
         assert dx is None and dx_ref is None
+
+
+def test_fused_batch_norm_r_pass_checks_its_buffers(rng):
+    from smoothnorm.kernels.norm_rop import batch_norm_r_backward, batch_norm_r_forward
+
+    x, rx = rng.standard_normal((4, 3, 5)), rng.standard_normal((4, 3, 5))
+    c = np.ones(3)
+    with pytest.raises(ValueError, match="out: shares memory with an input"):
+        batch_norm_r_forward(x, c, c, c, c, c, rx, out=rx)
+    ry, rx_mean, rs = batch_norm_r_forward(x, c, c, c, c, c, rx)
+    with pytest.raises(ValueError, match=r"r_dbeta: expected shape \(3,\) and dtype float64"):
+        batch_norm_r_backward(x, c, c, c, c, rx, rx_mean, rs, ry, ry, np.empty(3), np.empty(3, np.float32))
+    with pytest.raises(ValueError, match=r"out\[1\] \(rdx\): shares memory with an input"):
+        batch_norm_r_backward(x, c, c, c, c, rx, rx_mean, rs, ry, rx, np.empty(3), np.empty(3),
+                              out=(np.empty_like(x), rx))

@@ -1,5 +1,6 @@
-"""Argument checks shared by the dense kernels (linear.py, conv.py): each error names the argument, what was
-expected and what was given. Kernels import nothing from the rest of smoothnorm, so these live here."""
+"""Argument checks shared by the kernels (linear, conv, Winograd, pooling, the BatchNorm R-pass): each error names
+the argument, what was expected and what was given. Kernels import nothing from the rest of smoothnorm, so these
+live here."""
 
 import numpy as np
 
@@ -40,3 +41,11 @@ def _check_out(name: str, a, shape: tuple, dtype, *inputs) -> None:
         raise ValueError(f"{name}: expected a writeable C-contiguous array")
     if any(np.may_share_memory(a, b) for b in inputs):
         raise ValueError(f"{name}: shares memory with an input; this kernel cannot run in place")
+
+
+def _output_array(name: str, out, shape: tuple, dtype, *inputs) -> np.ndarray:
+    """The array a kernel writes its result into: a new one when `out` is None, else `out` after `_check_out`."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    _check_out(name, out, shape, dtype, *inputs)
+    return out

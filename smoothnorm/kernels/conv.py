@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from smoothnorm.kernels._blas import _DGEMM, _SGEMM, _single_threaded_blas
-from smoothnorm.kernels._checks import _check_out, _check_output, _float_array
+from smoothnorm.kernels._checks import _check_out, _check_output, _float_array, _output_array
 from smoothnorm.kernels._im2col import (
     _backward_parallel,
     _backward_worker,
@@ -154,11 +154,7 @@ def conv2d_forward(
         if bias.shape != (c_out,):
             raise ValueError(f"bias: expected shape ({c_out},), got {bias.shape}")
     h_out, w_out = geom[6], geom[7]
-    if out is None:
-        y = np.empty((n, c_out, h_out, w_out), dtype=x.dtype)
-    else:
-        _check_out("out", out, (n, c_out, h_out, w_out), x.dtype, x, weight, bias)
-        y = out
+    y = _output_array("out", out, (n, c_out, h_out, w_out), x.dtype, x, weight, bias)
     if n == 0:
         return y
     pixels = h_out * w_out

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from smoothnorm.kernels._checks import _check_out, _output_array
+
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _forward_r(x, mean, inv, gamma, rgamma, rbeta, rx, ry, rx_mean, rs):
@@ -109,9 +111,7 @@ def batch_norm_r_forward(x3, mean, inv, gamma, rgamma, rbeta, rx3, *, out=None):
                                        (("mean", mean), ("inv", inv), ("gamma", gamma), ("rgamma", rgamma),
                                         ("rbeta", rbeta)))
     rx3 = _f64("rx", rx3, x3.shape)
-    ry = np.empty(x3.shape) if out is None else out
-    if ry.shape != x3.shape or ry.dtype != np.float64 or not ry.flags.c_contiguous or np.may_share_memory(ry, rx3):
-        raise ValueError(f"out: expected a C-contiguous float64 array of shape {x3.shape} apart from rx")
+    ry = _output_array("out", out, x3.shape, np.float64, x3, rx3)
     rx_mean, rs = np.empty(c), np.empty(c)
     _forward_r(x3, mean, inv, gamma, rgamma, rbeta, rx3, ry, rx_mean, rs)
     return ry, rx_mean, rs
@@ -128,19 +128,15 @@ def batch_norm_r_backward(x3, mean, inv, gamma, rgamma, rx3, rx_mean, rs, dy3, r
                                              (("mean", mean), ("inv", inv), ("gamma", gamma), ("rgamma", rgamma),
                                               ("rx_mean", rx_mean), ("rs", rs)))
     rx3, dy3, rdy3 = (_f64(k, v, x3.shape) for k, v in (("rx", rx3), ("dy", dy3), ("rdy", rdy3)))
-    for name, a in (("r_dgamma", r_dgamma), ("r_dbeta", r_dbeta)):
-        if not (isinstance(a, np.ndarray) and a.shape == (c,) and a.dtype == np.float64 and a.flags.c_contiguous
-                and a.flags.writeable):
-            raise ValueError(f"{name}: expected a writeable C-contiguous float64 array of shape ({c},)")
+    _check_out("r_dgamma", r_dgamma, (c,), np.float64)
+    _check_out("r_dbeta", r_dbeta, (c,), np.float64)
     if not need_dx:
         empty = np.empty((0, 0, 0))
         _backward_r(x3, mean, inv, gamma, rgamma, rx3, rx_mean, rs, dy3, rdy3, empty, empty, r_dgamma, r_dbeta,
                     False)
         return None, None
-    dx, rdx = (np.empty(x3.shape), np.empty(x3.shape)) if out is None else out
-    for a in (dx, rdx):
-        if a.shape != x3.shape or a.dtype != np.float64 or not a.flags.c_contiguous or any(
-                np.may_share_memory(a, b) for b in (dy3, rdy3, rx3, x3)):
-            raise ValueError(f"out: expected C-contiguous float64 arrays of shape {x3.shape} apart from the inputs")
+    dx_out, rdx_out = (None, None) if out is None else out
+    dx = _output_array("out[0] (dx)", dx_out, x3.shape, np.float64, dy3, rdy3, rx3, x3)
+    rdx = _output_array("out[1] (rdx)", rdx_out, x3.shape, np.float64, dy3, rdy3, rx3, x3)
     _backward_r(x3, mean, inv, gamma, rgamma, rx3, rx_mean, rs, dy3, rdy3, dx, rdx, r_dgamma, r_dbeta, True)
     return dx, rdx

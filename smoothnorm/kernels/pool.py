@@ -3,7 +3,7 @@
 import numpy as np
 from numba import njit, prange
 
-from smoothnorm.kernels._checks import _check_out
+from smoothnorm.kernels._checks import _output_array
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -77,12 +77,9 @@ def maxpool2d_forward(
         raise ValueError(f"x: expected H >= 2 and W >= 2 for a 2x2 window, got shape {x.shape}")
     x = np.ascontiguousarray(x)
     shape = (n, c, h // 2, w // 2)
-    if out is None:
-        y, argmax = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int8)
-    else:
-        y, argmax = out
-        _check_out("out[0] (y)", y, shape, x.dtype, x)
-        _check_out("out[1] (argmax)", argmax, shape, np.dtype(np.int8), x)
+    y_out, argmax_out = (None, None) if out is None else out
+    y = _output_array("out[0] (y)", y_out, shape, x.dtype, x)
+    argmax = _output_array("out[1] (argmax)", argmax_out, shape, np.dtype(np.int8), x)
     planes_out = (n * c, h // 2, w // 2)
     _maxpool2d_forward(x.reshape(n * c, h, w), y.reshape(planes_out), argmax.reshape(planes_out))
     return y, argmax
@@ -119,11 +116,7 @@ def maxpool2d_backward(
         raise ValueError(f"argmax: expected shape {dy.shape} (the shape of dy), got {argmax.shape}")
     dy = np.ascontiguousarray(dy)
     argmax = np.ascontiguousarray(argmax)
-    if out is None:
-        dx = np.empty(input_shape, dtype=dy.dtype)
-    else:
-        dx = out
-        _check_out("out", dx, input_shape, dy.dtype, dy, argmax)
+    dx = _output_array("out", out, input_shape, dy.dtype, dy, argmax)
     planes_out = (n * c, h // 2, w // 2)
     _maxpool2d_backward(dy.reshape(planes_out), argmax.reshape(planes_out), dx.reshape(n * c, h, w))
     return dx
@@ -144,10 +137,6 @@ def maxpool2d_gather(x: np.ndarray, argmax: np.ndarray, *, out: np.ndarray | Non
         raise ValueError(f"argmax: expected int8 of shape {shape} (from maxpool2d_forward), got {argmax.dtype} "
                          f"{argmax.shape}")
     x, argmax = np.ascontiguousarray(x), np.ascontiguousarray(argmax)
-    if out is None:
-        y = np.empty(shape, dtype=x.dtype)
-    else:
-        y = out
-        _check_out("out", y, shape, x.dtype, x, argmax)
+    y = _output_array("out", out, shape, x.dtype, x, argmax)
     _maxpool2d_gather(x.reshape(n * c, h, w), argmax.reshape(n * c, h // 2, w // 2), y.reshape(n * c, h // 2, w // 2))
     return y

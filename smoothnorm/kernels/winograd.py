@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from smoothnorm.kernels._blas import _DGEMM, _SGEMM, _gemm, _single_threaded_blas
-from smoothnorm.kernels._checks import _check_out, _check_output, _float_array
+from smoothnorm.kernels._checks import _check_output, _float_array, _output_array
 from smoothnorm.kernels._scratch import scratch
 from smoothnorm.kernels._winograd_transforms import (
     _gradient_transform,
@@ -245,11 +245,7 @@ def winograd_forward(
         if bias.shape != (c_out,):
             raise ValueError(f"bias: expected shape ({c_out},), got {bias.shape}")
     m = _check_tile(tile, h, w)
-    if out is None:
-        y = np.empty((n, c_out, h, w), dtype=x.dtype)
-    else:
-        _check_out("out", out, (n, c_out, h, w), x.dtype, x, weight, bias)
-        y = out
+    y = _output_array("out", out, (n, c_out, h, w), x.dtype, x, weight, bias)
     if n == 0:
         return y
     u = scratch("winograd.u", ((m + 2) ** 2, c_out, c_in), x.dtype)
@@ -276,11 +272,7 @@ def winograd_backward_input(
     if min(h, w) < 1:
         raise ValueError(f"dy: expected H, W >= 1, got shape {dy.shape}")
     m = _check_tile(tile, h, w)
-    if out is None:
-        dx = np.empty((n, c_in, h, w), dtype=dy.dtype)
-    else:
-        _check_out("out", out, (n, c_in, h, w), dy.dtype, dy, weight)
-        dx = out
+    dx = _output_array("out", out, (n, c_in, h, w), dy.dtype, dy, weight)
     if n == 0:
         return dx
     u = scratch("winograd.u", ((m + 2) ** 2, c_in, c_out), dy.dtype)
