@@ -23,7 +23,7 @@ SHAPES = [(128, 64, 32, 32), (128, 128, 16, 16), (128, 256, 8, 8), (128, 512, 4,
 
 def _candidates(shape: tuple[int, ...], with_torch: bool) -> tuple[dict, int]:
     """Closures running one forward + backward for us (and torch); also the input's size in bytes."""
-    from smoothnorm.kernels.norm import batch_norm_train_backward, batch_norm_train_forward
+    from smoothnorm.kernels.norm.batch import batch_norm_train_backward, batch_norm_train_forward
 
     rng = np.random.default_rng(0)
     channels = shape[1]

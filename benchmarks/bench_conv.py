@@ -20,21 +20,12 @@ import numpy as np
 
 from benchmarks._timing import describe_machine, format_table, time_alternating, torch_available
 from smoothnorm.kernels._blas import openblas_report
-from smoothnorm.kernels.conv import conv2d_backward, conv2d_forward
-from smoothnorm.kernels.winograd import winograd_backward_input, winograd_pays
+from smoothnorm.kernels.conv.conv2d import conv2d_backward, conv2d_forward
+from smoothnorm.kernels.conv.winograd import winograd_backward_input, winograd_pays
+from smoothnorm.nn import models
 
-# (C_in, C_out, H=W) of every conv in VGG-11..19 on CIFAR-10.
-VGG_LAYERS = [
-    (3, 64, 32),
-    (64, 64, 32),
-    (64, 128, 16),
-    (128, 128, 16),
-    (128, 256, 8),
-    (256, 256, 8),
-    (256, 512, 4),
-    (512, 512, 4),
-    (512, 512, 2),
-]
+# Every distinct 3x3 conv of VGG-11..19 on CIFAR-10 (VGG-16 has them all): (C_in, C_out, H=W).
+VGG_LAYERS = list(dict.fromkeys(models.conv_shapes("vgg16")))
 
 
 def _backward(dy, x, weight, dweight, dbias, algorithm):

@@ -78,20 +78,20 @@ def _cost_key(run) -> tuple:
 
 
 def _paper_groups():
-    from smoothnorm import spec
+    from smoothnorm.runs import spec as spec_module
 
-    specs = [spec.load_spec(p, "paper") for p in spec.list_specs(ROOT / "experiments")]
+    specs = [spec_module.load_spec(p, "paper") for p in spec_module.list_specs(ROOT / "experiments")]
     groups: dict[tuple, list] = {}
-    for run in spec.merge_runs(specs):
+    for run in spec_module.merge_runs(specs):
         groups.setdefault(_cost_key(run), []).append(run)
     return groups
 
 
 def _child_time_steps(steps: int) -> None:
     """In a fresh process (threads set by the parent): seconds per step of one run per group, as JSON lines."""
-    from smoothnorm.experiment import execute_run
-    from smoothnorm.results import read_jsonl
-    from smoothnorm.spec import RunSpec
+    from smoothnorm.runs.runner import execute_run
+    from smoothnorm.runs.spec import RunSpec
+    from smoothnorm.runs.store import read_jsonl
 
     with tempfile.TemporaryDirectory(prefix="bench-estimate-") as tmp:
         for key, runs in _paper_groups().items():
@@ -109,7 +109,7 @@ def _child_time_steps(steps: int) -> None:
 def estimate(steps: int, thread_counts: list[int]) -> None:
     """Measure s/step per paper-profile run with each thread count (fresh processes), print a table and totals.
     Each measurement is printed as it arrives, so an interrupted estimate keeps what it measured."""
-    from smoothnorm.executors import thread_environment
+    from smoothnorm.runs.executors import thread_environment
 
     groups = _paper_groups()
     measured: dict[int, dict[str, float]] = {}

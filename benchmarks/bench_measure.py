@@ -3,7 +3,7 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.bench_measure [--repeats 5] [--batch 128]
         [--width 1.0] [--skip-vgg] [--skip-hessian] [--skip-dln] [--skip-blas]
 
-- Gradient-direction probe with 4 step sizes on VGG-11-BN (float32): targets <= 4.4 train steps (issue 13) and
+- Gradient-direction probe with 4 step sizes on VGG-11-BN (float32): targets <= 4.4 train steps and
   <= 4 forward+backward passes + 10% when the training step's gradient and loss are passed in (`grad=`, `loss=`);
   also timed without them (+1 pass).
 - ICS over the weight layers (the default) and over every parameterized layer of VGG-11-BN.
@@ -23,8 +23,9 @@ import argparse
 import numpy as np
 
 from benchmarks._timing import describe_machine, format_table, time_alternating
-from smoothnorm import measure, models, optim
+from smoothnorm import measure, optim
 from smoothnorm.kernels._blas import openblas_report
+from smoothnorm.nn import models
 
 
 def _vgg_rows(repeats: int, batch: int, width: float) -> list[dict]:

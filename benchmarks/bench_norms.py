@@ -20,10 +20,10 @@ import time
 import numpy as np
 
 from benchmarks._timing import describe_machine, format_table, time_alternating, torch_available
-from smoothnorm.kernels.group_norm import group_norm_backward, group_norm_forward
-from smoothnorm.kernels.lp_norm import lp_norm_train_backward, lp_norm_train_forward
-from smoothnorm.kernels.noisy_norm import noisy_batch_norm_backward, noisy_batch_norm_forward
-from smoothnorm.kernels.norm import batch_norm_train_backward, batch_norm_train_forward
+from smoothnorm.kernels.norm.batch import batch_norm_train_backward, batch_norm_train_forward
+from smoothnorm.kernels.norm.group import group_norm_backward, group_norm_forward
+from smoothnorm.kernels.norm.lp import lp_norm_train_backward, lp_norm_train_forward
+from smoothnorm.kernels.norm.noisy import noisy_batch_norm_backward, noisy_batch_norm_forward
 
 NORMS = ("noisy_batch", "l1", "l2", "linf", "layer", "instance", "group")
 P = {"l1": 1, "l2": 2, "linf": math.inf}

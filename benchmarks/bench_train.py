@@ -22,8 +22,9 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # PyTorch's allocator on hug
 import numpy as np  # noqa: E402
 
 from benchmarks._timing import describe_machine, format_table, time_alternating, torch_available  # noqa: E402
-from smoothnorm import models, optim  # noqa: E402
+from smoothnorm import optim
 from smoothnorm.kernels._blas import openblas_report  # noqa: E402
+from smoothnorm.nn import models
 
 
 def our_step(net, opt, x, y):

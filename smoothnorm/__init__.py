@@ -8,13 +8,16 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 
-# Normalization names accepted by `norm=` in smoothnorm.models (see smoothnorm.nn.NORM_LAYERS).
+# Normalization names accepted by `norm=` in smoothnorm.nn.models (see smoothnorm.nn.NORM_LAYERS).
 NORMS: tuple[str, ...] = ("batch", "noisy_batch", "l1", "l2", "linf", "layer", "instance", "group")
 
-_SUBMODULES = ("kernels", "nn", "models", "optim", "data", "measure", "train", "experiment", "plots", "cli")
+# Packages and modules loaded on first use, so that `import smoothnorm` stays cheap; `models` is smoothnorm.nn.models.
+_SUBMODULES = {name: f"smoothnorm.{name}" for name in
+               ("kernels", "nn", "optim", "data", "measure", "train", "runs", "claims", "plots", "cli")}
+_SUBMODULES["models"] = "smoothnorm.nn.models"
 
 
 def __getattr__(name):
     if name in _SUBMODULES:
-        return import_module(f"smoothnorm.{name}")
+        return import_module(_SUBMODULES[name])
     raise AttributeError(f"module 'smoothnorm' has no attribute {name!r}")

@@ -45,8 +45,8 @@ def _progress(message: str) -> None:
 
 def _execute(args, specs, root) -> None:
     """Train the runs the specs need on the executor the flags choose, with a progress display on stderr."""
-    from smoothnorm import executors
-    from smoothnorm.progress import ProgressDisplay
+    from smoothnorm.runs import executors
+    from smoothnorm.runs.progress import ProgressDisplay
 
     with executors.make_executor(args.workers, args.scheduler, args.threads_per_run,
                                  stale_after=args.lease_timeout) as executor:
@@ -61,18 +61,19 @@ def _limit_threads_early(args) -> None:
     if threads is None or args.workers is not None or args.scheduler is not None:
         return
     if not any(name in sys.modules for name in ("numpy", "numba")):
-        from smoothnorm.executors import thread_environment
+        from smoothnorm.runs.executors import thread_environment
 
         os.environ.update(thread_environment(threads))
 
 
 def _specs(args, names: list[str] | None):
-    from smoothnorm import spec as spec_module
+    from smoothnorm.runs import schema
+    from smoothnorm.runs import spec as spec_module
 
     groups = ("paper", "study") if getattr(args, "study", False) else ("paper",)
     paths = spec_module.list_specs(args.specs, groups)
     if not paths:
-        raise spec_module.SpecError(f"no specs (*.toml) in {args.specs or spec_module.default_spec_folder()}")
+        raise schema.SpecError(f"no specs (*.toml) in {args.specs or spec_module.default_spec_folder()}")
     if names:
         # A name may be any group's spec (study/optimizers, examples/...); the paper's win on a clash.
         by_name = {}
@@ -87,7 +88,7 @@ def _specs(args, names: list[str] | None):
             matches = [p for stem, p in by_name.items()
                        if stem == name or re.match(re.escape(name) + r"[a-z]?_", stem)]
             if not matches:
-                raise spec_module.SpecError(f"--only/SPEC {name!r}: no such spec; specs: {sorted(by_name)}")
+                raise schema.SpecError(f"--only/SPEC {name!r}: no such spec; specs: {sorted(by_name)}")
             chosen.extend(matches)
         paths = chosen
     seeds = getattr(args, "seeds", None)
@@ -98,12 +99,12 @@ _GROUP_TITLES = {
     "paper": "Paper figures (smoothnorm reproduce)",
     "study": "Optimization study (experiments/study; smoothnorm reproduce --study, or run NAME)",
     "examples": "Examples beyond the paper (experiments/examples; smoothnorm run NAME)",
-    "beyond": "Follow-up papers (experiments/beyond, issue 15; smoothnorm run NAME)",
+    "beyond": "Follow-up papers (experiments/beyond; smoothnorm run NAME)",
 }
 
 
 def _list(args) -> int:
-    from smoothnorm import spec as spec_module
+    from smoothnorm.runs import spec as spec_module
 
     for group in spec_module.SPEC_GROUPS:
         paths = spec_module.list_specs(args.specs, (group,))
@@ -117,10 +118,11 @@ def _list(args) -> int:
 
 
 def _run(args) -> int:
-    from smoothnorm import experiment, plots
+    from smoothnorm import plots
+    from smoothnorm.runs import runner
 
     specs = _specs(args, args.spec)
-    root = experiment.results_root(args.runs, args.profile)
+    root = runner.results_root(args.runs, args.profile)
     _execute(args, specs, root)
     if not args.no_plot:
         for spec in specs:
@@ -132,10 +134,11 @@ def _run(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from smoothnorm import experiment, plots
+    from smoothnorm import plots
+    from smoothnorm.runs import runner
 
     specs = _specs(args, args.only.split(",") if args.only else None)
-    root = experiment.results_root(args.runs, args.profile)
+    root = runner.results_root(args.runs, args.profile)
     t0 = __import__("time").perf_counter()
     _execute(args, specs, root)
     for spec in specs:
@@ -148,8 +151,8 @@ def _reproduce(args) -> int:
 
 
 def _stable_rates(specs, root) -> None:
-    """Print each learning-rate sweep's largest stable learning rate per seed (smoothnorm.sweeps)."""
-    from smoothnorm import sweeps
+    """Print each learning-rate sweep's largest stable learning rate per seed (smoothnorm.runs.sweeps)."""
+    from smoothnorm.runs import sweeps
 
     for spec in specs:
         if spec.sweeps:
@@ -159,40 +162,43 @@ def _stable_rates(specs, root) -> None:
 
 def _verdicts(specs, root, args) -> list:
     """Evaluate the specs' claims on the stored runs, print the verdicts, write CLAIMS.md and claims.json."""
-    from smoothnorm import claims
+    from smoothnorm.claims import evaluate as claims_eval
+    from smoothnorm.claims import report as claims_report
 
-    results = [r for spec in specs for r in claims.evaluate_spec(spec, root)]
+    results = [r for spec in specs for r in claims_eval.evaluate_spec(spec, root)]
     if not results:
         return results
-    print(claims.verdict_table(results))
-    for path in claims.write_claims(results, args.figures, profile=args.profile):
+    print(claims_report.verdict_table(results))
+    for path in claims_report.write_claims(results, args.figures, profile=args.profile):
         print(path)
     return results
 
 
 def _claims(args) -> int:
-    from smoothnorm import claims, experiment
+    from smoothnorm.claims import report as claims_report
+    from smoothnorm.runs import runner
 
     if args.markdown or args.readme:
         source = args.markdown if isinstance(args.markdown, str) else f"{args.figures}/claims.json"
-        table = claims.markdown_table(claims.read_claims(source), figures_link=args.link)
+        table = claims_report.markdown_table(claims_report.read_claims(source), figures_link=args.link)
         if args.readme:
-            print(claims.update_readme(args.readme, table))
+            print(claims_report.update_readme(args.readme, table))
         else:
             print(table, end="")
         return 0
     specs = _specs(args, args.only.split(",") if args.only else None)
-    results = _verdicts(specs, experiment.results_root(args.runs, args.profile), args)
+    results = _verdicts(specs, runner.results_root(args.runs, args.profile), args)
     if not results:
         print("no claims in the chosen specs", file=sys.stderr)
     return 0
 
 
 def _plot(args) -> int:
-    from smoothnorm import experiment, plots
+    from smoothnorm import plots
+    from smoothnorm.runs import runner
 
     specs = _specs(args, args.only.split(",") if args.only else None)
-    root = experiment.results_root(args.runs, args.profile)
+    root = runner.results_root(args.runs, args.profile)
     for spec in specs:
         for path in plots.draw_spec(spec, root, args.figures):
             print(path)
@@ -303,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
-        from smoothnorm.executors import MissingExtraError, RunsFailed
-        from smoothnorm.leases import LeaseError
+        from smoothnorm.runs.executors import MissingExtraError, RunsFailed
+        from smoothnorm.runs.leases import LeaseError
 
         if isinstance(err, MissingExtraError):
             print(f"error: {err}", file=sys.stderr)

@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from smoothnorm.kernels import optim as _kernels
+
+def _kernels():
+    """smoothnorm.kernels.optim, imported on the first step: building and checking an optimizer (as loading a spec
+    does) needs no Numba."""
+    from smoothnorm.kernels import optim
+
+    return optim
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -266,7 +272,7 @@ class SGD(Optimizer):
         first = buffer is None
         if first and commit and self.momentum != 0:
             buffer = self._state["momentum_buffer"] = np.empty_like(params)
-        _kernels.sgd_update(
+        _kernels().sgd_update(
             params, grads, buffer, lr=self.lr, momentum=self.momentum, dampening=self.dampening,
             weight_decay=self.weight_decay, nesterov=self.nesterov, first_step=first, out=out, update_state=commit,
         )
@@ -301,7 +307,7 @@ class Adagrad(Optimizer):
 
     def _update(self, params, grads, out, step, commit):
         state_sum = self._buffer("sum", params, self.initial_accumulator_value, commit)
-        _kernels.adagrad_update(
+        _kernels().adagrad_update(
             params, grads, state_sum, lr=self.lr, step=step, lr_decay=self.lr_decay,
             weight_decay=self.weight_decay, eps=self.eps, out=out, update_state=commit,
         )
@@ -339,7 +345,7 @@ class RMSprop(Optimizer):
         square_avg = self._buffer("square_avg", params, 0.0, commit)
         grad_avg = self._buffer("grad_avg", params, 0.0, commit) if self.centered else None
         buffer = self._buffer("momentum_buffer", params, 0.0, commit) if self.momentum > 0 else None
-        _kernels.rmsprop_update(
+        _kernels().rmsprop_update(
             params, grads, square_avg, grad_avg, buffer, lr=self.lr, alpha=self.alpha, eps=self.eps,
             weight_decay=self.weight_decay, momentum=self.momentum, centered=self.centered, out=out,
             update_state=commit,
@@ -375,7 +381,7 @@ class Adam(Optimizer):
         exp_avg = self._buffer("exp_avg", params, 0.0, commit)
         exp_avg_sq = self._buffer("exp_avg_sq", params, 0.0, commit)
         max_exp_avg_sq = self._buffer("max_exp_avg_sq", params, 0.0, commit) if self.amsgrad else None
-        _kernels.adam_update(
+        _kernels().adam_update(
             params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, lr=self.lr, step=step, beta1=self.betas[0],
             beta2=self.betas[1], eps=self.eps, weight_decay=self.weight_decay, amsgrad=self.amsgrad,
             decoupled_weight_decay=self._decoupled_weight_decay, out=out, update_state=commit,

@@ -9,7 +9,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from smoothnorm import nn, norm_layers
+from smoothnorm import nn
+from smoothnorm.nn.norms import base as norm_base
+from smoothnorm.nn.norms import batch as batch_norms
+from smoothnorm.nn.norms import lp as lp_norms
+from smoothnorm.nn.norms import sample as sample_norms
 
 
 class TorchNorm(torch.nn.Module):
@@ -39,9 +43,9 @@ class TorchNorm(torch.nn.Module):
     def forward(self, x):
         layer = self.layer
         dims = [0] + list(range(2, x.dim()))
-        if isinstance(layer, norm_layers.GroupNorm):
+        if isinstance(layer, sample_norms.GroupNorm):
             return F.group_norm(x, layer.groups, self.weight, self.bias, layer.eps)
-        if isinstance(layer, norm_layers.LpBatchNorm):
+        if isinstance(layer, lp_norms.LpBatchNorm):
             if self.mode == "eval":
                 z = (x - self._per_channel(self.running_mean, x)) / (self._per_channel(self.running_norm, x)
                                                                    + layer.eps)
@@ -58,7 +62,7 @@ class TorchNorm(torch.nn.Module):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
                                 layer.eps)
         z = F.batch_norm(x, None, None, None, None, True, 0.0, layer.eps)
-        if isinstance(layer, norm_layers.NoisyBatchNorm):
+        if isinstance(layer, batch_norms.NoisyBatchNorm):
             scale, shift = (torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in layer.noise(tuple(x.shape)))
             if layer.placement == "before_affine":
                 return self._affine(scale * z + shift, x)
@@ -72,10 +76,10 @@ def torch_module(layer, in_shape):
                                layer.padding, bias=layer.use_bias)
     if isinstance(layer, nn.Linear):
         return torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.use_bias)
-    if type(layer) is norm_layers.BatchNorm and layer.affine:
+    if type(layer) is batch_norms.BatchNorm and layer.affine:
         cls = torch.nn.BatchNorm2d if len(in_shape) == 3 else torch.nn.BatchNorm1d
         return cls(layer.num_features, eps=layer.eps, momentum=layer.momentum, affine=layer.affine)
-    if isinstance(layer, (norm_layers._PerChannelAffine,)):
+    if isinstance(layer, (norm_base._PerChannelAffine,)):
         return TorchNorm(layer)
     if isinstance(layer, nn.ReLU):
         return torch.nn.ReLU()

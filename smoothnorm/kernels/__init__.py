@@ -1,13 +1,15 @@
 """Numba kernels: pure forward/backward functions on C-contiguous float32/float64 arrays.
 
 Each module exposes validating public functions; the `@njit(cache=True)` kernels behind them are private.
-Kernels import nothing else from smoothnorm.
+`conv/` holds the convolution algorithms (im2col, Winograd, their per-thread scratch memory), `norm/` the
+normalization family; `linear`, `pool`, `activation`, `loss` and `optim` the rest; `_checks` the array checks
+every public function shares, `_blas` the BLAS calls. Kernels import nothing else from smoothnorm.
 
 Numba's on-disk cache checks only the source file of the function it compiled, but a cached kernel also contains
-the helpers it calls from other files (lp_norm's kernels hold norm.py's block helpers). After an edit to norm.py,
-lp_norm would silently keep running the old helpers. So on import, a digest of every kernel source is compared with
-the one stored beside the cache, and on a mismatch this package's cache files are deleted (they are rebuilt on
-first use).
+the helpers it calls from other files (the Lp norms' kernels hold BatchNorm's block helpers). After an edit to one
+file, another would silently keep running the old helpers. So on import, a digest of every kernel source (this
+folder and its subfolders) is compared with the one stored beside each folder's cache, and on a mismatch that
+folder's cache files are deleted (they are rebuilt on first use).
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ _STAMP = "smoothnorm-kernels.sha256"
 
 
 def _source_digest(folder: Path) -> str:
-    """SHA-256 over the names and contents of the kernel sources in `folder`."""
+    """SHA-256 over the relative paths and contents of the kernel sources in `folder` and its subfolders."""
     h = hashlib.sha256()
-    for path in sorted(folder.glob("*.py")):
-        h.update(path.name.encode())
+    for path in sorted(folder.rglob("*.py")):
+        h.update(path.relative_to(folder).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()
 
@@ -50,12 +52,12 @@ def _drop_stale_cache(cache_dir: Path, digest: str, modules: list[str]) -> bool:
     return True
 
 
-def _kernel_cache_dir() -> Path | None:
-    """The folder where Numba caches functions defined in this package (Numba's own choice of locator)."""
+def _kernel_cache_dir(source: Path | None = None) -> Path | None:
+    """The folder where Numba caches functions defined in `source` (default: this file), by Numba's own locators."""
     try:
         from numba.core.caching import CacheImpl
 
-        source = Path(__file__)
+        source = Path(__file__) if source is None else source
         for locator in CacheImpl._locator_classes:
             found = locator.from_function(_source_digest, str(source))
             if found is not None:
@@ -65,12 +67,19 @@ def _kernel_cache_dir() -> Path | None:
     return None
 
 
+def _kernel_folders() -> list[Path]:
+    """This package's folder and its subpackages' folders: each has its own Numba cache folder."""
+    root = Path(__file__).parent
+    return [root, *sorted(p.parent for p in root.glob("*/__init__.py"))]
+
+
 def _check_cache() -> None:
-    folder = Path(__file__).parent
-    cache_dir = _kernel_cache_dir()
-    if cache_dir is not None:
-        modules = [p.stem for p in folder.glob("*.py") if p.stem != "__init__"]
-        _drop_stale_cache(cache_dir, _source_digest(folder), modules)
+    digest = _source_digest(Path(__file__).parent)
+    for folder in _kernel_folders():
+        cache_dir = _kernel_cache_dir(folder / "__init__.py")
+        if cache_dir is not None:
+            modules = [p.stem for p in folder.glob("*.py") if p.stem != "__init__"]
+            _drop_stale_cache(cache_dir, digest, modules)
 
 
 _check_cache()

@@ -17,7 +17,7 @@ ReLU's forward ran 10x and its backward 4x slower at (128, 64, 32, 32) float32.
 import numpy as np
 from numba import njit, prange
 
-from smoothnorm.kernels.channel_blocks import _output
+from smoothnorm.kernels.norm.channel_blocks import _output
 
 # Elements per parallel task. Fixed (not derived from the thread count or the shape) so every shape, including
 # a batch smaller than the thread count, splits into balanced tasks; large enough that scheduling is negligible.

@@ -24,8 +24,6 @@ from smoothnorm.measure.gradient_explosion import (
 )
 from smoothnorm.measure.hessian import (
     HessianOperator,
-    SpectralDensity,
-    TraceEstimate,
     dense_hessian,
     float64_copy,
     hessian_min_eigenvalue,
@@ -34,24 +32,13 @@ from smoothnorm.measure.hessian import (
     hessian_top_eigenvalues,
     hessian_trace,
     hessian_vector_product,
-    hutchinson_trace,
-    lanczos_tridiagonal,
-    power_iteration,
-    spectral_density,
-    top_eigenvalues,
 )
 from smoothnorm.measure.ics import gradient_change, internal_covariate_shift, weight_layer_names
 from smoothnorm.measure.landscape import (
     BETA_NORMALIZATIONS,
     INFERRED_STEP_MULTIPLIERS,
-    NORM_PARAM_POLICIES,
     PAPER_STEP_RANGES,
     DirectionProbe,
-    LossSurface1D,
-    LossSurface2D,
-    filter_normalized_direction,
-    loss_surface_1d,
-    loss_surface_2d,
     probe_direction,
     probe_gradient_direction,
     probe_random_direction,
@@ -59,6 +46,23 @@ from smoothnorm.measure.landscape import (
     random_direction,
     step_grid,
     update_direction,
+)
+from smoothnorm.measure.linalg import (
+    SpectralDensity,
+    TraceEstimate,
+    hutchinson_trace,
+    lanczos_tridiagonal,
+    power_iteration,
+    spectral_density,
+    top_eigenvalues,
+)
+from smoothnorm.measure.loss_surface import (
+    NORM_PARAM_POLICIES,
+    LossSurface1D,
+    LossSurface2D,
+    filter_normalized_direction,
+    loss_surface_1d,
+    loss_surface_2d,
 )
 from smoothnorm.measure.spectrum import HessianSpectrum, gradient_share, hessian_spectrum, top_eigenpairs
 from smoothnorm.measure.stability import (

@@ -16,7 +16,8 @@ import numpy as np
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence
 
 from smoothnorm.measure._common import one_blas_thread
-from smoothnorm.measure.hessian import dense_hessian, hessian_operator, top_eigenvalues
+from smoothnorm.measure.hessian import dense_hessian, hessian_operator
+from smoothnorm.measure.linalg import top_eigenvalues
 
 __all__ = ["DENSE_MAX_PARAMS", "HessianConditioning", "hessian_condition_number"]
 

@@ -136,7 +136,7 @@ def init_gradient_norms(build: Callable[[int], object], x, y, seeds: Sequence[in
     return names, np.stack(rows)
 
 
-# phi(z) and phi'(z) of the activations the models offer (smoothnorm.models.ACTIVATION_LAYERS).
+# phi(z) and phi'(z) of the activations the models offer (smoothnorm.nn.models.ACTIVATION_LAYERS).
 ACTIVATION_DERIVATIVES: dict[str, tuple[Callable[[float], float], Callable[[float], float]]] = {
     "relu": (lambda z: max(z, 0.0), lambda z: 1.0 if z > 0 else 0.0),
     "tanh": (math.tanh, lambda z: 1.0 - math.tanh(z) ** 2),

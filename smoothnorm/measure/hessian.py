@@ -1,18 +1,19 @@
 """Curvature of the loss: Hessian-vector products, extreme eigenvalues, trace and spectral density.
 
 Hessian-vector products are exact by default: Pearlmutter's R-operator (forward-over-reverse differentiation, each
-layer's `forward_r` / `backward_r`, the normalization math in smoothnorm._rop) in a float64 copy of the network, on
-one batch in probe mode (batch statistics) or eval mode (running statistics). They equal what reverse-over-reverse
-automatic differentiation gives (PyTorch's double backward, PyHessian): the Hessian at the base point's activation
-pattern, with ReLU masks, max-pool winners and the Lp norms' signs and arg-max held fixed. Finite differences of the
-gradient (scheme="central" / "forward", step h = step * (1 + ||w||) / ||v||, step = cbrt(eps) ~ 6e-6) remain as an
-option; on networks with kinks they are wrong by orders of magnitude in the directions Lanczos and power iteration
-reach (a difference step crosses ReLU kinks; issue 10 measured 104 against 2.9 on a VGG-11), so use them only to
-cross-check smooth networks. The network passed in is never modified (the copy is).
+layer's `forward_r` / `backward_r`, the normalization math in smoothnorm.nn.norms.rop) in a float64 copy of the
+network, on one batch in probe mode (batch statistics) or eval mode (running statistics). They equal what
+reverse-over-reverse automatic differentiation gives (PyTorch's double backward, PyHessian): the Hessian at the base
+point's activation pattern, with ReLU masks, max-pool winners and the Lp norms' signs and arg-max held fixed.
+Finite differences of the gradient (scheme="central" / "forward", step h = step * (1 + ||w||) / ||v||, step =
+cbrt(eps) ~ 6e-6) remain as an option; on networks with kinks they are wrong by orders of magnitude in the
+directions Lanczos and power iteration reach (a difference step crosses ReLU kinks: on a VGG-11 a top eigenvalue
+of 104 against the exact 2.9), so use them only to cross-check smooth networks.
+The network passed in is never modified (the copy is).
 
 The generic routines (`top_eigenvalues`, `power_iteration`, `lanczos_tridiagonal`, `hutchinson_trace`,
-`spectral_density`) live in smoothnorm.measure.linalg and act on any symmetric `scipy.sparse.linalg.LinearOperator`;
-they are re-exported here. The `hessian_*` functions wrap them for a network and batch, for all parameters or a
+`spectral_density`) live in smoothnorm.measure.linalg and act on any symmetric `scipy.sparse.linalg.LinearOperator`.
+The `hessian_*` functions wrap them for a network and batch, for all parameters or a
 subset named by `layer_slices()` / `param_slices()` keys.
 """
 
@@ -32,15 +33,9 @@ from smoothnorm.measure.linalg import (
     _dense,
     _rng,
     hutchinson_trace,
-    lanczos_tridiagonal,
-    power_iteration,
     spectral_density,
     top_eigenvalues,
 )
-
-# Re-exported: smoothnorm.measure.spectrum imports these private helpers from here.
-from smoothnorm.measure.linalg import _check_k as _check_k
-from smoothnorm.measure.linalg import _check_operator as _check_operator
 
 __all__ = [
     "DEFAULT_RELATIVE_STEP",
@@ -55,13 +50,6 @@ __all__ = [
     "hessian_min_eigenvalue",
     "hessian_trace",
     "hessian_spectral_density",
-    "top_eigenvalues",
-    "power_iteration",
-    "lanczos_tridiagonal",
-    "hutchinson_trace",
-    "spectral_density",
-    "TraceEstimate",
-    "SpectralDensity",
 ]
 
 DEFAULT_RELATIVE_STEP = float(np.finfo(np.float64).eps ** (1 / 3))

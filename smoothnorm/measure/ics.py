@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from smoothnorm.measure.landscape import _base_loss_and_grad, _check_batch, _preserved, _sums
-from smoothnorm.nn import Conv2d, Linear
+from smoothnorm.measure._common import _base_loss_and_grad, _check_batch, _preserved, _sums
+from smoothnorm.nn.layers import Conv2d, Linear
 
 __all__ = ["weight_layer_names", "internal_covariate_shift", "gradient_change"]
 

@@ -7,7 +7,7 @@ untouched) and leaves the network bit-identical (params, grads, buffers): points
 Diverging points (NaN or Inf loss or gradient) are recorded as they come and counted; they never raise.
 
 Li et al.'s filter-normalized loss surfaces live in smoothnorm.measure.loss_surface and the helpers every
-measurement shares in smoothnorm.measure._common; both are re-exported here.
+measurement shares in smoothnorm.measure._common.
 """
 
 from __future__ import annotations
@@ -19,30 +19,25 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from smoothnorm._validate import choice
-
-# Re-exported: smoothnorm.measure.ics and theory import these private helpers from here.
-from smoothnorm.measure._common import _base_loss_and_grad as _base_loss_and_grad
-from smoothnorm.measure._common import _check_batch as _check_batch
-from smoothnorm.measure._common import _check_direction, _check_etas, _distance64, _move_to, _norm64
-from smoothnorm.measure._common import _preserved as _preserved
-from smoothnorm.measure._common import _sums as _sums
+from smoothnorm.measure._common import (
+    _base_loss_and_grad,
+    _check_batch,
+    _check_direction,
+    _check_etas,
+    _distance64,
+    _move_to,
+    _norm64,
+    _preserved,
+)
 from smoothnorm.measure.loss_surface import (
-    NORM_PARAM_POLICIES,
-    LossSurface1D,
-    LossSurface2D,
     filter_normalized_direction,
-    loss_surface_1d,
-    loss_surface_2d,
 )
 
 __all__ = [
     "PAPER_STEP_RANGES",
     "INFERRED_STEP_MULTIPLIERS",
     "BETA_NORMALIZATIONS",
-    "NORM_PARAM_POLICIES",
     "DirectionProbe",
-    "LossSurface1D",
-    "LossSurface2D",
     "step_grid",
     "probe_gradient_direction",
     "probe_direction",
@@ -50,9 +45,6 @@ __all__ = [
     "probe_update_direction",
     "random_direction",
     "update_direction",
-    "filter_normalized_direction",
-    "loss_surface_1d",
-    "loss_surface_2d",
 ]
 
 # App. A.2.2: step lengths are multiples of the training learning rate over these ranges.

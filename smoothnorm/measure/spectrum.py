@@ -18,15 +18,8 @@ import numpy as np
 from scipy.sparse.linalg import eigsh
 
 from smoothnorm.measure._common import one_blas_thread
-from smoothnorm.measure.hessian import (
-    HessianOperator,
-    SpectralDensity,
-    _check_k,
-    _check_operator,
-    _dense,
-    _rng,
-    spectral_density,
-)
+from smoothnorm.measure.hessian import HessianOperator
+from smoothnorm.measure.linalg import SpectralDensity, _check_k, _check_operator, _dense, _rng, spectral_density
 
 __all__ = ["HessianSpectrum", "top_eigenpairs", "gradient_share", "hessian_spectrum"]
 

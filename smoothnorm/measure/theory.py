@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smoothnorm.kernels.norm import batch_norm_train_backward, batch_norm_train_forward
-from smoothnorm.measure.landscape import _check_batch, _preserved
-from smoothnorm.nn import BatchNorm
+from smoothnorm.kernels.norm.batch import batch_norm_train_backward, batch_norm_train_forward
+from smoothnorm.measure._common import _check_batch, _preserved
+from smoothnorm.nn.norms.batch import BatchNorm
 
 __all__ = [
     "Theorem41",

@@ -9,7 +9,7 @@ Conventions shared by every panel:
 - a run whose status is "diverged" draws what it recorded and reads "<label> (diverged)" in the legend
   ("<label> (running)" for a run still in progress);
 - colours follow the run label (`run_colors`), so a run keeps its colour in every panel of a figure.
-Accuracies are stored as fractions in [0, 1] (smoothnorm.train, smoothnorm.experiment) and drawn in percent.
+Accuracies are stored as fractions in [0, 1] (smoothnorm.train, smoothnorm.runs.runner) and drawn in percent.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from smoothnorm.plots.sweeps import (
     draw_lr_sweep,
     draw_one_step_loss,
 )
-from smoothnorm.results import RunResult, load_run
+from smoothnorm.runs.store import RunResult, load_run
 
 __all__ = [
     "PANELS",
@@ -213,7 +213,7 @@ def draw_figure(
 
 def _expand_sweeps(wanted: list[str], labels: list[str]) -> list[str]:
     """Panel run names with each sweep group (not itself a label) replaced by its runs "<group> @ lr=..."."""
-    from smoothnorm.spec import SWEEP_SEPARATOR
+    from smoothnorm.runs.schema import SWEEP_SEPARATOR
 
     out = []
     for name in wanted:
@@ -223,7 +223,7 @@ def _expand_sweeps(wanted: list[str], labels: list[str]) -> list[str]:
 
 
 def draw_spec(spec, root: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """Draw a spec's figure (smoothnorm.spec.Spec) from its stored runs in `root` into out_dir/<spec name>.png, .pdf."""
+    """Draw a spec's figure (a smoothnorm.runs.spec.Spec) from its runs in `root` into out_dir/<name>.png, .pdf."""
     runs: list[RunResult] = []
     for run in spec.runs:
         path = Path(root) / run.run_id

@@ -14,7 +14,7 @@ from matplotlib.colors import LogNorm
 
 from smoothnorm.measure.gradient_explosion import large_batch_rate
 from smoothnorm.plots.style import _check_runs, _choice, _legend, _probe
-from smoothnorm.results import RunResult
+from smoothnorm.runs.store import RunResult
 
 _PROBE = "gradient_explosion"
 _BATCH_CMAP = colormaps["viridis"]

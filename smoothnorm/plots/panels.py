@@ -40,7 +40,7 @@ from smoothnorm.plots.style import (
     group_by_label,
     moving_average,
 )
-from smoothnorm.results import RunResult
+from smoothnorm.runs.store import RunResult
 
 # ----------------------------------------------------------------------------------------------------------------
 # Panels

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 
-from smoothnorm.measure.hessian import SpectralDensity
+from smoothnorm.measure.linalg import SpectralDensity
 from smoothnorm.plots.style import (
     STEP_CMAP,
     STEP_LABEL,
@@ -24,7 +24,7 @@ from smoothnorm.plots.style import (
     _probe,
     _select_run,
 )
-from smoothnorm.results import RunResult
+from smoothnorm.runs.store import RunResult
 
 
 def draw_spectrum_density(

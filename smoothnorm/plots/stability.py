@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.axes import Axes
 
 from smoothnorm.plots.style import STEP_LABEL, _check_runs, _colors, _draw_series, _finite_xy, _legend, _probe
-from smoothnorm.results import RunResult
+from smoothnorm.runs.store import RunResult
 
 
 def run_lr(run: RunResult) -> float:

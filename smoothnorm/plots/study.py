@@ -22,7 +22,7 @@ from smoothnorm.plots.style import (
     _probe,
     moving_average,
 )
-from smoothnorm.results import RunResult
+from smoothnorm.runs.store import RunResult
 
 
 def _series(run: RunResult, probe: str, key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.lines import Line2D
 
-from smoothnorm.results import RunResult
+from smoothnorm.runs.store import RunResult
 
 # The paper draws the standard network in blue and the BatchNorm network in red/orange (Figs 1-5).
 KNOWN_COLORS: dict[str, str] = {

@@ -2,7 +2,7 @@
 learning rate, the one-step relative loss against the learning rate, and the gradient's distribution at
 initialization. Registered in smoothnorm.plots.panels.PANELS.
 
-A run of a learning-rate sweep is labelled "<group> @ lr=<lr>" (smoothnorm.spec.sweep_label); these panels draw one
+A run of a learning-rate sweep is labelled "<group> @ lr=<lr>" (smoothnorm.runs.spec.sweep_label); these panels draw one
 line per group. Probes at initialization see the same weights and batch in every run of a group (the learning rate
 has not acted yet), so the probe panels draw each group's first run (smallest learning rate, lowest seed).
 """
@@ -26,9 +26,9 @@ from smoothnorm.plots.style import (
     _seed_note,
     _seed_of,
 )
-from smoothnorm.results import RunResult
-from smoothnorm.spec import SWEEP_SEPARATOR
-from smoothnorm.sweeps import stable_rate, sweep_point
+from smoothnorm.runs.schema import SWEEP_SEPARATOR
+from smoothnorm.runs.store import RunResult
+from smoothnorm.runs.sweeps import stable_rate, sweep_point
 
 LR_LABEL = "learning rate"
 
@@ -71,7 +71,7 @@ def draw_lr_sweep(
     """Final training accuracy (mean over the last `window` fraction of steps) against the learning rate, log x, one
     line per sweep group (median over seeds, diverged seeds left out). Diverged runs are x at 0%; the dashed line is
     the `criterion` a run must exceed to train, and a star marks each seed's largest stable learning rate (at the
-    line's height; smoothnorm.sweeps)."""
+    line's height; smoothnorm.runs.sweeps)."""
     runs = _check_runs(runs)
     criterion = _fraction("criterion", criterion, closed_low=True)
     window = _fraction("window", window, closed_low=False)

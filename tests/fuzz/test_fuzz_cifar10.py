@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import smoothnorm.data.cifar10 as cifar10
 from smoothnorm.data import load_cifar10
 from smoothnorm.data._io import ChecksumError
-from tests.data.conftest import FakeCifar
+from tests.helpers import FakeCifar
 
 from .conftest import budget, count, fuzz_settings
 

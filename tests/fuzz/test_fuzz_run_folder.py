@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from smoothnorm.results import (
+from smoothnorm.runs.store import (
     CHECKPOINT,
     PREVIOUS_CHECKPOINT,
     RunFileError,

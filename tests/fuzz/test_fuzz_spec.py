@@ -13,7 +13,8 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smoothnorm.spec import BASE_KEYS, SpecError, load_spec, merge_runs
+from smoothnorm.runs.schema import BASE_KEYS, SpecError
+from smoothnorm.runs.spec import load_spec, merge_runs
 
 from .conftest import budget, count, fuzz_settings
 

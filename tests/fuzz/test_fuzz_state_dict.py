@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smoothnorm import models
+from smoothnorm.nn import models
 
 from .conftest import budget, count, fuzz_settings
 

@@ -39,10 +39,21 @@ def test_digest_changes_with_any_kernel_source(tmp_path):
     assert kernels._source_digest(tmp_path) != before
 
 
-def test_the_package_cache_folder_carries_the_current_stamp():
-    folder = Path(kernels.__file__).parent
-    cache_dir = kernels._kernel_cache_dir()
+def test_digest_covers_the_subfolders(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
+    before = kernels._source_digest(tmp_path)
+    (tmp_path / "sub" / "b.py").write_text("y = 3\n")
+    assert kernels._source_digest(tmp_path) != before
+
+
+@pytest.mark.parametrize("folder", kernels._kernel_folders(), ids=lambda p: p.name)
+def test_every_kernel_cache_folder_carries_the_current_stamp(folder):
+    assert {p.name for p in kernels._kernel_folders()} >= {"kernels", "conv", "norm"}
+    cache_dir = kernels._kernel_cache_dir(folder / "__init__.py")
     assert cache_dir is not None
     if not os.access(cache_dir, os.W_OK):
         pytest.skip(f"Numba cache folder {cache_dir} is read-only")
-    assert (cache_dir / kernels._STAMP).read_text().strip() == kernels._source_digest(folder)
+    digest = kernels._source_digest(Path(kernels.__file__).parent)
+    assert (cache_dir / kernels._STAMP).read_text().strip() == digest

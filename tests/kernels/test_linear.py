@@ -3,7 +3,7 @@ import pytest
 
 from smoothnorm.kernels import linear
 from smoothnorm.kernels.linear import linear_backward, linear_forward
-from tests.kernels.threads import assert_same_at_thread_counts
+from tests.helpers import assert_same_at_thread_counts
 from tests.reference import central_difference, linear_ref, relative_error
 
 SHAPES = [(1, 1, 1), (5, 7, 3), (16, 33, 10), (3, 4, 300)]  # (N, in, out); out=300 spans two column blocks

@@ -7,7 +7,7 @@ from smoothnorm.kernels.loss import (
     squared_error_backward,
     squared_error_forward,
 )
-from tests.kernels.threads import assert_same_at_thread_counts
+from tests.helpers import assert_same_at_thread_counts
 from tests.reference import central_difference, relative_error, softmax_cross_entropy_ref, squared_error_ref
 
 CE_SHAPES = [(1, 1), (1, 3), (8, 10), (33, 7)]

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from smoothnorm import models
 from smoothnorm.measure._common import _SUM_BLOCK, _distance64, _move_to, _norm64, _pair_sums
-from tests.kernels.threads import assert_same_at_thread_counts
+from smoothnorm.nn import models
+from tests.helpers import assert_same_at_thread_counts
 
 SIZES = [0, 1, 2, 3, 7, _SUM_BLOCK - 1, _SUM_BLOCK, 3 * _SUM_BLOCK + 5]
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from smoothnorm import measure, models
+from smoothnorm import measure
+from smoothnorm.nn import models
 from tests.reference import assert_unchanged, snapshot
 
 

@@ -6,13 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from smoothnorm import models
 from smoothnorm.measure.gradient_explosion import (
     fit_log_growth,
     init_gradient_norms,
     large_batch_rate,
     weight_gradient_norms,
 )
+from smoothnorm.nn import models
 from tests.reference import (
     assert_unchanged,
     central_difference,

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from scipy.sparse.linalg import LinearOperator
 
-from smoothnorm import measure, models
-from tests.measure.conftest import linear_model, regression_batch
+from smoothnorm import measure
+from smoothnorm.nn import models
+from tests.helpers import linear_model, regression_batch
 from tests.reference import (
     assert_unchanged,
     dense_hessian_reference,

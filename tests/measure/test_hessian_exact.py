@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from smoothnorm import measure, models
+from smoothnorm import measure
+from smoothnorm.nn import models
 
 torch = pytest.importorskip("torch")
 from tests.torch_twin import TorchHessian  # noqa: E402

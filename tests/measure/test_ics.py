@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from smoothnorm import measure, models, optim
-from tests.measure.conftest import regression_batch, stepped
+from smoothnorm import measure, optim
+from smoothnorm.nn import models
+from tests.helpers import regression_batch, stepped
 from tests.reference import assert_unchanged, ics_brute_force, snapshot
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import smoothnorm
-from smoothnorm import measure, models, nn, optim
-from tests.measure.conftest import linear_model, regression_batch, stepped
+from smoothnorm import measure, nn, optim
+from smoothnorm.nn import models
+from tests.helpers import linear_model, regression_batch, stepped
 from tests.reference import assert_unchanged, linear_regression_hessian, relative_error, snapshot
 
 

@@ -4,7 +4,8 @@ the points the probe visits: loss and gradient distance at w - eta g for every e
 import numpy as np
 import pytest
 
-from smoothnorm import measure, models
+from smoothnorm import measure
+from smoothnorm.nn import models
 
 torch = pytest.importorskip("torch")
 from tests.torch_twin import loaded_twin, run_torch, set_mode  # noqa: E402

@@ -4,9 +4,10 @@ lambda_k, the gradient's share in the top-k eigenspace, and the SLQ density's no
 import numpy as np
 import pytest
 
-from smoothnorm import measure, models
+from smoothnorm import measure
 from smoothnorm.measure.spectrum import gradient_share, hessian_spectrum, top_eigenpairs
-from smoothnorm.norm_layers import refresh_population_statistics
+from smoothnorm.nn import models
+from smoothnorm.nn.norms.batch import refresh_population_statistics
 
 
 def _mlp_case(norm, rng):

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from smoothnorm import models
 from smoothnorm.measure.stability import (
     excess_kurtosis,
     gradient_statistics,
     one_step_relative_loss,
     standardized_edges,
 )
+from smoothnorm.nn import models
 from tests.reference import (
     assert_unchanged,
     batch_norm_train_reference,

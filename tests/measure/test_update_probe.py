@@ -6,7 +6,7 @@ import pytest
 from smoothnorm import measure, optim
 from smoothnorm.data import gaussian_regression, normalize_inputs
 from smoothnorm.measure import conditioning
-from tests.measure.conftest import linear_model, regression_batch
+from tests.helpers import linear_model, regression_batch
 from tests.reference import assert_unchanged, linear_regression_hessian, snapshot
 
 
