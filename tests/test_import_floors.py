@@ -1,0 +1,71 @@
+"""The package's imports run one way, down the floors of DESIGN.md: a module imports only from its own floor or
+below (module-level and function-level imports alike)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import smoothnorm
+
+PACKAGE = Path(smoothnorm.__file__).parent
+
+# Floors, lowest first (DESIGN.md's, read bottom up); a module belongs to the floor of the longest prefix naming it.
+FLOORS = [
+    ("smoothnorm.kernels", "smoothnorm._validate"),
+    ("smoothnorm.nn",),
+    ("smoothnorm.nn.models", "smoothnorm.optim", "smoothnorm.data", "smoothnorm.runs.store", "smoothnorm.testing"),
+    ("smoothnorm.measure",),
+    ("smoothnorm.train",),
+    # The claim vocabulary and its parser import nothing of ours: the spec loader checks a spec's claims with them.
+    ("smoothnorm.runs", "smoothnorm.claims.parse"),
+    ("smoothnorm.runs.executors", "smoothnorm.plots", "smoothnorm.claims", "smoothnorm.torch"),
+    ("smoothnorm.cli",),
+]
+
+
+def floor_of(module: str) -> int:
+    best, floor = -1, None
+    for level, prefixes in enumerate(FLOORS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, floor = len(prefix), level
+    if floor is None:
+        raise AssertionError(f"{module}: on no floor; add it to FLOORS (and to DESIGN.md)")
+    return floor
+
+
+def modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if name != "smoothnorm":
+            yield name, path
+
+
+def imported(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("smoothnorm"):
+            if node.module == "smoothnorm":
+                found.update(f"smoothnorm.{a.name}" for a in node.names if a.name not in ("__version__", "NORMS"))
+            else:
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("smoothnorm."))
+    return found
+
+
+@pytest.mark.parametrize("name,path", list(modules()), ids=lambda v: v if isinstance(v, str) else "")
+def test_imports_run_down_the_floors(name, path):
+    mine = floor_of(name)
+    upward = sorted(m for m in imported(path) if floor_of(m) > mine)
+    assert not upward, f"{name} (floor {mine}) imports from higher floors: {upward}"
+
+
+def test_every_floor_names_an_existing_module():
+    names = {name for name, _ in modules()}
+    for prefixes in FLOORS:
+        for prefix in prefixes:
+            if prefix not in ("smoothnorm.testing", "smoothnorm.torch"):  # the checking kit and the torch wrapper
+                assert prefix in names, prefix
