@@ -10,14 +10,14 @@ on one layer but slower through a 25-layer chain: every product then read the ot
 25-layer 10x10 deep linear network, 1000 samples, float64, 2 cores: forward pass 330 us against 410 us with NumPy
 calls, backward pass 320 us against 410 us.
 
-Mid-sized products (up to _BLAS_THREADS_MIN_MACS) run their NumPy call with BLAS held at one thread. Threaded, the
-BLAS leaves its worker threads spinning after the call (OpenBLAS waits about 0.1 s before they sleep), and the next
-Numba parallel region waits for a core: measured on the 2-core EPYC, a 128 x 512 x 10 np.matmul (VGG's classifier)
-followed by any small Numba parallel kernel took 8.0 ms, against 24 us with the BLAS on one thread. In a VGG train
-step every linear layer's forward and backward paid it.
+Larger products run their NumPy call with BLAS held at one thread, for two reasons. Results: a threaded OpenBLAS
+GEMM is not always the same bits as its serial one (SciPy's OpenBLAS 0.3.30 dgemm at 3 threads differed from 1 on a
+128 x 128 x 128 product), and results must not depend on the thread count. Speed: threaded, the BLAS leaves its
+worker threads spinning after the call (OpenBLAS waits about 0.1 s before they sleep), and the next Numba parallel
+region waits for a core: a 128 x 512 x 10 np.matmul (VGG's classifier) followed by any small Numba parallel kernel
+took 8.0 ms on a 2-core machine, against 24 us with the BLAS on one thread. Products of more than about 2^28
+multiply-adds (far beyond this toolkit's networks) would gain from a second core; they run on one.
 """
-
-import contextlib
 
 import numpy as np
 from numba import njit, prange
@@ -33,9 +33,6 @@ _COLUMN_BLOCK = 256
 # At most this many multiply-adds (N * in * out): one BLAS call per Numba thread (see the module docstring). It is
 # OpenBLAS's own limit below which a GEMM runs on one thread (65536 * GEMM_MULTITHREAD_THRESHOLD 4).
 _SMALL_MACS = 1 << 18
-# Below this many multiply-adds the NumPy call runs with BLAS on one thread (module docstring): a 2^28 product takes
-# about 15 ms on one core of that machine, so above it a second BLAS thread saves more than the 8 ms stall it costs.
-_BLAS_THREADS_MIN_MACS = 1 << 28
 # Row parts of a small product (a constant, so results do not depend on the thread count); below _SPLIT_MIN_MACS
 # multiply-adds one part: waking a second thread (~2 us) would cost more than it saves.
 _SMALL_PARTS = 2
@@ -144,11 +141,6 @@ def _small_backward(dy, x, weight, has_bias, need_dx, parts, dweight, dbias, dx)
         _add_shares(db_parts, 0, n_out, dbias)
 
 
-def _blas_threads(macs: int):
-    """The context for a NumPy product of `macs` multiply-adds: BLAS on one thread below _BLAS_THREADS_MIN_MACS."""
-    return _single_threaded_blas if macs < _BLAS_THREADS_MIN_MACS else contextlib.nullcontext()
-
-
 def _parts(n: int, macs: int) -> int:
     """Row parts of a small product: _SMALL_PARTS, or one when that would cost more than it saves. Depends on the
     shape only, and forward and backward split alike (each thread then finds its rows in its own cache)."""
@@ -177,7 +169,7 @@ def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = 
         # BLAS is slower on a transposed operand at these sizes; the copy of W.T costs under a microsecond.
         _small_forward(x, np.ascontiguousarray(weight.T), bias if has_bias else y[0], has_bias, _parts(n, macs), y)
         return y
-    with _blas_threads(macs):
+    with _single_threaded_blas:
         y = np.matmul(x, weight.T)
     if bias is not None:
         _add_bias(y, bias)
@@ -219,7 +211,7 @@ def linear_backward(
             dweight[...] = dw
         return dx if need_dx else None
     # dy.T is a transposed view: BLAS reads it with a transpose flag, no copy.
-    with _blas_threads(macs):
+    with _single_threaded_blas:
         np.matmul(dy.T, x, out=dweight)
         dx = np.matmul(dy, weight) if need_dx else None
     if dbias is not None:

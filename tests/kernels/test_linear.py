@@ -290,9 +290,11 @@ def test_chain_kernels_match_layer_by_layer_and_check_their_arguments(rng):
         linear.linear_chain_backward(dy, x, [o.copy() for o in outs], params, grads, w_off, b_off, dims, 1)
 
 
-def test_mid_sized_products_hold_blas_at_one_thread_and_restore_it(monkeypatch):
-    """The NumPy products of linear_forward/backward run with every OpenBLAS at one thread below
-    _BLAS_THREADS_MIN_MACS (a threaded BLAS stalls the next Numba region), and the thread counts come back after."""
+@pytest.mark.parametrize("shape", [(128, 512, 10), (1024, 512, 600)], ids=["mid-sized", "large"])
+def test_products_hold_blas_at_one_thread_and_restore_it(monkeypatch, shape):
+    """The NumPy products of linear_forward/backward run with every OpenBLAS at one thread, whatever their size (a
+    threaded BLAS stalls the next Numba region, and its bits may change with the thread count), and the thread
+    counts come back after."""
     from smoothnorm.kernels import _blas, linear
 
     controls = _blas._SingleThreadedBlas()._find()
@@ -311,8 +313,9 @@ def test_mid_sized_products_hold_blas_at_one_thread_and_restore_it(monkeypatch):
     monkeypatch.setattr(linear.np, "matmul", spy)
     before = [getter() for getter, _ in controls]
     rng = np.random.default_rng(0)
-    x, w = rng.standard_normal((128, 512)), rng.standard_normal((10, 512))
-    linear.linear_forward(x, w)  # 655,360 multiply-adds: above _SMALL_MACS, below _BLAS_THREADS_MIN_MACS
-    linear.linear_backward(rng.standard_normal((128, 10)), x, w, np.empty((10, 512)))
+    n, n_in, n_out = shape  # both above _SMALL_MACS; the second above 2^28 multiply-adds
+    x, w = rng.standard_normal((n, n_in)), rng.standard_normal((n_out, n_in))
+    linear.linear_forward(x, w)
+    linear.linear_backward(rng.standard_normal((n, n_out)), x, w, np.empty((n_out, n_in)))
     assert len(seen) == 3 and all(all(n == 1 for n in counts) for counts in seen), seen
     assert [getter() for getter, _ in controls] == before

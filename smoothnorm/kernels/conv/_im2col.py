@@ -7,7 +7,6 @@ and, in its docstring, the method.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -177,12 +176,23 @@ _TARGET_COLUMNS = 512
 # Calls with fewer multiply-adds than this run as one serial worker: starting the thread team costs more than it
 # saves (and much more on a loaded machine, where waking the second thread can take milliseconds).
 _PARALLEL_MIN_MACS = 1 << 20
+# The batch is split into this many blocks of samples (fewer for smaller batches), whatever the thread count: each
+# block is one work item with its own partial weight gradient, the partials are merged in block order, and threads
+# only choose which blocks they run, so results are the same bits at any thread count. Four keeps up to four
+# threads busy; each block costs its own workspace and partial (Winograd's weight gradient partial is 36 C_out C_in
+# values), so more blocks cost memory and merging on every machine.
+WORK_BLOCKS = 4
+
+
+def work_blocks(n: int, parallel: bool) -> int:
+    """The number of sample blocks a convolution over a batch of n splits into: a function of the shape only."""
+    return max(1, min(n, WORK_BLOCKS)) if parallel else 1
 
 
 def _plan(n: int, k: int, c_out: int, pixels: int, itemsize: int) -> tuple[int, int, bool]:
-    """(workers, samples per sub-chunk, parallel): depends on the shape and thread count only."""
+    """(blocks of samples, samples per sub-chunk, parallel): depends on the shape only, never on the thread count."""
     parallel = n * k * c_out * pixels >= _PARALLEL_MIN_MACS and _single_threaded_blas.available()
-    workers = max(1, min(n, numba.get_num_threads())) if parallel else 1
+    workers = work_blocks(n, parallel)
     per_worker = -(-n // workers)
     if pixels >= _DIRECT_PIXELS:
         return workers, 1, parallel

@@ -6,8 +6,9 @@ like weight.reshape(C_out, K), column b*P + p for output pixel p of sample b, th
     forward:  Y = W @ cols                                      (C_out, nb*P) -> NCHW, plus bias
     backward: dW_worker (+)= dY @ cols.T;  dcols = W.T @ dY;  dx = col2im(dcols)
 With nb == 1 the (C_out, P) matrices are y[n] and dy[n] themselves, so large images need no layout copies.
-dW partials are merged in worker order, so results repeat to the bit for a given thread count. The work split, the
-workers, their parallel drivers and the serial blocks they run (im2col, col2im, the bias gradient's row sums) live
+dW partials are merged in worker order, and the workers are a fixed number of sample blocks (_im2col.WORK_BLOCKS,
+not the thread count), so results are the same bits at any thread count. The work split, the workers, their
+parallel drivers and the serial blocks they run (im2col, col2im, the bias gradient's row sums) live
 in kernels/conv/_im2col.py; this module has the public functions, their checks and the choice of algorithm.
 
 Why workers call a single-threaded BLAS instead of one multithreaded GEMM at Python level: on this 2-core target,
@@ -163,11 +164,13 @@ def conv2d_forward(
     workers, nb, parallel = _plan(n, k, c_out, pixels, x.itemsize)
     cols_ws = scratch("conv.cols", (workers, k * nb * pixels), x.dtype)
     mat_ws = scratch("conv.mat", (workers, c_out * nb * pixels if nb > 1 else 0), x.dtype)
-    if parallel:
-        with _single_threaded_blas:
+    # BLAS on one thread in the serial path too: OpenBLAS threads GEMMs above 2^18 multiply-adds, and its
+    # threaded GEMMs are not always the same bits as its serial ones.
+    with _single_threaded_blas:
+        if parallel:
             _forward_parallel(_SGEMM, _DGEMM, x, w2, bias, y, workers, nb, geom, cols_ws, mat_ws)
-    else:
-        _forward_worker(_SGEMM, _DGEMM, x, w2, bias, y, 0, n, nb, geom, cols_ws[0], mat_ws[0])
+        else:
+            _forward_worker(_SGEMM, _DGEMM, x, w2, bias, y, 0, n, nb, geom, cols_ws[0], mat_ws[0])
     return y
 
 
@@ -235,13 +238,14 @@ def conv2d_backward(
     dw_ws = scratch("conv.dw", (workers, c_out, k), x.dtype)
     db_ws = scratch("conv.db", (workers, c_out), np.float64)
     args = (dy, x, w2, dw_ws, db_ws, dx, bool(need_dx))
-    if parallel:
-        with _single_threaded_blas:
+    with _single_threaded_blas:
+        if parallel:
             _backward_parallel(_SGEMM, _DGEMM, *args, workers, nb, geom, cols_ws, mat_ws)
-    else:
-        _backward_worker(
-            _SGEMM, _DGEMM, dy, x, w2, dw_ws[0], db_ws[0], dx, bool(need_dx), 0, n, nb, geom, cols_ws[0], mat_ws[0]
-        )
+        else:
+            _backward_worker(
+                _SGEMM, _DGEMM, dy, x, w2, dw_ws[0], db_ws[0], dx, bool(need_dx), 0, n, nb, geom, cols_ws[0],
+                mat_ws[0]
+            )
     if workers == 1:
         dweight[...] = dw_ws[0].reshape(weight.shape)
     elif dweight.flags.c_contiguous:

@@ -9,7 +9,8 @@ below. F(4x4) does 36 multiplies per 16 outputs and channel pair where im2col do
 - input gradient: the same forward on dy, with the kernel rotated 180 degrees and its channels swapped;
 - weight gradient: the adjoint of the forward, dW = G^T [ sum over tiles (A dy A^T) (.) (B^T d B) ] G: per point,
   dW^[xi] (C_out, C_in) += dY^[xi] (C_out, T) @ V[xi]^T, then the inverse transform (in float64, after the workers'
-  partials are summed in worker order, so results repeat to the bit for a given thread count).
+  partials are summed in worker order; the workers are a fixed number of image blocks, _im2col.WORK_BLOCKS, not
+  the thread count, so results are the same bits at any thread count).
 Weights are transformed once per call, in float64, then rounded to the working dtype.
 
 Work is split like conv.py's im2col: each worker owns a contiguous block of samples and walks it in tile groups
@@ -24,12 +25,12 @@ tests/kernels/test_winograd.py): see docs/PROTOCOL.md, "Convolution algorithms".
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from smoothnorm.kernels._blas import _DGEMM, _SGEMM, _gemm, _single_threaded_blas
 from smoothnorm.kernels._checks import _check_output, _float_array, _output_array
+from smoothnorm.kernels.conv._im2col import work_blocks
 from smoothnorm.kernels.conv._scratch import scratch
 from smoothnorm.kernels.conv._winograd_transforms import (
     _gradient_transform,
@@ -152,7 +153,8 @@ def _weight_parallel(sgemm, dgemm, dy, x, dw_ws, m, workers, nb, trows, v_ws, e_
 
 
 def _plan(n: int, h: int, w: int, c_a: int, c_b: int, m: int, itemsize: int) -> tuple[int, int, int, bool]:
-    """(workers, images per group, tile rows per group, parallel) from the shape and thread count (never timing).
+    """(blocks of images, images per group, tile rows per group, parallel) from the shape only (never the thread
+    count, never timing): see _im2col.WORK_BLOCKS.
 
     A group holds whole images when one image has at most the target count of tiles, else one image's tile rows.
     """
@@ -160,7 +162,7 @@ def _plan(n: int, h: int, w: int, c_a: int, c_b: int, m: int, itemsize: int) -> 
     tiles_h, tiles_w = -(-h // m), -(-w // m)
     per_image = tiles_h * tiles_w
     parallel = n * per_image * a2 * c_a * c_b >= _PARALLEL_MIN_MACS and _single_threaded_blas.available()
-    workers = max(1, min(n, numba.get_num_threads())) if parallel else 1
+    workers = work_blocks(n, parallel)
     images = -(-n // workers)
     # Every group streams the transformed weights (forward) or updates the transformed weight gradient: a group at
     # least that large keeps their traffic no bigger than the group's own.
@@ -208,11 +210,11 @@ def _run_forward(x: np.ndarray, u: np.ndarray, bias: np.ndarray, y: np.ndarray, 
     c_out = u.shape[1]
     workers, nb, trows, parallel = _plan(n, h, w, c_in, c_out, m, x.itemsize)
     ws = _workspaces(workers, nb, trows, m, w, c_in, c_out, x.dtype)
-    if parallel:
-        with _single_threaded_blas:
+    with _single_threaded_blas:  # in the serial path too: threaded GEMMs are not always the serial ones' bits
+        if parallel:
             _forward_parallel(_SGEMM, _DGEMM, x, u, bias, y, m, workers, nb, trows, *ws)
-    else:
-        _forward_worker(_SGEMM, _DGEMM, x, u, bias, y, m, 0, n, nb, trows, *(a[0] for a in ws))
+        else:
+            _forward_worker(_SGEMM, _DGEMM, x, u, bias, y, m, 0, n, nb, trows, *(a[0] for a in ws))
 
 
 def winograd_forward(
@@ -300,11 +302,11 @@ def winograd_backward_weight(dy: np.ndarray, x: np.ndarray, dweight: np.ndarray,
     workers, nb, trows, parallel = _plan(max(n, 1), h, w, c_in, c_out, m, x.itemsize)
     ws = _workspaces(workers, nb, trows, m, w, c_in, c_out, x.dtype)
     dw_ws = scratch("winograd.dw", (workers, a2, c_out, c_in), x.dtype)
-    if parallel:
-        with _single_threaded_blas:
+    with _single_threaded_blas:
+        if parallel:
             _weight_parallel(_SGEMM, _DGEMM, dy, x, dw_ws, m, workers, nb, trows, *ws)
-    else:
-        _weight_worker(_SGEMM, _DGEMM, dy, x, dw_ws[0], m, 0, n, nb, trows, *(a[0] for a in ws))
+        else:
+            _weight_worker(_SGEMM, _DGEMM, dy, x, dw_ws[0], m, 0, n, nb, trows, *(a[0] for a in ws))
     if dweight.flags.c_contiguous:
         _inverse_weight_transform(dw_ws, m, dweight)
     else:
