@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sys
+from pathlib import Path
 
 
 def _info(args) -> int:
@@ -117,36 +118,67 @@ def _list(args) -> int:
     return 0
 
 
-def _run(args) -> int:
+def _variant(args, specs) -> str:
+    """'' when this command's results may take the published names in the figures folder (an explicit --figures
+    always may), else a name saying what differs from the published entries (claims.report.variant_name)."""
+    if getattr(args, "figures_explicit", True):
+        return ""
+    from smoothnorm.claims.report import variant_name
+
+    seeds = {spec.name: {int(run.settings["seed"]) for run in spec.runs} for spec in specs}
+    return variant_name(args.figures, args.profile, args.set, _runs_root_setting(args), seeds)
+
+
+def _runs_root_setting(args) -> str | None:
+    """--runs when it names another folder than the profile's default ($SMOOTHNORM_RUNS or ./runs), else None."""
+    default = Path(os.environ.get("SMOOTHNORM_RUNS", "runs"))
+    if args.runs and Path(args.runs).resolve() != default.resolve():
+        return str(args.runs)
+    return None
+
+
+def _draw(specs, root, args, variant: str) -> None:
     from smoothnorm import plots
+
+    for spec in specs:
+        for path in plots.draw_spec(spec, root, args.figures, variant):
+            print(path)
+
+
+def _say_variant(args, variant: str) -> None:
+    if variant:
+        _progress(f"these results differ from the published ones in {args.figures}/ ({variant}): figures and claims "
+                  f"are written under names with .{variant}; pass --figures DIR to write them elsewhere")
+
+
+def _run(args) -> int:
     from smoothnorm.runs import runner
 
     specs = _specs(args, args.spec)
     root = runner.results_root(args.runs, args.profile)
+    variant = _variant(args, specs)
     _execute(args, specs, root)
     if not args.no_plot:
-        for spec in specs:
-            for path in plots.draw_spec(spec, root, args.figures):
-                print(path)
+        _draw(specs, root, args, variant)
     _stable_rates(specs, root)
-    _verdicts(specs, root, args)
+    _verdicts(specs, root, args, variant)
+    _say_variant(args, variant)
     return 0
 
 
 def _reproduce(args) -> int:
-    from smoothnorm import plots
     from smoothnorm.runs import runner
 
     specs = _specs(args, args.only.split(",") if args.only else None)
     root = runner.results_root(args.runs, args.profile)
+    variant = _variant(args, specs)
     t0 = __import__("time").perf_counter()
     _execute(args, specs, root)
-    for spec in specs:
-        for path in plots.draw_spec(spec, root, args.figures):
-            print(path)
+    _draw(specs, root, args, variant)
     _progress(f"reproduce: {len(specs)} figures in {__import__('time').perf_counter() - t0:.0f}s")
     _stable_rates(specs, root)
-    _verdicts(specs, root, args)
+    _verdicts(specs, root, args, variant)
+    _say_variant(args, variant)
     return 0
 
 
@@ -160,17 +192,24 @@ def _stable_rates(specs, root) -> None:
                                                                  spec.sweep["criterion"], spec.sweep["window"]))
 
 
-def _verdicts(specs, root, args) -> list:
-    """Evaluate the specs' claims on the stored runs, print the verdicts, write CLAIMS.md and claims.json."""
+def _verdicts(specs, root, args, variant: str) -> list:
+    """Evaluate the specs' claims on the stored runs, print the verdicts, write CLAIMS.md and claims.json (under
+    the variant's names when it is not ''), and warn when the runs come from different commits or a modified tree."""
     from smoothnorm.claims import evaluate as claims_eval
     from smoothnorm.claims import report as claims_report
+    from smoothnorm.runs.provenance import mixed_note
 
     results = [r for spec in specs for r in claims_eval.evaluate_spec(spec, root)]
     if not results:
         return results
     print(claims_report.verdict_table(results))
-    for path in claims_report.write_claims(results, args.figures, profile=args.profile):
+    settings = {k: v for k, v in (("overrides", list(args.set)), ("runs_root", _runs_root_setting(args))) if v}
+    for path in claims_report.write_claims(results, args.figures, profile=args.profile, variant=variant,
+                                           settings=settings):
         print(path)
+    note = mixed_note([p for r in results for p in r.provenance.values()])
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     return results
 
 
@@ -187,21 +226,21 @@ def _claims(args) -> int:
             print(table, end="")
         return 0
     specs = _specs(args, args.only.split(",") if args.only else None)
-    results = _verdicts(specs, runner.results_root(args.runs, args.profile), args)
+    variant = _variant(args, specs)
+    results = _verdicts(specs, runner.results_root(args.runs, args.profile), args, variant)
+    _say_variant(args, variant)
     if not results:
         print("no claims in the chosen specs", file=sys.stderr)
     return 0
 
 
 def _plot(args) -> int:
-    from smoothnorm import plots
     from smoothnorm.runs import runner
 
     specs = _specs(args, args.only.split(",") if args.only else None)
-    root = runner.results_root(args.runs, args.profile)
-    for spec in specs:
-        for path in plots.draw_spec(spec, root, args.figures):
-            print(path)
+    variant = _variant(args, specs)
+    _draw(specs, runner.results_root(args.runs, args.profile), args, variant)
+    _say_variant(args, variant)
     return 0
 
 
@@ -219,7 +258,9 @@ def _add_common(p, *, spec_selection: bool = True) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a [base] setting for every run, e.g. --set steps=200 (repeatable)")
     p.add_argument("--runs", default=None, help="folder for run directories (default: $SMOOTHNORM_RUNS or ./runs)")
-    p.add_argument("--figures", default="figures", help="folder for figures (default: ./figures)")
+    p.add_argument("--figures", default=None,
+                   help="folder for figures and claims (default: ./figures, where results of --set overrides, "
+                        "another --runs folder or fewer seeds than the published entries get their own names)")
     p.add_argument("--specs", default=None, help="folder of spec files (default: ./experiments)")
     p.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="run every run for N seeds (base seed .. base seed + N - 1); overrides a spec's seeds")
@@ -298,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "figures"):
+        args.figures_explicit = args.figures is not None
+        args.figures = args.figures or "figures"
     _limit_threads_early(args)
     previous = _terminate_as_exit()
     try:

@@ -14,7 +14,8 @@ PACKAGE = Path(smoothnorm.__file__).parent
 FLOORS = [
     ("smoothnorm.kernels", "smoothnorm._validate"),
     ("smoothnorm.nn",),
-    ("smoothnorm.nn.models", "smoothnorm.optim", "smoothnorm.data", "smoothnorm.runs.store", "smoothnorm.testing"),
+    ("smoothnorm.nn.models", "smoothnorm.optim", "smoothnorm.data", "smoothnorm.runs.store",
+     "smoothnorm.runs.provenance", "smoothnorm.testing"),
     ("smoothnorm.measure",),
     ("smoothnorm.train",),
     # The claim vocabulary and its parser import nothing of ours: the spec loader checks a spec's claims with them.

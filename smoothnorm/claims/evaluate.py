@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from smoothnorm.claims.parse import QUANTITIES, SWEEP_QUANTITIES, Claim
+from smoothnorm.runs.provenance import run_provenance
+from smoothnorm.runs.schema import SWEEP_SEPARATOR
 from smoothnorm.runs.store import RunResult, load_run
 
 
@@ -137,6 +139,8 @@ class ClaimResult:
     spec: str
     claim: Claim
     outcomes: list[SeedOutcome] = field(default_factory=list)
+    # The provenance of every stored run the claim read (smoothnorm.runs.provenance.run_provenance), by run id.
+    provenance: dict[str, dict] = field(default_factory=dict)
 
     @property
     def seeds(self) -> list[int]:
@@ -161,19 +165,23 @@ class ClaimResult:
             "values": [o.values for o in self.outcomes],
             "notes": [o.note for o in self.outcomes],
             "verdict": self.verdict(),
+            "provenance": [self.provenance[k] for k in sorted(self.provenance)],
         }
 
 
-def _load(root: Path, run_spec, cache: dict) -> RunResult:
+def _load(root: Path, run_spec, cache: dict, used: dict | None = None) -> RunResult:
     path = Path(root) / run_spec.run_id
     if path not in cache:
         if not (path / "config.json").exists():
             raise Unavailable(f"run {run_spec.label!r} (seed {run_spec.settings['seed']}) has no results at {path}")
         cache[path] = load_run(path, label=run_spec.label)
+    if used is not None and path not in used:
+        used[path] = run_provenance(path)
     return cache[path]
 
 
-def _evaluate_seed(claim: Claim, runs: dict[str, Any], root: Path, cache: dict, seed: int) -> SeedOutcome:
+def _evaluate_seed(claim: Claim, runs: dict[str, Any], root: Path, cache: dict, seed: int,
+                   used: dict | None = None) -> SeedOutcome:
     labels = [claim.run] + ([claim.than] if claim.than else [])
     values: dict[str, float | None] = {label: None for label in labels}
     try:
@@ -181,7 +189,7 @@ def _evaluate_seed(claim: Claim, runs: dict[str, Any], root: Path, cache: dict, 
         for label in labels:
             if label not in runs:
                 raise Unavailable(f"no run {label!r} with seed {seed}")
-            result = _load(root, runs[label], cache)
+            result = _load(root, runs[label], cache, used)
             loaded[label] = result
             if result.status == "diverged":
                 if claim.if_diverged == "holds" and claim.than is None and label == claim.run:
@@ -238,10 +246,23 @@ def evaluate_spec(spec, root: str | os.PathLike) -> list[ClaimResult]:
     results = []
     for claim in spec.claims:
         result = ClaimResult(spec.name, claim)
+        used: dict = {}
         for seed in sorted(by_seed):
             if claim.quantity in SWEEP_QUANTITIES:
                 result.outcomes.append(_evaluate_sweep_seed(claim, rates.get(seed, {}), seed))
+                _sweep_provenance(claim, spec, seed, Path(root), used)
             else:
-                result.outcomes.append(_evaluate_seed(claim, by_seed[seed], Path(root), cache, seed))
+                result.outcomes.append(_evaluate_seed(claim, by_seed[seed], Path(root), cache, seed, used))
+        result.provenance = {p["run"]: p for p in used.values()}
         results.append(result)
     return results
+
+
+def _sweep_provenance(claim: Claim, spec, seed: int, root: Path, used: dict) -> None:
+    """The stored runs of the sweep groups a sweep claim reads, at one seed, into `used`."""
+    groups = [claim.run] + ([claim.than] if claim.than else [])
+    for run in spec.runs:
+        path = root / run.run_id
+        if (int(run.settings["seed"]) == seed and any(run.label.startswith(g + SWEEP_SEPARATOR) for g in groups)
+                and (path / "config.json").exists() and path not in used):
+            used[path] = run_provenance(path)

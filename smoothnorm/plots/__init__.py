@@ -18,6 +18,7 @@ import inspect
 import math
 import os
 import tempfile
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from smoothnorm.plots.sweeps import (
     draw_lr_sweep,
     draw_one_step_loss,
 )
+from smoothnorm.runs.provenance import mixed_note, run_provenance
 from smoothnorm.runs.store import RunResult, load_run
 
 __all__ = [
@@ -143,6 +145,7 @@ def draw_figure(
     out_base: str | os.PathLike,
     *,
     dpi: int = 150,
+    note: str | None = None,
 ) -> list[Path]:
     """Draw a figure of panels from runs and write `<out_base>.png` and `<out_base>.pdf`; returns both paths.
 
@@ -151,6 +154,7 @@ def draw_figure(
     label names all its runs "<group> @ lr=..."), **options of the kind}]}.
     runs: one per label, or one per (label, seed): curve panels then draw each label's median over seeds with a
     min-max band, and single-run panels (ridge, grad_vs_eta) the lowest seed (the title says which).
+    note: a line under the figure (the provenance warning of draw_spec).
     Each run keeps one colour (by label, `run_colors`) in every panel. Every option is validated before anything is
     written; files are replaced atomically, so a failure leaves earlier files untouched and no temporary files.
     """
@@ -206,6 +210,8 @@ def draw_figure(
                 ax.set_axis_off()
             if figure.get("title"):
                 fig.suptitle(str(figure["title"]))
+            if note:
+                fig.supxlabel(textwrap.fill(note, 40 * columns), fontsize=7, color="firebrick")
             return _save_atomically(fig, _output_base(out_base), dpi)
         finally:
             fig.clear()
@@ -222,8 +228,10 @@ def _expand_sweeps(wanted: list[str], labels: list[str]) -> list[str]:
     return out
 
 
-def draw_spec(spec, root: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """Draw a spec's figure (a smoothnorm.runs.spec.Spec) from its runs in `root` into out_dir/<name>.png, .pdf."""
+def draw_spec(spec, root: str | os.PathLike, out_dir: str | os.PathLike, variant: str = "") -> list[Path]:
+    """Draw a spec's figure (a smoothnorm.runs.spec.Spec) from its runs in `root` into out_dir/<name>.png, .pdf
+    (<name>.<variant>.png, .pdf for a variant). When the runs come from different commits or a modified tree, a
+    note under the figure says so (smoothnorm.runs.provenance)."""
     runs: list[RunResult] = []
     for run in spec.runs:
         path = Path(root) / run.run_id
@@ -236,4 +244,5 @@ def draw_spec(spec, root: str | os.PathLike, out_dir: str | os.PathLike) -> list
     figure["panels"] = [dict(p, **{k: v for k, v in spec.sweep.items() if k not in p})
                         if isinstance(p, Mapping) and p.get("kind") == "lr_sweep" else p
                         for p in figure.get("panels", [])]
-    return draw_figure(figure, runs, Path(out_dir) / spec.name)
+    note = mixed_note([run_provenance(r.path) for r in runs])
+    return draw_figure(figure, runs, Path(out_dir) / (f"{spec.name}.{variant}" if variant else spec.name), note=note)

@@ -21,6 +21,7 @@ import numpy as np
 
 from smoothnorm import __version__
 from smoothnorm.runs import leases
+from smoothnorm.runs.provenance import machine
 from smoothnorm.runs.setup import (
     _batch_fn,
     _eval_fn,
@@ -59,7 +60,7 @@ def environment() -> dict:
     env = {
         "smoothnorm": __version__, "python": platform.python_version(), "numpy": np.__version__,
         "scipy": scipy.__version__, "numba": numba.__version__, "numba_threads": numba.get_num_threads(),
-        "machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count(),
+        "machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count(), **machine(),
     }
     try:
         root = Path(__file__).resolve().parents[2]
@@ -182,7 +183,8 @@ def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Call
         })
     owner = lease.record
     _log_attempt(path, {"host": owner["host"], "pid": owner["pid"], "start": owner["start"], "from_step": trainer.step,
-                        "took_over": lease.took_over, "checkpoint": checkpoint.name if checkpoint else None})
+                        "took_over": lease.took_over, "checkpoint": checkpoint.name if checkpoint else None,
+                        "environment": environment()})
     probe_meta = {p.name: {"kind": type(p).__name__, **p.meta()} for p in trainer.probes}
     steps = s["steps"]
     every = s["checkpoint_every"] or steps
