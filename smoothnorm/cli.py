@@ -244,6 +244,15 @@ def _plot(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from smoothnorm.runs.frames import export
+
+    root = Path(args.runs or os.environ.get("SMOOTHNORM_RUNS", "runs"))
+    for path in export(args.out, root, args.spec, args.profile, args.format, specs_folder=args.specs):
+        print(path)
+    return 0
+
+
 def _data_fetch(args) -> int:
     from smoothnorm import data
 
@@ -326,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--link", default="figures/", help="prefix of figure links in --markdown (default: figures/)")
     _add_common(p)
     p.set_defaults(func=_claims)
+    p = sub.add_parser("export", help="write stored runs as tables (runs and probes; CSV or Parquet; needs pandas)")
+    p.add_argument("--profile", default="quick", choices=("tiny", "quick", "paper"),
+                   help="the profile whose runs to export (its folder under --runs)")
+    p.add_argument("--runs", default=None, help="folder of run directories (default: $SMOOTHNORM_RUNS or ./runs)")
+    p.add_argument("--spec", default=None, help="only this spec's runs, with a spec column (default: every run)")
+    p.add_argument("--specs", default=None, help="folder of spec files (default: ./experiments)")
+    p.add_argument("--format", default="csv", choices=("csv", "parquet"), help="file format (default: csv)")
+    p.add_argument("--out", required=True, help="folder for runs.<format> and probes.<format>")
+    p.set_defaults(func=_export)
     p = sub.add_parser("info", help="print versions, thread counts, Numba threading layer and BLAS")
     p.set_defaults(func=_info)
     p = sub.add_parser("data", help="data sets")
@@ -349,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: completed steps are checkpointed; run the same command again to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:

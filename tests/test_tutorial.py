@@ -31,7 +31,7 @@ def test_tutorial_has_its_sections_and_code():
     text = TUTORIAL.read_text()
     assert len(code_blocks(text)) >= 7
     for words in ("Gradient descent", "Standardizing the inputs", "before a sigmoid", "training and in testing",
-                  "ICS", "LayerNorm and InstanceNorm"):
+                  "ICS", "LayerNorm and InstanceNorm", "questions of stored runs"):
         assert words in text
 
 
@@ -44,3 +44,9 @@ def test_tutorial_code_runs(tmp_path, capsys):
     assert "condition" in printed and "% of sigmoid inputs" in printed
     # The tutorial's claims, checked on what it computed.
     assert namespace["c"].condition_number < 10  # the standardized features: the last one printed
+    # The stored-runs analysis: one row per norm, one column per seed, the step read back from the runs' metrics.
+    table, frame = namespace["table"], namespace["frame"]
+    assert sorted(table["norm"]) == sorted(["none", "batch", "l1", "l2", "linf"] * 2)
+    assert (frame.groupby("run_id")["step"].max() == 59).all()
+    reached = table.dropna()
+    assert len(reached) >= 2 and all(0 < step < 60 for step in reached["first_step"])
