@@ -162,8 +162,9 @@ def _read_folder(folder: Path, names: tuple[str, ...], verify: bool) -> list[tup
             check_md5(
                 path,
                 FILE_MD5[name],
-                "The file is corrupt or not the official one: delete it and extract "
-                "the archive again, or pass verify=False to read it anyway.",
+                "The file is corrupt or not the official one: delete it and extract the archive again (or "
+                "`smoothnorm data fetch`), or read it anyway with verify=False (Python) or `--set "
+                "data_verify=false` (a spec's runs).",
             )
         batches.append(_parse_batch(path.read_bytes(), str(path)))
     return batches
@@ -174,8 +175,9 @@ def _read_archive(archive: Path, names: tuple[str, ...], verify: bool) -> list[t
         check_md5(
             archive,
             ARCHIVE_MD5,
-            "The archive is incomplete or not the official one: delete it and "
-            "download it again (fetch_cifar10), or pass verify=False to read it anyway.",
+            "The archive is incomplete or not the official one: delete it and download it again "
+            "(`smoothnorm data fetch`, or fetch_cifar10), or read it anyway with verify=False (Python) or `--set "
+            "data_verify=false` (a spec's runs).",
         )
     raw: dict[str, bytes] = {}
     try:

@@ -50,6 +50,7 @@ BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     "conv_algorithm": (str, "auto", ("auto", "im2col", "winograd")),  # VGG convolutions (docs/PROTOCOL.md)
     "data": (str, "synthetic_images", ("cifar10", "synthetic_images", "gaussian_regression")),
     "data_root": (str, "", None),
+    "data_verify": (bool, True, None),  # check CIFAR-10's MD5s; false reads an unofficial copy, with a warning
     "n_train": (int, 5000, None),
     "n_test": (int, 1000, None),
     "dim": (int, 10, None),
@@ -89,7 +90,7 @@ _NON_IDENTITY = ("label", "checkpoint_every", "probe_every", "keep_checkpoint")
 # Keys added after runs were first stored: they enter a run's identity only when set away from their default, so
 # the identity (and the folder) of every earlier run stays the same.
 _LATER_KEYS = ("activation", "norm_position", "input_norm", "scale", "feature_scale_range", "class_colour",
-               "eval_batch_stats", "conv_algorithm", "loss", "train_subset")
+               "eval_batch_stats", "conv_algorithm", "loss", "train_subset", "data_verify")
 
 PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
     "landscape": {

@@ -6,6 +6,7 @@ smoothnorm.runs.runner executes a run from these (training, checkpoints, resumin
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -17,7 +18,7 @@ from smoothnorm.runs.spec import RunSpec
 
 @lru_cache(maxsize=4)
 def _raw_dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, data_root: str, scale: str,
-                 feature_scale_range: float, class_colour: float = 0.0):
+                 feature_scale_range: float, class_colour: float = 0.0, verify: bool = True):
     from smoothnorm import data
 
     if kind == "synthetic_images":
@@ -32,19 +33,23 @@ def _raw_dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int,
         from smoothnorm.data._io import data_home
 
         root = str(data_home())
-    xtr, ytr = data.load_cifar10(root, train=True, scale=scale)
-    xte, yte = data.load_cifar10(root, train=False, scale=scale)
+    if not verify:
+        print(f"warning: data_verify = false: reading CIFAR-10 from {root} without checking its MD5s; results may "
+              "not be comparable with runs on the official files", file=sys.stderr)
+    xtr, ytr = data.load_cifar10(root, train=True, scale=scale, verify=verify)
+    xte, yte = data.load_cifar10(root, train=False, scale=scale, verify=verify)
     return xtr, ytr, xte, yte
 
 
 @lru_cache(maxsize=4)
 def _dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, data_root: str, scale: str = "normalized",
-             feature_scale_range: float = 1.0, input_norm: str = "none", class_colour: float = 0.0):
+             feature_scale_range: float = 1.0, input_norm: str = "none", class_colour: float = 0.0,
+             verify: bool = True):
     """The run's data: (x_train, y_train, x_test, y_test), the input normalization fitted on x_train alone."""
     from smoothnorm.data import normalize_inputs
 
     xtr, ytr, xte, yte = _raw_dataset(kind, n_train, n_test, dim, data_seed, data_root, scale, feature_scale_range,
-                                      class_colour)
+                                      class_colour, verify)
     if input_norm != "none":
         if xte is None:
             (xtr,) = normalize_inputs(input_norm, xtr)
@@ -56,7 +61,8 @@ def _dataset(kind: str, n_train: int, n_test: int, dim: int, data_seed: int, dat
 def _run_dataset(s: dict):
     """The run's data; with train_subset, only the first train_subset training examples (a fixed subset)."""
     xtr, ytr, xte, yte = _dataset(s["data"], s["n_train"], s["n_test"], s["dim"], s["data_seed"], s["data_root"],
-                                  s["scale"], s["feature_scale_range"], s["input_norm"], s["class_colour"])
+                                  s["scale"], s["feature_scale_range"], s["input_norm"], s["class_colour"],
+                                  s.get("data_verify", True))
     subset = s.get("train_subset", 0)
     if subset:
         if subset > xtr.shape[0]:

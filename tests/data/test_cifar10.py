@@ -266,3 +266,19 @@ def test_real_cifar10_if_present():
     np.testing.assert_allclose(x.std(axis=(0, 2, 3)), cifar10.STD, atol=1e-7)
     x_test, y_test = load_cifar10(root, train=False)
     assert x_test.shape == (10000, 3, 32, 32) and np.bincount(y_test).tolist() == [1000] * 10
+
+
+def test_a_spec_can_read_an_unverified_copy_and_the_error_says_how(fake_cifar, capsys):
+    """The checksum error names the command-line way (`--set data_verify=false`), and that key reads the files
+    anyway, with a warning, in a run's data setup."""
+    from smoothnorm.runs.setup import _raw_dataset
+
+    folder = fake_cifar.write_folder()
+    _change_pixel_byte(folder / "data_batch_2")
+    args = ("cifar10", 0, 0, 0, 0, str(fake_cifar.root), "raw", 1.0, 0.0)
+    with pytest.raises(ChecksumError, match="--set data_verify=false") as info:
+        _raw_dataset.__wrapped__(*args, True)
+    assert "smoothnorm data fetch" in str(info.value)
+    xtr, ytr, xte, yte = _raw_dataset.__wrapped__(*args, False)
+    assert "data_verify = false" in capsys.readouterr().err
+    assert xtr.shape[0] == 5 * fake_cifar.raw["data_batch_1"][0].shape[0] and xte.shape[0] == yte.shape[0]
