@@ -30,7 +30,10 @@ VGG_CONFIGS: dict[str, list[int | str]] = {
 }
 
 
-def _check_norm(norm: str | None) -> None:
+def _check_norm(norm: str | type[Layer] | None) -> None:
+    """norm: None, a name from smoothnorm.NORMS, or a Layer subclass taking (num_features, **norm_options)."""
+    if isinstance(norm, type) and issubclass(norm, Layer):
+        return
     if norm is not None:
         choice("norm", norm, tuple(NORM_LAYERS))
 

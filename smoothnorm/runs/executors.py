@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -344,6 +345,11 @@ def run_specs(specs: list[Spec], root: Path, progress: Progress | None = None,
     from smoothnorm.runs.setup import check_norm_options
 
     runs = merge_runs(specs)
+    loaded = {}
     for run in runs:
         check_norm_options(run)
+        for kind, plugin in run.settings.get("plugin_files", {}).items():
+            loaded[(kind, plugin["ref"])] = plugin["file"]
+    for (kind, ref), file in sorted(loaded.items()):
+        print(f"plug-in {kind} {ref!r}: loaded from {file}", file=sys.stderr)
     return (executor or SequentialExecutor()).run(runs, root, progress)

@@ -13,6 +13,7 @@ import tomllib
 from typing import Any
 
 from smoothnorm import NORMS
+from smoothnorm.runs.plugins import entry_point_names, is_reference
 
 # The figure panel kinds a spec may name: the keys of smoothnorm.plots.PANELS, as plain names so that loading a spec
 # imports no matplotlib (a test holds the two equal).
@@ -86,7 +87,7 @@ BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     "keep_checkpoint": (bool, True, None),
 }
 # Keys that do not change what a run computes (excluded from its identity).
-_NON_IDENTITY = ("label", "checkpoint_every", "probe_every", "keep_checkpoint")
+_NON_IDENTITY = ("label", "checkpoint_every", "probe_every", "keep_checkpoint", "plugin_files")
 # Keys added after runs were first stored: they enter a run's identity only when set away from their default, so
 # the identity (and the folder) of every earlier run stays the same.
 _LATER_KEYS = ("activation", "norm_position", "input_norm", "scale", "feature_scale_range", "class_colour",
@@ -162,7 +163,10 @@ def _check_value(where: str, key: str, value, kind: type, _default, allowed) -> 
     if not ok:
         raise SpecError(f"{where}: key {key!r} expects {kind.__name__}, got {type(value).__name__} {value!r:.80}")
     if allowed is not None and value not in allowed:
-        raise SpecError(f"{where}: key {key!r} expects one of {list(allowed)}, got {value!r}")
+        if key == "norm" and (is_reference(value) or value in entry_point_names("norm")):
+            return value  # a plug-in: resolved (file found, hashed) by the spec loader, imported only by `run`
+        more = (" or a plug-in 'package.module:Name' / './file.py:Name'" if key == "norm" else "")
+        raise SpecError(f"{where}: key {key!r} expects one of {list(allowed)}{more}, got {value!r}")
     if kind is float and not math.isfinite(value):
         raise SpecError(f"{where}: key {key!r} expects a finite number, got {value!r}")
     return value
@@ -324,7 +328,7 @@ def _check_options(where: str, s: dict) -> None:
     except (TypeError, ValueError) as exc:
         raise SpecError(f"{where}: key 'optimizer_options' {s['optimizer_options']!r:.80} does not fit "
                         f"optimizer {s['optimizer']!r}: {exc}") from exc
-    if s["norm"] != "none":
+    if s["norm"] in NORM_OPTIONS:  # a plug-in's options are checked when it is loaded
         allowed = NORM_OPTIONS[s["norm"]]
         unknown = sorted(set(s["norm_options"]) - set(allowed))
         if unknown:

@@ -95,7 +95,7 @@ def _architecture(s: dict, input_shape: tuple[int, ...] | None):
     """The run's network with its model's default loss."""
     from smoothnorm.nn import models
 
-    norm = None if s["norm"] == "none" else s["norm"]
+    norm = None if s["norm"] == "none" else plugin_norm(s) or s["norm"]
     dtype = np.dtype(s["dtype"])
     common = {"norm": norm, "dtype": dtype, "seed": s["seed"], "init": s["init"],
               "norm_options": _layer_norm_options(s)}
@@ -125,22 +125,38 @@ def _layer_norm_options(s: dict) -> dict | None:
     return options or None
 
 
+def plugin_norm(s: dict):
+    """The norm layer class of a run whose `norm` is a plug-in (imported and checked), else None."""
+    plugin = s.get("plugin_files", {}).get("norm")
+    if plugin is None:
+        return None
+    from smoothnorm.runs.plugins import PluginError, load
+
+    try:
+        return load("norm", plugin, f"key 'norm' = {plugin['ref']!r}")
+    except PluginError as err:
+        raise SpecError(str(err)) from None
+
+
 def check_norm_options(run: RunSpec) -> None:
     """The run's norm_options build its norm layer (the values; the schema checked the names without Numba):
     a SpecError naming the run otherwise. Called for every run before any run trains."""
     from smoothnorm.nn.norms import make_norm
 
     s = run.settings
+    norm = plugin_norm(s) or s["norm"]  # a plug-in is imported and checked here, before any run trains
     options = _layer_norm_options(s)
     if s["norm"] == "none" or not options:
         return
     try:
-        make_norm(s["norm"], 2, **options)
+        make_norm(norm, 2, **options)
     except TypeError as exc:  # a value of the wrong type
         raise SpecError(f"run {run.label!r}: key 'norm_options' {s['norm_options']!r:.80} does not fit norm "
                         f"{s['norm']!r}: {exc}") from exc
     except ValueError as exc:
-        if s["norm"] != "group":  # GroupNorm's groups depend on each layer's width: checked when it is built
+        # GroupNorm's groups (and a plug-in's options, for all we know) may depend on each layer's width: those
+        # are checked when the layer is built.
+        if s["norm"] != "group" and "norm" not in s.get("plugins", {}):
             raise SpecError(f"run {run.label!r}: key 'norm_options' {s['norm_options']!r:.80} does not fit norm "
                             f"{s['norm']!r}: {exc}") from exc
 

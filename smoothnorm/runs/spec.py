@@ -34,12 +34,14 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from smoothnorm.runs.plugins import PluginError, identity, is_reference, resolve
 from smoothnorm.runs.schema import (
     _LATER_KEYS,
     _LATER_PROBE_KEYS,
     _NON_IDENTITY,
     _PROBE_COMMON,
     BASE_KEYS,
+    NORM_OPTIONS,
     PROBE_KEYS,
     PROFILES,
     SWEEP_KEYS,
@@ -114,7 +116,23 @@ def _identity(settings: dict) -> dict:
 def run_id_for(settings: dict) -> str:
     digest = hashlib.sha1(json.dumps(_identity(settings), sort_keys=True).encode()).hexdigest()[:10]
     arch = settings["arch"] if settings["model"] == "vgg" else f"{settings['model']}{settings['depth']}"
-    return f"{arch}-{settings['norm']}-lr{settings['lr']:g}-s{settings['seed']}-{digest}"
+    norm = settings["norm"]
+    if "norm" in settings.get("plugins", {}):
+        norm = norm.rpartition(":")[2].lower() if is_reference(norm) else norm  # a plug-in: its class name
+    return f"{arch}-{norm}-lr{settings['lr']:g}-s{settings['seed']}-{digest}"
+
+
+def _resolve_plugins(where: str, settings: dict, spec_folder: Path) -> None:
+    """A plug-in norm's source file, found and hashed without importing it: its reference and hash join the
+    run's identity ("plugins"), its file the settings the runner imports it from ("plugin_files")."""
+    if settings["norm"] in ("none", *NORM_OPTIONS):
+        return
+    try:
+        plugin = resolve("norm", settings["norm"], spec_folder, f"{where}: key 'norm'")
+    except PluginError as err:
+        raise SpecError(str(err)) from None
+    settings["plugins"] = {"norm": identity(plugin)}
+    settings["plugin_files"] = {"norm": {k: plugin[k] for k in ("ref", "file", "target", "name", "sha256")}}
 
 
 
@@ -223,6 +241,7 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
             settings["lr"] = run_lrs[0]
         _check_settings(rw, settings)
         _check_options(rw, settings)
+        _resolve_plugins(rw, settings, path.parent)
         if run_seeds and "seed" in table:
             raise SpecError(f"{rw}: key 'seed' conflicts with the spec's seeds {run_seeds}; remove one")
         group = table["label"]

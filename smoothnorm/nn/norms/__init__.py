@@ -34,7 +34,10 @@ NORM_LAYERS: dict[str, type[Layer]] = {
 }
 
 
-def make_norm(norm: str, num_features: int, **options) -> Layer:
-    """Build the normalization layer called `norm` (a name from smoothnorm.NORMS) for `num_features` channels."""
+def make_norm(norm: str | type[Layer], num_features: int, **options) -> Layer:
+    """Build the normalization layer `norm` (a name from smoothnorm.NORMS, or a Layer subclass such as a plug-in
+    taking (num_features, **options)) for `num_features` channels."""
+    if isinstance(norm, type) and issubclass(norm, Layer):
+        return norm(num_features, **options)
     choice("norm", norm, tuple(NORM_LAYERS))
     return NORM_LAYERS[norm](num_features, **options)

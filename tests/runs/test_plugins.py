@@ -1,0 +1,116 @@
+"""Plug-in norms: a normalization in the user's own file, named from a spec, trains, is probed and enters the
+run's identity; bad plug-ins fail with the spec, the key and the cause; loading a spec never imports one."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from smoothnorm import measure
+from smoothnorm.nn import models
+from smoothnorm.runs import runner
+from smoothnorm.runs.executors import run_specs
+from smoothnorm.runs.plugins import load, resolve
+from smoothnorm.runs.schema import SpecError
+from smoothnorm.runs.spec import load_spec
+from smoothnorm.runs.store import load_run, read_config
+from tests.helpers import ROOT, check_gradient
+
+EXAMPLE = ROOT / "experiments" / "examples"
+REF = "./scale_only_norm.py:ScaleOnlyBatchNorm"
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A spec folder with the example's plug-in file and a tiny DLN spec whose second run uses it."""
+    shutil.copy(EXAMPLE / "scale_only_norm.py", tmp_path)
+    (tmp_path / "spec.toml").write_text(
+        '[base]\nmodel = "dln"\ndepth = 4\nhidden = 5\ndim = 5\ndata = "gaussian_regression"\nn_train = 40\n'
+        'batch_size = 0\ndtype = "float64"\nlr = 1e-3\nsteps = 6\nprobe_every = 2\ncheckpoint_every = 3\n'
+        'eval_every = 0\n\n[[runs]]\nlabel = "BatchNorm"\nnorm = "batch"\n\n'
+        f'[[runs]]\nlabel = "scale-only"\nnorm = "{REF}"\n\n[[probes]]\nkind = "landscape"\npreset = "dln"\n'
+        '\n[[probes]]\nkind = "hessian"\nk = 1\n')
+    return tmp_path
+
+
+def _plugin_class():
+    plugin = resolve("norm", REF, EXAMPLE, "test")
+    return load("norm", plugin, "test")
+
+
+def test_the_example_norm_has_right_gradients_and_exact_hessian_products(rng):
+    """Backward against central differences, and the R-pass's Hessian-vector products against central
+    differences of the gradient (tanh: no kinks), float64."""
+    norm = _plugin_class()
+    net = models.mlp(6, [8, 8], 3, norm=norm, activation="tanh", dtype=np.float64, seed=1)
+    x, y = rng.standard_normal((10, 6)), rng.integers(0, 3, size=10)
+    assert check_gradient(net, x, y, rng) < 1e-6
+    net.loss_and_grad(x, y, mode="train")  # running statistics away from their start
+    v = rng.standard_normal(net.num_params)
+    exact = measure.hessian_vector_product(net, x, y, v)
+    central = measure.hessian_vector_product(net, x, y, v, scheme="central")
+    assert np.linalg.norm(exact - central) <= 1e-5 * np.linalg.norm(exact)
+
+
+def test_a_plugin_norm_trains_is_probed_and_its_source_is_part_of_the_run(folder, capsys):
+    spec = load_spec(folder / "spec.toml", "quick")
+    plain, plugin = spec.runs
+    assert plugin.settings["plugins"]["norm"]["ref"] == REF and "scaleonlybatchnorm" in plugin.run_id
+    run_specs([spec], folder / "runs")
+    assert f"loaded from {folder / 'scale_only_norm.py'}" in capsys.readouterr().err
+    result = load_run(folder / "runs" / plugin.run_id)
+    assert result.status == "finished" and np.isfinite(result.probes["hessian/top_eigenvalues"]).all()
+    assert np.isfinite(result.probes["landscape/losses"]).all()
+    config = read_config(folder / "runs" / plugin.run_id / "config.json")
+    assert config["run"]["plugins"]["norm"]["sha256"] == plugin.settings["plugins"]["norm"]["sha256"]
+    # Editing the plug-in's file makes another run (it trains again); the other run keeps its identity.
+    with open(folder / "scale_only_norm.py", "a") as f:
+        f.write("\n# edited\n")
+    edited = load_spec(folder / "spec.toml", "quick").runs
+    assert edited[1].run_id != plugin.run_id and edited[0].run_id == plain.run_id
+
+
+def test_loading_a_spec_never_imports_the_plugin(folder):
+    (folder / "scale_only_norm.py").write_text("raise RuntimeError('imported!')\n")
+    spec = load_spec(folder / "spec.toml", "quick")  # no error: nothing imported
+    plugin_file = str(folder / "scale_only_norm.py")
+    assert not [m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == plugin_file]
+    with pytest.raises(SpecError, match=r"key 'norm'.*importing .*scale_only_norm.py failed: RuntimeError: imported!"):
+        run_specs([spec], folder / "runs")
+
+
+@pytest.mark.parametrize("ref,content,message", [
+    ("./nope.py:Norm", None, r"spec.toml \[\[runs\]\] #2: key 'norm': plug-in './nope.py:Norm': no file .*nope.py"),
+    ("no_such_module_xyz:Norm", None, r"key 'norm': plug-in 'no_such_module_xyz:Norm': no module"),
+    ("./bad.py:1Norm", None, r"key 'norm': plug-in './bad.py:1Norm': expected 'package.module:Name'"),
+], ids=["missing-file", "missing-module", "bad-name"])
+def test_a_plugin_that_cannot_be_found_fails_at_load(folder, ref, content, message):
+    text = (folder / "spec.toml").read_text().replace(REF, ref)
+    (folder / "spec.toml").write_text(text)
+    with pytest.raises(SpecError, match=message):
+        load_spec(folder / "spec.toml", "quick")
+
+
+@pytest.mark.parametrize("content,message", [
+    ("class Other:\n    pass\n", r"has no attribute 'ScaleOnlyBatchNorm'"),
+    ("class ScaleOnlyBatchNorm:\n    pass\n", r"ScaleOnlyBatchNorm'>, not a subclass of smoothnorm.nn.layer.Layer"),
+    ("from smoothnorm.nn.layer import Layer\nclass ScaleOnlyBatchNorm(Layer):\n    def forward(self, x, mode):\n"
+     "        return x\n", r"does not define backward"),
+    ("import not_a_module_xyz\n", r"importing .* failed: ModuleNotFoundError"),
+], ids=["missing-attribute", "wrong-base-class", "no-backward", "import-error"])
+def test_a_plugin_that_is_not_a_norm_fails_before_any_run_trains(folder, content, message):
+    (folder / "scale_only_norm.py").write_text(content)
+    spec = load_spec(folder / "spec.toml", "quick")
+    with pytest.raises(SpecError, match=r"key 'norm' = './scale_only_norm.py:ScaleOnlyBatchNorm': .*" + message):
+        run_specs([spec], folder / "runs")
+    assert not (folder / "runs").exists() or not any((folder / "runs").iterdir())
+
+
+def test_the_example_spec_loads_and_names_its_plugin():
+    spec = load_spec(EXAMPLE / "scale_only_batchnorm.toml", "quick")
+    refs = [run.settings.get("plugins", {}).get("norm", {}).get("ref") for run in spec.runs]
+    assert refs == [None, None, REF]
+    assert runner.results_root(None, "quick").name == "quick"
