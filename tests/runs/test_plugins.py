@@ -114,3 +114,26 @@ def test_the_example_spec_loads_and_names_its_plugin():
     refs = [run.settings.get("plugins", {}).get("norm", {}).get("ref") for run in spec.runs]
     assert refs == [None, None, REF]
     assert runner.results_root(None, "quick").name == "quick"
+
+
+def test_without_an_r_pass_the_hessian_probe_says_so_and_the_others_run(folder, capsys):
+    """A plug-in norm with forward and backward only: the exact Hessian probe records NaN and names the layers
+    (in its metadata and on stderr); the landscape probe and training are unaffected."""
+    text = (folder / "scale_only_norm.py").read_text()
+    (folder / "scale_only_norm.py").write_text(text + '''
+
+class NoRPass(ScaleOnlyBatchNorm):
+    forward_r = Layer.forward_r
+    backward_r = Layer.backward_r
+''')
+    (folder / "spec.toml").write_text((folder / "spec.toml").read_text().replace(REF, "./scale_only_norm.py:NoRPass"))
+    spec = load_spec(folder / "spec.toml", "quick")
+    run_specs([spec], folder / "runs")
+    result = load_run(folder / "runs" / spec.runs[1].run_id)
+    assert result.status == "finished"
+    assert np.isnan(result.probes["hessian/top_eigenvalues"]).all()
+    assert np.isfinite(result.probes["landscape/losses"]).all()
+    assert result.probe_meta["hessian"]["no_r_pass"] == ["norms.0", "norms.1", "norms.2"]
+    assert "probe 'hessian' records NaN" in capsys.readouterr().err
+    other = load_run(folder / "runs" / spec.runs[0].run_id)
+    assert np.isfinite(other.probes["hessian/top_eigenvalues"]).all() and "no_r_pass" not in other.probe_meta["hessian"]

@@ -6,6 +6,7 @@ smoothnorm.train.probes.beyond (the follow-ups).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,23 @@ class Probe:
     def meta(self) -> dict[str, Any]:
         """JSON-able description stored beside the record (e.g. layer names, step sizes)."""
         return {}
+
+
+def layers_without_r_pass(net) -> list[str]:
+    """Names of the network's layers that have no R-pass (`forward_r` / `backward_r`, exact Hessian-vector
+    products), such as a plug-in norm written without one."""
+    from smoothnorm.nn.layer import Layer
+
+    return [layer.name for layer in net.layers
+            if type(layer).forward_r is Layer.forward_r or type(layer).backward_r is Layer.backward_r]
+
+
+def warn_no_r_pass(probe: Probe, layers: list[str]) -> None:
+    """Say once per probe, by name, that it records NaN because these layers have no R-pass."""
+    if not getattr(probe, "_warned_no_r_pass", False):
+        print(f"warning: probe {probe.name!r} records NaN: exact Hessian-vector products need an R-pass "
+              f"(forward_r / backward_r), which layers {layers} do not have", file=sys.stderr)
+        probe._warned_no_r_pass = True
 
 
 @dataclass

@@ -23,7 +23,7 @@ from smoothnorm.measure.landscape import (
     random_direction,
     step_grid,
 )
-from smoothnorm.train.probes.base import Probe
+from smoothnorm.train.probes.base import Probe, layers_without_r_pass, warn_no_r_pass
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -150,7 +150,10 @@ class HessianProbe(Probe):
     tol: float = 1e-6
 
     def measure(self, trainer, x, y, grad, loss):
-        if self.max_params and trainer.net.num_params > self.max_params:
+        missing = layers_without_r_pass(trainer.net)
+        if missing:
+            warn_no_r_pass(self, missing)
+        if missing or (self.max_params and trainer.net.num_params > self.max_params):
             row = {"top_eigenvalues": np.full(self.k, np.nan)}
             if self.condition:
                 row.update(bottom_eigenvalue=np.float64(np.nan), condition_number=np.float64(np.nan))
@@ -164,8 +167,13 @@ class HessianProbe(Probe):
         return {"top_eigenvalues": np.asarray(top, dtype=np.float64), "bottom_eigenvalue": np.float64(c.bottom),
                 "condition_number": np.float64(c.condition_number)}
 
+    def setup(self, trainer):
+        self._no_r_pass = layers_without_r_pass(trainer.net)
+
     def meta(self):
         meta = {"k": self.k, "mode": self.mode}
+        if getattr(self, "_no_r_pass", None):
+            meta["no_r_pass"] = self._no_r_pass  # why the record is NaN
         if self.condition or self.max_params:
             meta.update(condition=self.condition, max_params=self.max_params)
         if self.tol != 1e-6:
