@@ -82,3 +82,18 @@ def test_a_bad_norm_option_value_stops_before_any_run(tmp_path):
                      ["norm=noisy_batch", "norm_options={placement = 'sideways'}"])
     with pytest.raises(SpecError, match="norm_options.*placement"):
         check_norm_options(spec.runs[0])
+
+
+def test_smoothnorm_list_into_a_closed_pipe_stops_quietly(monkeypatch):
+    """`smoothnorm list | head -1`: the reader leaves early; the command stops with 141, no traceback."""
+    from smoothnorm import cli
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert cli.main(["list"]) == 141
