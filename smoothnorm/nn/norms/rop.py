@@ -134,6 +134,7 @@ class FixedStandardization:
         self.center = np.asarray(center, dtype=np.float64).reshape(1, -1, 1)
         self.inv = np.asarray(inv, dtype=np.float64).reshape(1, -1, 1)
         self.x = np.asarray(x3, dtype=np.float64)
+        self.shape = self.x.shape
 
     def z_ncs(self) -> np.ndarray:
         return (self.x - self.center) * self.inv
