@@ -15,9 +15,10 @@ FLOORS = [
     ("smoothnorm.kernels", "smoothnorm._validate"),
     ("smoothnorm.nn",),
     ("smoothnorm.nn.models", "smoothnorm.optim", "smoothnorm.data", "smoothnorm.runs.store",
-     "smoothnorm.runs.provenance", "smoothnorm.testing"),
+     "smoothnorm.runs.provenance"),
     ("smoothnorm.measure",),
-    ("smoothnorm.train",),
+    # The checking kit runs layers in a network and probes in the training loop; nothing of ours imports it.
+    ("smoothnorm.train", "smoothnorm.testing"),
     # The claim vocabulary and its parser import nothing of ours: the spec loader checks a spec's claims with them.
     ("smoothnorm.runs", "smoothnorm.claims.parse"),
     ("smoothnorm.runs.executors", "smoothnorm.plots", "smoothnorm.claims", "smoothnorm.torch"),
@@ -44,50 +45,29 @@ def modules():
             yield name, path
 
 
-# Upward imports allowed inside functions only, each for a reason: check_probe (the checking kit, on a low floor so
-# that layers can be checked without the training stack) runs the probe in the training loop, a floor above it.
-LAZY_UPWARD = {"smoothnorm.testing.probe_checks": ("smoothnorm.train",)}
-
-
-def imported(path: Path, *, lazy_allowed: tuple[str, ...] = ()) -> set[str]:
-    """The smoothnorm modules `path` imports, less those under `lazy_allowed` imported inside functions only."""
-    tree = ast.parse(path.read_text())
-    in_functions = {id(inner) for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                    for inner in ast.walk(node)}
+def imported(path: Path) -> set[str]:
     found = set()
-    for node in ast.walk(tree):
-        names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("smoothnorm"):
             if node.module == "smoothnorm":
-                names = {f"smoothnorm.{a.name}" for a in node.names if a.name not in ("__version__", "NORMS")}
+                found.update(f"smoothnorm.{a.name}" for a in node.names if a.name not in ("__version__", "NORMS"))
             else:
-                names = {node.module}
+                found.add(node.module)
         elif isinstance(node, ast.Import):
-            names = {a.name for a in node.names if a.name.startswith("smoothnorm.")}
-        if id(node) in in_functions:
-            names = {m for m in names if not any(m == p or m.startswith(p + ".") for p in lazy_allowed)}
-        found |= names
+            found.update(a.name for a in node.names if a.name.startswith("smoothnorm."))
     return found
 
 
 @pytest.mark.parametrize("name,path", list(modules()), ids=lambda v: v if isinstance(v, str) else "")
 def test_imports_run_down_the_floors(name, path):
     mine = floor_of(name)
-    upward = sorted(m for m in imported(path, lazy_allowed=LAZY_UPWARD.get(name, ())) if floor_of(m) > mine)
+    upward = sorted(m for m in imported(path) if floor_of(m) > mine)
     assert not upward, f"{name} (floor {mine}) imports from higher floors: {upward}"
-
-
-def test_lazy_upward_imports_are_still_made_and_only_inside_functions():
-    for name, allowed in LAZY_UPWARD.items():
-        path = PACKAGE.parent / (name.replace(".", "/") + ".py")
-        everything = imported(path)
-        assert any(m.startswith(p) for m in everything for p in allowed), f"{name}: drop its LAZY_UPWARD entry"
-        assert imported(path, lazy_allowed=allowed) == {m for m in everything if floor_of(m) <= floor_of(name)}
 
 
 def test_every_floor_names_an_existing_module():
     names = {name for name, _ in modules()}
     for prefixes in FLOORS:
         for prefix in prefixes:
-            if prefix != "smoothnorm.torch":  # the optional torch wrapper
+            if prefix != "smoothnorm.torch":  # the PyTorch wrapper, not built yet
                 assert prefix in names, prefix

@@ -31,7 +31,7 @@ def test_tutorial_has_its_sections_and_code():
     text = TUTORIAL.read_text()
     assert len(code_blocks(text)) >= 7
     for words in ("Gradient descent", "Standardizing the inputs", "before a sigmoid", "training and in testing",
-                  "ICS", "LayerNorm and InstanceNorm", "questions of stored runs"):
+                  "ICS", "LayerNorm and InstanceNorm", "questions of stored runs", "your own normalization"):
         assert words in text
 
 
@@ -50,3 +50,5 @@ def test_tutorial_code_runs(tmp_path, capsys):
     assert (frame.groupby("run_id")["step"].max() == 59).all()
     reached = table.dropna()
     assert len(reached) >= 2 and all(0 < step < 60 for step in reached["first_step"])
+    # The plug-in norm passes the kit; the forgetful copy fails its backward check.
+    assert "backward: dx wrong by" in printed

@@ -5,8 +5,8 @@ against finite differences, the R-pass against finite differences, probe and eva
 float32 against float64); `check_probe(probe)` runs a probe inside a short training and checks that it leaves the
 training bit for bit as it found it. Both return a report, or raise AssertionError naming the first failed check.
 `layer_checks` and `probe_checks` hold them, `report` the reports; this package hands on their public names.
-Modules here import from smoothnorm.nn, smoothnorm.optim, smoothnorm.kernels and smoothnorm._validate;
-check_probe imports smoothnorm.train (a higher floor) inside the function.
+Modules here import from smoothnorm.train, smoothnorm.nn, smoothnorm.optim, smoothnorm.kernels and
+smoothnorm._validate (the kit sits on the training loop's floor); nothing else in the package imports it.
 """
 
 from smoothnorm.testing.layer_checks import check_layer

@@ -34,7 +34,6 @@ def check_probe(probe, *, net=None, steps: int = 2) -> ProbeReport:
     steps: training steps (at least 2, so rows are compared across steps).
     Returns the ProbeReport when every check passes.
     """
-    # Probes and the Trainer live on a higher floor than this kit: imported here, when a probe is checked.
     from smoothnorm.train.loop import Trainer
     from smoothnorm.train.probes.base import Probe
 

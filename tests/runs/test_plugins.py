@@ -137,3 +137,19 @@ class NoRPass(ScaleOnlyBatchNorm):
     assert "probe 'hessian' records NaN" in capsys.readouterr().err
     other = load_run(folder / "runs" / spec.runs[0].run_id)
     assert np.isfinite(other.probes["hessian/top_eigenvalues"]).all() and "no_r_pass" not in other.probe_meta["hessian"]
+
+
+def test_the_kit_passes_the_example_norm_and_names_a_broken_backward():
+    from smoothnorm.testing import CheckFailed, check_layer
+
+    norm = _plugin_class()
+    report = check_layer(norm(4), (4, 5, 5))
+    assert "r_pass" in str(report)
+
+    class Broken(norm):
+        def backward(self, dy, need_dx=True):
+            dx = super().backward(dy, need_dx)
+            return None if dx is None else 1.05 * dx
+
+    with pytest.raises(CheckFailed, match=r"^backward: "):
+        check_layer(Broken(4), (4, 5, 5))
