@@ -1,16 +1,19 @@
-"""Plug-ins: a spec may name a normalization written in the user's own code instead of one of smoothnorm.NORMS.
+"""Plug-ins: a spec may name a normalization (`norm`) or a model (`model`) written in the user's own code instead of
+one of smoothnorm.NORMS or the built-in models.
 
 A reference is
 - `"./file.py:Name"` (or `"../dir/file.py:Name"`): a file, resolved relative to the spec's folder;
 - `"package.module:Name"`: an importable module;
-- a plain name registered by an installed package under the entry-point group `smoothnorm.norms` (in its
-  pyproject.toml: `[project.entry-points."smoothnorm.norms"] scale_only = "mypkg.norms:ScaleOnly"`).
+- a plain name registered by an installed package under the entry-point group `smoothnorm.norms` or
+  `smoothnorm.models` (in its pyproject.toml: `[project.entry-points."smoothnorm.norms"] scale_only =
+  "mypkg.norms:ScaleOnly"`).
 Loading and validating a spec never imports a plug-in: it checks the reference's form, finds its source file
 (without importing it) and hashes it. The hash and the reference enter the run's identity, so editing the
 plug-in's file trains the runs again. `run` and `reproduce` import it (`load`) before any run trains, check it
 against its protocol (a norm is a `smoothnorm.nn.layer.Layer` subclass taking `(num_features, **norm_options)`;
-an R-pass, `forward_r` / `backward_r`, is optional: without it exact Hessian probes fail by name) and say which
-file they loaded.
+an R-pass, `forward_r` / `backward_r`, is optional: without it exact Hessian probes record NaN and say why; a model
+is a callable `build(settings, input_shape)` returning a smoothnorm.nn.network.Network, given the run's settings
+and one sample's shape) and say which file they loaded.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import sys
 from pathlib import Path
 
 # Entry-point group per plug-in kind.
-GROUPS = {"norm": "smoothnorm.norms"}
+GROUPS = {"norm": "smoothnorm.norms", "model": "smoothnorm.models"}
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -128,6 +131,9 @@ def load(kind: str, plugin: dict, where: str):
     obj = getattr(module, name)
     if kind == "norm":
         _check_norm(obj, plugin["ref"], where)
+    elif not callable(obj):
+        raise PluginError(f"{where}: plug-in {plugin['ref']!r} is {obj!r}, not a callable build(settings, "
+                          "input_shape) returning a Network")
     return obj
 
 

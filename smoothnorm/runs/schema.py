@@ -87,6 +87,8 @@ BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     "keep_checkpoint": (bool, True, None),
 }
 # Keys that do not change what a run computes (excluded from its identity).
+# Keys whose value may name a plug-in (smoothnorm.runs.plugins) instead of a built-in.
+PLUGIN_KEYS = ("norm", "model")
 _NON_IDENTITY = ("label", "checkpoint_every", "probe_every", "keep_checkpoint", "plugin_files")
 # Keys added after runs were first stored: they enter a run's identity only when set away from their default, so
 # the identity (and the folder) of every earlier run stays the same.
@@ -163,9 +165,9 @@ def _check_value(where: str, key: str, value, kind: type, _default, allowed) -> 
     if not ok:
         raise SpecError(f"{where}: key {key!r} expects {kind.__name__}, got {type(value).__name__} {value!r:.80}")
     if allowed is not None and value not in allowed:
-        if key == "norm" and (is_reference(value) or value in entry_point_names("norm")):
+        if key in PLUGIN_KEYS and (is_reference(value) or value in entry_point_names(key)):
             return value  # a plug-in: resolved (file found, hashed) by the spec loader, imported only by `run`
-        more = (" or a plug-in 'package.module:Name' / './file.py:Name'" if key == "norm" else "")
+        more = (" or a plug-in 'package.module:Name' / './file.py:Name'" if key in PLUGIN_KEYS else "")
         raise SpecError(f"{where}: key {key!r} expects one of {list(allowed)}{more}, got {value!r}")
     if kind is float and not math.isfinite(value):
         raise SpecError(f"{where}: key {key!r} expects a finite number, got {value!r}")
@@ -219,7 +221,7 @@ def _check_settings(where: str, s: dict) -> None:
         raise SpecError(f"{where}: key 'class_colour' applies only to data 'synthetic_images', got {s['data']!r}")
     if s["model"] == "dln" and s["data"] != "gaussian_regression":
         raise SpecError(f"{where}: model 'dln' needs data 'gaussian_regression', got {s['data']!r}")
-    if s["model"] != "dln" and s["data"] == "gaussian_regression":
+    if s["model"] in ("vgg", "mlp") and s["data"] == "gaussian_regression":
         raise SpecError(f"{where}: data 'gaussian_regression' needs model 'dln', got {s['model']!r}")
     if s["model"] == "dln" and s["loss"] != "default":
         raise SpecError(f"{where}: key 'loss' expects 'default' for model 'dln' (regression targets: its summed "

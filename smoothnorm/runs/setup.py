@@ -101,6 +101,9 @@ def _architecture(s: dict, input_shape: tuple[int, ...] | None):
               "norm_options": _layer_norm_options(s)}
     activation = s.get("activation", "default")
     position = s.get("norm_position", "before_activation")
+    build = _plugin(s, "model")
+    if build is not None:
+        return _plugin_model(s, build, input_shape)
     if s["model"] == "vgg":
         return models.vgg(s["arch"], width=s["width"], activation="relu" if activation == "default" else activation,
                           norm_position=position, algorithm=s["conv_algorithm"], **common)
@@ -127,15 +130,31 @@ def _layer_norm_options(s: dict) -> dict | None:
 
 def plugin_norm(s: dict):
     """The norm layer class of a run whose `norm` is a plug-in (imported and checked), else None."""
-    plugin = s.get("plugin_files", {}).get("norm")
+    return _plugin(s, "norm")
+
+
+def _plugin(s: dict, key: str):
+    """The object a run's plug-in `key` names (imported and checked), else None."""
+    plugin = s.get("plugin_files", {}).get(key)
     if plugin is None:
         return None
     from smoothnorm.runs.plugins import PluginError, load
 
     try:
-        return load("norm", plugin, f"key 'norm' = {plugin['ref']!r}")
+        return load(key, plugin, f"key {key!r} = {plugin['ref']!r}")
     except PluginError as err:
         raise SpecError(str(err)) from None
+
+
+def _plugin_model(s: dict, build, input_shape):
+    """A plug-in model's network: build(settings, input_shape), checked to be a Network."""
+    from smoothnorm.nn.network import Network
+
+    net = build(dict(s), input_shape)
+    if not isinstance(net, Network):
+        raise SpecError(f"key 'model' = {s['model']!r}: build(settings, input_shape) returned {type(net).__name__}, "
+                        "not a smoothnorm.nn.network.Network")
+    return net
 
 
 def check_norm_options(run: RunSpec) -> None:
@@ -144,7 +163,8 @@ def check_norm_options(run: RunSpec) -> None:
     from smoothnorm.nn.norms import make_norm
 
     s = run.settings
-    norm = plugin_norm(s) or s["norm"]  # a plug-in is imported and checked here, before any run trains
+    _plugin(s, "model")  # plug-ins are imported and checked here, before any run trains
+    norm = plugin_norm(s) or s["norm"]
     options = _layer_norm_options(s)
     if s["norm"] == "none" or not options:
         return

@@ -42,6 +42,7 @@ from smoothnorm.runs.schema import (
     _PROBE_COMMON,
     BASE_KEYS,
     NORM_OPTIONS,
+    PLUGIN_KEYS,
     PROBE_KEYS,
     PROFILES,
     SWEEP_KEYS,
@@ -115,24 +116,29 @@ def _identity(settings: dict) -> dict:
 
 def run_id_for(settings: dict) -> str:
     digest = hashlib.sha1(json.dumps(_identity(settings), sort_keys=True).encode()).hexdigest()[:10]
-    arch = settings["arch"] if settings["model"] == "vgg" else f"{settings['model']}{settings['depth']}"
-    norm = settings["norm"]
-    if "norm" in settings.get("plugins", {}):
-        norm = norm.rpartition(":")[2].lower() if is_reference(norm) else norm  # a plug-in: its class name
+    plugin_name = lambda value: value.rpartition(":")[2].lower() if is_reference(value) else value  # noqa: E731
+    if "model" in settings.get("plugins", {}):
+        arch = plugin_name(settings["model"])
+    else:
+        arch = settings["arch"] if settings["model"] == "vgg" else f"{settings['model']}{settings['depth']}"
+    norm = plugin_name(settings["norm"]) if "norm" in settings.get("plugins", {}) else settings["norm"]
     return f"{arch}-{norm}-lr{settings['lr']:g}-s{settings['seed']}-{digest}"
 
 
 def _resolve_plugins(where: str, settings: dict, spec_folder: Path) -> None:
-    """A plug-in norm's source file, found and hashed without importing it: its reference and hash join the
-    run's identity ("plugins"), its file the settings the runner imports it from ("plugin_files")."""
-    if settings["norm"] in ("none", *NORM_OPTIONS):
-        return
-    try:
-        plugin = resolve("norm", settings["norm"], spec_folder, f"{where}: key 'norm'")
-    except PluginError as err:
-        raise SpecError(str(err)) from None
-    settings["plugins"] = {"norm": identity(plugin)}
-    settings["plugin_files"] = {"norm": {k: plugin[k] for k in ("ref", "file", "target", "name", "sha256")}}
+    """Plug-ins' source files, found and hashed without importing them: their references and hashes join the
+    run's identity ("plugins"), their files the settings the runner imports them from ("plugin_files")."""
+    builtin = {"norm": ("none", *NORM_OPTIONS), "model": BASE_KEYS["model"][2]}
+    for key in PLUGIN_KEYS:
+        if settings[key] in builtin[key]:
+            continue
+        try:
+            plugin = resolve(key, settings[key], spec_folder, f"{where}: key {key!r}")
+        except PluginError as err:
+            raise SpecError(str(err)) from None
+        settings.setdefault("plugins", {})[key] = identity(plugin)
+        settings.setdefault("plugin_files", {})[key] = {k: plugin[k] for k in ("ref", "file", "target", "name",
+                                                                                 "sha256")}
 
 
 

@@ -153,3 +153,65 @@ def test_the_kit_passes_the_example_norm_and_names_a_broken_backward():
 
     with pytest.raises(CheckFailed, match=r"^backward: "):
         check_layer(Broken(4), (4, 5, 5))
+
+
+MODEL = '''
+import numpy as np
+
+from smoothnorm.nn import Conv2d, Flatten, Linear, MaxPool2d, Network, ReLU, SoftmaxCrossEntropy
+
+
+def build(settings, input_shape):
+    """A two-conv network the package does not ship, with the spec's norm after each conv."""
+    from smoothnorm.nn.norms import make_norm
+
+    c = input_shape[0]
+    layers = [("conv1", Conv2d(c, 4)), ("relu1", ReLU()), ("pool1", MaxPool2d()), ("conv2", Conv2d(4, 8))]
+    if settings["norm"] != "none":
+        layers.append(("norm2", make_norm(settings["norm"], 8)))
+    layers += [("relu2", ReLU()), ("pool2", MaxPool2d()), ("flatten", Flatten()),
+               ("fc", Linear(8 * (input_shape[1] // 4) * (input_shape[2] // 4), 10))]
+    return Network(layers, input_shape=tuple(input_shape), loss=SoftmaxCrossEntropy(),
+                   dtype=np.dtype(settings["dtype"]), seed=settings["seed"])
+
+
+def not_a_network(settings, input_shape):
+    return "a string"
+
+
+NOT_CALLABLE = 3
+'''
+
+
+@pytest.fixture
+def model_folder(tmp_path):
+    (tmp_path / "tiny_model.py").write_text(MODEL)
+    (tmp_path / "spec.toml").write_text(
+        '[base]\nmodel = "./tiny_model.py:build"\ndata = "synthetic_images"\nn_train = 32\nn_test = 16\n'
+        'batch_size = 8\nlr = 0.05\nsteps = 4\nprobe_every = 2\ncheckpoint_every = 2\neval_every = 2\n\n'
+        '[[runs]]\nlabel = "plain"\nnorm = "none"\n\n[[runs]]\nlabel = "BatchNorm"\nnorm = "batch"\n\n'
+        '[[probes]]\nkind = "landscape"\npreset = "vgg"\n')
+    return tmp_path
+
+
+def test_a_plugin_model_trains_with_the_spec_s_norm_and_probes(model_folder):
+    spec = load_spec(model_folder / "spec.toml", "quick")
+    assert [run.run_id.split("-")[:2] for run in spec.runs] == [["build", "none"], ["build", "batch"]]
+    run_specs([spec], model_folder / "runs")
+    for run in spec.runs:
+        result = load_run(model_folder / "runs" / run.run_id)
+        assert result.status == "finished" and np.isfinite(result.probes["landscape/losses"]).all()
+        assert np.isfinite(result.metrics["test_acc"][~np.isnan(result.metrics["test_acc"])]).all()
+
+
+@pytest.mark.parametrize("name,message", [
+    ("not_a_network", r"returned str, not a smoothnorm.nn.network.Network"),
+    ("NOT_CALLABLE", r"is 3, not a callable build\(settings, input_shape\)"),
+    ("absent", r"has no attribute 'absent'"),
+])
+def test_a_plugin_model_that_is_not_one_fails_before_training(model_folder, name, message):
+    text = (model_folder / "spec.toml").read_text().replace("tiny_model.py:build", f"tiny_model.py:{name}")
+    (model_folder / "spec.toml").write_text(text)
+    spec = load_spec(model_folder / "spec.toml", "quick")
+    with pytest.raises(SpecError, match=message):
+        run_specs([spec], model_folder / "runs")
