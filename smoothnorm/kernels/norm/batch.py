@@ -34,11 +34,13 @@ from smoothnorm.kernels.norm.channel_blocks import (
     _channel_vector,
     _check_count,
     _check_eps,
+    _check_momentum,
     _check_output,
     _item_range,
     _merge_rows,
     _output,
     _plan,
+    _running_update_arrays,
     _same_as,
     _zeros,
 )
@@ -370,21 +372,9 @@ def batch_norm_update_running(
     running_mean, running_var: (C,) arrays updated in place; mean, var: (C,) batch mean and biased variance
     (from batch_norm_train_forward); count: n = N * H * W values per channel (> 1).
     """
-    running_mean_a = np.asarray(running_mean)
-    if running_mean_a.ndim != 1:
-        raise ValueError(f"running_mean: expected a 1-D array (C,), got shape {running_mean_a.shape}")
-    C = running_mean_a.shape[0]
-    dt = running_mean_a.dtype
-    if dt not in (np.float32, np.float64):
-        raise ValueError(f"running_mean: expected dtype float32 or float64, got {dt}")
-    _check_output("running_mean", running_mean, C, dt)
-    _check_output("running_var", running_var, C, dt)
-    mean = _channel_vector("mean", mean, C, dt)
-    var = _channel_vector("var", var, C, dt)
+    mean, var = _running_update_arrays(running_mean, running_var, mean, var, ("running_var", "var"))
     count = int(count)
     if count < 2:
         raise ValueError(f"count: expected the number of values per channel, > 1, got {count}")
-    momentum = float(momentum)
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum: expected a number in [0, 1], got {momentum}")
+    momentum = _check_momentum(momentum)
     _update_running(running_mean, running_var, mean, var, count, momentum)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from smoothnorm.kernels._checks import _check_out, _output_array
+from smoothnorm.kernels._checks import _check_out, _float_array, _output_array
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -103,9 +103,7 @@ def batch_norm_r_forward(x3, mean, inv, gamma, rgamma, rbeta, rx3, *, out=None):
     """R-forward of BatchNorm with batch statistics: ry (N, C, S) float64, plus (rx_mean, rs) per channel for
     `batch_norm_r_backward`. x3, rx3: (N, C, S); mean, inv (1/s), gamma, rgamma, rbeta: (C,). out: an (N, C, S)
     float64 buffer for ry (C-contiguous, apart from the inputs), or None."""
-    x3 = _f64("x", x3, np.shape(x3))
-    if x3.ndim != 3:
-        raise ValueError(f"x: expected an (N, C, S) array, got shape {x3.shape}")
+    x3 = _float_array("x", np.asarray(x3, dtype=np.float64), 3)
     c = x3.shape[1]
     mean, inv, gamma, rgamma, rbeta = (_f64(k, v, (c,)) for k, v in
                                        (("mean", mean), ("inv", inv), ("gamma", gamma), ("rgamma", rgamma),
@@ -122,7 +120,7 @@ def batch_norm_r_backward(x3, mean, inv, gamma, rgamma, rx3, rx_mean, rs, dy3, r
     """R-backward of BatchNorm with batch statistics: (dx, rdx) (N, C, S) float64, or (None, None) without need_dx;
     writes r d gamma and r d beta (C,) float64 in place. Arguments as `batch_norm_r_forward` and its results;
     out: a pair of (N, C, S) float64 buffers for (dx, rdx), or None."""
-    x3 = _f64("x", x3, np.shape(x3))
+    x3 = _float_array("x", np.asarray(x3, dtype=np.float64), 3)
     c = x3.shape[1]
     mean, inv, gamma, rgamma, rx_mean, rs = (_f64(k, v, (c,)) for k, v in
                                              (("mean", mean), ("inv", inv), ("gamma", gamma), ("rgamma", rgamma),

@@ -67,15 +67,40 @@ def _same_as(name: str, a, ref: np.ndarray, ref_name: str) -> np.ndarray:
 
 
 def _channel_vector(name: str, v, channels: int, dtype, default: float | None = None):
-    """Validate a per-channel vector of shape (C,) and the given dtype; None gives `default` filled (or None)."""
+    """Validate a per-channel vector of shape (C,) and the given dtype. None gives `default` filled where the
+    vector is optional (gamma, beta), and is an error where it is required (default None)."""
     if v is None:
-        return None if default is None else np.full(channels, default, dtype=dtype)
+        if default is None:
+            raise ValueError(f"{name}: expected an array of shape ({channels},), got None")
+        return np.full(channels, default, dtype=dtype)
     v = np.asarray(v)
     if v.shape != (channels,):
         raise ValueError(f"{name}: expected shape ({channels},) (C, the channels of x), got {v.shape}")
     if v.dtype != dtype:
         raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {v.dtype}")
     return np.ascontiguousarray(v)
+
+
+def _check_momentum(momentum: float) -> float:
+    momentum = float(momentum)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum: expected a number in [0, 1], got {momentum}")
+    return momentum
+
+
+def _running_update_arrays(running_mean, running_stat, mean, stat, stat_names: tuple[str, str]):
+    """Check a running update's arguments: the running buffers (overwritten in place, of running_mean's dtype) and
+    the batch statistics, all (C,) with C the length of the batch mean. Returns (mean, stat) C-contiguous."""
+    mean_a = np.asarray(mean)
+    if mean_a.ndim != 1:
+        raise ValueError(f"mean: expected a 1-D array (C,), got shape {mean_a.shape}")
+    channels = mean_a.shape[0]
+    dt = np.asarray(running_mean).dtype
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"running_mean: expected dtype float32 or float64, got {dt}")
+    _check_output("running_mean", running_mean, channels, dt)
+    _check_output(stat_names[0], running_stat, channels, dt)
+    return _channel_vector("mean", mean, channels, dt), _channel_vector(stat_names[1], stat, channels, dt)
 
 
 def _check_count(x_shape: tuple, n: int) -> None:
@@ -393,7 +418,7 @@ def _check_output(name: str, out, channels: int, dtype) -> None:
     if not isinstance(out, np.ndarray):
         raise ValueError(f"{name}: expected a numpy array of shape ({channels},), got {type(out).__name__}")
     if out.shape != (channels,):
-        raise ValueError(f"{name}: expected shape ({channels},) (C, the channels of x), got {out.shape}")
+        raise ValueError(f"{name}: expected shape ({channels},), got {out.shape}")
     if out.dtype != dtype:
         raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {out.dtype}")
     if not out.flags.writeable:

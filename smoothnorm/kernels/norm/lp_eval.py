@@ -15,19 +15,14 @@ from smoothnorm.kernels.norm.channel_blocks import (
     _as_ncs,
     _channel_vector,
     _check_eps,
+    _check_momentum,
     _check_output,
     _plan,
+    _running_update_arrays,
     _same_as,
 )
 
 __all__ = ["lp_norm_eval_forward", "lp_norm_eval_backward", "lp_norm_update_running"]
-
-
-def _check_momentum(momentum: float) -> float:
-    momentum = float(momentum)
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum: expected a number in [0, 1], got {momentum}")
-    return momentum
 
 
 def lp_norm_eval_forward(
@@ -107,16 +102,7 @@ def lp_norm_update_running(
 
     running_mean, running_norm: (C,) arrays updated in place; mean, norm: (C,) from lp_norm_train_forward.
     """
-    rm = np.asarray(running_mean)
-    if rm.ndim != 1:
-        raise ValueError(f"running_mean: expected a 1-D array (C,), got shape {rm.shape}")
-    C, dt = rm.shape[0], rm.dtype
-    if dt not in (np.float32, np.float64):
-        raise ValueError(f"running_mean: expected dtype float32 or float64, got {dt}")
-    _check_output("running_mean", running_mean, C, dt)
-    _check_output("running_norm", running_norm, C, dt)
-    mean = _channel_vector("mean", mean, C, dt)
-    norm = _channel_vector("norm", norm, C, dt)
+    mean, norm = _running_update_arrays(running_mean, running_norm, mean, norm, ("running_norm", "norm"))
     momentum = _check_momentum(momentum)
     running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * mean.astype(np.float64)
     running_norm[...] = (1.0 - momentum) * running_norm.astype(np.float64) + momentum * norm.astype(np.float64)

@@ -355,3 +355,13 @@ def test_bad_inputs_raise_clear_errors(rng):
         lp_norm_eval_forward(x, np.zeros(3), np.ones(2))
     with pytest.raises(ValueError, match="momentum: expected a number in"):
         lp_norm_update_running(np.zeros(3), np.ones(3), mean, norm, 1.5)
+
+
+def test_running_update_names_a_running_mean_of_the_wrong_length(rng):
+    _, mean, norm, _ = lp_norm_train_forward(rng.standard_normal((4, 3)), 2)
+    with pytest.raises(ValueError, match=r"^running_mean: expected shape \(3,\)"):
+        lp_norm_update_running(np.zeros(2), np.ones(3), mean, norm)
+    with pytest.raises(ValueError, match=r"^running_mean: expected shape \(3,\)"):
+        lp_norm_update_running(np.zeros(2), np.ones(2), mean, norm)
+    with pytest.raises(ValueError, match=r"^mean: expected an array of shape \(3,\), got None"):
+        lp_norm_train_backward(rng.standard_normal((4, 3)), rng.standard_normal((4, 3)), 2, None, norm)
