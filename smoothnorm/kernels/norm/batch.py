@@ -25,6 +25,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from smoothnorm.kernels._checks import _output_array, _same_as
 from smoothnorm.kernels.norm.channel_blocks import (
     _as_ncs,
     _block_affine,
@@ -35,13 +36,12 @@ from smoothnorm.kernels.norm.channel_blocks import (
     _check_count,
     _check_eps,
     _check_momentum,
-    _check_output,
+    _check_parameter_grads,
     _item_range,
     _merge_rows,
-    _output,
     _plan,
     _running_update_arrays,
-    _same_as,
+    _store_parameter_grads,
     _zeros,
 )
 
@@ -233,7 +233,7 @@ def batch_norm_train_forward(
     x: (N, C) or (N, C, H, W), float32 or float64; gamma, beta: (C,) of x's dtype, or None (no scale / no shift).
     Returns (y, mean, invstd, var): y like x; mean, invstd = 1 / sqrt(var + eps) and the biased variance var,
     each (C,) of x's dtype. Keep (mean, invstd) for the backward pass and (mean, var) for the running update.
-    out: optional C-contiguous array like x to write y into (returned as y); see _output.
+    out: optional C-contiguous array like x to write y into (returned as y; x itself is allowed).
     """
     x3 = _as_ncs("x", x)
     N, C, S = x3.shape
@@ -241,7 +241,7 @@ def batch_norm_train_forward(
     eps = _check_eps(eps)
     gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
     beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
-    y = _output(out, x3, np.shape(x), (x3,))
+    y = _output_array("out", out, np.shape(x), x3.dtype, x3, may_alias=True)
     block, chunks = _plan(N, C, S, x3.itemsize, 1)
     mean, var, invstd = _batch_norm_train_forward(
         x3.reshape(-1), N, C, S, gamma, beta, eps, block, chunks, y.reshape(-1)
@@ -274,17 +274,13 @@ def batch_norm_train_backward(
     mean = _channel_vector("mean", mean, C, x3.dtype)
     invstd = _channel_vector("invstd", invstd, C, x3.dtype)
     gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    _check_output("dgamma", dgamma, C, x3.dtype)
-    _check_output("dbeta", dbeta, C, x3.dtype)
-    dx = _output(out, x3, np.shape(x), (x3, dy3))
+    _check_parameter_grads(dgamma, dbeta, C, x3.dtype)
+    dx = _output_array("out", out, np.shape(x), x3.dtype, x3, dy3, may_alias=True)
     block, chunks = _plan(N, C, S, x3.itemsize, 2)
     dg, db = _batch_norm_train_backward(
         dy3.reshape(-1), x3.reshape(-1), N, C, S, mean, invstd, gamma, block, chunks, dx.reshape(-1)
     )
-    if dgamma is not None:
-        dgamma[...] = dg
-    if dbeta is not None:
-        dbeta[...] = db
+    _store_parameter_grads(dgamma, dbeta, dg, db)
     return dx
 
 
@@ -310,7 +306,7 @@ def batch_norm_eval_forward(
     running_var = _channel_vector("running_var", running_var, C, x3.dtype)
     gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
     beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
-    y = _output(out, x3, np.shape(x), (x3,))
+    y = _output_array("out", out, np.shape(x), x3.dtype, x3, may_alias=True)
     block, chunks = _plan(N, C, S, x3.itemsize, 1)
     # Per-channel coefficients in float64, like every elementwise pass here.
     scale = gamma.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + eps)
@@ -344,18 +340,14 @@ def batch_norm_eval_backward(
     running_mean = _channel_vector("running_mean", running_mean, C, x3.dtype)
     running_var = _channel_vector("running_var", running_var, C, x3.dtype)
     gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    _check_output("dgamma", dgamma, C, x3.dtype)
-    _check_output("dbeta", dbeta, C, x3.dtype)
+    _check_parameter_grads(dgamma, dbeta, C, x3.dtype)
     need_sums = dgamma is not None or dbeta is not None
-    dx = _output(out, x3, np.shape(x), (x3, dy3))
+    dx = _output_array("out", out, np.shape(x), x3.dtype, x3, dy3, may_alias=True)
     block, chunks = _plan(N, C, S, x3.itemsize, 2)
     inv = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
     dg, db = _fixed_stats_backward(dy3.reshape(-1), x3.reshape(-1), N, C, S, running_mean.astype(np.float64), inv,
                                    gamma, need_sums, block, chunks, dx.reshape(-1))
-    if dgamma is not None:
-        dgamma[...] = dg
-    if dbeta is not None:
-        dbeta[...] = db
+    _store_parameter_grads(dgamma, dbeta, dg, db)
     return dx
 
 

@@ -17,8 +17,9 @@ sums) is served from cache. One pass over memory for statistics, one for the out
 its own row of partial sums), partials are merged in a fixed order, and the split depends on the shape only: results
 are bit-identical for any thread count.
 
-Outputs. Kernels write new arrays unless the caller passes `out=` (see `_output`): for arrays of tens of MB the
-page faults of fresh memory cost about as much as the kernel.
+Outputs. Kernels write new arrays unless the caller passes `out=` (kernels._checks._output_array, in place over an
+input allowed: every kernel reads a block's inputs before writing that block's outputs): for arrays of tens of MB
+the page faults of fresh memory cost about as much as the kernel.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import functools
 
 import numpy as np
 from numba import njit
+
+from smoothnorm.kernels._checks import _check_output
 
 # Bytes of input (all arrays a pass reads) per work item: with the output it writes, well inside a 2 MiB L2
 # (1.25 MiB on older Intel, 1 MiB on AMD Zen 4), so the second pass over an item hits cache. Items aim to be at
@@ -56,29 +59,39 @@ def _as_ncs(name: str, x) -> np.ndarray:
     return x.reshape(n, c, s)
 
 
-def _same_as(name: str, a, ref: np.ndarray, ref_name: str) -> np.ndarray:
-    """Validate that a matches ref's shape and dtype; return it C-contiguous."""
-    a = np.asarray(a)
-    if a.shape != ref.shape:
-        raise ValueError(f"{name}: expected shape {ref.shape} (the shape of {ref_name}), got {a.shape}")
-    if a.dtype != ref.dtype:
-        raise ValueError(f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {a.dtype}")
-    return np.ascontiguousarray(a)
-
-
-def _channel_vector(name: str, v, channels: int, dtype, default: float | None = None):
-    """Validate a per-channel vector of shape (C,) and the given dtype. None gives `default` filled where the
-    vector is optional (gamma, beta), and is an error where it is required (default None)."""
+def _exact_array(name: str, v, shape: tuple, dtype, what: str) -> np.ndarray:
+    """Validate a required array of exactly `shape` (described by `what`) and `dtype` (x's); return it C-contiguous."""
     if v is None:
-        if default is None:
-            raise ValueError(f"{name}: expected an array of shape ({channels},), got None")
-        return np.full(channels, default, dtype=dtype)
+        raise ValueError(f"{name}: expected an array of shape {shape}, got None")
     v = np.asarray(v)
-    if v.shape != (channels,):
-        raise ValueError(f"{name}: expected shape ({channels},) (C, the channels of x), got {v.shape}")
+    if v.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape} ({what}), got {v.shape}")
     if v.dtype != dtype:
         raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {v.dtype}")
     return np.ascontiguousarray(v)
+
+
+def _channel_vector(name: str, v, channels: int, dtype, default: float | None = None) -> np.ndarray:
+    """Validate a per-channel vector of shape (C,) and the given dtype. None gives `default` filled where the
+    vector is optional (gamma, beta), and is an error where it is required (default None)."""
+    if v is None and default is not None:
+        return np.full(channels, default, dtype=dtype)
+    return _exact_array(name, v, (channels,), dtype, "C, the channels of x")
+
+
+def _check_parameter_grads(dgamma, dbeta, channels: int, dtype) -> None:
+    """dgamma and dbeta, where given, are (C,) buffers of x's dtype that the backward pass overwrites."""
+    for name, buf in (("dgamma", dgamma), ("dbeta", dbeta)):
+        if buf is not None:
+            _check_output(name, buf, (channels,), dtype)
+
+
+def _store_parameter_grads(dgamma, dbeta, dg, db) -> None:
+    """Overwrite the caller's dgamma and dbeta buffers (those given) with the computed gradients."""
+    if dgamma is not None:
+        dgamma[...] = dg
+    if dbeta is not None:
+        dbeta[...] = db
 
 
 def _check_momentum(momentum: float) -> float:
@@ -98,8 +111,8 @@ def _running_update_arrays(running_mean, running_stat, mean, stat, stat_names: t
     dt = np.asarray(running_mean).dtype
     if dt not in (np.float32, np.float64):
         raise ValueError(f"running_mean: expected dtype float32 or float64, got {dt}")
-    _check_output("running_mean", running_mean, channels, dt)
-    _check_output(stat_names[0], running_stat, channels, dt)
+    _check_output("running_mean", running_mean, (channels,), dt)
+    _check_output(stat_names[0], running_stat, (channels,), dt)
     return _channel_vector("mean", mean, channels, dt), _channel_vector(stat_names[1], stat, channels, dt)
 
 
@@ -385,41 +398,3 @@ def _merge_rows(partials, c):
     for j in range(partials.shape[0]):
         t += partials[j, c]
     return t
-
-
-def _output(out, x3: np.ndarray, shape: tuple, inputs: tuple) -> np.ndarray:
-    """The array a kernel writes its (N, C, ...) result into: a new one, or `out` after checks.
-
-    A caller that owns its buffers (a layer reusing its output between steps) saves the page faults of fresh
-    memory, which for arrays of tens of MB cost about as much as the kernel itself. `out` may be one of the inputs
-    exactly (in place: every kernel reads a block's inputs before writing that block's outputs), but must not
-    overlap one partially.
-    """
-    if out is None:
-        return np.empty(shape, dtype=x3.dtype)
-    if not isinstance(out, np.ndarray):
-        raise ValueError(f"out: expected a numpy array of shape {shape}, got {type(out).__name__}")
-    if out.shape != shape:
-        raise ValueError(f"out: expected shape {shape} (the shape of x), got {out.shape}")
-    if out.dtype != x3.dtype:
-        raise ValueError(f"out: expected dtype {x3.dtype} (the dtype of x), got {out.dtype}")
-    if not (out.flags.c_contiguous and out.flags.writeable):
-        raise ValueError("out: expected a writeable C-contiguous array")
-    for a in inputs:
-        if np.may_share_memory(out, a) and a.__array_interface__["data"][0] != out.__array_interface__["data"][0]:
-            raise ValueError("out: overlaps an input partially (it may be an input itself, or separate memory)")
-    return out
-
-
-def _check_output(name: str, out, channels: int, dtype) -> None:
-    """An in-place output must be a writeable (C,) array of the given dtype (a view into a flat vector is fine)."""
-    if out is None:
-        return
-    if not isinstance(out, np.ndarray):
-        raise ValueError(f"{name}: expected a numpy array of shape ({channels},), got {type(out).__name__}")
-    if out.shape != (channels,):
-        raise ValueError(f"{name}: expected shape ({channels},), got {out.shape}")
-    if out.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError(f"{name}: expected a writeable array (it is overwritten in place)")

@@ -22,7 +22,14 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from smoothnorm.kernels.norm.channel_blocks import _as_ncs, _channel_vector, _check_output
+from smoothnorm.kernels._checks import _same_as
+from smoothnorm.kernels.norm.channel_blocks import (
+    _as_ncs,
+    _channel_vector,
+    _check_parameter_grads,
+    _exact_array,
+    _store_parameter_grads,
+)
 
 # Sample chunks in the backward pass (each owns a row of dgamma / dbeta partials): enough items for load balance on a
 # few cores, a constant so the split depends on the shape only.
@@ -35,15 +42,6 @@ def _check_groups(groups, channels: int) -> int:
     if channels % groups != 0:
         raise ValueError(f"groups: expected a divisor of the channel count {channels}, got {groups}")
     return int(groups)
-
-
-def _stats(name: str, v, n: int, groups: int, dtype) -> np.ndarray:
-    v = np.asarray(v)
-    if v.shape != (n, groups):
-        raise ValueError(f"{name}: expected shape ({n}, {groups}) (N, groups), got {v.shape}")
-    if v.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {v.dtype}")
-    return np.ascontiguousarray(v)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -247,20 +245,13 @@ def group_norm_backward(
     Returns dx, like x.
     """
     x3 = _as_ncs("x", x)
-    xa = np.asarray(x)
-    dy = np.asarray(dy)
-    if dy.shape != xa.shape:
-        raise ValueError(f"dy: expected shape {xa.shape} (the shape of x), got {dy.shape}")
-    if dy.dtype != xa.dtype:
-        raise ValueError(f"dy: expected dtype {xa.dtype} (the dtype of x), got {dy.dtype}")
-    dy3 = np.ascontiguousarray(dy).reshape(x3.shape)
+    dy3 = _same_as("dy", dy, np.asarray(x), "x").reshape(x3.shape)
     N, C, S = x3.shape
     G = _check_groups(groups, C)
-    mean = _stats("mean", mean, N, G, x3.dtype)
-    invstd = _stats("invstd", invstd, N, G, x3.dtype)
+    mean = _exact_array("mean", mean, (N, G), x3.dtype, "N, groups")
+    invstd = _exact_array("invstd", invstd, (N, G), x3.dtype, "N, groups")
     gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    _check_output("dgamma", dgamma, C, x3.dtype)
-    _check_output("dbeta", dbeta, C, x3.dtype)
+    _check_parameter_grads(dgamma, dbeta, C, x3.dtype)
     chunks = max(1, min(N, _BACKWARD_CHUNKS))
     # With few samples, split the groups too so there are enough items for the threads.
     gblocks = max(1, min(G, -(-_BACKWARD_CHUNKS // chunks)))
@@ -271,8 +262,8 @@ def group_norm_backward(
         _group_norm_backward(dy3.reshape(-1), x3.reshape(-1), N, C, S, G, mean.reshape(-1), invstd.reshape(-1),
                              gamma, chunks, gblocks, dx3.reshape(-1), part_g, part_b)
     # Rows summed in chunk order: a fixed order, so dgamma and dbeta repeat bit for bit.
-    if dgamma is not None:
-        dgamma[...] = part_g.sum(axis=0) if chunks > 1 else part_g[0]
-    if dbeta is not None:
-        dbeta[...] = part_b.sum(axis=0) if chunks > 1 else part_b[0]
+    if chunks > 1:
+        _store_parameter_grads(dgamma, dbeta, part_g.sum(axis=0), part_b.sum(axis=0))
+    else:
+        _store_parameter_grads(dgamma, dbeta, part_g[0], part_b[0])
     return dx3.reshape(np.shape(x))

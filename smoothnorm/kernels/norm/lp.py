@@ -30,6 +30,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from smoothnorm.kernels._checks import _same_as
 from smoothnorm.kernels.norm.channel_blocks import (
     _RUN,
     _as_ncs,
@@ -38,7 +39,7 @@ from smoothnorm.kernels.norm.channel_blocks import (
     _channel_vector,
     _check_count,
     _check_eps,
-    _check_output,
+    _check_parameter_grads,
     _expand,
     _filled,
     _fold_columns,
@@ -46,7 +47,7 @@ from smoothnorm.kernels.norm.channel_blocks import (
     _item_range,
     _merge_rows,
     _plan,
-    _same_as,
+    _store_parameter_grads,
     _zeros,
 )
 from smoothnorm.kernels.norm.lp_eval import lp_norm_eval_backward, lp_norm_eval_forward, lp_norm_update_running
@@ -390,14 +391,10 @@ def lp_norm_train_backward(
     else:
         argmax = np.zeros(C, dtype=np.int64)
     gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    _check_output("dgamma", dgamma, C, x3.dtype)
-    _check_output("dbeta", dbeta, C, x3.dtype)
+    _check_parameter_grads(dgamma, dbeta, C, x3.dtype)
     dx3 = np.empty_like(x3)
     block, chunks = _plan(N, C, S, x3.itemsize, 2)
     dg, db = _lp_norm_backward(dy3.reshape(-1), x3.reshape(-1), N, C, S, code, mean, norm, argmax, gamma, eps,
                                block, chunks, dx3.reshape(-1))
-    if dgamma is not None:
-        dgamma[...] = dg
-    if dbeta is not None:
-        dbeta[...] = db
+    _store_parameter_grads(dgamma, dbeta, dg, db)
     return dx3.reshape(np.shape(x))

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from smoothnorm.kernels._checks import _same_as
 from smoothnorm.kernels.norm.batch import _fixed_stats_backward, _fixed_stats_forward
 from smoothnorm.kernels.norm.channel_blocks import (
     _as_ncs,
     _channel_vector,
     _check_eps,
     _check_momentum,
-    _check_output,
+    _check_parameter_grads,
     _plan,
     _running_update_arrays,
-    _same_as,
+    _store_parameter_grads,
 )
 
 __all__ = ["lp_norm_eval_forward", "lp_norm_eval_backward", "lp_norm_update_running"]
@@ -76,18 +77,14 @@ def lp_norm_eval_backward(
     running_mean = _channel_vector("running_mean", running_mean, C, x3.dtype)
     running_norm = _channel_vector("running_norm", running_norm, C, x3.dtype)
     gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    _check_output("dgamma", dgamma, C, x3.dtype)
-    _check_output("dbeta", dbeta, C, x3.dtype)
+    _check_parameter_grads(dgamma, dbeta, C, x3.dtype)
     inv = 1.0 / (running_norm.astype(np.float64) + eps)
     dx3 = np.empty_like(x3)
     block, chunks = _plan(N, C, S, x3.itemsize, 2)
     need_sums = dgamma is not None or dbeta is not None
     dg, db = _fixed_stats_backward(dy3.reshape(-1), x3.reshape(-1), N, C, S, running_mean.astype(np.float64), inv,
                                    gamma, need_sums, block, chunks, dx3.reshape(-1))
-    if dgamma is not None:
-        dgamma[...] = dg
-    if dbeta is not None:
-        dbeta[...] = db
+    _store_parameter_grads(dgamma, dbeta, dg, db)
     return dx3.reshape(np.shape(x))
 
 

@@ -20,6 +20,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from smoothnorm.kernels._checks import _same_as
 from smoothnorm.kernels.norm.channel_blocks import (  # BatchNorm's statistics and work split
     _RUN,
     _as_ncs,
@@ -27,13 +28,13 @@ from smoothnorm.kernels.norm.channel_blocks import (  # BatchNorm's statistics a
     _channel_vector,
     _check_count,
     _check_eps,
-    _check_output,
+    _check_parameter_grads,
     _expand,
     _fold_columns,
     _item_range,
     _merge_rows,
     _plan,
-    _same_as,
+    _store_parameter_grads,
     _zeros,
 )
 
@@ -339,14 +340,10 @@ def noisy_batch_norm_backward(
     mean = _channel_vector("mean", mean, C, x3.dtype)
     invstd = _channel_vector("invstd", invstd, C, x3.dtype)
     gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    _check_output("dgamma", dgamma, C, x3.dtype)
-    _check_output("dbeta", dbeta, C, x3.dtype)
+    _check_parameter_grads(dgamma, dbeta, C, x3.dtype)
     dx3 = np.empty_like(x3)
     block, chunks = _plan(N, C, S, x3.itemsize, 4 if before else 3)
     dg, db = _noisy_batch_norm_backward(dy3.reshape(-1), x3.reshape(-1), s3.reshape(-1), m3.reshape(-1), N, C, S,
                                         mean, invstd, gamma, before, block, chunks, dx3.reshape(-1))
-    if dgamma is not None:
-        dgamma[...] = dg
-    if dbeta is not None:
-        dbeta[...] = db
+    _store_parameter_grads(dgamma, dbeta, dg, db)
     return dx3.reshape(xa.shape)
