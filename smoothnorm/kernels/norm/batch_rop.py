@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from smoothnorm.kernels._checks import _check_out, _float_array, _output_array, _same_as
-from smoothnorm.kernels.norm.channel_blocks import _channel_vector
+from smoothnorm.kernels.norm import arguments
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -98,7 +98,7 @@ def _f64_arrays(x3, vectors: dict, like_x: dict) -> tuple[np.ndarray, list[np.nd
     shape; in that order."""
     x3 = _float_array("x", np.asarray(x3, dtype=np.float64), 3)
     c = x3.shape[1]
-    out = [_channel_vector(k, np.asarray(v, dtype=np.float64), c, np.float64) for k, v in vectors.items()]
+    out = [arguments.channel_vector(k, np.asarray(v, dtype=np.float64), c, np.float64) for k, v in vectors.items()]
     out += [_same_as(k, np.asarray(v, dtype=np.float64), x3, "x") for k, v in like_x.items()]
     return x3, out
 
