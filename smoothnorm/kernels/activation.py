@@ -23,7 +23,9 @@ from smoothnorm.kernels._checks import _float_array, _output_array, _same_as
 # a batch smaller than the thread count, splits into balanced tasks; large enough that scheduling is negligible.
 _BLOCK = 1 << 14
 
-# Integer codes select the activation inside a kernel (a jitted function passed as an argument is never cached).
+# Integer codes select the activation inside a kernel. A jitted function passed from Python as an argument would do
+# too, but the kernel's signature then holds that function object, new in every process, so the on-disk cache never
+# finds it (kernels/norm/skeleton.py binds its pieces inside jitted entry points instead, which cache).
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
 _CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 
