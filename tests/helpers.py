@@ -54,6 +54,24 @@ def assert_same_at_thread_counts(compute):
             np.testing.assert_array_equal(a, b)
 
 
+def assert_out_and_in_place(kernel, args: dict, in_place: tuple[str, ...] = ()) -> None:
+    """A kernel's `out=`: kernel(**args, out=buffer) returns the buffer itself holding the bits of kernel(**args)
+    (its first result, for a kernel that returns a tuple); and for each argument named in `in_place`, passing a
+    copy of it as its own `out` gives those bits too."""
+
+    def first(result):
+        return result[0] if isinstance(result, tuple) else result
+
+    expected = first(kernel(**args))
+    buffer = np.full_like(expected, np.nan)
+    assert first(kernel(**args, out=buffer)) is buffer
+    np.testing.assert_array_equal(buffer, expected)
+    for name in in_place:
+        own = np.array(args[name], copy=True)
+        assert first(kernel(**{**args, name: own}, out=own)) is own
+        np.testing.assert_array_equal(own, expected)
+
+
 def directional_fd(net, x, y, direction, eps=1e-6, mode="probe"):
     """Central difference of the loss along `direction` in parameter space (probe mode: the noise stays fixed)."""
     w0 = net.params.copy()

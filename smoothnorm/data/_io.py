@@ -40,11 +40,6 @@ def data_home() -> Path:
     return Path(configured).expanduser() if configured else Path("~/.cache/smoothnorm").expanduser()
 
 
-def md5_bytes(data: bytes) -> str:
-    """Hex MD5 of a bytes object."""
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
 def md5_file(path: str | os.PathLike) -> str:
     """Hex MD5 of a file, read in 1 MiB chunks so large archives need no memory."""
     digest = hashlib.md5(usedforsecurity=False)

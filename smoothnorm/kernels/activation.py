@@ -17,32 +17,17 @@ ReLU's forward ran 10x and its backward 4x slower at (128, 64, 32, 32) float32.
 import numpy as np
 from numba import njit, prange
 
-from smoothnorm.kernels.norm.channel_blocks import _output
+from smoothnorm.kernels._checks import _float_array, _output_array, _same_as
 
 # Elements per parallel task. Fixed (not derived from the thread count or the shape) so every shape, including
 # a batch smaller than the thread count, splits into balanced tasks; large enough that scheduling is negligible.
 _BLOCK = 1 << 14
 
-# Integer codes select the activation inside a kernel (a jitted function passed as an argument is never cached).
+# Integer codes select the activation inside a kernel. A jitted function passed from Python as an argument would do
+# too, but the kernel's signature then holds that function object, new in every process, so the on-disk cache never
+# finds it (kernels/norm/skeleton.py binds its pieces inside jitted entry points instead, which cache).
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
 _CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
-
-
-def _as_float_array(name: str, a) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype not in (np.float32, np.float64):
-        raise ValueError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
-    # Not np.ascontiguousarray, which turns a 0-d array into shape (1,).
-    return np.asarray(a, order="C")
-
-
-def _like(name: str, a, ref: np.ndarray, ref_name: str) -> np.ndarray:
-    a = _as_float_array(name, a)
-    if a.shape != ref.shape:
-        raise ValueError(f"{name}: expected shape {ref.shape} (the shape of {ref_name}), got {a.shape}")
-    if a.dtype != ref.dtype:
-        raise ValueError(f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {a.dtype}")
-    return a
 
 
 def _code(activation: str) -> int:
@@ -161,8 +146,8 @@ def relu_forward(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
     array like x, possibly x itself) filled with the result: a layer that keeps its buffers saves fresh memory's
     page faults, which cost more than this kernel at VGG's shapes.
     """
-    x = _as_float_array("x", x)
-    y = _output(out, x, x.shape, (x,))
+    x = _float_array("x", x)
+    y = _output_array("out", out, x.shape, x.dtype, x, may_alias=True)
     _relu_forward(x.reshape(-1), y.reshape(-1))
     return y
 
@@ -173,9 +158,9 @@ def relu_backward(dy: np.ndarray, y: np.ndarray, *, out: np.ndarray | None = Non
     dy, y: same shape and dtype (y is relu_forward's output). Returns dx, same shape and dtype (in `out` if given,
     as relu_forward; it may be dy itself, not y).
     """
-    dy = _as_float_array("dy", dy)
-    y = _like("y", y, dy, "dy")
-    dx = _output(out, dy, dy.shape, (dy, y))
+    dy = _float_array("dy", dy)
+    y = _same_as("y", y, dy, "dy")
+    dx = _output_array("out", out, dy.shape, dy.dtype, dy, y, may_alias=True)
     _relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
     return dx
 
@@ -187,7 +172,7 @@ def activation_forward(x: np.ndarray, activation: str) -> np.ndarray:
     Returns a new array of the same shape and dtype.
     """
     code = _code(activation)
-    x = _as_float_array("x", x)
+    x = _float_array("x", x)
     if code == 0:
         return relu_forward(x)
     y = np.empty_like(x)
@@ -213,8 +198,8 @@ def activation_forward_r(rx: np.ndarray, y: np.ndarray, activation: str) -> np.n
 
 def _slope_times(name: str, v, y, activation: str) -> np.ndarray:
     code = _code(activation)
-    v = _as_float_array(name, v)
-    y = _like("y", y, v, name)
+    v = _float_array(name, v)
+    y = _same_as("y", y, v, name)
     out = np.empty_like(v)
     _scale_by_slope(v.reshape(-1), y.reshape(-1), out.reshape(-1), code)
     return out
@@ -229,10 +214,10 @@ def activation_backward_r(
     y: activation_forward's output. All the same shape and dtype.
     """
     code = _code(activation)
-    dy = _as_float_array("dy", dy)
-    rdy = _like("rdy", rdy, dy, "dy")
-    rx = _like("rx", rx, dy, "dy")
-    y = _like("y", y, dy, "dy")
+    dy = _float_array("dy", dy)
+    rdy = _same_as("rdy", rdy, dy, "dy")
+    rx = _same_as("rx", rx, dy, "dy")
+    y = _same_as("y", y, dy, "dy")
     dx, rdx = np.empty_like(dy), np.empty_like(dy)
     _backward_r(dy.reshape(-1), rdy.reshape(-1), rx.reshape(-1), y.reshape(-1), dx.reshape(-1), rdx.reshape(-1),
                 code)

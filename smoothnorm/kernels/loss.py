@@ -3,6 +3,8 @@
 import numpy as np
 from numba import njit, prange
 
+from smoothnorm.kernels._checks import _float_array, _same_as
+
 # Elements per parallel task of the squared-error sum. Fixed, so the partial sums (and the loss, to the bit)
 # do not depend on the thread count.
 _BLOCK = 1 << 14
@@ -10,16 +12,12 @@ _BLOCK = 1 << 14
 _REDUCTIONS = ("sum", "mean")
 
 
-def _float_array(name: str, a, dtype=None) -> np.ndarray:
-    """Check the dtype (float32/float64, or exactly `dtype`); return a C-contiguous array."""
-    a = np.asarray(a)
-    if dtype is None:
-        if a.dtype not in (np.float32, np.float64):
-            raise ValueError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
-    elif a.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {dtype} (matching the first argument), got {a.dtype}")
-    # Not np.ascontiguousarray, which turns a 0-d array into shape (1,).
-    return np.asarray(a, order="C")
+def _rows_of_classes(name: str, a) -> np.ndarray:
+    """An (N, C) float array with N, C >= 1 (logits or probabilities)."""
+    a = _float_array(name, a, 2)
+    if a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"{name}: expected N >= 1 rows and C >= 1 classes, got shape {a.shape}")
+    return a
 
 
 def _check_reduction(reduction) -> None:
@@ -81,12 +79,7 @@ def softmax_cross_entropy_forward(logits: np.ndarray, labels: np.ndarray) -> tup
     logits: (N, C) float32 or float64, N, C >= 1; labels: (N,) integers in [0, C).
     Returns (loss as a Python float, accumulated in float64; probs (N, C) softmax in logits' dtype).
     """
-    logits = np.asarray(logits)
-    if logits.ndim != 2:
-        raise ValueError(f"logits: expected ndim 2 (N, C), got ndim {logits.ndim} with shape {logits.shape}")
-    if logits.shape[0] < 1 or logits.shape[1] < 1:
-        raise ValueError(f"logits: expected N >= 1 rows and C >= 1 classes, got shape {logits.shape}")
-    logits = _float_array("logits", logits)
+    logits = _rows_of_classes("logits", logits)
     n, n_classes = logits.shape
     labels = _labels_array(labels, n, n_classes)
     probs = np.empty_like(logits)
@@ -102,12 +95,7 @@ def softmax_cross_entropy_backward(probs: np.ndarray, labels: np.ndarray) -> np.
     probs: (N, C) from softmax_cross_entropy_forward; labels: (N,) integers in [0, C).
     Returns dlogits (N, C) in probs' dtype.
     """
-    probs = np.asarray(probs)
-    if probs.ndim != 2:
-        raise ValueError(f"probs: expected ndim 2 (N, C), got ndim {probs.ndim} with shape {probs.shape}")
-    if probs.shape[0] < 1 or probs.shape[1] < 1:
-        raise ValueError(f"probs: expected N >= 1 rows and C >= 1 classes, got shape {probs.shape}")
-    probs = _float_array("probs", probs)
+    probs = _rows_of_classes("probs", probs)
     n, n_classes = probs.shape
     labels = _labels_array(labels, n, n_classes)
     dlogits = probs.copy()
@@ -125,9 +113,7 @@ def squared_error_forward(pred: np.ndarray, target: np.ndarray, reduction: str =
     """
     _check_reduction(reduction)
     pred = _float_array("pred", pred)
-    target = _float_array("target", target, pred.dtype)
-    if target.shape != pred.shape:
-        raise ValueError(f"target: expected shape {pred.shape} (the shape of pred), got {target.shape}")
+    target = _same_as("target", target, pred, "pred")
     diff = np.empty_like(pred)
     partials = np.empty((pred.size + _BLOCK - 1) // _BLOCK, dtype=np.float64)
     if partials.size == 1:  # one block: waking the thread pool would cost more than the work

@@ -9,6 +9,8 @@ so float32 vectors are updated in float32 arithmetic, as torch does. NaN and Inf
 import numpy as np
 from numba import njit, prange
 
+from smoothnorm.kernels._checks import _same_as
+
 # Elements per parallel task. Fixed (not derived from the thread count) so results never depend on it; large
 # enough that scheduling is negligible, small enough that a 2-core machine balances a ~1M-element vector.
 _BLOCK = 1 << 14
@@ -217,20 +219,16 @@ def _check_params(params) -> np.ndarray:
 
 def _check_like(name: str, a, params: np.ndarray, *, in_place: bool) -> np.ndarray:
     """Check that `a` matches params' shape and dtype; arrays written in place must already be contiguous."""
-    if in_place and not isinstance(a, np.ndarray):
+    if not in_place:
+        return _same_as(name, a, params, "params")
+    if not isinstance(a, np.ndarray):
         raise ValueError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
-    a = np.asarray(a)
-    if a.shape != params.shape:
-        raise ValueError(f"{name}: expected shape {params.shape} (the shape of params), got {a.shape}")
-    if a.dtype != params.dtype:
-        raise ValueError(f"{name}: expected dtype {params.dtype} (the dtype of params), got {a.dtype}")
-    if in_place:
-        if not a.flags.c_contiguous:
-            raise ValueError(f"{name}: expected a C-contiguous array (it is written in place), got a strided view")
-        if not a.flags.writeable:
-            raise ValueError(f"{name}: expected a writeable array, got a read-only one")
-        return a
-    return np.ascontiguousarray(a)
+    _same_as(name, a, params, "params")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array (it is written in place), got a strided view")
+    if not a.flags.writeable:
+        raise ValueError(f"{name}: expected a writeable array, got a read-only one")
+    return a
 
 
 def _prepare(params, grads, out):

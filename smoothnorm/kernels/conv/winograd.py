@@ -265,7 +265,7 @@ def winograd_backward_input(
     (a C-contiguous array of that shape and dy's dtype, apart from dy and weight).
     """
     dy = _float_array("dy", dy, 4)
-    weight = _float_array("weight", weight, 4, dy.dtype)
+    weight = _float_array("weight", weight, 4, dy.dtype, like="dy")
     _check_3x3(weight)
     n, c_out, h, w = dy.shape
     c_in = weight.shape[1]

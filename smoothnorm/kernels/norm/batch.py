@@ -1,5 +1,6 @@
-"""Batch normalization kernels (train / probe / eval) forward and backward, on the per-channel building blocks of
-channel_blocks.py (layout, work split, block helpers).
+"""Batch normalization kernels (train / probe / eval) forward and backward: BatchNorm's statistics and the pieces
+that make its variants of the normalization skeleton (skeleton.py; work split and block loops in channel_blocks.py).
+Eval mode's kernels also serve the Lp norms' eval mode (lp_eval.py).
 
 Numerics of the statistics. One pass computes, per channel, sums of d = x - K and d^2 in float64, with the shift K
 the channel's first element (the "shifted data" algorithm). var = mean(d^2) - mean(d)^2 then loses only about
@@ -23,25 +24,30 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from smoothnorm.kernels.norm.channel_blocks import (
-    _as_ncs,
-    _block_affine,
-    _block_grad_apply,
-    _block_grad_sums,
-    _block_moments,
-    _channel_vector,
-    _check_count,
-    _check_eps,
-    _check_output,
-    _item_range,
-    _merge_rows,
-    _output,
-    _plan,
-    _same_as,
-    _zeros,
+from smoothnorm.kernels.norm import arguments
+from smoothnorm.kernels.norm.channel_blocks import _block_map, _float64_copy, _plan, _zeros
+from smoothnorm.kernels.norm.skeleton import (
+    _affine_apply,
+    _affine_value,
+    _channel_passes,
+    _gradient_apply,
+    _gradient_sums,
+    _moment_sums,
+    _no_finish,
+    _no_sums,
+    _total,
 )
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _channel_shift(x, C, S):
+    """Each channel's first value in float64: the shift K of the shifted sums (x flat (N, C, S))."""
+    shift = np.empty(C)
+    for c in range(C):
+        shift[c] = float(x[c * S])
+    return shift
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -73,112 +79,85 @@ def _train_grad_coefficients(c, sum_dy, sum_dyx, gamma, invstd, count, a, b, k, 
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _train_forward_block(x, C, S, c0, c1, N, gamma, beta, eps, count, shift, acc_s, acc_q, mean, var, invstd, scale,
-                         offset, y):
-    """Channels [c0, c1) over the whole batch, fused: statistics, then the output while the block is in cache."""
-    _block_moments(x, C, S, c0, c1, 0, N, shift, acc_s, acc_q, 0)
+def _moments_finish(v, c0, c1):
+    """Train forward: the channels' statistics, and the affine y = (x - mean) gamma invstd + beta."""
+    shift, acc_s, acc_q = v[1]
+    mean, scale, offset = v[2]
+    gamma, beta, eps, count, var, invstd = v[3]
     for c in range(c0, c1):
-        _finish_moments(acc_s[0, c], acc_q[0, c], shift, count, eps, c, mean, var, invstd)
+        _finish_moments(_total(acc_s, c), _total(acc_q, c), shift, count, eps, c, mean, var, invstd)
         scale[c] = float(gamma[c]) * invstd[c]
         offset[c] = float(beta[c])
-    _block_affine(x, C, S, c0, c1, 0, N, mean, scale, offset, y)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _train_backward_block(dy, x, C, S, c0, c1, N, gamma, invstd, count, center, acc_dy, acc_dyx, a, b, k, dgamma,
-                          dbeta, dx):
-    """Channels [c0, c1) over the whole batch, fused: gradient sums, then dx while the block is in cache."""
-    _block_grad_sums(dy, x, C, S, c0, c1, 0, N, center, acc_dy, acc_dyx, 0)
+def _train_grad_finish(v, c0, c1):
+    """Train backward: the channels' dx coefficients and parameter gradients."""
+    _, acc_dy, acc_dyx = v[1]
+    _, a, b, k = v[2]
+    gamma, invstd, count, dgamma, dbeta = v[3]
     for c in range(c0, c1):
-        _train_grad_coefficients(c, acc_dy[0, c], acc_dyx[0, c], gamma, invstd, count, a, b, k, dgamma, dbeta)
-    _block_grad_apply(dy, x, C, S, c0, c1, 0, N, center, a, b, k, dx)
+        _train_grad_coefficients(c, _total(acc_dy, c), _total(acc_dyx, c), gamma, invstd, count, a, b, k, dgamma,
+                                 dbeta)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _fixed_grad_sums(v, c0, c1, n0, n1, row):
+    """Eval backward: the gradient sums, only where dgamma or dbeta is wanted."""
+    if v[3][0]:
+        _gradient_sums(v, c0, c1, n0, n1, row)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _fixed_grad_finish(v, c0, c1):
+    """Eval backward: dgamma = sum(dy (x - center)) inv and dbeta = sum(dy) of the channels."""
+    _, acc_dy, acc_dyx = v[1]
+    _, inv, dgamma, dbeta = v[3]
+    for c in range(c0, c1):
+        dgamma[c] = _total(acc_dyx, c) * inv[c]
+        dbeta[c] = _total(acc_dy, c)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _fixed_grad_apply(v, c0, c1, n0, n1):
+    """Eval backward: dx = dy scale (coefficients (zeros, scale, zeros))."""
+    C, S, dx, dy, _ = v[0]
+    zeros, scale, _ = v[2]
+    _block_map(C, S, c0, c1, n0, n1, (zeros, scale, zeros, zeros), _affine_value, (dy,), dx)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Parallel kernels: x, y, dy, dx are flat views of (N, C, S) arrays.
+# Parallel kernels, one per variant: x, y, dy, dx are flat views of (N, C, S) arrays.
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _batch_norm_train_forward(x, N, C, S, gamma, beta, eps, block, chunks, y):
-    count = float(N * S)
-    shift = np.empty(C)
-    for c in range(C):
-        shift[c] = float(x[c * S])
-    mean = np.empty(C)
-    var = np.empty(C)
-    invstd = np.empty(C)
-    scale = np.empty(C)
-    offset = np.empty(C)
-    acc_s = _zeros((chunks, C))
-    acc_q = _zeros((chunks, C))
-    blocks = (C + block - 1) // block
-    if chunks == 1 and blocks == 1:
-        # One work item (small inputs such as (1000, 10)): no thread team, whose start costs more than the work.
-        _train_forward_block(x, C, S, 0, C, N, gamma, beta, eps, count, shift, acc_s, acc_q, mean, var, invstd,
-                             scale, offset, y)
-    elif chunks == 1:
-        for b in prange(blocks):
-            c0 = b * block
-            _train_forward_block(x, C, S, c0, min(C, c0 + block), N, gamma, beta, eps, count, shift, acc_s, acc_q,
-                                 mean, var, invstd, scale, offset, y)
-    else:
-        for item in prange(blocks * chunks):
-            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
-            _block_moments(x, C, S, c0, c1, n0, n1, shift, acc_s, acc_q, item % chunks)
-        for c in range(C):
-            _finish_moments(_merge_rows(acc_s, c), _merge_rows(acc_q, c), shift, count, eps, c, mean, var, invstd)
-            scale[c] = float(gamma[c]) * invstd[c]
-            offset[c] = float(beta[c])
-        for item in prange(blocks * chunks):
-            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
-            _block_affine(x, C, S, c0, c1, n0, n1, mean, scale, offset, y)
+    shift = _channel_shift(x, C, S)
+    mean, var, invstd = np.empty(C), np.empty(C), np.empty(C)
+    scale, offset = np.empty((2, C))
+    acc_s, acc_q = _zeros((2, chunks, C))
+    v = ((C, S, y, x), (shift, acc_s, acc_q), (mean, scale, offset), (gamma, beta, eps, float(N * S), var, invstd))
+    _channel_passes(N, C, block, chunks, v, _moment_sums, _moments_finish, _affine_apply, True)
     return mean, var, invstd
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _batch_norm_train_backward(dy, x, N, C, S, mean, invstd, gamma, block, chunks, dx):
-    count = float(N * S)
-    center = np.empty(C)
-    for c in range(C):
-        center[c] = float(mean[c])
-    a = np.empty(C)
-    b = np.empty(C)
-    k = np.empty(C)
-    dgamma = np.empty(C)
-    dbeta = np.empty(C)
-    acc_dy = _zeros((chunks, C))
-    acc_dyx = _zeros((chunks, C))
-    blocks = (C + block - 1) // block
-    if chunks == 1 and blocks == 1:
-        _train_backward_block(dy, x, C, S, 0, C, N, gamma, invstd, count, center, acc_dy, acc_dyx, a, b, k, dgamma,
-                              dbeta, dx)
-    elif chunks == 1:
-        for blk in prange(blocks):
-            c0 = blk * block
-            _train_backward_block(dy, x, C, S, c0, min(C, c0 + block), N, gamma, invstd, count, center, acc_dy,
-                                  acc_dyx, a, b, k, dgamma, dbeta, dx)
-    else:
-        for item in prange(blocks * chunks):
-            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
-            _block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, item % chunks)
-        for c in range(C):
-            sum_dy = _merge_rows(acc_dy, c)
-            sum_dyx = _merge_rows(acc_dyx, c)
-            _train_grad_coefficients(c, sum_dy, sum_dyx, gamma, invstd, count, a, b, k, dgamma, dbeta)
-        for item in prange(blocks * chunks):
-            c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
-            _block_grad_apply(dy, x, C, S, c0, c1, n0, n1, center, a, b, k, dx)
+    center = _float64_copy(mean)
+    a, b, k = np.empty((3, C))
+    dgamma, dbeta = np.empty(C), np.empty(C)
+    acc_dy, acc_dyx = _zeros((2, chunks, C))
+    v = ((C, S, dx, dy, x), (center, acc_dy, acc_dyx), (center, a, b, k), (gamma, invstd, float(N * S), dgamma, dbeta))
+    _channel_passes(N, C, block, chunks, v, _gradient_sums, _train_grad_finish, _gradient_apply, True)
     return dgamma, dbeta
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _fixed_stats_forward(x, N, C, S, center, scale, offset, block, chunks, y):
     """y = (x - center) scale + offset per channel, the (C,) float64 coefficients fixed: eval-mode normalization
-    (here and in lp_norm_eval.py) with scale = gamma / sqrt(running_var + eps) or gamma / (running_norm + eps)."""
-    blocks = (C + block - 1) // block
-    for item in prange(blocks * chunks):
-        c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
-        _block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y)
+    (here and in lp_eval.py) with scale = gamma / sqrt(running_var + eps) or gamma / (running_norm + eps)."""
+    v = ((C, S, y, x), (), (center, scale, offset), ())
+    _channel_passes(N, C, block, chunks, v, _no_sums, _no_finish, _affine_apply, False)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -186,22 +165,13 @@ def _fixed_stats_backward(dy, x, N, C, S, center, inv, gamma, need_sums, block, 
     """Gradient of y = gamma (x - center) inv + beta with center and inv (C,) float64 constants: dx = gamma inv dy;
     returns (dgamma, dbeta) = (sum(dy (x - center)) inv, sum(dy)) (zeros unless need_sums)."""
     scale = np.empty(C)
-    zeros = _zeros(C)
     for c in range(C):
         scale[c] = float(gamma[c]) * inv[c]
-    acc_dy = _zeros((chunks, C))
-    acc_dyx = _zeros((chunks, C))
-    blocks = (C + block - 1) // block
-    for item in prange(blocks * chunks):
-        c0, c1, n0, n1 = _item_range(item, chunks, block, C, N)
-        if need_sums:
-            _block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, item % chunks)
-        _block_affine(dy, C, S, c0, c1, n0, n1, zeros, scale, zeros, dx)
-    dgamma = np.empty(C)
-    dbeta = np.empty(C)
-    for c in range(C):
-        dgamma[c] = _merge_rows(acc_dyx, c) * inv[c]
-        dbeta[c] = _merge_rows(acc_dy, c)
+    dgamma, dbeta = np.empty(C), np.empty(C)
+    acc_dy, acc_dyx = _zeros((2, chunks, C))
+    zeros = _zeros(C)
+    v = ((C, S, dx, dy, x), (center, acc_dy, acc_dyx), (zeros, scale, zeros), (need_sums, inv, dgamma, dbeta))
+    _channel_passes(N, C, block, chunks, v, _fixed_grad_sums, _fixed_grad_finish, _fixed_grad_apply, False)
     return dgamma, dbeta
 
 
@@ -218,173 +188,121 @@ def _update_running(running_mean, running_var, mean, var, count, momentum):
 # Public API
 
 
-def batch_norm_train_forward(
-    x: np.ndarray,
-    gamma: np.ndarray | None = None,
-    beta: np.ndarray | None = None,
-    eps: float = 1e-5,
-    *,
-    out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def batch_norm_train_forward(x: np.ndarray, gamma: np.ndarray | None = None, beta: np.ndarray | None = None,
+                             eps: float = 1e-5, *, out: np.ndarray | None = None
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Batch normalization with batch statistics (train and probe modes), as torch's BatchNorm1d/2d.
 
     x: (N, C) or (N, C, H, W), float32 or float64; gamma, beta: (C,) of x's dtype, or None (no scale / no shift).
     Returns (y, mean, invstd, var): y like x; mean, invstd = 1 / sqrt(var + eps) and the biased variance var,
     each (C,) of x's dtype. Keep (mean, invstd) for the backward pass and (mean, var) for the running update.
-    out: optional C-contiguous array like x to write y into (returned as y); see _output.
+    out: optional C-contiguous array like x to write y into (returned as y; x itself is allowed).
     """
-    x3 = _as_ncs("x", x)
-    N, C, S = x3.shape
-    _check_count(np.shape(x), N * S)
-    eps = _check_eps(eps)
-    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
-    y = _output(out, x3, np.shape(x), (x3,))
+    x3, N, C, S = arguments.batch_input(x)
     block, chunks = _plan(N, C, S, x3.itemsize, 1)
-    mean, var, invstd = _batch_norm_train_forward(
-        x3.reshape(-1), N, C, S, gamma, beta, eps, block, chunks, y.reshape(-1)
-    )
-    dt = x3.dtype
-    return y, mean.astype(dt, copy=False), invstd.astype(dt, copy=False), var.astype(dt, copy=False)
+    eps = arguments.check_eps(eps)
+    gamma, beta = arguments.affine_parameters(gamma, beta, C, x3.dtype)
+    y = arguments.result_array(out, x, x3, x3)
+    mean, var, invstd = _batch_norm_train_forward(x3.reshape(-1), N, C, S, gamma, beta, eps, block, chunks,
+                                                  y.reshape(-1))
+    return y, *arguments.in_dtype(x3.dtype, mean, invstd, var)
 
 
-def batch_norm_train_backward(
-    dy: np.ndarray,
-    x: np.ndarray,
-    mean: np.ndarray,
-    invstd: np.ndarray,
-    gamma: np.ndarray | None = None,
-    dgamma: np.ndarray | None = None,
-    dbeta: np.ndarray | None = None,
-    *,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
+def batch_norm_train_backward(dy: np.ndarray, x: np.ndarray, mean: np.ndarray, invstd: np.ndarray,
+                              gamma: np.ndarray | None = None, dgamma: np.ndarray | None = None,
+                              dbeta: np.ndarray | None = None, *, out: np.ndarray | None = None) -> np.ndarray:
     """Gradient of batch_norm_train_forward, through the batch statistics.
 
     dy, x: (N, C) or (N, C, H, W) of one dtype; mean, invstd: (C,) from the forward pass; gamma: (C,) or None.
     dgamma, dbeta: (C,) arrays overwritten in place with sum(dy * xhat) and sum(dy) when given.
     Returns dx, like x; out: optional C-contiguous array like x to write dx into (dy itself is allowed).
     """
-    x3 = _as_ncs("x", x)
-    dy3 = _same_as("dy", dy, np.asarray(x), "x").reshape(x3.shape)
-    N, C, S = x3.shape
-    _check_count(np.shape(x), N * S)
-    mean = _channel_vector("mean", mean, C, x3.dtype)
-    invstd = _channel_vector("invstd", invstd, C, x3.dtype)
-    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    _check_output("dgamma", dgamma, C, x3.dtype)
-    _check_output("dbeta", dbeta, C, x3.dtype)
-    dx = _output(out, x3, np.shape(x), (x3, dy3))
+    x3, dy3, N, C, S = arguments.backward_input(dy, x)
     block, chunks = _plan(N, C, S, x3.itemsize, 2)
-    dg, db = _batch_norm_train_backward(
-        dy3.reshape(-1), x3.reshape(-1), N, C, S, mean, invstd, gamma, block, chunks, dx.reshape(-1)
-    )
-    if dgamma is not None:
-        dgamma[...] = dg
-    if dbeta is not None:
-        dbeta[...] = db
+    dx = arguments.result_array(out, x, x3, x3, dy3)
+    mean = arguments.channel_vector("mean", mean, C, x3.dtype)
+    invstd = arguments.channel_vector("invstd", invstd, C, x3.dtype)
+    gamma = arguments.channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    arguments.check_parameter_grads(dgamma, dbeta, C, x3.dtype)
+    dg, db = _batch_norm_train_backward(dy3.reshape(-1), x3.reshape(-1), N, C, S, mean, invstd, gamma, block,
+                                        chunks, dx.reshape(-1))
+    arguments.store_parameter_grads(dgamma, dbeta, dg, db)
     return dx
 
 
-def batch_norm_eval_forward(
-    x: np.ndarray,
-    running_mean: np.ndarray,
-    running_var: np.ndarray,
-    gamma: np.ndarray | None = None,
-    beta: np.ndarray | None = None,
-    eps: float = 1e-5,
-    *,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
+def batch_norm_eval_forward(x: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
+                            gamma: np.ndarray | None = None, beta: np.ndarray | None = None, eps: float = 1e-5, *,
+                            out: np.ndarray | None = None) -> np.ndarray:
     """Batch normalization with running statistics (eval mode): y = (x - rm) / sqrt(rv + eps) * gamma + beta.
 
     x: (N, C) or (N, C, H, W), float32 or float64; running_mean, running_var, gamma, beta: (C,) of x's dtype
     (gamma, beta may be None). Returns y, like x; out: optional C-contiguous array like x to write y into.
     """
-    x3 = _as_ncs("x", x)
-    N, C, S = x3.shape
-    eps = _check_eps(eps)
-    running_mean = _channel_vector("running_mean", running_mean, C, x3.dtype)
-    running_var = _channel_vector("running_var", running_var, C, x3.dtype)
-    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
-    y = _output(out, x3, np.shape(x), (x3,))
-    block, chunks = _plan(N, C, S, x3.itemsize, 1)
-    # Per-channel coefficients in float64, like every elementwise pass here.
-    scale = gamma.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + eps)
-    _fixed_stats_forward(x3.reshape(-1), N, C, S, running_mean.astype(np.float64), scale, beta.astype(np.float64),
-                         block, chunks, y.reshape(-1))
-    return y
+    return _fixed_stats_apply(x, running_mean, running_var, gamma, beta, arguments.check_eps(eps), out, "running_var")
 
 
-def batch_norm_eval_backward(
-    dy: np.ndarray,
-    x: np.ndarray,
-    running_mean: np.ndarray,
-    running_var: np.ndarray,
-    gamma: np.ndarray | None = None,
-    dgamma: np.ndarray | None = None,
-    dbeta: np.ndarray | None = None,
-    eps: float = 1e-5,
-    *,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
+def batch_norm_eval_backward(dy: np.ndarray, x: np.ndarray, running_mean: np.ndarray, running_var: np.ndarray,
+                             gamma: np.ndarray | None = None, dgamma: np.ndarray | None = None,
+                             dbeta: np.ndarray | None = None, eps: float = 1e-5, *, out: np.ndarray | None = None
+                             ) -> np.ndarray:
     """Gradient of batch_norm_eval_forward (running statistics are constants).
 
     dy, x: (N, C) or (N, C, H, W) of one dtype; running_mean, running_var, gamma: (C,) (gamma may be None).
     dgamma, dbeta: (C,) arrays overwritten in place with sum(dy * xhat) and sum(dy) when given.
     Returns dx, like x; out: optional C-contiguous array like x to write dx into (dy itself is allowed).
     """
-    x3 = _as_ncs("x", x)
-    dy3 = _same_as("dy", dy, np.asarray(x), "x").reshape(x3.shape)
-    N, C, S = x3.shape
-    eps = _check_eps(eps)
-    running_mean = _channel_vector("running_mean", running_mean, C, x3.dtype)
-    running_var = _channel_vector("running_var", running_var, C, x3.dtype)
-    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    _check_output("dgamma", dgamma, C, x3.dtype)
-    _check_output("dbeta", dbeta, C, x3.dtype)
-    need_sums = dgamma is not None or dbeta is not None
-    dx = _output(out, x3, np.shape(x), (x3, dy3))
-    block, chunks = _plan(N, C, S, x3.itemsize, 2)
-    inv = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
-    dg, db = _fixed_stats_backward(dy3.reshape(-1), x3.reshape(-1), N, C, S, running_mean.astype(np.float64), inv,
-                                   gamma, need_sums, block, chunks, dx.reshape(-1))
-    if dgamma is not None:
-        dgamma[...] = dg
-    if dbeta is not None:
-        dbeta[...] = db
-    return dx
+    return _fixed_stats_gradient(dy, x, running_mean, running_var, gamma, dgamma, dbeta, arguments.check_eps(eps), out,
+                                 "running_var")
 
 
-def batch_norm_update_running(
-    running_mean: np.ndarray,
-    running_var: np.ndarray,
-    mean: np.ndarray,
-    var: np.ndarray,
-    count: int,
-    momentum: float = 0.1,
-) -> None:
+def batch_norm_update_running(running_mean: np.ndarray, running_var: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                              count: int, momentum: float = 0.1) -> None:
     """Update running statistics in place, as torch: rm = (1-m) rm + m mean, rv = (1-m) rv + m var n/(n-1).
 
     running_mean, running_var: (C,) arrays updated in place; mean, var: (C,) batch mean and biased variance
     (from batch_norm_train_forward); count: n = N * H * W values per channel (> 1).
     """
-    running_mean_a = np.asarray(running_mean)
-    if running_mean_a.ndim != 1:
-        raise ValueError(f"running_mean: expected a 1-D array (C,), got shape {running_mean_a.shape}")
-    C = running_mean_a.shape[0]
-    dt = running_mean_a.dtype
-    if dt not in (np.float32, np.float64):
-        raise ValueError(f"running_mean: expected dtype float32 or float64, got {dt}")
-    _check_output("running_mean", running_mean, C, dt)
-    _check_output("running_var", running_var, C, dt)
-    mean = _channel_vector("mean", mean, C, dt)
-    var = _channel_vector("var", var, C, dt)
+    mean, var = arguments.running_update_arrays(running_mean, running_var, mean, var, ("running_var", "var"))
     count = int(count)
     if count < 2:
         raise ValueError(f"count: expected the number of values per channel, > 1, got {count}")
-    momentum = float(momentum)
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum: expected a number in [0, 1], got {momentum}")
-    _update_running(running_mean, running_var, mean, var, count, momentum)
+    _update_running(running_mean, running_var, mean, var, count, arguments.check_momentum(momentum))
+
+
+# Eval mode, shared with the Lp norms (lp_eval.py): the spread is the running variance here (scale 1 / sqrt(rv +
+# eps)), the running norm there (1 / (rn + eps)).
+
+
+def _fixed_stats_apply(x, running_mean, running_spread, gamma, beta, eps, out, spread_name):
+    x3, N, C, S = arguments.batch_input(x, count=False)
+    block, chunks = _plan(N, C, S, x3.itemsize, 1)
+    running_mean = arguments.channel_vector("running_mean", running_mean, C, x3.dtype)
+    spread = _spread_term(arguments.channel_vector(spread_name, running_spread, C, x3.dtype), eps, spread_name)
+    gamma, beta = arguments.affine_parameters(gamma, beta, C, x3.dtype)
+    y = arguments.result_array(out, x, x3, x3)
+    # Per-channel coefficients in float64, like every elementwise pass here.
+    _fixed_stats_forward(x3.reshape(-1), N, C, S, running_mean.astype(np.float64), gamma.astype(np.float64) / spread,
+                         beta.astype(np.float64), block, chunks, y.reshape(-1))
+    return y
+
+
+def _fixed_stats_gradient(dy, x, running_mean, running_spread, gamma, dgamma, dbeta, eps, out, spread_name):
+    x3, dy3, N, C, S = arguments.backward_input(dy, x, count=False)
+    block, chunks = _plan(N, C, S, x3.itemsize, 2)
+    dx = arguments.result_array(out, x, x3, x3, dy3)
+    running_mean = arguments.channel_vector("running_mean", running_mean, C, x3.dtype)
+    inv = 1.0 / _spread_term(arguments.channel_vector(spread_name, running_spread, C, x3.dtype), eps, spread_name)
+    gamma = arguments.channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    arguments.check_parameter_grads(dgamma, dbeta, C, x3.dtype)
+    need_sums = dgamma is not None or dbeta is not None
+    dg, db = _fixed_stats_backward(dy3.reshape(-1), x3.reshape(-1), N, C, S, running_mean.astype(np.float64), inv,
+                                   gamma, need_sums, block, chunks, dx.reshape(-1))
+    arguments.store_parameter_grads(dgamma, dbeta, dg, db)
+    return dx
+
+
+def _spread_term(spread: np.ndarray, eps: float, spread_name: str) -> np.ndarray:
+    """The divisor of eval mode's output, sqrt(running_var + eps) or running_norm + eps, in float64."""
+    if spread_name == "running_var":
+        return np.sqrt(spread.astype(np.float64) + eps)
+    return spread.astype(np.float64) + eps

@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from smoothnorm.kernels._checks import _check_out, _output_array
+from smoothnorm.kernels._checks import _check_out, _float_array, _output_array, _same_as
+from smoothnorm.kernels.norm import arguments
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -92,25 +93,23 @@ def _backward_r(x, mean, inv, gamma, rgamma, rx, rx_mean, rs, dy, rdy, dx, rdx, 
                                  - rk * z / m - k * rz / m)
 
 
-def _f64(name: str, a, shape: tuple) -> np.ndarray:
-    a = np.ascontiguousarray(a, dtype=np.float64)
-    if a.shape != shape:
-        raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
-    return a
+def _f64_arrays(x3, vectors: dict, like_x: dict) -> tuple[np.ndarray, list[np.ndarray]]:
+    """x3 as a float64 (N, C, S) array and the other arguments in float64: `vectors` (C,) each, `like_x` of x3's
+    shape; in that order."""
+    x3 = _float_array("x", np.asarray(x3, dtype=np.float64), 3)
+    c = x3.shape[1]
+    out = [arguments.channel_vector(k, np.asarray(v, dtype=np.float64), c, np.float64) for k, v in vectors.items()]
+    out += [_same_as(k, np.asarray(v, dtype=np.float64), x3, "x") for k, v in like_x.items()]
+    return x3, out
 
 
 def batch_norm_r_forward(x3, mean, inv, gamma, rgamma, rbeta, rx3, *, out=None):
     """R-forward of BatchNorm with batch statistics: ry (N, C, S) float64, plus (rx_mean, rs) per channel for
     `batch_norm_r_backward`. x3, rx3: (N, C, S); mean, inv (1/s), gamma, rgamma, rbeta: (C,). out: an (N, C, S)
     float64 buffer for ry (C-contiguous, apart from the inputs), or None."""
-    x3 = _f64("x", x3, np.shape(x3))
-    if x3.ndim != 3:
-        raise ValueError(f"x: expected an (N, C, S) array, got shape {x3.shape}")
+    x3, (mean, inv, gamma, rgamma, rbeta, rx3) = _f64_arrays(
+        x3, {"mean": mean, "inv": inv, "gamma": gamma, "rgamma": rgamma, "rbeta": rbeta}, {"rx": rx3})
     c = x3.shape[1]
-    mean, inv, gamma, rgamma, rbeta = (_f64(k, v, (c,)) for k, v in
-                                       (("mean", mean), ("inv", inv), ("gamma", gamma), ("rgamma", rgamma),
-                                        ("rbeta", rbeta)))
-    rx3 = _f64("rx", rx3, x3.shape)
     ry = _output_array("out", out, x3.shape, np.float64, x3, rx3)
     rx_mean, rs = np.empty(c), np.empty(c)
     _forward_r(x3, mean, inv, gamma, rgamma, rbeta, rx3, ry, rx_mean, rs)
@@ -122,12 +121,10 @@ def batch_norm_r_backward(x3, mean, inv, gamma, rgamma, rx3, rx_mean, rs, dy3, r
     """R-backward of BatchNorm with batch statistics: (dx, rdx) (N, C, S) float64, or (None, None) without need_dx;
     writes r d gamma and r d beta (C,) float64 in place. Arguments as `batch_norm_r_forward` and its results;
     out: a pair of (N, C, S) float64 buffers for (dx, rdx), or None."""
-    x3 = _f64("x", x3, np.shape(x3))
+    x3, (mean, inv, gamma, rgamma, rx_mean, rs, rx3, dy3, rdy3) = _f64_arrays(
+        x3, {"mean": mean, "inv": inv, "gamma": gamma, "rgamma": rgamma, "rx_mean": rx_mean, "rs": rs},
+        {"rx": rx3, "dy": dy3, "rdy": rdy3})
     c = x3.shape[1]
-    mean, inv, gamma, rgamma, rx_mean, rs = (_f64(k, v, (c,)) for k, v in
-                                             (("mean", mean), ("inv", inv), ("gamma", gamma), ("rgamma", rgamma),
-                                              ("rx_mean", rx_mean), ("rs", rs)))
-    rx3, dy3, rdy3 = (_f64(k, v, x3.shape) for k, v in (("rx", rx3), ("dy", dy3), ("rdy", rdy3)))
     _check_out("r_dgamma", r_dgamma, (c,), np.float64)
     _check_out("r_dbeta", r_dbeta, (c,), np.float64)
     if not need_dx:

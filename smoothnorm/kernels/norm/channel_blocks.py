@@ -1,13 +1,14 @@
-"""Per-channel statistics over (N, S): validation, work split and block helpers shared by the normalizations that
-use batch statistics (batch norm in norm.py, noisy batch norm, Lp batch norm).
+"""Per-channel statistics over (N, S): the work split and the block loops shared by the normalizations that use
+batch statistics (BatchNorm, noisy BatchNorm, the Lp batch norms; the three passes over them are skeleton.py's, the
+argument checks arguments.py's).
 
 Layout. Every input is viewed as (N, C, S): (N, C) has S = 1, (N, C, H, W) has S = H * W. Statistics are per
 channel over (N, S). The building blocks:
 
 - `_plan(N, C, S, itemsize, arrays)` splits the work into items of (channel block, batch chunk);
-- `_block_moments` adds shifted sums of x and x^2 of a block into per-channel float64 accumulators;
-- `_block_grad_sums` adds sum(dy) and sum(dy * (x - center)) of a block;
-- `_block_affine` writes y = (x - center) * scale + offset, `_block_grad_apply` writes dx = a dy + b (x - center) + k.
+- `_visit_block` runs a per-element function over a block in the fixed order below; on it, `_block_sums` adds a
+  block's per-channel sums of two terms into float64 accumulators (by columns), and `_block_map` writes a
+  per-element value (y, dx) from per-channel coefficients.
 
 Work split. A work item is a block of consecutive channels (and, when there are too few blocks to keep the threads
 busy, a chunk of the batch). Within an item the loops run batch-outer, channel-inner, so memory is read in
@@ -17,8 +18,6 @@ sums) is served from cache. One pass over memory for statistics, one for the out
 its own row of partial sums), partials are merged in a fixed order, and the split depends on the shape only: results
 are bit-identical for any thread count.
 
-Outputs. Kernels write new arrays unless the caller passes `out=` (see `_output`): for arrays of tens of MB the
-page faults of fresh memory cost about as much as the kernel.
 """
 
 from __future__ import annotations
@@ -35,63 +34,6 @@ from numba import njit
 _BLOCK_BYTES = 1 << 19
 _MIN_ITEM_ELEMENTS = 1 << 14
 _TARGET_ITEMS = 8
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Validation
-
-
-def _as_ncs(name: str, x) -> np.ndarray:
-    """Validate a float32/float64 (N, C) or (N, C, H, W) array; return it as a C-contiguous (N, C, S) array."""
-    x = np.asarray(x)
-    if x.dtype not in (np.float32, np.float64):
-        raise ValueError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
-    if x.ndim not in (2, 4):
-        raise ValueError(
-            f"{name}: expected a 2D or 4D array, (N, C) or (N, C, H, W), got ndim {x.ndim} (shape {x.shape})"
-        )
-    x = np.ascontiguousarray(x)
-    n, c = x.shape[0], x.shape[1]
-    s = x.shape[2] * x.shape[3] if x.ndim == 4 else 1
-    return x.reshape(n, c, s)
-
-
-def _same_as(name: str, a, ref: np.ndarray, ref_name: str) -> np.ndarray:
-    """Validate that a matches ref's shape and dtype; return it C-contiguous."""
-    a = np.asarray(a)
-    if a.shape != ref.shape:
-        raise ValueError(f"{name}: expected shape {ref.shape} (the shape of {ref_name}), got {a.shape}")
-    if a.dtype != ref.dtype:
-        raise ValueError(f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {a.dtype}")
-    return np.ascontiguousarray(a)
-
-
-def _channel_vector(name: str, v, channels: int, dtype, default: float | None = None):
-    """Validate a per-channel vector of shape (C,) and the given dtype; None gives `default` filled (or None)."""
-    if v is None:
-        return None if default is None else np.full(channels, default, dtype=dtype)
-    v = np.asarray(v)
-    if v.shape != (channels,):
-        raise ValueError(f"{name}: expected shape ({channels},) (C, the channels of x), got {v.shape}")
-    if v.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {v.dtype}")
-    return np.ascontiguousarray(v)
-
-
-def _check_count(x_shape: tuple, n: int) -> None:
-    if n < 2:
-        raise ValueError(f"x: batch statistics need more than 1 value per channel (N * H * W > 1), got shape {x_shape}")
-
-
-def _check_eps(eps: float, positive: bool = False) -> float:
-    """eps >= 0 where it is added to a variance under a square root; eps > 0 (`positive`) where it is a divisor's
-    only guard (Lp norms divide by norm + eps)."""
-    eps = float(eps)
-    if positive and not eps > 0.0:
-        raise ValueError(f"eps: expected a positive number, got {eps}")
-    if not eps >= 0.0:
-        raise ValueError(f"eps: expected a non-negative number, got {eps}")
-    return eps
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -116,16 +58,20 @@ def _plan(n: int, c: int, s: int, itemsize: int, arrays: int) -> tuple[int, int]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Block helpers (serial; called inside the parallel kernels' prange). A block is channels [c0, c1) of batch rows
+# Block loops (serial; called inside the parallel kernels' prange). A block is channels [c0, c1) of batch rows
 # [n0, n1); arrays are flat C-order views of (N, C, S), so row n of a block is the contiguous run
 # x[(n*C + c0)*S : (n*C + c1)*S]. Runs of one channel (S elements) are long enough for S >= _RUN to loop over
-# with per-channel scalars; below that (S = 1 for (N, C) inputs, 4 for 2x2 maps) each helper loops once over the
+# with per-channel scalars; below that (S = 1 for (N, C) inputs, 4 for 2x2 maps) the loop goes once over the
 # whole row of the block with per-position coefficients expanded from per-channel ones. Both loops vectorize.
 #
 # Reductions are "by column": position j of a block row accumulates over n into col[j] (elementwise, so it
 # vectorizes without letting the compiler reassociate sums), and each channel's S columns are added at the end in
 # order. Summation order is thus fixed in the source: results do not depend on the compiler, the CPU or the thread
 # count, and columns of N terms then S terms round less than one sequential sum of N * S terms.
+#
+# The per-element work is an @njit function passed to the loop (`body`, `terms`, `value`); the loops are inlined
+# into their callers at Numba's IR level (inline="always"), so each call is a direct call that LLVM inlines into the
+# vectorized loop, and no function object is passed at run time (see skeleton.py on why that matters for caching).
 #
 # Indices are uint64: with signed indices Numba adds a negative-index wraparound select that turns vector loads
 # into gathers. Slicing a row per (n, c) instead would create views whose reference counts are atomics shared by
@@ -165,6 +111,15 @@ def _filled(shape, value):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _float64_copy(values):
+    """values in float64 (a serial loop, for parallel kernels; see _zeros)."""
+    out = np.empty(values.shape[0])
+    for c in range(values.shape[0]):
+        out[c] = float(values[c])
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _expand(values, c0, c1, S, R=1):
     """Per-position copy (float64) of per-channel values[c0:c1], each repeated S times; all that R times over."""
     width = (c1 - c0) * S
@@ -180,6 +135,12 @@ def _expand(values, c0, c1, S, R=1):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _same_array(a, b):
+    """Whether a and b are the same (C,) array (same data)."""
+    return a.ctypes.data == b.ctypes.data
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _fold_columns(col, c0, c1, S, acc, row, R=1):
     """acc[row, c] += sum of channel c's columns of col (R groups of S), in order."""
     width = (c1 - c0) * S
@@ -191,210 +152,66 @@ def _fold_columns(col, c0, c1, S, acc, row, R=1):
         acc[row, c] += t
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _block_moments(x, C, S, c0, c1, n0, n1, shift, acc_s, acc_q, row):
-    """acc_s[row, c] += sum(d), acc_q[row, c] += sum(d^2), d = x[n, c, :] - shift[c] in float64, over the block."""
-    width = (c1 - c0) * S
-    if S >= _RUN:
-        col_s = np.zeros(width)
-        col_q = np.zeros(width)
-        uS = np.uint64(S)
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                base = np.uint64((n * C + c) * S)
-                off = np.uint64((c - c0) * S)
-                k = shift[c]
-                for s in range(uS):
-                    d = float(x[base + s]) - k
-                    col_s[off + s] += d
-                    col_q[off + s] += d * d
-        _fold_columns(col_s, c0, c1, S, acc_s, row)
-        _fold_columns(col_q, c0, c1, S, acc_q, row)
-        return
-    R = _group_rows(C, S, c0, c1)
-    wide = np.uint64(width * R)
-    col_s = np.zeros(wide)
-    col_q = np.zeros(wide)
-    ke = _expand(shift, c0, c1, S, R)
-    groups = (n1 - n0) // R
-    for g in range(groups):
-        base = np.uint64(((n0 + g * R) * C + c0) * S)
-        for j in range(wide):
-            d = float(x[base + j]) - ke[j]
-            col_s[j] += d
-            col_q[j] += d * d
-    for n in range(n0 + groups * R, n1):
-        base = np.uint64((n * C + c0) * S)
-        for j in range(np.uint64(width)):
-            d = float(x[base + j]) - ke[j]
-            col_s[j] += d
-            col_q[j] += d * d
-    _fold_columns(col_s, c0, c1, S, acc_s, row, R)
-    _fold_columns(col_q, c0, c1, S, acc_q, row, R)
+@njit(inline="always")
+def _visit_block(C, S, c0, c1, n0, n1, R, runs, coefs, body, state):
+    """body(state, i, j, k1, k2, k3, k4) for every element i of the block, batch rows in order: j is its column and
+    k1..k4 the four (C,) float64 arrays of `coefs` at its channel.
 
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _block_grad_sums(dy, x, C, S, c0, c1, n0, n1, center, acc_dy, acc_dyx, row):
-    """acc_dy[row, c] += sum(dy), acc_dyx[row, c] += sum(dy * (x - center[c])) in float64, over the block."""
-    width = (c1 - c0) * S
-    if S >= _RUN:
-        col_dy = np.zeros(width)
-        col_dyx = np.zeros(width)
-        uS = np.uint64(S)
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                base = np.uint64((n * C + c) * S)
-                off = np.uint64((c - c0) * S)
-                k = center[c]
-                for s in range(uS):
-                    g = float(dy[base + s])
-                    col_dy[off + s] += g
-                    col_dyx[off + s] += g * (float(x[base + s]) - k)
-        _fold_columns(col_dy, c0, c1, S, acc_dy, row)
-        _fold_columns(col_dyx, c0, c1, S, acc_dyx, row)
-        return
-    R = _group_rows(C, S, c0, c1)
-    wide = np.uint64(width * R)
-    col_dy = np.zeros(wide)
-    col_dyx = np.zeros(wide)
-    ke = _expand(center, c0, c1, S, R)
-    groups = (n1 - n0) // R
-    for gr in range(groups):
-        base = np.uint64(((n0 + gr * R) * C + c0) * S)
-        for j in range(wide):
-            g = float(dy[base + j])
-            col_dy[j] += g
-            col_dyx[j] += g * (float(x[base + j]) - ke[j])
-    for n in range(n0 + groups * R, n1):
-        base = np.uint64((n * C + c0) * S)
-        for j in range(np.uint64(width)):
-            g = float(dy[base + j])
-            col_dy[j] += g
-            col_dyx[j] += g * (float(x[base + j]) - ke[j])
-    _fold_columns(col_dy, c0, c1, S, acc_dy, row, R)
-    _fold_columns(col_dyx, c0, c1, S, acc_dyx, row, R)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _block_affine(x, C, S, c0, c1, n0, n1, center, scale, offset, y):
-    """y = (x - center[c]) * scale[c] + offset[c], computed in float64, stored in y's dtype, over the block."""
-    if S >= _RUN:
-        uS = np.uint64(S)
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                base = np.uint64((n * C + c) * S)
-                k = center[c]
-                a = scale[c]
-                b = offset[c]
-                for i in range(base, base + uS):
-                    y[i] = (float(x[i]) - k) * a + b
-        return
-    R = _group_rows(C, S, c0, c1)
-    width = (c1 - c0) * S
-    wide = np.uint64(width * R)
-    ke = _expand(center, c0, c1, S, R)
-    ae = _expand(scale, c0, c1, S, R)
-    be = _expand(offset, c0, c1, S, R)
-    groups = (n1 - n0) // R
-    for g in range(groups):
-        base = np.uint64(((n0 + g * R) * C + c0) * S)
-        for j in range(wide):
-            y[base + j] = (float(x[base + j]) - ke[j]) * ae[j] + be[j]
-    for n in range(n0 + groups * R, n1):
-        base = np.uint64((n * C + c0) * S)
-        for j in range(np.uint64(width)):
-            y[base + j] = (float(x[base + j]) - ke[j]) * ae[j] + be[j]
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _block_grad_apply(dy, x, C, S, c0, c1, n0, n1, center, a, b, k, dx):
-    """dx = a[c] * dy + b[c] * (x - center[c]) + k[c], computed in float64, stored in dx's dtype."""
-    if S >= _RUN:
-        uS = np.uint64(S)
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                base = np.uint64((n * C + c) * S)
-                m = center[c]
-                ac = a[c]
-                bc = b[c]
-                kc = k[c]
-                for i in range(base, base + uS):
-                    dx[i] = ac * float(dy[i]) + bc * (float(x[i]) - m) + kc
-        return
-    R = _group_rows(C, S, c0, c1)
-    width = (c1 - c0) * S
-    wide = np.uint64(width * R)
-    me = _expand(center, c0, c1, S, R)
-    ae = _expand(a, c0, c1, S, R)
-    be = _expand(b, c0, c1, S, R)
-    ke = _expand(k, c0, c1, S, R)
-    groups = (n1 - n0) // R
-    for g in range(groups):
-        base = np.uint64(((n0 + g * R) * C + c0) * S)
-        for j in range(wide):
-            i = base + j
-            dx[i] = ae[j] * float(dy[i]) + be[j] * (float(x[i]) - me[j]) + ke[j]
-    for n in range(n0 + groups * R, n1):
-        base = np.uint64((n * C + c0) * S)
-        for j in range(np.uint64(width)):
-            i = base + j
-            dx[i] = ae[j] * float(dy[i]) + be[j] * (float(x[i]) - me[j]) + ke[j]
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _item_range(item, chunks, block, C, N):
-    """Channel range and batch range of work item `item` (items are block-major, chunk-minor)."""
-    b = item // chunks
-    j = item % chunks
-    c0 = b * block
-    c1 = min(C, c0 + block)
-    n0 = (j * N) // chunks
-    n1 = ((j + 1) * N) // chunks
-    return c0, c1, n0, n1
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _merge_rows(partials, c):
-    """Sum of partials[:, c] in row order (a fixed order: deterministic)."""
-    t = 0.0
-    for j in range(partials.shape[0]):
-        t += partials[j, c]
-    return t
-
-
-def _output(out, x3: np.ndarray, shape: tuple, inputs: tuple) -> np.ndarray:
-    """The array a kernel writes its (N, C, ...) result into: a new one, or `out` after checks.
-
-    A caller that owns its buffers (a layer reusing its output between steps) saves the page faults of fresh
-    memory, which for arrays of tens of MB cost about as much as the kernel itself. `out` may be one of the inputs
-    exactly (in place: every kernel reads a block's inputs before writing that block's outputs), but must not
-    overlap one partially.
+    runs (and S >= _RUN): per (row, channel), with the coefficients as scalars, j the position in the block row.
+    Otherwise per block row with per-position copies of the coefficients, R rows at a time (j the position within
+    the group of R rows). With R = 1 both give every element the same column, visited in the same order.
     """
-    if out is None:
-        return np.empty(shape, dtype=x3.dtype)
-    if not isinstance(out, np.ndarray):
-        raise ValueError(f"out: expected a numpy array of shape {shape}, got {type(out).__name__}")
-    if out.shape != shape:
-        raise ValueError(f"out: expected shape {shape} (the shape of x), got {out.shape}")
-    if out.dtype != x3.dtype:
-        raise ValueError(f"out: expected dtype {x3.dtype} (the dtype of x), got {out.dtype}")
-    if not (out.flags.c_contiguous and out.flags.writeable):
-        raise ValueError("out: expected a writeable C-contiguous array")
-    for a in inputs:
-        if np.may_share_memory(out, a) and a.__array_interface__["data"][0] != out.__array_interface__["data"][0]:
-            raise ValueError("out: overlaps an input partially (it may be an input itself, or separate memory)")
-    return out
-
-
-def _check_output(name: str, out, channels: int, dtype) -> None:
-    """An in-place output must be a writeable (C,) array of the given dtype (a view into a flat vector is fine)."""
-    if out is None:
+    q1, q2, q3, q4 = coefs
+    if runs and S >= _RUN:
+        uS = np.uint64(S)
+        for n in range(n0, n1):
+            for c in range(c0, c1):
+                base = np.uint64((n * C + c) * S)
+                off = np.uint64((c - c0) * S)
+                k1, k2, k3, k4 = q1[c], q2[c], q3[c], q4[c]
+                for s in range(uS):
+                    body(state, base + s, off + s, k1, k2, k3, k4)
         return
-    if not isinstance(out, np.ndarray):
-        raise ValueError(f"{name}: expected a numpy array of shape ({channels},), got {type(out).__name__}")
-    if out.shape != (channels,):
-        raise ValueError(f"{name}: expected shape ({channels},) (C, the channels of x), got {out.shape}")
-    if out.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError(f"{name}: expected a writeable array (it is overwritten in place)")
+    # Per-position copies, one per distinct array (a body that needs fewer than four repeats one).
+    e1 = _expand(q1, c0, c1, S, R)
+    e2 = e1 if _same_array(q2, q1) else _expand(q2, c0, c1, S, R)
+    e3 = e2 if _same_array(q3, q2) else _expand(q3, c0, c1, S, R)
+    e4 = e3 if _same_array(q4, q3) else _expand(q4, c0, c1, S, R)
+    width = (c1 - c0) * S
+    wide = np.uint64(width * R)
+    # Whole groups of R rows first (one run of width * R), then the rows left over one at a time (width each).
+    groups = (n1 - n0) // R
+    for g in range(groups):
+        base = np.uint64(((n0 + g * R) * C + c0) * S)
+        for j in range(wide):
+            body(state, base + j, j, e1[j], e2[j], e3[j], e4[j])
+    for n in range(n0 + groups * R, n1):
+        base = np.uint64((n * C + c0) * S)
+        for j in range(np.uint64(width)):
+            body(state, base + j, j, e1[j], e2[j], e3[j], e4[j])
+
+
+@njit(inline="always")
+def _block_sums(C, S, c0, c1, n0, n1, runs, grouped, center, terms, srcs, acc1, acc2, row):
+    """acc1[row, c] += sum(t1), acc2[row, c] += sum(t2) over the block, by columns in float64, where terms(state, i,
+    j, k, ...) adds element i's (t1, t2) to the column arrays in state = (srcs, col1, col2), k = center[c].
+
+    grouped: short runs take _group_rows rows at a time, which changes the columns and so the bits: each kernel's
+    choice is fixed (BatchNorm's statistics group rows, noisy BatchNorm's gradient sums and the Lp sums do not).
+    runs: loop per channel on long runs (see _visit_block; the same bits, faster with a coefficient at large S).
+    """
+    R = _group_rows(C, S, c0, c1) if grouped and not (runs and S >= _RUN) else 1
+    col1 = np.zeros((c1 - c0) * S * R)
+    col2 = np.zeros((c1 - c0) * S * R)
+    _visit_block(C, S, c0, c1, n0, n1, R, runs, (center, center, center, center), terms, (srcs, col1, col2))
+    _fold_columns(col1, c0, c1, S, acc1, row, R)
+    _fold_columns(col2, c0, c1, S, acc2, row, R)
+
+
+@njit(inline="always")
+def _block_map(C, S, c0, c1, n0, n1, coefs, value, srcs, dst):
+    """dst[i] = value(...) for every element i of the block: value(state, i, j, k1, k2, k3, k4) writes it from
+    state = (srcs, dst) and the four per-channel coefficient arrays `coefs` at i's channel. Elementwise, so the
+    loop order and row groups change nothing but speed."""
+    R = _group_rows(C, S, c0, c1) if S < _RUN else 1
+    _visit_block(C, S, c0, c1, n0, n1, R, True, coefs, value, (srcs, dst))

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from smoothnorm.kernels.norm.channel_blocks import _as_ncs, _channel_vector, _check_output
+from smoothnorm.kernels.norm import arguments
 
 # Sample chunks in the backward pass (each owns a row of dgamma / dbeta partials): enough items for load balance on a
 # few cores, a constant so the split depends on the shape only.
@@ -35,15 +35,6 @@ def _check_groups(groups, channels: int) -> int:
     if channels % groups != 0:
         raise ValueError(f"groups: expected a divisor of the channel count {channels}, got {groups}")
     return int(groups)
-
-
-def _stats(name: str, v, n: int, groups: int, dtype) -> np.ndarray:
-    v = np.asarray(v)
-    if v.shape != (n, groups):
-        raise ValueError(f"{name}: expected shape ({n}, {groups}) (N, groups), got {v.shape}")
-    if v.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x), got {v.dtype}")
-    return np.ascontiguousarray(v)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,81 +189,57 @@ def _group_norm_backward(dy, x, N, C, S, G, mean, invstd, gamma, chunks, gblocks
 # Public API
 
 
-def group_norm_forward(
-    x: np.ndarray,
-    groups: int,
-    gamma: np.ndarray | None = None,
-    beta: np.ndarray | None = None,
-    eps: float = 1e-5,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def group_norm_forward(x: np.ndarray, groups: int, gamma: np.ndarray | None = None, beta: np.ndarray | None = None,
+                       eps: float = 1e-5, *, out: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Group normalization, as torch.nn.functional.group_norm (layer norm: groups=1; instance norm: groups=C).
 
     x: (N, C) or (N, C, H, W), float32 or float64; groups: a divisor of C; gamma, beta: (C,) of x's dtype or None.
     Returns (y, mean, invstd): y like x; mean and invstd = 1 / sqrt(var + eps), each (N, groups) of x's dtype.
+    out: optional C-contiguous array like x to write y into (x itself is allowed: a slab's statistics are taken
+    before its output is written).
     """
-    x3 = _as_ncs("x", x)
-    N, C, S = x3.shape
+    x3, N, C, S = arguments.batch_input(x, count=False)
     G = _check_groups(groups, C)
-    eps = float(eps)
-    if not eps > 0.0:
-        raise ValueError(f"eps: expected a positive number, got {eps}")
-    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    beta = _channel_vector("beta", beta, C, x3.dtype, 0.0)
-    y3 = np.empty_like(x3)
+    eps = arguments.check_eps(eps, positive=True)
+    gamma, beta = arguments.affine_parameters(gamma, beta, C, x3.dtype)
+    y = arguments.result_array(out, x, x3, x3)
     mean = np.empty(N * G)
     invstd = np.empty(N * G)
     if x3.size:
         tasks = min(N * G, _TASKS)
         tile = max(1, min(_TILE, _TILE_ELEMENTS // (C // G * S)))
-        _group_norm_forward(x3.reshape(-1), N, C, S, G, gamma, beta, eps, tasks, tile, y3.reshape(-1), mean,
-                            invstd)
-    dt = x3.dtype
-    return y3.reshape(np.shape(x)), mean.reshape(N, G).astype(dt), invstd.reshape(N, G).astype(dt)
+        _group_norm_forward(x3.reshape(-1), N, C, S, G, gamma, beta, eps, tasks, tile, y.reshape(-1), mean, invstd)
+    return (y, *arguments.in_dtype(x3.dtype, mean.reshape(N, G), invstd.reshape(N, G)))
 
 
-def group_norm_backward(
-    dy: np.ndarray,
-    x: np.ndarray,
-    groups: int,
-    mean: np.ndarray,
-    invstd: np.ndarray,
-    gamma: np.ndarray | None = None,
-    dgamma: np.ndarray | None = None,
-    dbeta: np.ndarray | None = None,
-) -> np.ndarray:
+def group_norm_backward(dy: np.ndarray, x: np.ndarray, groups: int, mean: np.ndarray, invstd: np.ndarray,
+                        gamma: np.ndarray | None = None, dgamma: np.ndarray | None = None,
+                        dbeta: np.ndarray | None = None, *, out: np.ndarray | None = None) -> np.ndarray:
     """Gradient of group_norm_forward, through each sample's group statistics.
 
     dy, x: (N, C) or (N, C, H, W) of one dtype; mean, invstd: (N, groups) from the forward pass; gamma: (C,) or None.
     dgamma, dbeta: (C,) arrays overwritten in place with sum(dy * xhat) and sum(dy) over (N, H, W) when given.
-    Returns dx, like x.
+    Returns dx, like x; out: optional C-contiguous array like x to write dx into (dy itself is allowed).
     """
-    x3 = _as_ncs("x", x)
-    xa = np.asarray(x)
-    dy = np.asarray(dy)
-    if dy.shape != xa.shape:
-        raise ValueError(f"dy: expected shape {xa.shape} (the shape of x), got {dy.shape}")
-    if dy.dtype != xa.dtype:
-        raise ValueError(f"dy: expected dtype {xa.dtype} (the dtype of x), got {dy.dtype}")
-    dy3 = np.ascontiguousarray(dy).reshape(x3.shape)
-    N, C, S = x3.shape
+    x3, dy3, N, C, S = arguments.backward_input(dy, x, count=False)
     G = _check_groups(groups, C)
-    mean = _stats("mean", mean, N, G, x3.dtype)
-    invstd = _stats("invstd", invstd, N, G, x3.dtype)
-    gamma = _channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    _check_output("dgamma", dgamma, C, x3.dtype)
-    _check_output("dbeta", dbeta, C, x3.dtype)
+    mean = arguments.exact_array("mean", mean, (N, G), x3.dtype, "N, groups")
+    invstd = arguments.exact_array("invstd", invstd, (N, G), x3.dtype, "N, groups")
+    gamma = arguments.channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    arguments.check_parameter_grads(dgamma, dbeta, C, x3.dtype)
+    dx = arguments.result_array(out, x, x3, x3, dy3)
     chunks = max(1, min(N, _BACKWARD_CHUNKS))
     # With few samples, split the groups too so there are enough items for the threads.
     gblocks = max(1, min(G, -(-_BACKWARD_CHUNKS // chunks)))
     part_g = np.zeros((chunks, C))
     part_b = np.zeros((chunks, C))
-    dx3 = np.empty_like(x3)
     if x3.size:
         _group_norm_backward(dy3.reshape(-1), x3.reshape(-1), N, C, S, G, mean.reshape(-1), invstd.reshape(-1),
-                             gamma, chunks, gblocks, dx3.reshape(-1), part_g, part_b)
+                             gamma, chunks, gblocks, dx.reshape(-1), part_g, part_b)
     # Rows summed in chunk order: a fixed order, so dgamma and dbeta repeat bit for bit.
-    if dgamma is not None:
-        dgamma[...] = part_g.sum(axis=0) if chunks > 1 else part_g[0]
-    if dbeta is not None:
-        dbeta[...] = part_b.sum(axis=0) if chunks > 1 else part_b[0]
-    return dx3.reshape(np.shape(x))
+    if chunks > 1:
+        arguments.store_parameter_grads(dgamma, dbeta, part_g.sum(axis=0), part_b.sum(axis=0))
+    else:
+        arguments.store_parameter_grads(dgamma, dbeta, part_g[0], part_b[0])
+    return dx

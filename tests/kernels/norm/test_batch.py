@@ -488,3 +488,21 @@ def test_matches_torch(rng, shape, dtype):
     assert relative_error(dx_eval, xe.grad.numpy()) < tol * 10
     assert relative_error(dgamma, ge.grad.numpy()) < tol * 10
     assert relative_error(dbeta, be.grad.numpy()) < tol * 10
+
+
+def test_running_update_names_a_running_mean_of_the_wrong_length():
+    with pytest.raises(ValueError, match=r"^running_mean: expected shape \(3,\)"):
+        batch_norm_update_running(np.zeros(2), np.ones(3), np.zeros(3), np.ones(3), 5)
+    with pytest.raises(ValueError, match=r"^running_mean: expected shape \(3,\)"):
+        batch_norm_update_running(np.zeros(2), np.ones(2), np.zeros(3), np.ones(3), 5)
+
+
+@pytest.mark.parametrize("missing", ["mean", "invstd"])
+def test_a_missing_required_vector_raises_a_value_error_naming_it(rng, missing):
+    x = rng.standard_normal((4, 3))
+    _, mean, invstd, var = batch_norm_train_forward(x)
+    args = {"mean": mean, "invstd": invstd, missing: None}
+    with pytest.raises(ValueError, match=rf"^{missing}: expected an array of shape \(3,\), got None"):
+        batch_norm_train_backward(x, x, args["mean"], args["invstd"])
+    with pytest.raises(ValueError, match=r"^running_var: expected an array of shape \(3,\), got None"):
+        batch_norm_eval_forward(x, mean, None)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smoothnorm.kernels.norm.group import group_norm_backward, group_norm_forward
-from tests.helpers import assert_same_at_thread_counts
+from tests.helpers import assert_out_and_in_place, assert_same_at_thread_counts
 from tests.reference import central_difference, group_norm_reference, relative_error
 
 # (shape, groups): layer (1), group, instance (C) on 2D and 4D inputs; odd sizes exercise the 4-lane tails.
@@ -217,3 +217,14 @@ def _torch_case(kind, shape, groups, rng):
 )
 def test_matches_torch(rng, kind, shape, groups):
     _torch_case(kind, shape, groups, rng)
+
+
+@pytest.mark.parametrize("shape,groups", [((5, 6), 3), ((2, 4, 3, 5), 2), ((20, 64, 4, 4), 32)])
+def test_out_buffers_and_in_place(rng, shape, groups):
+    x, dy = _input(rng, shape), rng.standard_normal(shape)
+    gamma, beta = _affine(rng, shape[1])
+    _, mean, invstd = group_norm_forward(x, groups, gamma, beta)
+    assert_out_and_in_place(group_norm_forward, {"x": x, "groups": groups, "gamma": gamma, "beta": beta}, ("x",))
+    assert_out_and_in_place(group_norm_backward, {"dy": dy, "x": x, "groups": groups, "mean": mean,
+                                                  "invstd": invstd, "gamma": gamma, "dgamma": np.empty_like(gamma)},
+                            ("dy",))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from smoothnorm.kernels.norm import lp as lp_kernels
 from smoothnorm.kernels.norm.lp import lp_norm_train_backward, lp_norm_train_forward
 from smoothnorm.kernels.norm.lp_eval import lp_norm_eval_backward, lp_norm_eval_forward, lp_norm_update_running
-from tests.helpers import assert_same_at_thread_counts
+from tests.helpers import assert_out_and_in_place, assert_same_at_thread_counts
 from tests.reference import (
     central_difference,
     lp_norm_reference,
@@ -355,3 +355,30 @@ def test_bad_inputs_raise_clear_errors(rng):
         lp_norm_eval_forward(x, np.zeros(3), np.ones(2))
     with pytest.raises(ValueError, match="momentum: expected a number in"):
         lp_norm_update_running(np.zeros(3), np.ones(3), mean, norm, 1.5)
+
+
+def test_running_update_names_a_running_mean_of_the_wrong_length(rng):
+    _, mean, norm, _ = lp_norm_train_forward(rng.standard_normal((4, 3)), 2)
+    with pytest.raises(ValueError, match=r"^running_mean: expected shape \(3,\)"):
+        lp_norm_update_running(np.zeros(2), np.ones(3), mean, norm)
+    with pytest.raises(ValueError, match=r"^running_mean: expected shape \(3,\)"):
+        lp_norm_update_running(np.zeros(2), np.ones(2), mean, norm)
+    with pytest.raises(ValueError, match=r"^mean: expected an array of shape \(3,\), got None"):
+        lp_norm_train_backward(rng.standard_normal((4, 3)), rng.standard_normal((4, 3)), 2, None, norm)
+
+
+@pytest.mark.parametrize("p", PS)
+@pytest.mark.parametrize("shape", [(6, 5), (50, 3), (4, 3, 5, 5), (64, 1, 32, 32)])
+def test_out_buffers_and_in_place(rng, p, shape):
+    x, dy = _input(rng, shape), rng.standard_normal(shape)
+    gamma, beta = _affine(rng, shape[1])
+    _, mean, norm, argmax = lp_norm_train_forward(x, p, gamma, beta)
+    assert_out_and_in_place(lp_norm_train_forward, {"x": x, "p": p, "gamma": gamma, "beta": beta}, ("x",))
+    # For p = inf dx over dy must still read dy at the arg-max, whose dx gets the max's extra term last.
+    assert_out_and_in_place(lp_norm_train_backward, {"dy": dy, "x": x, "p": p, "mean": mean, "norm": norm,
+                                                     "argmax": argmax, "gamma": gamma}, ("dy",))
+    rm, rn = rng.standard_normal(shape[1]), rng.uniform(0.5, 2.0, shape[1])
+    assert_out_and_in_place(lp_norm_eval_forward, {"x": x, "running_mean": rm, "running_norm": rn, "gamma": gamma,
+                                                   "beta": beta}, ("x",))
+    assert_out_and_in_place(lp_norm_eval_backward, {"dy": dy, "x": x, "running_mean": rm, "running_norm": rn,
+                                                    "gamma": gamma, "dgamma": np.empty_like(gamma)}, ("dy",))

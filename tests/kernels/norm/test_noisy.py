@@ -7,7 +7,7 @@ import pytest
 
 from smoothnorm.kernels.norm.batch import batch_norm_train_forward
 from smoothnorm.kernels.norm.noisy import noisy_batch_norm_backward, noisy_batch_norm_forward
-from tests.helpers import assert_same_at_thread_counts
+from tests.helpers import assert_out_and_in_place, assert_same_at_thread_counts
 from tests.reference import central_difference, noisy_batch_norm_reference, relative_error
 
 SHAPES = [(5, 3), (16, 7), (2, 3, 4, 5), (3, 6, 1, 1), (64, 1, 32, 32), (40000, 1)]
@@ -163,3 +163,17 @@ def test_bad_inputs_raise_clear_errors(rng):
         noisy_batch_norm_backward(x, x, scale, shift, mean, invstd.astype(np.float32))
     with pytest.raises(ValueError, match="dbeta: expected shape \\(3,\\)"):
         noisy_batch_norm_backward(x, x, scale, shift, mean, invstd, None, None, np.zeros(4))
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (16, 7), (2, 3, 4, 5), (64, 1, 32, 32)])
+@pytest.mark.parametrize("before", [False, True])
+def test_out_buffers_and_in_place(rng, shape, before):
+    x, scale, shift, gamma, beta = _case(rng, shape)
+    dy = rng.standard_normal(shape)
+    _, mean, invstd, _ = noisy_batch_norm_forward(x, scale, shift, gamma, beta, before_affine=before)
+    forward = {"x": x, "scale_noise": scale, "shift_noise": shift, "gamma": gamma, "beta": beta,
+               "before_affine": before}
+    assert_out_and_in_place(noisy_batch_norm_forward, forward, ("x", "scale_noise", "shift_noise"))
+    backward = {"dy": dy, "x": x, "scale_noise": scale, "shift_noise": shift, "mean": mean, "invstd": invstd,
+                "gamma": gamma, "dgamma": np.empty_like(gamma), "before_affine": before}
+    assert_out_and_in_place(noisy_batch_norm_backward, backward, ("dy",))
