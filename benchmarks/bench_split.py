@@ -23,7 +23,7 @@ from smoothnorm.nn import models
 FIXED = _im2col.work_blocks
 
 
-def per_thread(n: int, parallel: bool) -> int:
+def per_thread(n: int, parallel: bool, partial_bytes: int = 0) -> int:
     """The split before: one block of samples per Numba thread."""
     return max(1, min(n, numba.get_num_threads())) if parallel else 1
 
@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     print(describe_machine())
     print("OpenBLAS: " + "; ".join(openblas_report()))
     print(f"train step, float32, {args.threads} threads, median of {args.repeats} alternating rounds (ms); "
-          f"fixed blocks: {_im2col.WORK_BLOCKS}\n")
+          f"fixed blocks: {_im2col.WORK_BLOCKS}, 2 where a partial weight gradient passes "
+          f"{_im2col.LARGE_PARTIAL_BYTES >> 20} MiB\n")
     rng = np.random.default_rng(0)
     rows = []
     for name, norm, width, batch in (("vgg11", "batch", 1.0, 128), ("vgg16", "batch", 1.0, 128),

@@ -176,23 +176,28 @@ _TARGET_COLUMNS = 512
 # Calls with fewer multiply-adds than this run as one serial worker: starting the thread team costs more than it
 # saves (and much more on a loaded machine, where waking the second thread can take milliseconds).
 _PARALLEL_MIN_MACS = 1 << 20
-# The batch is split into this many blocks of samples (fewer for smaller batches), whatever the thread count: each
-# block is one work item with its own partial weight gradient, the partials are merged in block order, and threads
-# only choose which blocks they run, so results are the same bits at any thread count. Four keeps up to four
-# threads busy; each block costs its own workspace and partial (Winograd's weight gradient partial is 36 C_out C_in
-# values), so more blocks cost memory and merging on every machine.
+# The batch is split into blocks of samples whatever the thread count: each block is one work item with its own
+# partial weight gradient, the partials are merged in block order, and threads only choose which blocks they run,
+# so results are the same bits at any thread count. WORK_BLOCKS keeps up to four threads busy; but each block costs
+# its own workspace and partial (Winograd's weight-gradient partial is 36 C_out C_in values), and where a partial
+# passes LARGE_PARTIAL_BYTES (VGG's 256- and 512-channel layers at full width) merging four of them cost 7.5-10.5%
+# of a 2-thread VGG-BN step, against one block per thread: those layers split into two blocks.
 WORK_BLOCKS = 4
+LARGE_PARTIAL_BYTES = 4 << 20
 
 
-def work_blocks(n: int, parallel: bool) -> int:
-    """The number of sample blocks a convolution over a batch of n splits into: a function of the shape only."""
-    return max(1, min(n, WORK_BLOCKS)) if parallel else 1
+def work_blocks(n: int, parallel: bool, partial_bytes: int = 0) -> int:
+    """The number of sample blocks a convolution over a batch of n splits into, given the bytes of one block's
+    partial weight gradient: a function of the shape only."""
+    if not parallel:
+        return 1
+    return max(1, min(n, WORK_BLOCKS if partial_bytes <= LARGE_PARTIAL_BYTES else 2))
 
 
 def _plan(n: int, k: int, c_out: int, pixels: int, itemsize: int) -> tuple[int, int, bool]:
     """(blocks of samples, samples per sub-chunk, parallel): depends on the shape only, never on the thread count."""
     parallel = n * k * c_out * pixels >= _PARALLEL_MIN_MACS and _single_threaded_blas.available()
-    workers = work_blocks(n, parallel)
+    workers = work_blocks(n, parallel, c_out * k * itemsize)
     per_worker = -(-n // workers)
     if pixels >= _DIRECT_PIXELS:
         return workers, 1, parallel

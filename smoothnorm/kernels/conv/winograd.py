@@ -162,7 +162,7 @@ def _plan(n: int, h: int, w: int, c_a: int, c_b: int, m: int, itemsize: int) -> 
     tiles_h, tiles_w = -(-h // m), -(-w // m)
     per_image = tiles_h * tiles_w
     parallel = n * per_image * a2 * c_a * c_b >= _PARALLEL_MIN_MACS and _single_threaded_blas.available()
-    workers = work_blocks(n, parallel)
+    workers = work_blocks(n, parallel, a2 * c_a * c_b * itemsize)
     images = -(-n // workers)
     # Every group streams the transformed weights (forward) or updates the transformed weight gradient: a group at
     # least that large keeps their traffic no bigger than the group's own.
