@@ -2,7 +2,7 @@
 learning rate, ...) that are clearer as loops than as hundreds of hand-written TOML lines.
 
 Run `python experiments/study/make_specs.py` after editing; the .toml files are committed, and
-tests/test_study.py checks that they are what this script writes.
+tests/runs/test_study.py checks that they are what this script writes.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ group stays in cache, with its own single-threaded GEMMs inside one parallel reg
 into column phases instead of gathering (m+2)^2 patches, so only one move per pixel in and out is scalar.
 
 Accuracy (relative L2 error against a float64 direct convolution, measured on every VGG layer shape,
-tests/kernels/test_winograd.py): see docs/PROTOCOL.md, "Convolution algorithms".
+tests/kernels/conv/test_winograd.py): see docs/PROTOCOL.md, "Convolution algorithms".
 """
 
 from __future__ import annotations
