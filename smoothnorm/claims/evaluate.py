@@ -176,8 +176,16 @@ def _load(root: Path, run_spec, cache: dict, used: dict | None = None) -> RunRes
             raise Unavailable(f"run {run_spec.label!r} (seed {run_spec.settings['seed']}) has no results at {path}")
         cache[path] = load_run(path, label=run_spec.label)
     if used is not None and path not in used:
-        used[path] = run_provenance(path)
+        used[path] = _provenance(path, cache)
     return cache[path]
+
+
+def _provenance(path: Path, cache: dict) -> dict:
+    """A run's provenance, read once per evaluation (claims share their runs)."""
+    key = ("provenance", path)
+    if key not in cache:
+        cache[key] = run_provenance(path)
+    return cache[key]
 
 
 def _evaluate_seed(claim: Claim, runs: dict[str, Any], root: Path, cache: dict, seed: int,
@@ -250,7 +258,7 @@ def evaluate_spec(spec, root: str | os.PathLike) -> list[ClaimResult]:
         for seed in sorted(by_seed):
             if claim.quantity in SWEEP_QUANTITIES:
                 result.outcomes.append(_evaluate_sweep_seed(claim, rates.get(seed, {}), seed))
-                _sweep_provenance(claim, spec, seed, Path(root), used)
+                _sweep_provenance(claim, spec, seed, Path(root), used, cache)
             else:
                 result.outcomes.append(_evaluate_seed(claim, by_seed[seed], Path(root), cache, seed, used))
         result.provenance = {p["run"]: p for p in used.values()}
@@ -258,11 +266,11 @@ def evaluate_spec(spec, root: str | os.PathLike) -> list[ClaimResult]:
     return results
 
 
-def _sweep_provenance(claim: Claim, spec, seed: int, root: Path, used: dict) -> None:
+def _sweep_provenance(claim: Claim, spec, seed: int, root: Path, used: dict, cache: dict) -> None:
     """The stored runs of the sweep groups a sweep claim reads, at one seed, into `used`."""
     groups = [claim.run] + ([claim.than] if claim.than else [])
     for run in spec.runs:
         path = root / run.run_id
         if (int(run.settings["seed"]) == seed and any(run.label.startswith(g + SWEEP_SEPARATOR) for g in groups)
                 and (path / "config.json").exists() and path not in used):
-            used[path] = run_provenance(path)
+            used[path] = _provenance(path, cache)

@@ -60,17 +60,18 @@ def _runs(root: str | os.PathLike, spec, profile: str | None, specs_folder) -> l
     return [(base / run.run_id, {"spec": spec.name, "label": run.label}) for run in spec.runs]
 
 
-def _run_columns(path: Path, known: dict) -> dict[str, Any]:
-    """The columns that describe a run: id, label, spec, seed, status and every setting."""
+def _run_columns(path: Path, known: dict) -> tuple[dict[str, Any], Any]:
+    """(the columns that describe a run: id, label, spec, seed, status and every setting; the loaded run, or None
+    for a run without a folder)."""
     if not (path / "config.json").exists():
-        return {"run_id": path.name, "label": known.get("label"), "spec": known.get("spec"), "status": "missing"}
+        return {"run_id": path.name, "label": known.get("label"), "spec": known.get("spec"), "status": "missing"}, None
     run = load_run(path, label=known.get("label"))
     settings = run.config.get("run", {})
     row = {"run_id": run.run_id, "label": run.label, "spec": known.get("spec"), "status": run.status}
     for key, column in SETTING_COLUMNS.items():
         value = settings.get(key)
         row[column] = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
-    return row
+    return row, run
 
 
 def _typed(frame, extra_float: list[str]):
@@ -96,11 +97,11 @@ def runs_frame(root: str | os.PathLike = "runs", spec=None, profile: str | None 
     pandas = _pandas()
     rows = []
     for path, known in _runs(root, spec, profile, specs_folder):
-        run_row = _run_columns(path, known)
-        if run_row["status"] == "missing":
+        run_row, run = _run_columns(path, known)
+        if run is None:
             rows.append(dict(run_row, step=None))
             continue
-        metrics = load_run(path).metrics
+        metrics = run.metrics
         steps = metrics.get("step", np.zeros(0))
         for i in range(len(steps)):
             rows.append(dict(run_row, step=int(steps[i]), **{k: float(v[i]) for k, v in metrics.items()
@@ -124,10 +125,9 @@ def probes_frame(root: str | os.PathLike = "runs", spec=None, profile: str | Non
     pandas = _pandas()
     rows = []
     for path, known in _runs(root, spec, profile, specs_folder):
-        run_row = _run_columns(path, known)
-        if run_row["status"] == "missing":
+        run_row, run = _run_columns(path, known)
+        if run is None:
             continue
-        run = load_run(path, label=known.get("label"))
         for name in sorted({key.split("/", 1)[0] for key in run.probes}):
             steps = run.probes.get(f"{name}/steps")
             meta = run.probe_meta.get(name, {})
