@@ -48,18 +48,31 @@ def _execute(args, specs, root) -> None:
     """Train the runs the specs need on the executor the flags choose, with a progress display on stderr."""
     from smoothnorm.runs import executors
     from smoothnorm.runs.progress import ProgressDisplay
+    from smoothnorm.runs.spec import merge_runs
 
-    with executors.make_executor(args.workers, args.scheduler, args.threads_per_run,
+    workers = args.workers if args.workers is not None or args.scheduler is not None else _default_workers()
+    pending = executors.pending_runs(merge_runs(specs), root) if workers is None and args.scheduler is None else None
+    with executors.make_executor(workers, args.scheduler, args.threads_per_run, pending,
                                  stale_after=args.lease_timeout) as executor:
         with ProgressDisplay() as display:
             executors.run_specs(specs, root, progress=display, executor=executor)
+
+
+def _default_workers() -> int | None:
+    """$SMOOTHNORM_WORKERS: the --workers to use when neither --workers nor --scheduler is given (None: unset)."""
+    text = os.environ.get("SMOOTHNORM_WORKERS", "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"$SMOOTHNORM_WORKERS: expected a positive integer (the default for --workers), got {text!r}")
+    return int(text)
 
 
 def _limit_threads_early(args) -> None:
     """--threads-per-run without Dask: set the thread variables before NumPy, BLAS and Numba load, so BLAS obeys
     too (later, only Numba's threads can be lowered)."""
     threads = getattr(args, "threads_per_run", None)
-    if threads is None or args.workers is not None or args.scheduler is not None:
+    if threads is None or args.workers not in (None, 1) or args.scheduler is not None:
         return
     if not any(name in sys.modules for name in ("numpy", "numba")):
         from smoothnorm.runs.executors import thread_environment
@@ -131,7 +144,9 @@ def _variant(args, specs) -> str:
 
 def _runs_root_setting(args) -> str | None:
     """--runs when it names another folder than the profile's default ($SMOOTHNORM_RUNS or ./runs), else None."""
-    default = Path(os.environ.get("SMOOTHNORM_RUNS", "runs"))
+    from smoothnorm.runs.runner import runs_folder
+
+    default = runs_folder()
     if args.runs and Path(args.runs).resolve() != default.resolve():
         return str(args.runs)
     return None
@@ -246,8 +261,9 @@ def _plot(args) -> int:
 
 def _export(args) -> int:
     from smoothnorm.runs.frames import export
+    from smoothnorm.runs.runner import runs_folder
 
-    root = Path(args.runs or os.environ.get("SMOOTHNORM_RUNS", "runs"))
+    root = runs_folder(args.runs)
     for path in export(args.out, root, args.spec, args.profile, args.format, specs_folder=args.specs):
         print(path)
     return 0
@@ -292,11 +308,15 @@ def _positive_float(text: str) -> float:
 def _add_execution(p) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                       help="train on a local Dask cluster of N worker processes (needs the 'dask' extra)")
+                       help="1: train the runs one after another in this process; N > 1: on a local Dask cluster "
+                            "of N worker processes (needs the 'dask' extra). Default ($SMOOTHNORM_WORKERS if set): "
+                            "runs side by side, one per core at one thread each, when at least as many runs are "
+                            "pending as there are cores")
     where.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="train on an existing Dask cluster, e.g. tcp://host:8786 (needs the 'dask' extra)")
     p.add_argument("--threads-per-run", type=_positive_int, default=None, metavar="T",
-                   help="Numba/OpenMP/BLAS threads inside each run (default with --workers: cores / N)")
+                   help="Numba/OpenMP/BLAS threads inside each run (default: 1 when runs go side by side, cores / N "
+                        "with --workers N, else all cores)")
     p.add_argument("--lease-timeout", type=_positive_float, default=120.0, metavar="SECONDS",
                    help="a run whose lease has had no heartbeat for this long is taken over (default 120)")
 

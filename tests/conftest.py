@@ -15,6 +15,10 @@ def pytest_configure(config):
     """With SMOOTHNORM_REQUIRE_TORCH=1 (set by .ci/run), a missing torch fails the session instead of skipping."""
     import os
 
+    # The CLI's default trains runs side by side in worker processes when enough are pending; tests that call it
+    # (in this process, with monkeypatches, or in a subprocess) get one run after another unless they ask.
+    os.environ.setdefault("SMOOTHNORM_WORKERS", "1")
+
     if os.environ.get("SMOOTHNORM_REQUIRE_TORCH") == "1":
         try:
             import torch  # noqa: F401

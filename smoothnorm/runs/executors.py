@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -156,6 +158,155 @@ def _with_lost_retries(attempt: Callable[[], Path], run: RunSpec, emit: Progress
         except leases.LeaseLost as lost:
             emit({"kind": "retry", "run": run.run_id, "error": str(lost)})
     return attempt()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Side by side: worker processes of this machine, without Dask
+# ----------------------------------------------------------------------------------------------------------------
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system tells it, else the CPU count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def pending_runs(runs: list[RunSpec], root: Path) -> int:
+    """How many of `runs` still have training to do in `root` (not finished or diverged with their probes)."""
+    from smoothnorm.runs.runner import run_is_done
+
+    return sum(1 for run in runs if not run_is_done(run, Path(root)))
+
+
+def _process_worker(runs: list[RunSpec], root: str, lease_options: dict, events) -> None:
+    """One worker process of ProcessExecutor: the sequential executor over all runs; the leases share the runs out
+    between the workers (a run another worker holds is put back, then waited for at the end, and taken over if
+    that worker died). Every event goes to the parent through `events`, then ("done", paths) or ("error", text)."""
+    def forward(event: dict) -> None:
+        events.put(("event", os.getpid(), event))
+
+    try:
+        paths = SequentialExecutor(**lease_options).run(runs, Path(root), forward)
+    except BaseException as err:  # noqa: BLE001 -- reported to the parent, which decides
+        events.put(("error", os.getpid(), f"{type(err).__name__}: {err}"))
+        raise SystemExit(1) from None
+    events.put(("done", os.getpid(), {rid: str(path) for rid, path in paths.items()}))
+
+
+class ProcessExecutor(Executor):
+    """Train runs side by side in `processes` worker processes of this machine, `threads_per_run` threads each
+    (default 1). No extra is needed: the workers are started with multiprocessing's "spawn" and share the runs out
+    through the runs' leases, so the results, checkpoints, resumption and a second process on the same folder
+    behave as with SequentialExecutor, and (runs being thread-count invariant) the bits are a sequential run's.
+
+    A worker that dies (killed, out of memory) leaves its run's lease to a dead pid; another worker takes the run
+    over at the end and resumes it from its checkpoint. A run that raises stops the sweep: the other workers are
+    ended (their runs keep their checkpoints) and RunsFailed names the run and its error.
+    """
+
+    def __init__(self, processes: int | None = None, threads_per_run: int | None = None, *,
+                 stale_after: float = leases.STALE_AFTER, heartbeat_every: float | None = None, poll: float = 1.0):
+        processes = cores() if processes is None else processes
+        if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+            raise ValueError(f"processes: expected a positive integer, got {processes!r}")
+        self.processes = processes
+        self.threads_per_run = threads_per_run or 1
+        thread_environment(self.threads_per_run)  # validates
+        self.lease_options = {"stale_after": stale_after, "heartbeat_every": heartbeat_every, "poll": poll}
+        self.workers: list = []
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the worker processes of the current (or last) `run`."""
+        return [worker.pid for worker in self.workers]
+
+    def run(self, runs, root, progress=None):
+        import multiprocessing
+        import queue
+
+        emit = progress or (lambda event: None)
+        emit({"kind": "plan", "runs": [run.run_id for run in runs]})
+        if not runs:
+            return {}
+        context = multiprocessing.get_context("spawn")
+        events = context.Queue()
+        environ = thread_environment(self.threads_per_run)
+        saved = {name: os.environ.get(name) for name in environ}
+        self.workers = []
+        try:
+            # A spawned process reads its environment at start: the thread variables reach NumPy, BLAS and Numba
+            # there before they load. This process's own values are put back at once.
+            os.environ.update(environ)
+            for _ in range(min(self.processes, len(runs))):
+                worker = context.Process(target=_process_worker, args=(runs, str(Path(root).resolve()),
+                                                                         self.lease_options, events), daemon=True)
+                worker.start()
+                self.workers.append(worker)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        pids = {worker.pid for worker in self.workers}
+        trained: set[str] = set()  # runs a worker of this sweep started: their "skip"s by the others are not news
+        paths: dict[str, Path] = {}
+        errors: dict[str, str] = {}
+        failed_in: set[int] = set()
+        open_workers = set(pids)
+        checked = time.monotonic()
+        try:
+            while open_workers and not errors:
+                if time.monotonic() - checked > 1.0:
+                    # Reap workers that died without a word (killed): until reaped, their pid looks alive and the
+                    # other workers could not take their leases over.
+                    checked = time.monotonic()
+                    open_workers -= {worker.pid for worker in self.workers if not worker.is_alive()}
+                try:
+                    tag, pid, payload = events.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if tag == "event":
+                    if payload["kind"] == "fail":
+                        errors[payload["run"]] = payload["error"]
+                        failed_in.add(pid)
+                    self._forward(payload, pids, trained, emit)
+                elif tag == "done":
+                    open_workers.discard(pid)
+                    paths.update({rid: Path(path) for rid, path in payload.items()})
+                else:
+                    open_workers.discard(pid)
+                    if pid not in failed_in:
+                        errors[f"worker process {pid}"] = payload
+        except BaseException:
+            self._end_workers()
+            raise
+        self._end_workers()
+        missing = [run.run_id for run in runs if run.run_id not in paths]
+        if errors or missing:
+            raise RunsFailed(errors or {rid: "no worker process finished it (every worker died)" for rid in missing})
+        return {run.run_id: paths[run.run_id] for run in runs}
+
+    @staticmethod
+    def _forward(event: dict, pids: set[int], trained: set[str], emit: Progress) -> None:
+        kind, run = event["kind"], event.get("run")
+        if kind == "plan":
+            return
+        if kind == "wait" and event["owner"].get("pid") in pids and event["owner"].get("host") == socket.gethostname():
+            return  # a sibling worker has it: that is the plan, not a wait
+        if kind == "skip" and run in trained:
+            return  # a sibling finished it in this sweep and said so
+        if kind == "start":
+            trained.add(run)
+        emit(event)
+
+    def _end_workers(self) -> None:
+        for worker in self.workers:
+            worker.join(timeout=0.5 if worker.is_alive() else None)
+        for worker in self.workers:
+            if worker.is_alive():
+                worker.terminate()  # its checkpoint stays; its lease names a dead pid, so the next process takes it
+        for worker in self.workers:
+            worker.join(timeout=5)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -328,12 +479,25 @@ class DaskExecutor(Executor):
 
 
 def make_executor(workers: int | None = None, scheduler: str | None = None, threads_per_run: int | None = None,
-                  **lease_options) -> Executor:
-    """The executor for the CLI flags: sequential without --workers/--scheduler, else Dask."""
+                  pending: int | None = None, **lease_options) -> Executor:
+    """The executor for the CLI flags.
+
+    - neither --workers nor --scheduler: runs side by side (ProcessExecutor, `threads_per_run` threads each,
+      default 1) when the cores hold at least two such runs and at least that many runs are `pending`; else one
+      after another in this process (SequentialExecutor). One run gains little from a second thread at the
+      quick profile's sizes, so two runs at one thread each finish a sweep sooner than two threads on one run.
+    - --workers 1: one after another in this process.
+    - --workers N (N > 1): a local Dask cluster; --scheduler: an existing Dask cluster.
+    """
     if workers is not None and scheduler is not None:
         raise ValueError("--workers and --scheduler: give one (--workers starts a local cluster, --scheduler uses "
                          "an existing one)")
+    if scheduler is None and workers == 1:
+        return SequentialExecutor(threads_per_run, **lease_options)
     if workers is None and scheduler is None:
+        side_by_side = cores() // (threads_per_run or 1)
+        if side_by_side >= 2 and pending is not None and pending >= side_by_side:
+            return ProcessExecutor(side_by_side, threads_per_run or 1, **lease_options)
         return SequentialExecutor(threads_per_run, **lease_options)
     return DaskExecutor(workers, scheduler, threads_per_run, **lease_options)
 

@@ -103,6 +103,14 @@ def _plan(run: RunSpec, path: Path) -> tuple[RunSpec, bool, str | None]:
     return run, same, None
 
 
+def run_is_done(run: RunSpec, root: Path) -> bool:
+    """True when `root/<run_id>` holds this run finished (or diverged) with all its probes: nothing to train."""
+    try:
+        return _plan(run, Path(root) / run.run_id)[2] is not None
+    except Exception:  # noqa: BLE001 -- a damaged folder has training to do; execute_run names the problem
+        return False
+
+
 def _log_attempt(path: Path, record: dict) -> None:
     """Append one line to the run's attempts.jsonl: who trained it from which step (an audit trail of leases)."""
     fd = os.open(path / "attempts.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -256,5 +264,11 @@ def _restore(trainer, arrays: dict[str, np.ndarray]) -> None:
         raise ValueError(f"does not fit this run ({type(exc).__name__}: {exc})") from exc
 
 
+def runs_folder(root: str | os.PathLike | None = None) -> Path:
+    """The folder of run folders: `root` if given, else $SMOOTHNORM_RUNS, else ./runs."""
+    return Path(root or os.environ.get("SMOOTHNORM_RUNS", "runs"))
+
+
 def results_root(root: str | os.PathLike | None, profile: str) -> Path:
-    return Path(root or os.environ.get("SMOOTHNORM_RUNS", "runs")) / profile
+    """The folder of one profile's run folders (runs_folder(root) / profile)."""
+    return runs_folder(root) / profile

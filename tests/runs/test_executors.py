@@ -70,7 +70,7 @@ def reference(tmp_path_factory) -> Path:
     """The runs of ONLY trained sequentially with one thread, in a fresh process (so BLAS starts with one too)."""
     root = tmp_path_factory.mktemp("reference")
     _finish(_cli("reproduce", "--profile", "tiny", "--only", ONLY, *SETTINGS, "--runs", str(root),
-                 "--figures", str(root / "figures"), "--threads-per-run", "1"))
+                 "--figures", str(root / "figures"), "--threads-per-run", "1", "--workers", "1"))
     return root / "tiny"
 
 
@@ -176,6 +176,103 @@ def test_live_display_table_shows_running_runs():
     row = next(line for line in text.splitlines() if "node1:42" in line)
     for cell in ("a", "3/10", "0.25", "1.5", "5s"):
         assert cell in row.split(), (cell, row)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Side by side (worker processes without Dask)
+# ----------------------------------------------------------------------------------------------------------------
+def test_the_default_trains_runs_side_by_side_with_the_sequential_bits(tmp_path, reference):
+    if executors.cores() < 2:
+        pytest.skip("side by side needs two cores")
+    out = _finish(_cli("reproduce", "--profile", "tiny", "--only", ONLY, *SETTINGS, "--runs", str(tmp_path),
+                       "--figures", str(tmp_path / "figures"), env={"SMOOTHNORM_WORKERS": ""}))
+    names = _assert_same_runs(reference, tmp_path / "tiny")
+    pids = set()
+    for name in names:
+        (attempt,) = _attempts(tmp_path / "tiny" / name)  # each run trained once, in whole
+        pids.add(attempt["pid"])
+    assert len(pids) == 2  # by two processes
+    assert f"{len(names)} runs to do" in out and f"runs: {len(names)} done, 0 running, 0 queued" in out
+    assert "waiting for it" not in out and "skipped" not in out  # the workers' sharing is not news
+    assert (tmp_path / "figures" / "fig4_vgg_landscape.png").stat().st_size > 1000
+
+
+def test_the_executor_choice_follows_the_flags_the_cores_and_the_pending_runs(monkeypatch):
+    monkeypatch.setattr(executors, "cores", lambda: 4)
+    side = executors.make_executor(pending=4)
+    assert isinstance(side, executors.ProcessExecutor) and (side.processes, side.threads_per_run) == (4, 1)
+    assert isinstance(executors.make_executor(pending=3), executors.SequentialExecutor)  # fewer runs than cores
+    assert isinstance(executors.make_executor(pending=None), executors.SequentialExecutor)
+    assert isinstance(executors.make_executor(workers=1, pending=8), executors.SequentialExecutor)
+    two = executors.make_executor(threads_per_run=2, pending=2)
+    assert isinstance(two, executors.ProcessExecutor) and (two.processes, two.threads_per_run) == (2, 2)
+    assert isinstance(executors.make_executor(threads_per_run=3, pending=8), executors.SequentialExecutor)
+
+
+def test_smoothnorm_workers_sets_the_default_and_is_checked(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("SMOOTHNORM_WORKERS", "two")
+    assert main(["run", "fig10", "--profile", "tiny", "--runs", str(tmp_path), "--no-plot"]) == 2
+    assert "$SMOOTHNORM_WORKERS: expected a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "tiny").exists()
+
+
+def test_a_killed_side_by_side_worker_s_run_is_resumed_by_the_other(tmp_path):
+    if executors.cores() < 2:
+        pytest.skip("side by side needs two cores")
+    settings = ["steps=1200", "checkpoint_every=50", "probe_every=10"]
+    spec = load_spec(ROOT / "experiments" / "fig10_dln_landscape.toml", "tiny", settings)
+    reference = _cli("run", "fig10", "--profile", "tiny", *[a for s in settings for a in ("--set", s)], "--no-plot",
+                     "--runs", str(tmp_path / "reference"), "--threads-per-run", "1", "--workers", "1",
+                     "--figures", str(tmp_path / "figures"))
+    executor = executors.ProcessExecutor(2)
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(executor.run(spec.runs, tmp_path / "side")))
+    runner.start()
+    victim = killed = None
+    deadline = time.time() + 600
+    while victim is None and time.time() < deadline and runner.is_alive():
+        for run in spec.runs:
+            folder = tmp_path / "side" / run.run_id
+            try:
+                status = json.loads((folder / "status.json").read_text())
+                owner = leases.read_lease(folder / leases.LEASE_NAME)
+            except (OSError, ValueError, leases.LeaseError):
+                continue
+            if owner and status["status"] == "running" and 100 <= status["step"] <= 600:
+                victim, killed = run, owner["pid"]
+                break
+        time.sleep(0.005)
+    assert victim is not None, "no run could be caught mid-run"
+    assert killed in executor.worker_pids()
+    os.kill(killed, signal.SIGKILL)
+    runner.join(timeout=600)
+    assert not runner.is_alive() and set(result) == {run.run_id for run in spec.runs}
+    _finish(reference)
+    _assert_same_runs(tmp_path / "reference" / "tiny", tmp_path / "side")
+    first, second = _attempts(tmp_path / "side" / victim.run_id)
+    assert first["pid"] == killed and first["from_step"] == 0
+    assert second["pid"] in executor.worker_pids() and second["pid"] != killed
+    assert second["took_over"]["pid"] == killed
+    assert 100 <= second["from_step"] < 1200 and second["from_step"] % 50 == 0  # resumed from a checkpoint
+
+
+def test_a_run_that_raises_in_a_worker_stops_the_sweep_and_is_named(tmp_path):
+    (tmp_path / "broken_norm.py").write_text(
+        "from smoothnorm.nn.norms.batch import BatchNorm\n\n\nclass Broken(BatchNorm):\n"
+        "    def forward(self, x, mode):\n        raise RuntimeError('broken on purpose')\n")
+    (tmp_path / "spec.toml").write_text(
+        '[base]\nmodel = "dln"\ndepth = 3\nhidden = 4\ndim = 4\ndata = "gaussian_regression"\nn_train = 20\n'
+        'batch_size = 0\ndtype = "float64"\nlr = 1e-3\nsteps = 4\nprobe_every = 0\ncheckpoint_every = 2\n'
+        'eval_every = 0\n\n[[runs]]\nlabel = "plain"\nnorm = "none"\n\n'
+        '[[runs]]\nlabel = "broken"\nnorm = "./broken_norm.py:Broken"\n')
+    spec = load_spec(tmp_path / "spec.toml", "quick")
+    events: list[dict] = []
+    with pytest.raises(executors.RunsFailed, match="broken on purpose") as failed:
+        executors.ProcessExecutor(2).run(spec.runs, tmp_path / "runs", events.append)
+    broken = next(run for run in spec.runs if run.label == "broken")
+    assert list(failed.value.errors) == [broken.run_id]
+    assert any(e["kind"] == "fail" and e["run"] == broken.run_id for e in events)
+    assert not (tmp_path / "runs" / broken.run_id / leases.LEASE_NAME).exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------
