@@ -20,6 +20,7 @@ from smoothnorm.kernels.norm.batch import (
     batch_norm_update_running,
 )
 from smoothnorm.kernels.norm.batch_rop import batch_norm_r_backward, batch_norm_r_forward
+from smoothnorm.kernels.norm.noise import draw_noise
 from smoothnorm.kernels.norm.noisy import noisy_batch_norm_backward, noisy_batch_norm_forward
 from smoothnorm.nn.norms.base import _RunningStatsNorm
 from smoothnorm.nn.norms.rop import ElementwiseAffine, FixedStandardization, Standardization, as_ncs
@@ -224,11 +225,12 @@ class NoisyBatchNorm(_RunningStatsNorm):
         self.noise_sigma: np.ndarray | None = None
         self.noise_seed: int | None = None
         self._noise: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._drawn: set[tuple] = set()  # keys of _noise drawn for the current seed
 
     def allocate(self, dtype):
         super().allocate(dtype)
         self.dtype = np.dtype(dtype)
-        self._noise = {}
+        self._noise, self._drawn = {}, set()
 
     def resample_noise(self, rng: np.random.Generator) -> None:
         """Draw this step's per-unit noise parameters (mu_j, sigma_j) and the seed of the per-element noise."""
@@ -236,7 +238,7 @@ class NoisyBatchNorm(_RunningStatsNorm):
         self.noise_mu = rng.uniform(-self.n_mu, self.n_mu, size=c)
         self.noise_sigma = rng.uniform(1.0, self.n_sigma, size=c)
         self.noise_seed = int(rng.integers(0, 2**63 - 1))
-        self._noise = {}
+        self._drawn = set()
 
     def noise(self, shape: tuple[int, ...], dtype=None) -> tuple[np.ndarray, np.ndarray]:
         """The current per-element noise (scale s, shift m) for an input of `shape`, (N, C) or (N, C, H, W).
@@ -248,24 +250,17 @@ class NoisyBatchNorm(_RunningStatsNorm):
             raise RuntimeError(f"{self.name or 'NoisyBatchNorm'}: no noise drawn yet; call resample_noise(rng)")
         shape = tuple(int(v) for v in shape)
         dt = self.dtype if dtype is None else np.dtype(dtype)
-        cached = self._noise.get((shape, dt))
-        if cached is None:
+        key = (shape, dt)
+        arrays = self._noise.get(key)
+        if arrays is None or key not in self._drawn:
             if len(shape) not in (2, 4) or shape[1] != self.num_features:
                 raise ValueError(f"shape: expected (N, {self.num_features}) or (N, {self.num_features}, H, W), "
                                  f"got {shape}")
-            gen = np.random.default_rng(np.random.SeedSequence([self.noise_seed, *shape]))
-            per_unit = (1, -1) + (1,) * (len(shape) - 2)
-            # m = mu_j - r_mu + 2 r_mu U[0, 1); s = sigma_j + r_sigma Z. Drawn in float64 whatever the dtype, so a
-            # float32 and a float64 network with one seed see the same noise up to rounding (float32 draws use
-            # other algorithms, hence other values).
-            shift = gen.random(shape)
-            shift *= 2.0 * self.r_mu
-            shift += (self.noise_mu - self.r_mu).reshape(per_unit)
-            scale = gen.standard_normal(shape)
-            scale *= self.r_sigma
-            scale += self.noise_sigma.reshape(per_unit)
-            cached = self._noise[(shape, dt)] = (scale.astype(dt, copy=False), shift.astype(dt, copy=False))
-        return cached
+            if arrays is None:  # kept between steps: fresh memory for every step's noise costs page faults
+                arrays = self._noise[key] = (np.empty(shape, dt), np.empty(shape, dt))
+            draw_noise(self.noise_seed, self.noise_mu, self.noise_sigma, self.r_mu, self.r_sigma, *arrays)
+            self._drawn.add(key)
+        return arrays
 
     def forward(self, x, mode):
         gamma, beta = self.params.get("weight"), self.params.get("bias")
