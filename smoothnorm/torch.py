@@ -523,7 +523,10 @@ def network_from_build(build: Callable, settings: dict, input_shape: tuple[int, 
     seeded from the run's seed (and the caller's generator state restored), wrapped in the run's dtype."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(settings["seed"]))
-        module = build(dict(settings), tuple(input_shape))
+        try:
+            module = build(dict(settings), tuple(input_shape))
+        except Exception as err:
+            raise ValueError(f"{where}: build(settings, input_shape) failed: {type(err).__name__}: {err}") from err
     if not isinstance(module, torch.nn.Module):
         raise ValueError(f"{where}: build(settings, input_shape) returned {type(module).__name__}, not a "
                          "torch.nn.Module")

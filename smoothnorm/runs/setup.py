@@ -147,9 +147,21 @@ def _plugin(s: dict, key: str):
 
 
 def _plugin_model(s: dict, build, input_shape):
-    """A plug-in model's network: build(settings, input_shape), checked to be a Network."""
+    """A plug-in model's network: build(settings, input_shape), checked to be a Network; for a "torch:" model
+    a torch.nn.Module (built with torch's generator seeded from the run's seed) wrapped in a TorchNetwork."""
     from smoothnorm.nn.network import Network
+    from smoothnorm.runs.plugins import is_torch
 
+    if is_torch(s["plugin_files"]["model"]):
+        if s["norm_options"].get("statistics") == "population":
+            raise SpecError(f"key 'model' = {s['model']!r}: norm_options statistics = \"population\" applies to the "
+                            "package's BatchNorm, not to a PyTorch module's")
+        from smoothnorm.torch import network_from_build
+
+        try:
+            return network_from_build(build, s, input_shape, f"key 'model' = {s['model']!r}")
+        except ValueError as err:
+            raise SpecError(str(err)) from None
     net = build(dict(s), input_shape)
     if not isinstance(net, Network):
         raise SpecError(f"key 'model' = {s['model']!r}: build(settings, input_shape) returned {type(net).__name__}, "
