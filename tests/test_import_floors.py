@@ -14,14 +14,15 @@ PACKAGE = Path(smoothnorm.__file__).parent
 FLOORS = [
     ("smoothnorm.kernels", "smoothnorm._validate"),
     ("smoothnorm.nn",),
+    # smoothnorm.torch (any PyTorch module as a network) sits beside the models: the run setup builds `torch:` models.
     ("smoothnorm.nn.models", "smoothnorm.optim", "smoothnorm.data", "smoothnorm.runs.store",
-     "smoothnorm.runs.provenance"),
+     "smoothnorm.runs.provenance", "smoothnorm.torch"),
     ("smoothnorm.measure",),
     # The checking kit runs layers in a network and probes in the training loop; nothing of ours imports it.
     ("smoothnorm.train", "smoothnorm.testing"),
     # The claim vocabulary and its parser import nothing of ours: the spec loader checks a spec's claims with them.
     ("smoothnorm.runs", "smoothnorm.claims.parse"),
-    ("smoothnorm.runs.executors", "smoothnorm.plots", "smoothnorm.claims", "smoothnorm.torch"),
+    ("smoothnorm.runs.executors", "smoothnorm.plots", "smoothnorm.claims"),
     ("smoothnorm.cli",),
 ]
 
@@ -69,5 +70,19 @@ def test_every_floor_names_an_existing_module():
     names = {name for name, _ in modules()}
     for prefixes in FLOORS:
         for prefix in prefixes:
-            if prefix != "smoothnorm.torch":  # the PyTorch wrapper, not built yet
-                assert prefix in names, prefix
+            assert prefix in names, prefix
+
+
+def test_torch_is_imported_only_inside_functions():
+    """torch is optional: no module of the package imports smoothnorm.torch (or torch) at import time; the run
+    setup imports smoothnorm.torch inside the function that builds a `torch:` model."""
+    for name, path in modules():
+        if name == "smoothnorm.torch":
+            continue
+        tree = ast.parse(path.read_text())
+        top = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+        names = {a.name for node in top if isinstance(node, ast.Import) for a in node.names}
+        names |= {node.module for node in top if isinstance(node, ast.ImportFrom) and node.level == 0}
+        names |= {f"smoothnorm.{a.name}" for node in top if isinstance(node, ast.ImportFrom)
+                  and node.module == "smoothnorm" for a in node.names}
+        assert not names & {"torch", "smoothnorm.torch"}, name

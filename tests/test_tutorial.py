@@ -1,17 +1,23 @@
-"""docs/TUTORIAL.md: every ```python block runs, in order, in one namespace (so the tutorial cannot rot)."""
+"""docs/TUTORIAL.md: every ```python block runs, in order, in one namespace (so the tutorial cannot rot); the
+blocks tagged ```python torch (the PyTorch section) run where torch is installed."""
 
 from __future__ import annotations
 
 import os
 import re
 
+import numpy as np
+import pytest
+
 from tests.helpers import ROOT
 
 TUTORIAL = ROOT / "docs" / "TUTORIAL.md"
 
 
-def code_blocks(text: str) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+def code_blocks(text: str, tag: str = "") -> list[str]:
+    """The ```python blocks (tag ""), or those tagged ```python <tag> (torch: they need PyTorch)."""
+    head = "```python" + (f" {tag}" if tag else "")
+    return re.findall(rf"^{re.escape(head)}\n(.*?)^```", text, flags=re.S | re.M)
 
 
 def run_tutorial(folder: str | os.PathLike) -> dict:
@@ -52,3 +58,16 @@ def test_tutorial_code_runs(tmp_path, capsys):
     assert len(reached) >= 2 and all(0 < step < 60 for step in reached["first_step"])
     # The plug-in norm passes the kit; the forgetful copy fails its backward check.
     assert "backward: dx wrong by" in printed
+
+
+@pytest.mark.torch
+def test_tutorial_torch_section_runs(capsys):
+    """The PyTorch section's blocks (```python torch) run in a namespace of their own, where torch is installed."""
+    pytest.importorskip("torch")
+    blocks = code_blocks(TUTORIAL.read_text(), "torch")
+    assert blocks and "Measure your own PyTorch model" in TUTORIAL.read_text()
+    namespace: dict = {"__name__": "tutorial_torch"}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"{TUTORIAL}:torch-block{i + 1}", "exec"), namespace)  # noqa: S102
+    assert "weight layers ['conv', 'block', 'fc']" in capsys.readouterr().out
+    assert np.isfinite(namespace["top"][0]) and namespace["top"][0] > 0

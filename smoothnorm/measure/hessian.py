@@ -1,7 +1,8 @@
 """Curvature of the loss: Hessian-vector products, extreme eigenvalues, trace and spectral density.
 
 Hessian-vector products are exact by default: Pearlmutter's R-operator (forward-over-reverse differentiation, each
-layer's `forward_r` / `backward_r`, the normalization math in smoothnorm.nn.norms.rop) in a float64 copy of the
+layer's `forward_r` / `backward_r`, the normalization math in smoothnorm.nn.norms.rop, driven by
+`Network.hessian_product`; a TorchNetwork differentiates its module twice instead) in a float64 copy of the
 network, on one batch in probe mode (batch statistics) or eval mode (running statistics). They equal what
 reverse-over-reverse automatic differentiation gives (PyTorch's double backward, PyHessian): the Hessian at the base
 point's activation pattern, with ReLU masks, max-pool winners and the Lp norms' signs and arg-max held fixed.
@@ -143,36 +144,13 @@ class HessianOperator(LinearOperator):
 
     # -- the exact product ------------------------------------------------------------------------------------
     def _prepare_exact(self) -> None:
-        """One base forward pass; every layer keeps its cache (the copy is private, nothing else runs on it)."""
-        net = self.net
-        out = net.forward(self.x, self.mode)
-        self.loss = net.loss_fn.forward(out, self.y)
-        self._dout = net.loss_fn.backward()
-        shapes = {}
-        for layer in net.layers:
-            for pname, pshape in layer.param_shapes().items():
-                shapes[(layer.name, pname)] = (net.param_slices()[f"{layer.name}.{pname}"], pshape)
-        self._param_views = shapes
-
-    def _views(self, layer, flat: np.ndarray) -> dict[str, np.ndarray]:
-        return {pname: flat[sl].reshape(shape) for (name, pname), (sl, shape) in self._param_views.items()
-                if name == layer.name}
+        """One base forward pass (the copy is private, nothing else runs on it); the network's `hessian_product`
+        keeps what its products need (a Network: every layer's cache for the R-pass)."""
+        self.loss, self._product = self.net.hessian_product(self.x, self.y, self.mode)
 
     def exact_product(self, direction: np.ndarray) -> np.ndarray:
-        """H d for a full-length parameter direction d, by one R-forward and one R-backward pass."""
-        net = self.net
-        rx = None
-        with np.errstate(all="ignore"):
-            for layer in net.layers:
-                rx = layer.forward_r(rx, self._views(layer, direction))
-            r_out = np.zeros_like(self._dout) if rx is None else rx
-            rd = net.loss_fn.backward_r(r_out)
-            d = self._dout
-            hv = np.zeros(net.num_params)
-            for i in range(len(net.layers) - 1, -1, -1):
-                layer = net.layers[i]
-                d, rd = layer.backward_r(d, rd, self._views(layer, hv), need_dx=i > 0)
-        return hv
+        """H d for a full-length parameter direction d (a Network: one R-forward and one R-backward pass)."""
+        return self._product(direction)
 
     def _matvec(self, v):
         v = np.asarray(v, dtype=np.float64).reshape(-1)

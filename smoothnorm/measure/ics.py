@@ -15,15 +15,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from smoothnorm.measure._common import _base_loss_and_grad, _check_batch, _preserved, _sums
-from smoothnorm.nn.layers import Conv2d, Linear
 
 __all__ = ["weight_layer_names", "internal_covariate_shift", "gradient_change"]
 
 
 def weight_layer_names(net) -> list[str]:
     """Names of the Conv2d and Linear layers in execution order ("Layer #k" is entry k - 1 under a weight-layer
-    count); the default layers of `internal_covariate_shift`."""
-    return [layer.name for layer in net.layers if isinstance(layer, (Conv2d, Linear))]
+    count); the default layers of `internal_covariate_shift`. The network says which they are
+    (`net.weight_layer_names()`: a Network's Conv2d and Linear layers, a TorchNetwork's torch Conv and Linear
+    modules)."""
+    return net.weight_layer_names()
 
 
 def gradient_change(g: np.ndarray, g_prime: np.ndarray) -> tuple[float, float]:
@@ -62,15 +63,6 @@ def _select_layers(net, layers: Sequence[str] | None) -> list[str]:
     return sorted(names, key=order.__getitem__)
 
 
-def _loss_and_grads_down_to(net, x, y, stop: int) -> None:
-    """Forward (probe) and backward through layers[stop:] only: grads below layer `stop` are left as they were."""
-    out = net.forward(x, mode="probe")
-    net.loss_fn.forward(out, y)
-    d = net.loss_fn.backward()
-    for i in range(len(net.layers) - 1, stop - 1, -1):
-        d = net.layers[i].backward(d, need_dx=i > stop)
-
-
 def internal_covariate_shift(
     net,
     x,
@@ -95,7 +87,6 @@ def internal_covariate_shift(
     x, y = _check_batch(net, x, y)
     names = _select_layers(net, layers)
     slices = net.layer_slices()
-    index = {layer.name: i for i, layer in enumerate(net.layers)}
     result: dict[str, tuple[float, float]] = {}
     with _preserved(net) as w0:
         # loss=0.0: the base loss is not reported, so skip the forward pass that would compute it.
@@ -112,6 +103,7 @@ def internal_covariate_shift(
             net.params[done : s.start] = w1[done : s.start]
             done = s.start
             with np.errstate(all="ignore"):
-                _loss_and_grads_down_to(net, x, y, index[name])
+                # Forward (probe) and a backward that stops at the layer: the grads below it are not needed.
+                net.loss_and_grad_from(x, y, name, mode="probe")
                 result[name] = gradient_change(g_layer, net.grads[s])
     return result

@@ -15,7 +15,7 @@ the package smoothnorm.nn hands on their public names.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ import numpy as np
 from smoothnorm._validate import as_float_dtype, choice, float_array
 from smoothnorm.kernels.linear import linear_chain_backward, linear_chain_forward, linear_chain_plan
 from smoothnorm.nn.layer import Layer
-from smoothnorm.nn.layers import Linear
+from smoothnorm.nn.layers import Conv2d, Linear
 
 __all__ = [
     "MODES",
@@ -236,6 +236,52 @@ class Network:
         out = self.forward(x, mode)
         labels = self.check_targets(y, out.shape[0])
         return float(np.mean(np.argmax(out, axis=1) == labels))
+
+    # -- what the measurements ask of a network (smoothnorm.measure; smoothnorm.torch.TorchNetwork has the same) --
+    def weight_layer_names(self) -> list[str]:
+        """Names of the Conv2d and Linear layers in execution order: the weight layers of ICS (Definition 2.1) and
+        of the paper's "Layer #k"."""
+        return [layer.name for layer in self.layers if isinstance(layer, (Conv2d, Linear))]
+
+    def loss_and_grad_from(self, x, y, layer: str, mode: str = "probe") -> float:
+        """Loss on (x, y) and the gradient of the parameters of `layer` and every layer after it, written into
+        their slices of `grads` (the slices before `layer`'s keep their values): a backward pass that stops at
+        `layer`. `x`, `y` are taken as checked."""
+        stop = [la.name for la in self.layers].index(layer)
+        out = self.forward(x, mode)
+        loss = self.loss_fn.forward(out, y)
+        d = self.loss_fn.backward()
+        for i in range(len(self.layers) - 1, stop - 1, -1):
+            d = self.layers[i].backward(d, need_dx=i > stop)
+        return loss
+
+    def hessian_product(self, x, y, mode: str = "probe") -> tuple[float, Callable[[np.ndarray], np.ndarray]]:
+        """(loss, product): one forward pass on (x, y) in `mode`, then product(d) = H d, the exact Hessian of the
+        loss times a full-length parameter direction d, by Pearlmutter's R-operator (each layer's `forward_r`,
+        then `backward_r`: forward-over-reverse). Products are valid until the network's next forward pass;
+        compute in float64 (smoothnorm.measure.hessian works on a float64 copy). `x`, `y` are taken as checked."""
+        out = self.forward(x, mode)
+        loss = self.loss_fn.forward(out, y)
+        dout = self.loss_fn.backward()
+        views = {layer.name: {pname: (self._param_slices[f"{layer.name}.{pname}"], pshape)
+                              for pname, pshape in layer.param_shapes().items()} for layer in self.layers}
+
+        def product(direction: np.ndarray) -> np.ndarray:
+            rx = None
+            hv = np.zeros(self.num_params)
+            with np.errstate(all="ignore"):
+                for layer in self.layers:
+                    rx = layer.forward_r(rx, {p: direction[s].reshape(shape)
+                                              for p, (s, shape) in views[layer.name].items()})
+                rd = self.loss_fn.backward_r(np.zeros_like(dout) if rx is None else rx)
+                d = dout
+                for i in range(len(self.layers) - 1, -1, -1):
+                    layer = self.layers[i]
+                    d, rd = layer.backward_r(d, rd, {p: hv[s].reshape(shape) for p, (s, shape) in
+                                                     views[layer.name].items()}, need_dx=i > 0)
+            return hv
+
+        return loss, product
 
     def resample_noise(self, rng: np.random.Generator) -> None:
         """Draw fresh noise for every noisy layer (a no-op where there is none)."""

@@ -7,7 +7,10 @@ A reference is
 - a plain name registered by an installed package under the entry-point group `smoothnorm.norms` or
   `smoothnorm.models` (in its pyproject.toml: `[project.entry-points."smoothnorm.norms"] scale_only =
   "mypkg.norms:ScaleOnly"`).
-Loading and validating a spec never imports a plug-in: it checks the reference's form, finds its source file
+A model may also be a PyTorch module: `"torch:package.module:build"` or `"torch:./file.py:build"`, a callable
+`build(settings, input_shape)` returning a `torch.nn.Module`, which the run wraps in smoothnorm.torch.TorchNetwork
+(needs `pip install 'smoothnorm[torch]'`).
+Loading and validating a spec never imports a plug-in (nor torch): it checks the reference's form, finds its source file
 (without importing it) and hashes it. The hash and the reference enter the run's identity, so editing the
 plug-in's file trains the runs again. `run` and `reproduce` import it (`load`) before any run trains, check it
 against its protocol (a norm is a `smoothnorm.nn.layer.Layer` subclass taking `(num_features, **norm_options)`;
@@ -25,6 +28,9 @@ import re
 import sys
 from pathlib import Path
 
+# A model reference starting so names a function building a torch.nn.Module (smoothnorm.torch wraps it).
+TORCH_PREFIX = "torch:"
+TORCH_EXTRA = "pip install 'smoothnorm[torch]'"
 # Entry-point group per plug-in kind.
 GROUPS = {"norm": "smoothnorm.norms", "model": "smoothnorm.models"}
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -40,7 +46,14 @@ def is_reference(value: str) -> bool:
     return isinstance(value, str) and ":" in value
 
 
+def is_torch(plugin: dict) -> bool:
+    """True for a resolved model plug-in named "torch:...": a function building a torch.nn.Module."""
+    return plugin["ref"].startswith(TORCH_PREFIX)
+
+
 def _split(value: str, where: str) -> tuple[str, str]:
+    if value.startswith(TORCH_PREFIX):
+        value = value[len(TORCH_PREFIX):]
     target, _, name = value.rpartition(":")
     if not _NAME.match(name):
         raise PluginError(f"{where}: plug-in {value!r}: expected 'package.module:Name' or './file.py:Name', "
@@ -90,6 +103,9 @@ def resolve(kind: str, value: str, spec_folder: Path, where: str) -> dict:
             return {}
         target, name = _split(point.value, f"{where} (entry point {GROUPS[kind]}:{value})")
     else:
+        if value.startswith(TORCH_PREFIX) and kind != "model":
+            raise PluginError(f"{where}: plug-in {value!r}: 'torch:' names a model (a function building a "
+                              f"torch.nn.Module), not a {kind}")
         target, name = _split(value, where)
     if target.endswith(".py"):
         path = (spec_folder / target).resolve()
@@ -108,6 +124,9 @@ def resolve(kind: str, value: str, spec_folder: Path, where: str) -> dict:
 def load(kind: str, plugin: dict, where: str):
     """Import a resolved plug-in and check it against its kind's protocol; returns the object."""
     target, name, path = plugin["target"], plugin["name"], Path(plugin["file"])
+    if kind == "model" and is_torch(plugin) and importlib.util.find_spec("torch") is None:
+        raise PluginError(f"{where}: plug-in {plugin['ref']!r} builds a PyTorch module, and PyTorch is not "
+                          f"installed: {TORCH_EXTRA}")
     try:
         if target.endswith(".py"):
             module_name = f"smoothnorm_plugin_{plugin['sha256'][:12]}_{path.stem}"
@@ -132,8 +151,9 @@ def load(kind: str, plugin: dict, where: str):
     if kind == "norm":
         _check_norm(obj, plugin["ref"], where)
     elif not callable(obj):
+        returning = "a torch.nn.Module" if is_torch(plugin) else "a Network"
         raise PluginError(f"{where}: plug-in {plugin['ref']!r} is {obj!r}, not a callable build(settings, "
-                          "input_shape) returning a Network")
+                          f"input_shape) returning {returning}")
     return obj
 
 

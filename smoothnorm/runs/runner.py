@@ -62,6 +62,8 @@ def environment() -> dict:
         "scipy": scipy.__version__, "numba": numba.__version__, "numba_threads": numba.get_num_threads(),
         "machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count(), **machine(),
     }
+    if "torch" in sys.modules:  # a run of a PyTorch model (smoothnorm.torch) imported it
+        env["torch"] = sys.modules["torch"].__version__
     try:
         root = Path(__file__).resolve().parents[2]
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)

@@ -168,6 +168,8 @@ def _check_value(where: str, key: str, value, kind: type, _default, allowed) -> 
         if key in PLUGIN_KEYS and (is_reference(value) or value in entry_point_names(key)):
             return value  # a plug-in: resolved (file found, hashed) by the spec loader, imported only by `run`
         more = (" or a plug-in 'package.module:Name' / './file.py:Name'" if key in PLUGIN_KEYS else "")
+        if key == "model":
+            more += " (or 'torch:package.module:build' for a PyTorch module)"
         raise SpecError(f"{where}: key {key!r} expects one of {list(allowed)}{more}, got {value!r}")
     if kind is float and not math.isfinite(value):
         raise SpecError(f"{where}: key {key!r} expects a finite number, got {value!r}")

@@ -147,9 +147,21 @@ def _plugin(s: dict, key: str):
 
 
 def _plugin_model(s: dict, build, input_shape):
-    """A plug-in model's network: build(settings, input_shape), checked to be a Network."""
+    """A plug-in model's network: build(settings, input_shape), checked to be a Network; for a "torch:" model
+    a torch.nn.Module (built with torch's generator seeded from the run's seed) wrapped in a TorchNetwork."""
     from smoothnorm.nn.network import Network
+    from smoothnorm.runs.plugins import is_torch
 
+    if is_torch(s["plugin_files"]["model"]):
+        if s["norm_options"].get("statistics") == "population":
+            raise SpecError(f"key 'model' = {s['model']!r}: norm_options statistics = \"population\" applies to the "
+                            "package's BatchNorm, not to a PyTorch module's")
+        from smoothnorm.torch import network_from_build
+
+        try:
+            return network_from_build(build, s, input_shape, f"key 'model' = {s['model']!r}")
+        except ValueError as err:
+            raise SpecError(str(err)) from None
     net = build(dict(s), input_shape)
     if not isinstance(net, Network):
         raise SpecError(f"key 'model' = {s['model']!r}: build(settings, input_shape) returned {type(net).__name__}, "
@@ -219,21 +231,20 @@ def layer_reference(net, ref, purpose: str) -> str:
     weight layer; for "distributions" it names the output of its block before the non-linearity: the norm layer
     right after it if there is one, else the weight layer itself (docs/PROTOCOL.md).
     """
-    from smoothnorm.nn.layers import Conv2d, Linear
-
     if isinstance(ref, str):
         names = [layer.name for layer in net.layers]
         if ref not in names:
             raise SpecError(f"layer {ref!r}: unknown; layers: {names}")
         return ref
-    weights = [i for i, layer in enumerate(net.layers) if isinstance(layer, (Conv2d, Linear))]
+    index = {layer.name: i for i, layer in enumerate(net.layers)}
+    weights = [index[name] for name in net.weight_layer_names()]
     if not isinstance(ref, int) or isinstance(ref, bool) or not 1 <= ref <= len(weights):
         raise SpecError(f"layer #{ref}: expected 1..{len(weights)} (the network's weight layers)")
     i = weights[ref - 1]
     if purpose == "distributions" and i + 1 < len(net.layers):
         nxt = net.layers[i + 1]
         if nxt.param_shapes() or hasattr(nxt, "running_mean") or type(nxt).__name__.endswith("Norm"):
-            if not isinstance(nxt, (Conv2d, Linear)):
+            if nxt.name not in net.weight_layer_names():
                 return nxt.name
     return net.layers[i].name
 

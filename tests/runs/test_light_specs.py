@@ -14,7 +14,7 @@ from smoothnorm.runs.setup import check_norm_options
 from smoothnorm.runs.spec import default_spec_folder, list_specs, load_spec, spec_order
 from tests.helpers import ROOT
 
-HEAVY = ("numba", "matplotlib", "scipy")
+HEAVY = ("numba", "matplotlib", "scipy", "torch")
 
 
 def test_panel_kinds_equal_the_plots_registry():
@@ -43,14 +43,14 @@ def _imported_by(code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_loading_every_spec_imports_neither_numba_scipy_nor_matplotlib():
+def test_loading_every_spec_imports_neither_numba_scipy_matplotlib_nor_torch():
     code = ("from smoothnorm.runs.spec import SPEC_GROUPS, list_specs, load_spec\n"
             "for p in list_specs(None, tuple(SPEC_GROUPS)):\n"
             "    load_spec(p, 'quick')\n")
     assert _imported_by(code) == dict.fromkeys(HEAVY, False)
 
 
-def test_smoothnorm_list_imports_neither_numba_scipy_nor_matplotlib():
+def test_smoothnorm_list_imports_neither_numba_scipy_matplotlib_nor_torch():
     code = ("import contextlib, io\nfrom smoothnorm import cli\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n    cli.main(['list'])\n")
     assert _imported_by(code) == dict.fromkeys(HEAVY, False)

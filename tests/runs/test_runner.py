@@ -41,11 +41,16 @@ def test_every_spec_resolves_in_every_profile():
 
 EXAMPLES = sorted((ROOT / "experiments" / "examples").glob("*.toml")) + sorted(
     (ROOT / "experiments" / "beyond").glob("*.toml"))
+# Examples of PyTorch models (`model = "torch:..."`) need torch.
+TORCH_EXAMPLES = {p for p in EXAMPLES if 'model = "torch:' in p.read_text()}
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.torch) if p in TORCH_EXAMPLES else p
+                                  for p in EXAMPLES], ids=lambda p: p.stem)
 def test_example_specs_run_end_to_end_in_the_tiny_profile(tmp_path, path):
     """Specs beyond the paper live in experiments/examples/ (reproduce leaves them out); `run PATH` takes them."""
+    if path in TORCH_EXAMPLES:
+        pytest.importorskip("torch")
     for profile in schema.PROFILES:
         assert spec_module.load_spec(path, profile).runs
     figures = tmp_path / "figures"
