@@ -34,6 +34,15 @@ def test_same_name_reuses_memory_and_grows_only_when_needed():
     assert not np.shares_memory(c, d)
 
 
+def test_a_repeated_request_after_the_buffer_grew_is_in_the_new_buffer():
+    a = scratch("t", (10,), np.float64)
+    assert scratch("t", (10,), np.float64) is a  # the same request: the same array
+    c = scratch("t", (5000,), np.float64)  # grows: a new buffer
+    a2 = scratch("t", (10,), np.float64)
+    assert np.shares_memory(a2, c) and not np.shares_memory(a2, a)
+    assert scratch("t", [10], np.float64) is a2  # a list shape asks for the same
+
+
 def test_empty_and_zero_sized_shapes():
     assert scratch("t", (0, 4), np.float32).shape == (0, 4)
     assert scratch("t", (), np.float64).shape == ()
