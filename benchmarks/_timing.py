@@ -69,6 +69,24 @@ def describe_machine() -> str:
     return "; ".join(parts)
 
 
+def sgemm_candidate(threads: int, n: int = 1024) -> tuple[Callable[[], object], float]:
+    """(fn, flops): one float32 n x n x n matrix product with NumPy's BLAS on `threads` threads, to time beside the
+    work so that its rate is measured under the same conditions (threadpoolctl limits the BLAS threads)."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    out = np.empty((n, n), np.float32)
+
+    def fn():
+        with threadpool_limits(threads, user_api="blas"):
+            np.matmul(a, b, out=out)
+
+    return fn, 2.0 * n**3
+
+
 def torch_available() -> bool:
     try:
         import torch  # noqa: F401

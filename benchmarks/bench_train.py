@@ -1,12 +1,20 @@
-"""Whole train steps against PyTorch CPU: VGG-11-BN, VGG-16-BN and VGG-16 at batch 128 (float32), each with im2col
-and with algorithm="auto" convolutions (Winograd where kernels/winograd.winograd_pays says), and the 25-layer DLN on
-1000 samples (float64, with and without BatchNorm); plus the first step of a fresh process (Numba cache warm).
+"""Whole train steps against PyTorch CPU and against the machine's sgemm rate.
+
+- quick: the quick profile's shapes, VGG-11/13/16 at width 1/8 and 1/4, batch 64, float32, with and without
+  BatchNorm, at 1 and 2 threads (algorithm="auto");
+- full: VGG-11-BN, VGG-16-BN and VGG-16 at full width, batch 128 (float32), each with im2col and with
+  algorithm="auto" convolutions (Winograd where kernels/winograd.winograd_pays says);
+- dln: the 25-layer DLN on 1000 samples (float64, with and without BatchNorm);
+- fresh: the first step of a fresh process (Numba cache warm).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.bench_train [--repeats 7] [--batch 128]
-        [--threads 2] [--skip-vgg16] [--skip-dln]
+        [--threads 2] [--sections quick,full,dln,fresh] [--skip-vgg16] [--skip-dln]
 
-A train step is forward, loss, backward and an SGD update. Ours and PyTorch's are timed alternately in one process
-(medians over repeats); the ratio is torch time / our time (> 1: we are faster).
+A train step is forward, loss, backward and an SGD update. Ours, PyTorch's and a 1024^3 float32 NumPy matrix product
+on the same threads are timed alternately in one process (medians over repeats); "torch/ours" is torch time / our
+time (> 1: we are faster); "sgemm frac" is our step's direct-convolution FLOP rate (2 N C_out C_in 9 H W per pass,
+three passes per layer but the first's two, plus the classifier) over the measured sgemm rate: above 1 means fewer
+multiplications than direct convolution (Winograd) or better use of the machine than its BLAS.
 """
 
 from __future__ import annotations
@@ -21,7 +29,13 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # PyTorch's allocator on hug
 
 import numpy as np  # noqa: E402
 
-from benchmarks._timing import describe_machine, format_table, time_alternating, torch_available  # noqa: E402
+from benchmarks._timing import (  # noqa: E402
+    describe_machine,
+    format_table,
+    sgemm_candidate,
+    time_alternating,
+    torch_available,
+)
 from smoothnorm import optim
 from smoothnorm.kernels._blas import openblas_report  # noqa: E402
 from smoothnorm.nn import models
@@ -63,6 +77,49 @@ def torch_dln(norm: bool):
     return torch.nn.Sequential(*layers).double()
 
 
+def direct_conv_flops(name: str, width: float, batch: int) -> float:
+    """FLOPs of one train step of the CIFAR VGG `name` counted as direct convolution: 2 N C_out C_in 9 H W per pass,
+    forward, input gradient and weight gradient (no input gradient for the first layer), plus the classifier."""
+    total = 0.0
+    for i, (c_in, c_out, size) in enumerate(models.conv_shapes(name, width)):
+        total += (2 if i == 0 else 3) * 2.0 * batch * c_out * c_in * 9 * size * size
+    return total + 3 * 2.0 * batch * round(512 * width) * 10
+
+
+def quick_shapes(args, have_torch: bool) -> list[dict]:
+    """The quick profile's networks at 1 and 2 threads: ours, PyTorch and sgemm alternately, per row."""
+    import numba
+
+    rng = np.random.default_rng(0)
+    rows = []
+    batch = 64
+    for threads in (1, 2):
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        if have_torch:
+            import torch
+
+            torch.set_num_threads(threads)
+        sgemm, sgemm_flops = sgemm_candidate(threads)
+        for width in (1 / 8, 1 / 4):
+            for name in ("vgg11", "vgg13", "vgg16"):
+                for norm in ("batch", None):
+                    x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+                    y = rng.integers(0, 10, size=batch)
+                    cands = {"ours": our_step(models.vgg(name, norm=norm, width=width), optim.SGD(lr=1e-3), x, y),
+                             "sgemm": sgemm}
+                    if have_torch:
+                        cands["torch"] = torch_step(torch_vgg(name, width, norm is not None), x, y, "ce")
+                    t = time_alternating(cands, repeats=args.repeats * 3, warmup=3)
+                    rate = direct_conv_flops(name, width, batch) / t["ours"]
+                    row = _row(f"{name}{'-bn' if norm else ''} w1/{round(1 / width)} b{batch}, {threads} thr", t,
+                               imgs=batch)
+                    row["sgemm frac"] = f"{rate / (sgemm_flops / t['sgemm']):.2f}"
+                    row["sgemm GF/s"] = f"{sgemm_flops / t['sgemm'] / 1e9:.0f}"
+                    rows.append(row)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    return rows
+
+
 def torch_step(model, x, y, loss_kind: str):
     import torch
 
@@ -92,6 +149,22 @@ def first_step_of_fresh_process() -> float:
     return float(out.stdout.strip())
 
 
+def peak_memory_of_step(batch: int) -> float:
+    """MiB: the peak resident memory of a fresh process that builds VGG-16-BN and takes three train steps at
+    `batch` (float32), against the same process after building the network and its data (the step's own share)."""
+    code = (
+        "import resource, numpy as np; from smoothnorm import models, optim;"
+        f"net=models.vgg('vgg16', norm='batch'); opt=optim.SGD(lr=0.1); n={batch};"
+        "x=np.ones((n,3,32,32),np.float32); y=np.zeros(n,np.int64);"
+        "before=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        "[(net.loss_and_grad(x,y), opt.step(net.params, net.grads)) for _ in range(3)];"
+        "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    before, after = (int(v) / 1024 for v in out.stdout.split())
+    return after, after - before
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
@@ -99,6 +172,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-vgg16", action="store_true")
     parser.add_argument("--skip-dln", action="store_true")
+    parser.add_argument("--sections", default="quick,full,dln,fresh",
+                        help="comma-separated: quick (the quick profile's shapes at 1 and 2 threads), full, dln, fresh")
     args = parser.parse_args(argv)
     import numba
 
@@ -110,13 +185,21 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     print(describe_machine())
     print("OpenBLAS: " + "; ".join(openblas_report()))
+    sections = set(args.sections.split(","))
+    unknown = sections - {"quick", "full", "dln", "fresh"}
+    if unknown:
+        parser.error(f"--sections: unknown {sorted(unknown)}; expected some of quick, full, dln, fresh")
+    columns = ["work", "ours (ms)", "torch (ms)", "torch/ours", "ours img/s", "sgemm frac", "sgemm GF/s"]
+    if "quick" in sections:
+        print(format_table(quick_shapes(args, have_torch), columns))
     rng = np.random.default_rng(0)
     rows = []
     vggs = [("vgg11", "batch")] + ([] if args.skip_vgg16 else [("vgg16", "batch"), ("vgg16", None)])
-    for name, norm in vggs:
+    sgemm, sgemm_flops = sgemm_candidate(args.threads)
+    for name, norm in vggs if "full" in sections else ():
         x = rng.standard_normal((args.batch, 3, 32, 32)).astype(np.float32)
         y = rng.integers(0, 10, size=args.batch)
-        cands = {}
+        cands = {"sgemm": sgemm}
         for algorithm in ("im2col", "auto"):
             net = models.vgg(name, norm=norm, algorithm=algorithm)
             cands[algorithm] = our_step(net, optim.SGD(lr=1e-3), x, y)
@@ -125,9 +208,13 @@ def main(argv=None) -> None:
         t = time_alternating(cands, repeats=args.repeats, warmup=1)
         label = f"{name}{'-bn' if norm else ''} train step, batch {args.batch}, float32"
         for algorithm in ("im2col", "auto"):
-            rows.append(_row(f"{label}, {algorithm}", {"ours": t[algorithm]} | {k: t[k] for k in t if k == "torch"},
-                             imgs=args.batch))  # fmt: skip
-    for norm in (False, True) if not args.skip_dln else ():
+            row = _row(f"{label}, {algorithm}", {"ours": t[algorithm]} | {k: t[k] for k in t if k == "torch"},
+                       imgs=args.batch)
+            rate = direct_conv_flops(name, 1.0, args.batch) / t[algorithm]
+            row["sgemm frac"] = f"{rate / (sgemm_flops / t['sgemm']):.2f}"
+            row["sgemm GF/s"] = f"{sgemm_flops / t['sgemm'] / 1e9:.0f}"
+            rows.append(row)
+    for norm in (False, True) if not args.skip_dln and "dln" in sections else ():
         x = rng.standard_normal((1000, 10))
         y = x @ rng.standard_normal((10, 10)).T
         net = models.dln(25, 10, in_dim=10, out_dim=10, norm="batch" if norm else None)
@@ -136,13 +223,17 @@ def main(argv=None) -> None:
             cands["torch"] = torch_step(torch_dln(norm), x, y, "mse")
         t = time_alternating(cands, repeats=args.repeats * 10, warmup=3)
         rows.append(_row(f"DLN 25x(10x10){' + BN' if norm else ''}, 1000 samples, float64", t))
-    print(format_table(rows, ["work", "ours (ms)", "torch (ms)", "torch/ours", "ours img/s"]))
-    if args.skip_dln:
+    if rows:
+        print(format_table(rows, columns))
+    if args.skip_dln or "fresh" not in sections:
         return
     t0 = time.perf_counter()
     first = first_step_of_fresh_process()
     print(f"\nfresh process, import + build VGG-11-BN + first train step (cache warm): {first:.2f} s "
           f"(measured in {time.perf_counter() - t0:.1f} s)")
+    peak, step = peak_memory_of_step(args.batch)
+    print(f"peak memory of a fresh process taking VGG-16-BN train steps at batch {args.batch}: {peak:.0f} MiB "
+          f"({step:.0f} MiB above the built network and its batch)")
 
 
 def _row(work: str, t: dict, imgs: int | None = None) -> dict:
