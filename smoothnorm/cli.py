@@ -166,10 +166,24 @@ def _say_variant(args, variant: str) -> None:
                   f"are written under names with .{variant}; pass --figures DIR to write them elsewhere")
 
 
+def _estimate(args, specs) -> int:
+    """--estimate: time each kind of run briefly on this machine and print what the specs' runs would cost."""
+    from smoothnorm.runs import estimate, executors
+
+    result = estimate.estimate(specs, progress=_progress)
+    workers = sorted({1, executors.cores(), *([args.workers] if args.workers else [])})
+    print(f"Estimate for {args.profile} profile ({len(specs)} spec{'s' if len(specs) != 1 else ''}); nothing was "
+          "trained.\n")
+    print(estimate.report(specs, result, workers))
+    return 0
+
+
 def _run(args) -> int:
     from smoothnorm.runs import runner
 
     specs = _specs(args, args.spec)
+    if args.estimate:
+        return _estimate(args, specs)
     root = runner.results_root(args.runs, args.profile)
     variant = _variant(args, specs)
     _execute(args, specs, root)
@@ -185,6 +199,8 @@ def _reproduce(args) -> int:
     from smoothnorm.runs import runner
 
     specs = _specs(args, args.only.split(",") if args.only else None)
+    if args.estimate:
+        return _estimate(args, specs)
     root = runner.results_root(args.runs, args.profile)
     variant = _variant(args, specs)
     t0 = __import__("time").perf_counter()
@@ -317,6 +333,9 @@ def _add_execution(p) -> None:
     p.add_argument("--threads-per-run", type=_positive_int, default=None, metavar="T",
                    help="Numba/OpenMP/BLAS threads inside each run (default: 1 when runs go side by side, cores / N "
                         "with --workers N, else all cores)")
+    p.add_argument("--estimate", action="store_true",
+                   help="train nothing: time each kind of run briefly here and print what the runs would cost "
+                        "(per spec and in total, sequentially and on --workers N / this machine's cores)")
     p.add_argument("--lease-timeout", type=_positive_float, default=120.0, metavar="SECONDS",
                    help="a run whose lease has had no heartbeat for this long is taken over (default 120)")
 

@@ -22,15 +22,7 @@ import numpy as np
 from smoothnorm import __version__
 from smoothnorm.runs import leases
 from smoothnorm.runs.provenance import machine
-from smoothnorm.runs.setup import (
-    _batch_fn,
-    _eval_fn,
-    _population_subset,
-    _run_dataset,
-    _with_population_statistics,
-    build_network,
-    build_probes,
-)
+from smoothnorm.runs.setup import build_trainer
 from smoothnorm.runs.spec import (
     ProbeSpec,
     RunSpec,
@@ -154,21 +146,12 @@ def execute_run(run: RunSpec, root: Path, *, progress: Callable[[dict], None] | 
 
 def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Callable[[dict], None],
            progress_every: float) -> Path:
-    from smoothnorm import optim
     from smoothnorm.train.loop import Trainer
 
     s = run.settings
     config_path = path / "config.json"
     wanted = _probe_key(run.probes)
-    xtr, ytr, xte, yte = _run_dataset(s)
-    net = build_network(s, xtr.shape[1:])
-    if s["model"] == "mlp":
-        xtr, xte = xtr.reshape(len(xtr), -1), None if xte is None else xte.reshape(len(xte), -1)
-    optimizer = optim.make_optimizer(s["optimizer"], lr=s["lr"], **s["optimizer_options"])
-    subset = _population_subset(s, xtr)
-    batch_fn = _with_population_statistics(net, _batch_fn(s, xtr, ytr), subset)
-    trainer = Trainer(net, optimizer, batch_fn, build_probes(net, run),
-                      eval_fn=_eval_fn(s, xte, yte, subset), eval_every=s["eval_every"], seed=s["seed"])
+    trainer = build_trainer(run)
     # Temporary files of writes cut short by a kill (atomic_open's hidden ".name.XXXX.part"): under the lease no one
     # else writes here, so they are leftovers.
     for leftover in path.glob(".*.part"):

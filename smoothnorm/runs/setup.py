@@ -1,5 +1,6 @@
 """What a run needs, built from its resolved settings: data, network (with its loss), optimizer-free training
-pieces (the batch of each step, the evaluation on the test split) and the probes it records.
+pieces (the batch of each step, the evaluation on the test split) and the probes it records; `build_trainer` puts
+them together.
 
 smoothnorm.runs.runner executes a run from these (training, checkpoints, resuming).
 """
@@ -361,3 +362,22 @@ def _eval_fn(s: dict, xte, yte, population_subset: np.ndarray | None = None):
         return row
 
     return fn
+
+
+def build_trainer(run: RunSpec, dataset: tuple | None = None):
+    """The run's Trainer at step 0: data, network, optimizer, batches, evaluation and probes from its settings.
+    dataset: (x_train, y_train, x_test, y_test) to use instead of the run's own (smoothnorm.runs.estimate times
+    runs on stand-in data of the same shapes)."""
+    from smoothnorm import optim
+    from smoothnorm.train.loop import Trainer
+
+    s = run.settings
+    xtr, ytr, xte, yte = dataset if dataset is not None else _run_dataset(s)
+    net = build_network(s, xtr.shape[1:])
+    if s["model"] == "mlp":
+        xtr, xte = xtr.reshape(len(xtr), -1), None if xte is None else xte.reshape(len(xte), -1)
+    optimizer = optim.make_optimizer(s["optimizer"], lr=s["lr"], **s["optimizer_options"])
+    subset = _population_subset(s, xtr)
+    batch_fn = _with_population_statistics(net, _batch_fn(s, xtr, ytr), subset)
+    return Trainer(net, optimizer, batch_fn, build_probes(net, run),
+                   eval_fn=_eval_fn(s, xte, yte, subset), eval_every=s["eval_every"], seed=s["seed"])
