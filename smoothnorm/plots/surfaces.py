@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import LogNorm, Normalize
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from smoothnorm.plots.style import (
     _check_runs,
@@ -27,8 +27,8 @@ from smoothnorm.plots.style import (
 from smoothnorm.runs.store import RunResult
 
 SURFACE_CMAP = "viridis"
-D1_LABEL = "alpha (filter-normalized direction 1)"
-D2_LABEL = "beta (filter-normalized direction 2)"
+D1_LABEL = "alpha (filter-normalized d1)"
+D2_LABEL = "beta (filter-normalized d2)"
 
 
 def _step_index(run: RunResult, probe: str, step) -> tuple[int, int]:
@@ -78,11 +78,15 @@ def draw_surface_1d(
         ax.set_yscale("log")
         plain = FuncFormatter(lambda v, _: f"{v:g}")  # 3, not 3 x 10^0
         ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        lo, hi = ax.get_ylim()
+        # Within a decade the minor ticks are the only labels; over several they would pile up.
+        ax.yaxis.set_minor_formatter(plain if hi < 10 * lo else NullFormatter())
     ax.axvline(0.0, color="0.6", linewidth=0.8, linestyle=":")
     ax.set_xlabel(D1_LABEL)
     ax.set_ylabel("training-batch loss" if quantity == "loss" else "training-batch accuracy (%)")
-    _legend(ax, loc="best", title="step " + ", ".join(str(s) for s in sorted(shown)))  # "best": off the lines
+    # Below the axes: the curves fill the panel from edge to edge, so a legend inside would hide some of them.
+    _legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, ncols=2,
+            title="step " + ", ".join(str(s) for s in sorted(shown)))
 
 
 def _surface_scale(runs: Sequence[RunResult], probe: str, log: bool, vmax) -> tuple[float, float]:
@@ -133,7 +137,7 @@ def draw_surface_2d(
     run: str | int = 0,
     step: int = -1,
     log: bool = True,
-    levels: int = 16,
+    levels: int = 24,
     vmax: float | None = None,
     probe: str = "surface",
     colors: Mapping[str, str] | None = None,
