@@ -64,6 +64,14 @@ def quantity_series(run: RunResult, quantity: str, layer: int | None = None) -> 
                 values = run.probe(kind, quantity).astype(np.float64).reshape(-1)
             elif quantity == "explosion_rate":
                 values = run.probe(kind, "rate").astype(np.float64).reshape(-1)
+            elif quantity == "surface_range":
+                table = run.probe(kind, "losses_2d").astype(np.float64).reshape(n, -1)
+                table = np.where(np.isfinite(table), table, np.inf)  # a diverged grid point: unbounded range
+                with np.errstate(invalid="ignore"):
+                    values = table.max(axis=1) - table.min(axis=1)
+                values = np.where(np.isnan(values), np.inf, values)
+            elif quantity == "surface_curvature":
+                values = run.probe(kind, "curvature").astype(np.float64).reshape(n, -1)[:, -1]
             elif quantity in ("ics_l2", "ics_cosine"):
                 table = run.probe(kind, quantity[4:]).astype(np.float64).reshape(n, -1)
                 if layer >= table.shape[1]:

@@ -33,6 +33,11 @@ QUANTITIES: dict[str, tuple[str | None, bool, str]] = {
     "gradient_share": ("spectrum", False, "share of the gradient's squared norm in the top-k Hessian eigenspace"),
     "explosion_rate": ("gradient_explosion", False, "growth of ||dL/dW_l||^2 per layer toward the input, "
                        "exp(-slope) of the log-linear fit (Yang et al. 2019)"),
+    # Li et al. 2018's filter-normalized loss surfaces, from the surface probe's 2-D grid at its listed steps.
+    "surface_range": ("surface", False, "max - min of the loss over the 2-D filter-normalized grid around w (inf "
+                      "when a grid point diverged)"),
+    "surface_curvature": ("surface", False, "largest eigenvalue of the 2x2 Hessian of the 2-D surface at w, from "
+                          "central second differences on the grid"),
 }
 # quantity -> what it is: one value per sweep group and seed (smoothnorm.runs.sweeps)
 SWEEP_QUANTITIES: dict[str, str] = {

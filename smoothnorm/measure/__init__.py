@@ -61,8 +61,10 @@ from smoothnorm.measure.loss_surface import (
     LossSurface1D,
     LossSurface2D,
     filter_normalized_direction,
+    grid_curvature,
     loss_surface_1d,
     loss_surface_2d,
+    surface_directions,
 )
 from smoothnorm.measure.spectrum import HessianSpectrum, gradient_share, hessian_spectrum, top_eigenpairs
 from smoothnorm.measure.stability import (
@@ -88,7 +90,7 @@ __all__ = [
     "DirectionProbe", "LossSurface1D", "LossSurface2D", "step_grid", "probe_gradient_direction", "probe_direction",
     "probe_random_direction", "probe_update_direction", "update_direction", "random_direction",
     "filter_normalized_direction", "loss_surface_1d",
-    "loss_surface_2d",
+    "loss_surface_2d", "surface_directions", "grid_curvature",
     # ics
     "internal_covariate_shift", "weight_layer_names", "gradient_change",
     # distributions

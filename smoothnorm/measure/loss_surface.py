@@ -20,8 +20,10 @@ __all__ = [
     "LossSurface1D",
     "LossSurface2D",
     "filter_normalized_direction",
+    "grid_curvature",
     "loss_surface_1d",
     "loss_surface_2d",
+    "surface_directions",
 ]
 
 # What Li et al.'s filter normalization does with 1-D parameters (biases, norm gamma/beta): "zero" them in the
@@ -66,6 +68,47 @@ def filter_normalized_direction(net, rng: np.random.Generator, *, norm_params: s
         else:
             d[s] *= np.linalg.norm(w[s]) / (np.linalg.norm(d[s]) + 1e-10)
     return d.astype(net.dtype)
+
+
+def surface_directions(net, seed: int, *, norm_params: str = "zero") -> tuple[np.ndarray, np.ndarray]:
+    """The two filter-normalized directions (d1, d2) of a loss surface at the network's current weights.
+
+    Both Gaussian draws come from np.random.default_rng(seed), d1 first: the same seed gives the same draws at any
+    weights of the same architecture, each filter rescaled to the current weights' (`filter_normalized_direction`).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    rng = np.random.default_rng(int(seed))
+    d1 = filter_normalized_direction(net, rng, norm_params=norm_params)
+    d2 = filter_normalized_direction(net, rng, norm_params=norm_params)
+    return d1, d2
+
+
+def grid_curvature(losses: np.ndarray, steps1: np.ndarray, steps2: np.ndarray) -> np.ndarray:
+    """Eigenvalues (ascending) of the 2x2 Hessian of a 2-D loss surface at its centre, from the grid itself.
+
+    Central second differences at the centre point (steps1 and steps2 must have an odd length, be evenly spaced and
+    have 0 in the middle): H11 = (L[+h, 0] - 2 L[0, 0] + L[-h, 0]) / h^2, likewise H22, and
+    H12 = (L[+h, +k] - L[+h, -k] - L[-h, +k] + L[-h, -k]) / (4 h k). The curvature at the grid's own scale h, not
+    the limit h -> 0. NaN when one of the nine points is not finite. losses: (len(steps1), len(steps2)).
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    s1, s2 = np.asarray(steps1, dtype=np.float64), np.asarray(steps2, dtype=np.float64)
+    if losses.shape != (s1.size, s2.size):
+        raise ValueError(f"losses: expected shape {(s1.size, s2.size)} (steps1 x steps2), got {losses.shape}")
+    for name, s in (("steps1", s1), ("steps2", s2)):
+        if s.size < 3 or s.size % 2 == 0 or s[s.size // 2] != 0.0 or not np.allclose(np.diff(s), s[1] - s[0]):
+            raise ValueError(f"{name}: expected an odd number (>= 3) of evenly spaced steps with 0 in the middle, "
+                             f"got {s.tolist()}")
+    i, j = s1.size // 2, s2.size // 2
+    h, k = s1[i + 1] - s1[i], s2[j + 1] - s2[j]
+    c = losses[i - 1:i + 2, j - 1:j + 2]
+    if not np.isfinite(c).all():
+        return np.full(2, np.nan)
+    h11 = (c[2, 1] - 2.0 * c[1, 1] + c[0, 1]) / h**2
+    h22 = (c[1, 2] - 2.0 * c[1, 1] + c[1, 0]) / k**2
+    h12 = (c[2, 2] - c[2, 0] - c[0, 2] + c[0, 0]) / (4.0 * h * k)
+    return np.linalg.eigvalsh(np.array([[h11, h12], [h12, h22]]))
 
 
 @dataclass(frozen=True)

@@ -198,7 +198,12 @@ def draw_figure(
         fig = Figure(figsize=(4.4 * columns, 3.4 * rows + 0.4), layout="constrained")
         FigureCanvasAgg(fig)
         try:
-            axes = fig.subplots(rows, columns, squeeze=False).ravel()
+            axes = list(fig.subplots(rows, columns, squeeze=False).ravel())
+            for i, (fn, *_) in enumerate(jobs):
+                if getattr(fn, "projection", None):  # e.g. a 3-D surface: the same grid cell, that projection
+                    cell = axes[i].get_subplotspec()
+                    axes[i].remove()
+                    axes[i] = fig.add_subplot(cell, projection=fn.projection)
             seeded = any(len(group) > 1 for group in by_label.values())
             for ax, (fn, panel_runs, options, title, panel_colors) in zip(axes, jobs):
                 fn(ax, panel_runs, colors=panel_colors or colors, **options)

@@ -40,6 +40,7 @@ from smoothnorm.plots.style import (
     group_by_label,
     moving_average,
 )
+from smoothnorm.plots.surfaces import draw_surface_1d, draw_surface_2d, draw_surface_3d
 from smoothnorm.runs.store import RunResult
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -475,4 +476,7 @@ PANELS: dict[str, Callable[..., None]] = {
     "gradient_layers": draw_gradient_layers,
     "explosion_rate": draw_explosion_rate,
     "depth_training": draw_depth_training,
+    "surface_1d": draw_surface_1d,
+    "surface_2d": draw_surface_2d,
+    "surface_3d": draw_surface_3d,
 }

@@ -20,7 +20,7 @@ from smoothnorm.runs.plugins import entry_point_names, is_reference
 PANEL_KINDS = (
     "accuracy", "band", "beta", "ics", "grad_vs_eta", "ridge", "moments", "hessian", "spectrum_density",
     "spectrum_series", "sharpness", "gradient_layers", "explosion_rate", "depth_training", "series", "profile",
-    "sweep", "lr_sweep", "one_step_loss", "grad_histogram", "grad_layers",
+    "sweep", "lr_sweep", "one_step_loss", "grad_histogram", "grad_layers", "surface_1d", "surface_2d", "surface_3d",
 )
 
 # The keywords each norm's layer takes in `norm_options` (besides num_features), as plain names so that loading a
@@ -129,6 +129,19 @@ PROBE_KEYS: dict[str, dict[str, tuple[type, Any, tuple | None]]] = {
         "skip_first": (int, 1, None),
         "skip_last": (int, 1, None),
         "steps": (list, [], None),
+    },
+    # Li et al. 2018's filter-normalized loss surfaces (experiments/examples/loss_surfaces.toml). steps: training
+    # steps, negative ones counted from the end (-1: the last step); points: the 1-D curve's coordinates and grid:
+    # the 2-D grid's per axis, over [-span, span] (0 or odd: the centre is the weights themselves, 0 leaves it out);
+    # norm_params: what the directions do with 1-D parameters (measure.loss_surface.NORM_PARAM_POLICIES); seed: the
+    # directions' generator.
+    "surface": {
+        "steps": (list, [0, -1], None),
+        "span": (float, 1.0, None),
+        "points": (int, 21, None),
+        "grid": (int, 11, None),
+        "norm_params": (str, "zero", ("zero", "parameter", "filter")),
+        "seed": (int, 0, None),
     },
 }
 # Probe options added after runs were first stored: they enter a probe's recorded identity only when set away from
@@ -244,7 +257,7 @@ def _check_profile_probes(where: str, table) -> dict[str, dict]:
     for kind, options in table.items():
         _check_value(where, "kind", kind, *_PROBE_COMMON["kind"])
         out[kind] = _check_table(f"{where}.{kind}", options, PROBE_KEYS[kind])
-        _check_probe(f"{where}.{kind}", out[kind])
+        _check_probe(f"{where}.{kind}", out[kind], kind)
     return out
 
 
@@ -294,8 +307,9 @@ def _pop_seeds(where: str, table) -> tuple[list[int] | None, Any]:
     return None, table
 
 
-def _check_probe(where: str, table: dict) -> None:
-    """Counts and lists inside one [[probes]] table."""
+def _check_probe(where: str, table: dict, kind: str | None = None) -> None:
+    """Counts and lists inside one [[probes]] table (or a profile's overrides of probe `kind`)."""
+    kind = table.get("kind", kind)
     for key in ("every", "start"):
         if table.get(key, 0) < 0:
             raise SpecError(f"{where}: key {key!r} expects a non-negative integer, got {table[key]}")
@@ -311,8 +325,21 @@ def _check_probe(where: str, table: dict) -> None:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
             raise SpecError(f"{where}: key 'lrs' expects positive finite learning rates, got {lr!r:.80}")
     for t in table.get("steps", []):
-        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        if kind == "surface":
+            if isinstance(t, bool) or not isinstance(t, int):
+                raise SpecError(f"{where}: key 'steps' expects integers (training steps; negative ones count from "
+                                f"the end, -1 the last step), got {t!r:.80}")
+        elif isinstance(t, bool) or not isinstance(t, int) or t < 0:
             raise SpecError(f"{where}: key 'steps' expects non-negative integers (training steps), got {t!r:.80}")
+    for key in ("points", "grid"):
+        if key in table and (table[key] < 0 or table[key] in (1, 2) or (table[key] and table[key] % 2 == 0)):
+            raise SpecError(f"{where}: key {key!r} expects 0 (none) or an odd integer >= 3 (so that the centre is "
+                            f"the weights themselves), got {table[key]}")
+    if "span" in table and not table["span"] > 0:
+        raise SpecError(f"{where}: key 'span' expects a positive number (the grid covers [-span, span] in units of "
+                        f"the filter-normalized directions), got {table['span']}")
+    if "seed" in table and table["seed"] < 0:
+        raise SpecError(f"{where}: key 'seed' expects a non-negative integer, got {table['seed']}")
     for m in table.get("multipliers", []):
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not (math.isfinite(m) and m > 0):
             raise SpecError(f"{where}: key 'multipliers' expects positive finite numbers, got {m!r:.80}")
@@ -320,6 +347,28 @@ def _check_probe(where: str, table: dict) -> None:
         if isinstance(ref, bool) or not isinstance(ref, (str, int)):
             raise SpecError(f"{where}: key 'layers' expects layer names or numbers (the paper's Layer #k), "
                             f"got {ref!r:.80}")
+
+
+def resolve_probe_steps(where: str, kind: str, options: dict, run_steps: int) -> list[int]:
+    """A probe's listed steps as training steps 0 .. run_steps - 1: negative ones count from the end (surface
+    probes: -1 is the last step); SpecError naming the key when one falls outside the run or two coincide."""
+    steps = options.get("steps", [])
+    resolved = [t + run_steps if t < 0 else t for t in steps]
+    for t, r in zip(steps, resolved):
+        if not 0 <= r < run_steps:
+            raise SpecError(f"{where}: key 'steps' expects training steps in 0..{run_steps - 1} or -{run_steps}..-1 "
+                            f"(counted from the end) for a run of {run_steps} steps, got {t}")
+    if len(set(resolved)) != len(resolved):
+        raise SpecError(f"{where}: key 'steps' names one training step twice ({steps} in a run of {run_steps} "
+                        f"steps)")
+    return resolved
+
+
+def _check_surface(where: str, options: dict) -> None:
+    """A surface probe's merged options (table and profile) draw at least a 1-D curve or a 2-D surface."""
+    if not (options["points"] or options["grid"]):
+        raise SpecError(f"{where}: keys 'points' and 'grid' are both 0; expected at least one odd integer >= 3 "
+                        f"(a 1-D curve or a 2-D surface)")
 
 
 def _check_options(where: str, s: dict) -> None:

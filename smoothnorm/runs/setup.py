@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from smoothnorm.runs.schema import SpecError
+from smoothnorm.runs.schema import SpecError, resolve_probe_steps
 from smoothnorm.runs.spec import RunSpec
 
 
@@ -296,6 +296,9 @@ def build_probes(net, run: RunSpec) -> list:
 
             probes.append(beyond_probes.OneStepLossProbe(name="one_step_loss", every=p.every, start=p.start,
                                                  lrs=[float(lr) for lr in o["lrs"]] or DEFAULT_LRS, steps=o["steps"]))
+        elif p.kind == "surface":
+            o["steps"] = resolve_probe_steps(f"run {run.label!r}: surface probe", p.kind, o, run.settings["steps"])
+            probes.append(beyond_probes.SurfaceProbe(name="surface", every=p.every, start=p.start, **o))
     return probes
 
 

@@ -54,12 +54,14 @@ from smoothnorm.runs.schema import (
     _check_probe,
     _check_profile_probes,
     _check_settings,
+    _check_surface,
     _check_table,
     _check_value,
     _parse_set,
     _pop_lrs,
     _pop_seeds,
     _validate_figure,
+    resolve_probe_steps,
     sweep_label,
 )
 
@@ -226,6 +228,8 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         options = {k: copy.deepcopy(v[1]) for k, v in PROBE_KEYS[kind].items()}
         options.update({k: v for k, v in table.items() if k in PROBE_KEYS[kind]})
         options.update(profile_probes.get(kind, {}))
+        if kind == "surface":
+            _check_surface(pw, options)
         probes.append((pw, kind, table.get("every"), table.get("start", 0), options))
     kinds = [p[1] for p in probes]
     if len(set(kinds)) != len(kinds):
@@ -263,7 +267,9 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
             for seed in run_seeds or [settings["seed"]]:
                 run = RunSpec(label=name, settings=dict(settings, lr=lr, seed=seed),
                               sweep=None if run_lrs is None else group)
-                for _pw, kind, every, start, options in probes:
+                for pw, kind, every, start, options in probes:
+                    if kind == "surface":  # its steps may count from the end: they must fall inside the run
+                        resolve_probe_steps(f"{pw} (run {name!r})", kind, options, settings["steps"])
                     every = settings["probe_every"] if every is None else every
                     run.probes.append(ProbeSpec(kind, every, start, options))
                 runs.append(run)

@@ -97,3 +97,12 @@ def test_smoothnorm_list_into_a_closed_pipe_stops_quietly(monkeypatch):
 
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert cli.main(["list"]) == 141
+
+
+def test_probe_kinds_equal_the_probe_registry():
+    from smoothnorm.measure.loss_surface import NORM_PARAM_POLICIES
+    from smoothnorm.runs.schema import PROBE_KEYS
+    from smoothnorm.train.probes import PROBES
+
+    assert set(PROBE_KEYS) == set(PROBES)
+    assert PROBE_KEYS["surface"]["norm_params"][2] == NORM_PARAM_POLICIES

@@ -2,7 +2,8 @@
 
 `base` holds `Probe` (the interface), `StepListProbe` and `ProbeRecord` (a probe's rows); `paper` the paper's
 probes; `beyond` the follow-up papers' probes (Hessian spectra, gradient explosion, gradient distributions, one
-step's loss). Probes import from smoothnorm.measure, smoothnorm.nn and smoothnorm._validate; they know no files.
+step's loss, Li et al.'s filter-normalized loss surfaces). Probes import from smoothnorm.measure, smoothnorm.nn and
+smoothnorm._validate; they know no files.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from smoothnorm.train.probes.beyond import (
     GradientExplosionProbe,
     OneStepLossProbe,
     SpectrumProbe,
+    SurfaceProbe,
 )
 from smoothnorm.train.probes.paper import (
     BatchStatsGapProbe,
@@ -27,7 +29,7 @@ from smoothnorm.train.probes.paper import (
 __all__ = [
     "PROBES", "Probe", "ProbeRecord", "StepListProbe", "LandscapeProbe", "ICSProbe", "DistributionProbe",
     "HessianProbe", "SaturationProbe", "GradNormProbe", "BatchStatsGapProbe", "SpectrumProbe",
-    "GradientExplosionProbe", "GradDistributionProbe", "OneStepLossProbe",
+    "GradientExplosionProbe", "GradDistributionProbe", "OneStepLossProbe", "SurfaceProbe",
 ]
 
 # A spec's probe `kind` -> the probe class.
@@ -43,4 +45,5 @@ PROBES: dict[str, type[Probe]] = {
     "gradient_explosion": GradientExplosionProbe,
     "grad_distribution": GradDistributionProbe,
     "one_step_loss": OneStepLossProbe,
+    "surface": SurfaceProbe,
 }
