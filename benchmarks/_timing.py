@@ -12,12 +12,15 @@ import time
 from collections.abc import Callable
 
 
-def time_alternating(candidates: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 2):
+def time_alternating(candidates: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 2,
+                     pause: float = 0.0):
     """Run each candidate `warmup` times, then `repeats` rounds alternating between them.
 
     The order rotates from round to round, so each candidate follows each other one equally often: whichever runs
     right after PyTorch (or after our OpenMP team) may share the cores with threads still spinning from it. Even
     so, timing one function against itself this way differs by 2-3% on this machine: smaller ratios are noise.
+    `pause` seconds of sleep before each timed call let the previous candidate's idle OpenMP threads stop spinning
+    (PyTorch's and Numba's OpenMP runtimes each spin a while after a parallel region, taking cores from the other).
     Returns {name: median seconds}.
     """
     for fn in candidates.values():
@@ -28,6 +31,8 @@ def time_alternating(candidates: dict[str, Callable[[], object]], repeats: int =
     for r in range(repeats):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
+            if pause:
+                time.sleep(pause)
             t0 = time.perf_counter()
             candidates[name]()
             samples[name].append(time.perf_counter() - t0)

@@ -109,7 +109,7 @@ def quick_shapes(args, have_torch: bool) -> list[dict]:
                              "sgemm": sgemm}
                     if have_torch:
                         cands["torch"] = torch_step(torch_vgg(name, width, norm is not None), x, y, "ce")
-                    t = time_alternating(cands, repeats=args.repeats * 3, warmup=3)
+                    t = time_alternating(cands, repeats=args.repeats * 3, warmup=3, pause=args.pause)
                     rate = direct_conv_flops(name, width, batch) / t["ours"]
                     row = _row(f"{name}{'-bn' if norm else ''} w1/{round(1 / width)} b{batch}, {threads} thr", t,
                                imgs=batch)
@@ -172,6 +172,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-vgg16", action="store_true")
     parser.add_argument("--skip-dln", action="store_true")
+    parser.add_argument("--pause", type=float, default=0.2,
+                        help="seconds between timed calls in the quick section, so idle OpenMP threads stop spinning")
     parser.add_argument("--sections", default="quick,full,dln,fresh",
                         help="comma-separated: quick (the quick profile's shapes at 1 and 2 threads), full, dln, fresh")
     args = parser.parse_args(argv)
