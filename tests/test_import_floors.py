@@ -22,7 +22,8 @@ FLOORS = [
     ("smoothnorm.train", "smoothnorm.testing"),
     # The claim vocabulary and its parser import nothing of ours: the spec loader checks a spec's claims with them.
     ("smoothnorm.runs", "smoothnorm.claims.parse"),
-    ("smoothnorm.runs.executors", "smoothnorm.plots", "smoothnorm.claims"),
+    # The cost estimate times runs as the executors would run them (at one thread, their thread limit).
+    ("smoothnorm.runs.executors", "smoothnorm.runs.estimate", "smoothnorm.plots", "smoothnorm.claims"),
     ("smoothnorm.cli",),
 ]
 
