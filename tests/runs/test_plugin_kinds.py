@@ -413,3 +413,16 @@ def test_a_run_asked_for_more_probes_retrains_with_the_plugin_probe_and_the_stor
     result = load_run(path)
     assert {"WeightNorm/norm", "grad_norms/norms", "hessian/top_eigenvalues"} <= set(result.probes)
     np.testing.assert_array_equal(result.probes["WeightNorm/norm"], before)
+
+
+@pytest.mark.parametrize("old,new,message", [
+    (PROBE, "./probes.py:grad_norms", r"\[\[probes\]\] #1: key 'kind' './probes.py:grad_norms' records under "
+                                      r"'grad_norms', as another probe of the spec does"),
+    ("scale = 2.0", "name = 'mine'", r"\[\[probes\]\] #1: key 'name' is not a probe option: a plug-in probe records "
+                                     r"under the name after the colon of its kind \('WeightNorm'\)"),
+    ("scale = 2.0", "every = -1", r"\[\[probes\]\] #1: key 'every' expects a non-negative integer"),
+], ids=["record-name-taken", "name-option", "negative-every"])
+def test_a_plugin_probe_table_is_checked_when_the_spec_loads(folder, old, new, message):
+    (folder / "spec.toml").write_text(SPEC.replace(old, new))
+    with pytest.raises(SpecError, match=message):
+        load_spec(folder / "spec.toml", "quick")
