@@ -361,8 +361,8 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         if isinstance(panel, dict) and "kind" in panel:
             found = _resolve_named("panel", f"{where} [[figure.panels]] #{i + 1}: key 'kind'", panel["kind"],
                                    path.parent, PANEL_KINDS)
-            if found:
-                plugins["panel"][panel["kind"]] = found
+            if found:  # errors name the first panel of that kind
+                plugins["panel"].setdefault(panel["kind"], found)
     _validate_figure(where, figure, labels, set(sweeps), set(plugins["panel"]))
     from smoothnorm.claims.parse import QUANTITIES, SWEEP_QUANTITIES, ClaimError, parse_claims
 
@@ -372,7 +372,7 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
             found = _resolve_named("quantity", f"{where} [[claims]] #{i + 1}: key 'quantity'", table["quantity"],
                                    path.parent, {**QUANTITIES, **SWEEP_QUANTITIES})
             if found:
-                plugins["quantity"][table["quantity"]] = found
+                plugins["quantity"].setdefault(table["quantity"], found)
     try:
         claims = parse_claims(where, claims_raw, labels, {p[1] for p in probes}, sweeps=set(sweeps),
                               plugins=set(plugins["quantity"]))
