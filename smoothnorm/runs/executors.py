@@ -508,6 +508,7 @@ def run_specs(specs: list[Spec], root: Path, progress: Progress | None = None,
     Every run's options and every plug-in are checked first, so a bad value or a broken plug-in (a panel or claim
     quantity too, used only after training) stops the command before any run trains."""
     from smoothnorm.runs.plugins import load, loaded_message
+    from smoothnorm.runs.schema import PLUGIN_KEYS
     from smoothnorm.runs.setup import check_norm_options, check_plugin_probes
 
     runs = merge_runs(specs)
@@ -516,7 +517,8 @@ def run_specs(specs: list[Spec], root: Path, progress: Progress | None = None,
         check_norm_options(run)
         check_plugin_probes(run)
         for kind, plugin in run.settings.get("plugin_files", {}).items():
-            loaded[(kind, plugin["ref"], plugin["file"])] = loaded_message(kind, plugin)
+            if kind in PLUGIN_KEYS:  # a norm or model; probes below
+                loaded[(kind, plugin["ref"], plugin["file"])] = loaded_message(kind, plugin)
         for probe in run.probes:
             if probe.plugin is not None:
                 loaded[("probe", probe.plugin["ref"], probe.plugin["file"])] = loaded_message("probe", probe.plugin)

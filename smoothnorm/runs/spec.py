@@ -303,6 +303,8 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
                             "probes record under their kind (a plug-in under the name after its colon): rename one")
     # Plug-in probes change what a run records: their references and source hashes join each run's identity.
     probe_plugins = {plugin_name(kind): identity(plugin) for _, kind, _, _, _, plugin in probes if plugin}
+    probe_files = {plugin_name(kind): {k: plugin[k] for k in ("ref", "file", "sha256")}
+                   for _, kind, _, _, _, plugin in probes if plugin}
     runs: list[RunSpec] = []
     labels = set()
     sweeps: dict[str, list[str]] = {}
@@ -321,8 +323,9 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         _check_settings(rw, settings)
         _check_options(rw, settings)
         _resolve_plugins(rw, settings, path.parent)
-        if probe_plugins:
+        if probe_plugins:  # the identity; and, as for a norm or model, the files the run's config records
             settings.setdefault("plugins", {})["probes"] = probe_plugins
+            settings.setdefault("plugin_files", {})["probes"] = probe_files
         if run_seeds and "seed" in table:
             raise SpecError(f"{rw}: key 'seed' conflicts with the spec's seeds {run_seeds}; remove one")
         group = table["label"]

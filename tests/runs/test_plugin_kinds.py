@@ -166,6 +166,7 @@ def test_a_plugin_probe_records_what_a_direct_computation_gives(trained):
         config = read_config(folder / "runs" / run.run_id / "config.json")
         recorded = config["run"]["plugins"]["probes"]["WeightNorm"]
         assert recorded == run.settings["plugins"]["probes"]["WeightNorm"] and recorded["ref"] == PROBE
+        assert config["run"]["plugin_files"]["probes"]["WeightNorm"]["file"] == str(folder / "probes.py")
         assert {"kind": PROBE, "every": 2, "start": 0, "scale": 2.0} in config["probes"]
 
 
