@@ -13,7 +13,7 @@ import tomllib
 from typing import Any
 
 from smoothnorm import NORMS
-from smoothnorm.runs.plugins import entry_point_names, is_reference
+from smoothnorm.runs.plugins import entry_point_names, is_plugin, is_reference
 
 # The figure panel kinds a spec may name: the keys of smoothnorm.plots.PANELS, as plain names so that loading a spec
 # imports no matplotlib (a test holds the two equal).
@@ -251,11 +251,21 @@ def _check_settings(where: str, s: dict) -> None:
 
 
 def _check_profile_probes(where: str, table) -> dict[str, dict]:
-    """Validate a profile's probe-option overrides: {kind: {option: value}} with kinds and options of PROBE_KEYS."""
+    """Validate a profile's probe-option overrides: {kind: {option: value}} with kinds and options of PROBE_KEYS,
+    or a plug-in probe's kind as its [[probes]] table names it, with options its class checks when it is built."""
     if not isinstance(table, dict):
         raise SpecError(f"{where}: expected tables [profile.<name>.probes.<kind>]")
     out = {}
     for kind, options in table.items():
+        if kind not in PROBE_KEYS and is_plugin("probe", kind):
+            if not isinstance(options, dict):
+                raise SpecError(f"{where}.{kind!r}: expected a table of the plug-in probe's options")
+            reserved = sorted(set(options) & {*_PROBE_COMMON, "name"})
+            if reserved:
+                raise SpecError(f"{where}.{kind!r}: key {reserved[0]!r} is not an option a profile may override; "
+                                "a profile overrides the probe's own options")
+            out[kind] = dict(options)
+            continue
         _check_value(where, "kind", kind, *_PROBE_COMMON["kind"])
         out[kind] = _check_table(f"{where}.{kind}", options, PROBE_KEYS[kind])
         _check_probe(f"{where}.{kind}", out[kind], kind)

@@ -165,10 +165,11 @@ def _resolve_plugins(where: str, settings: dict, spec_folder: Path) -> None:
 _PLUGIN_PROBE_COMMON = {k: v for k, v in _PROBE_COMMON.items() if k != "kind"}
 
 
-def _plugin_probe(where: str, table: dict, spec_folder: Path) -> tuple:
+def _plugin_probe(where: str, table: dict, spec_folder: Path, overrides: dict) -> tuple:
     """A [[probes]] table whose kind names a plug-in probe, found and hashed without importing it:
-    (where, kind, every, start, options, plugin). Its options are the table's other keys, given to the probe's
-    class as keywords when the run is built (which checks them)."""
+    (where, kind, every, start, options, plugin). Its options are the table's other keys with the profile's
+    `overrides` ([profile.<name>.probes."<kind>"]), given to the probe's class as keywords when the run is built
+    (which checks them)."""
     kind = table["kind"]
     try:
         plugin = resolve("probe", kind, spec_folder, f"{where}: key 'kind'")
@@ -178,6 +179,7 @@ def _plugin_probe(where: str, table: dict, spec_folder: Path) -> tuple:
                           _PLUGIN_PROBE_COMMON)
     _check_probe(where, common)
     options = {k: copy.deepcopy(v) for k, v in table.items() if k not in _PROBE_COMMON}
+    options.update(copy.deepcopy(overrides))
     if "name" in options:
         raise SpecError(f"{where}: key 'name' is not a probe option: a plug-in probe records under the name after "
                         f"the colon of its kind ({plugin_name(kind)!r})")
@@ -282,7 +284,7 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
             if not is_plugin("probe", p["kind"]):
                 raise SpecError(f"{pw}: key 'kind' expects one of {list(PROBE_KEYS)} or a plug-in probe "
                                 f"'package.module:Name' / './file.py:Name', got {p['kind']!r:.80}")
-            probes.append(_plugin_probe(pw, p, path.parent))
+            probes.append(_plugin_probe(pw, p, path.parent, profile_probes.get(p["kind"], {})))
             continue
         kind = _check_value(pw, "kind", p["kind"], *_PROBE_COMMON["kind"])
         table = _check_table(pw, p, {**_PROBE_COMMON, **PROBE_KEYS[kind]}, required=("kind",))

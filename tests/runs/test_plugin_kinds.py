@@ -427,3 +427,15 @@ def test_a_plugin_probe_table_is_checked_when_the_spec_loads(folder, old, new, m
     (folder / "spec.toml").write_text(SPEC.replace(old, new))
     with pytest.raises(SpecError, match=message):
         load_spec(folder / "spec.toml", "quick")
+
+
+def test_a_profile_overrides_a_plugin_probe_s_options(folder):
+    text = SPEC + '\n[profile.tiny.probes."./probes.py:WeightNorm"]\nscale = 5.0\n'
+    (folder / "spec.toml").write_text(text)
+    options = {profile: next(p for p in load_spec(folder / "spec.toml", profile).runs[0].probes if p.plugin).options
+               for profile in ("tiny", "quick")}
+    assert options == {"tiny": {"scale": 5.0}, "quick": {"scale": 2.0}}
+    (folder / "spec.toml").write_text(text.replace("scale = 5.0", "every = 1"))
+    with pytest.raises(SpecError, match=r"\[profile.tiny.probes\].'./probes.py:WeightNorm': key 'every' is not an "
+                                        r"option a profile may override"):
+        load_spec(folder / "spec.toml", "tiny")
