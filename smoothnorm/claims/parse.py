@@ -134,13 +134,11 @@ def parse_claims(where: str, raw: Any, labels: set[str], probe_kinds: set[str],
         cw = f"{where} [[claims]] {cid!r}"
         if cid in {c.id for c in claims}:
             raise ClaimError(f"{cw}: key 'id' repeats {cid!r}; ids are unique in a spec")
-        plugin = isinstance(table["quantity"], str) and table["quantity"] in plugins
-        if not plugin and not (isinstance(table["quantity"], str) and table["quantity"] in {**QUANTITIES,
-                                                                                         **SWEEP_QUANTITIES}):
-            raise ClaimError(f"{cw}: key 'quantity' expects one of {sorted({**QUANTITIES, **SWEEP_QUANTITIES})} or "
-                             f"a plug-in quantity 'package.module:name' / './file.py:name', got "
-                             f"{table['quantity']!r:.80}")
-        quantity = table["quantity"]
+        quantity, known = table["quantity"], {**QUANTITIES, **SWEEP_QUANTITIES}
+        plugin = isinstance(quantity, str) and quantity in plugins
+        if not (plugin or isinstance(quantity, str) and quantity in known):
+            raise ClaimError(f"{cw}: key 'quantity' expects one of {sorted(known)} or a plug-in quantity "
+                             f"'package.module:name' / './file.py:name', got {quantity!r:.80}")
         if swept:
             if table.get("stat", "final") != "final" or "window" in table or "layer" in table:
                 raise ClaimError(f"{cw}: quantity {quantity!r} has one value per seed: stat 'final' only, no "
