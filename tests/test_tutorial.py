@@ -37,7 +37,8 @@ def test_tutorial_has_its_sections_and_code():
     text = TUTORIAL.read_text()
     assert len(code_blocks(text)) >= 7
     for words in ("Gradient descent", "Standardizing the inputs", "before a sigmoid", "training and in testing",
-                  "ICS", "LayerNorm and InstanceNorm", "questions of stored runs", "your own normalization"):
+                  "ICS", "LayerNorm and InstanceNorm", "questions of stored runs", "your own normalization",
+                  "your own probe, panel or claim quantity"):
         assert words in text
 
 
@@ -58,6 +59,13 @@ def test_tutorial_code_runs(tmp_path, capsys):
     assert len(reached) >= 2 and all(0 < step < 60 for step in reached["first_step"])
     # The plug-in norm passes the kit; the forgetful copy fails its backward check.
     assert "backward: dx wrong by" in printed
+    # The plug-in probe passes the kit; the meddling copy moves BatchNorm's running statistics. Its spec trains,
+    # draws with the plug-in panel and evaluates the plug-in quantity's claim.
+    assert "buffers: measure changed" in printed
+    assert (tmp_path / "tutorial" / "dead_relu_batchnorm.png").stat().st_size > 1000
+    assert "batchnorm-fewer-dead-units: holds in" in printed
+    dead = namespace["dead"]
+    assert dead.shape == (3, 5) and ((dead >= 0) & (dead <= 1)).all()
 
 
 @pytest.mark.torch

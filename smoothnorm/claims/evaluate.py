@@ -5,6 +5,7 @@ seeds (`evaluate_spec`); runs are read through smoothnorm.runs.store.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from smoothnorm.claims.parse import QUANTITIES, SWEEP_QUANTITIES, Claim
+from smoothnorm.runs.plugins import load_all
 from smoothnorm.runs.provenance import run_provenance
 from smoothnorm.runs.schema import SWEEP_SEPARATOR
 from smoothnorm.runs.store import RunResult, load_run
@@ -30,8 +32,15 @@ def _layer_name(run: RunResult, probe: str, layer: int) -> str:
     return names[layer]
 
 
-def quantity_series(run: RunResult, quantity: str, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of a claim quantity in one run, finite values only; Unavailable when it is not recorded."""
+def quantity_series(run: RunResult, quantity: str, layer: int | None = None,
+                    plugins: dict[str, Callable] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of a claim quantity in one run, NaN values left out; Unavailable when it is not recorded.
+
+    plugins: plug-in quantities, {the name a claim gives: quantity(run, layer) -> (steps, values)} (a spec's,
+    imported by evaluate_spec).
+    """
+    if plugins and quantity in plugins:
+        return _plugin_series(run, quantity, plugins[quantity], layer)
     kind, _, _ = QUANTITIES[quantity]
     try:
         if kind is None:
@@ -92,6 +101,25 @@ def quantity_series(run: RunResult, quantity: str, layer: int | None = None) -> 
     return steps[keep], values[keep]
 
 
+def _plugin_series(run: RunResult, quantity: str, fn: Callable, layer: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """A plug-in quantity's (steps, values) in one run, checked; its KeyError (not recorded) makes it Unavailable."""
+    try:
+        out = fn(run, layer)
+    except KeyError as err:
+        raise Unavailable(str(err).strip('"')) from None
+    try:
+        steps, values = out
+        steps, values = np.asarray(steps), np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        steps = values = None
+    if steps is None or steps.ndim != 1 or values.shape != steps.shape or steps.dtype.kind not in "iu":
+        raise ValueError(f"plug-in quantity {quantity!r} returned {out!r:.120} for run {run.label!r}; expected "
+                         "(steps, values): integer training steps and one number per step (two 1-D arrays of equal "
+                         "length)")
+    keep = ~np.isnan(values)
+    return steps.astype(np.int64)[keep], values[keep]
+
+
 def _loss_derived(run: RunResult, quantity: str, steps: np.ndarray,
                   loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """loss_ratio (loss / loss at the first step) or loss_rise (1 where the loss rose from the step before)."""
@@ -107,9 +135,9 @@ def _loss_derived(run: RunResult, quantity: str, steps: np.ndarray,
     return steps[1:], rise
 
 
-def statistic(run: RunResult, claim: Claim) -> float:
-    """The claim's statistic of its quantity over its window, in one run."""
-    steps, values = quantity_series(run, claim.quantity, claim.layer)
+def statistic(run: RunResult, claim: Claim, plugins: dict[str, Callable] | None = None) -> float:
+    """The claim's statistic of its quantity over its window, in one run (plugins: as quantity_series)."""
+    steps, values = quantity_series(run, claim.quantity, claim.layer, plugins)
     total = int(run.config.get("run", {}).get("steps", 0)) or (int(steps.max()) + 1 if steps.size else 0)
     lo, hi = claim.window[0] * total, claim.window[1] * total
     inside = (steps >= lo) & (steps <= hi)
@@ -197,7 +225,7 @@ def _provenance(path: Path, cache: dict) -> dict:
 
 
 def _evaluate_seed(claim: Claim, runs: dict[str, Any], root: Path, cache: dict, seed: int,
-                   used: dict | None = None) -> SeedOutcome:
+                   used: dict | None = None, plugins: dict[str, Callable] | None = None) -> SeedOutcome:
     labels = [claim.run] + ([claim.than] if claim.than else [])
     values: dict[str, float | None] = {label: None for label in labels}
     try:
@@ -214,7 +242,7 @@ def _evaluate_seed(claim: Claim, runs: dict[str, Any], root: Path, cache: dict, 
             if result.status != "finished":
                 raise Unavailable(f"{label!r} is {result.status}, not finished")
         for label in labels:
-            values[label] = statistic(loaded[label], claim)
+            values[label] = statistic(loaded[label], claim, plugins)
     except Unavailable as why:
         return SeedOutcome(seed, None, values, str(why))
     return _outcome(claim, seed, values)
@@ -248,7 +276,9 @@ def _evaluate_sweep_seed(claim: Claim, rates: dict[str, Any], seed: int) -> Seed
 
 
 def evaluate_spec(spec, root: str | os.PathLike) -> list[ClaimResult]:
-    """Every claim of a spec (smoothnorm.runs.spec.Spec) on its stored runs under `root`, per seed."""
+    """Every claim of a spec (smoothnorm.runs.spec.Spec) on its stored runs under `root`, per seed. The spec's
+    plug-in quantities are imported first (each file said on stderr)."""
+    plugins = load_all("quantity", spec.plugins.get("quantity", {})) if spec.claims else {}
     by_seed: dict[int, dict[str, Any]] = {}
     for run in spec.runs:
         by_seed.setdefault(int(run.settings["seed"]), {})[run.label] = run
@@ -268,7 +298,7 @@ def evaluate_spec(spec, root: str | os.PathLike) -> list[ClaimResult]:
                 result.outcomes.append(_evaluate_sweep_seed(claim, rates.get(seed, {}), seed))
                 _sweep_provenance(claim, spec, seed, Path(root), used, cache)
             else:
-                result.outcomes.append(_evaluate_seed(claim, by_seed[seed], Path(root), cache, seed, used))
+                result.outcomes.append(_evaluate_seed(claim, by_seed[seed], Path(root), cache, seed, used, plugins))
         result.provenance = {p["run"]: p for p in used.values()}
         results.append(result)
     return results

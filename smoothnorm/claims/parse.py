@@ -107,9 +107,13 @@ def _string(where: str, key: str, value, allowed: tuple | list | set | None = No
 
 
 def parse_claims(where: str, raw: Any, labels: set[str], probe_kinds: set[str],
-                 sweeps: set[str] = frozenset()) -> list[Claim]:
+                 sweeps: set[str] = frozenset(), plugins: set[str] = frozenset()) -> list[Claim]:
     """Validate a spec's `[[claims]]` array against its run labels, probe kinds and learning-rate sweep groups
-    (`sweeps`: the plain labels of swept runs); errors name file and key."""
+    (`sweeps`: the plain labels of swept runs); errors name file and key.
+
+    plugins: quantities that name plug-ins ("./file.py:name", "package.module:name" or an entry point's name in
+    `smoothnorm.quantities`), whose files the spec loader found: one value per step of one run, like a metric; their
+    `layer` is optional and handed to the plug-in as it is."""
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -130,7 +134,11 @@ def parse_claims(where: str, raw: Any, labels: set[str], probe_kinds: set[str],
         cw = f"{where} [[claims]] {cid!r}"
         if cid in {c.id for c in claims}:
             raise ClaimError(f"{cw}: key 'id' repeats {cid!r}; ids are unique in a spec")
-        quantity = _string(cw, "quantity", table["quantity"], {**QUANTITIES, **SWEEP_QUANTITIES})
+        quantity, known = table["quantity"], {**QUANTITIES, **SWEEP_QUANTITIES}
+        plugin = isinstance(quantity, str) and quantity in plugins
+        if not (plugin or isinstance(quantity, str) and quantity in known):
+            raise ClaimError(f"{cw}: key 'quantity' expects one of {sorted(known)} or a plug-in quantity "
+                             f"'package.module:name' / './file.py:name', got {quantity!r:.80}")
         if swept:
             if table.get("stat", "final") != "final" or "window" in table or "layer" in table:
                 raise ClaimError(f"{cw}: quantity {quantity!r} has one value per seed: stat 'final' only, no "
@@ -144,7 +152,11 @@ def parse_claims(where: str, raw: Any, labels: set[str], probe_kinds: set[str],
             raise ClaimError(f"{cw}: key 'quantity' {quantity!r} needs a [[probes]] table of kind {kind!r}; "
                              f"the spec records: {sorted(probe_kinds) or 'no probes'}")
         layer = table.get("layer")
-        if needs_layer:
+        if plugin:
+            if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
+                raise ClaimError(f"{cw}: key 'layer' expects a non-negative integer (handed to plug-in quantity "
+                                 f"{quantity!r}), got {layer!r}")
+        elif needs_layer:
             if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
                 raise ClaimError(f"{cw}: key 'layer' expects a non-negative index into the {kind} probe's layers "
                                  f"(quantity {quantity!r}), got {layer!r}")

@@ -55,6 +55,7 @@ from smoothnorm.plots.sweeps import (
     draw_lr_sweep,
     draw_one_step_loss,
 )
+from smoothnorm.runs.plugins import load_all
 from smoothnorm.runs.provenance import mixed_note, run_provenance
 from smoothnorm.runs.store import RunResult, load_run
 
@@ -92,13 +93,14 @@ _PANEL_KEYS = ("kind", "title", "runs", "select")
 _STYLE = {"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8, "figure.titlesize": 12}
 
 
-def _panel_options(i: int, panel: Mapping) -> tuple[Callable[..., None], dict]:
+def _panel_options(i: int, panel: Mapping, registry: Mapping[str, Callable[..., None]] = PANELS,
+                   ) -> tuple[Callable[..., None], dict]:
     if not isinstance(panel, Mapping) or "kind" not in panel:
-        raise ValueError(f"figure: panel #{i + 1} must be a dict with a 'kind' (one of {list(PANELS)})")
+        raise ValueError(f"figure: panel #{i + 1} must be a dict with a 'kind' (one of {list(registry)})")
     kind = panel["kind"]
-    if kind not in PANELS:
-        raise ValueError(f"kind: panel #{i + 1} has unknown kind {kind!r}; expected one of {list(PANELS)}")
-    fn = PANELS[kind]
+    if not isinstance(kind, str) or kind not in registry:
+        raise ValueError(f"kind: panel #{i + 1} has unknown kind {kind!r}; expected one of {list(registry)}")
+    fn = registry[kind]
     accepted = [p for p in inspect.signature(fn).parameters if p not in ("ax", "runs", "colors")]
     options = {k: v for k, v in panel.items() if k not in _PANEL_KEYS}
     unknown = sorted(set(options) - set(accepted))
@@ -146,6 +148,7 @@ def draw_figure(
     *,
     dpi: int = 150,
     note: str | None = None,
+    panels_extra: Mapping[str, Callable[..., None]] | None = None,
 ) -> list[Path]:
     """Draw a figure of panels from runs and write `<out_base>.png` and `<out_base>.pdf`; returns both paths.
 
@@ -155,6 +158,8 @@ def draw_figure(
     runs: one per label, or one per (label, seed): curve panels then draw each label's median over seeds with a
     min-max band, and single-run panels (ridge, grad_vs_eta) the lowest seed (the title says which).
     note: a line under the figure (the provenance warning of draw_spec).
+    panels_extra: more panel kinds, {kind: draw(ax, runs, *, colors, **options)} (a spec's plug-in panels), called
+    as the built-in ones are: options are the panel's keys besides kind, title, runs and select.
     Each run keeps one colour (by label, `run_colors`) in every panel. Every option is validated before anything is
     written; files are replaced atomically, so a failure leaves earlier files untouched and no temporary files.
     """
@@ -173,9 +178,10 @@ def draw_figure(
     by_label = group_by_label(runs)
     labels = list(by_label)
     columns = _positive_int("columns", figure.get("columns", min(3, len(panels))))
+    registry = {**PANELS, **(panels_extra or {})}
     jobs = []
     for i, panel in enumerate(panels):
-        fn, options = _panel_options(i, panel)
+        fn, options = _panel_options(i, panel, registry)
         wanted = _expand_sweeps(list(panel.get("runs") or labels), labels)
         missing = [label for label in wanted if label not in by_label]
         if missing:
@@ -236,7 +242,9 @@ def _expand_sweeps(wanted: list[str], labels: list[str]) -> list[str]:
 def draw_spec(spec, root: str | os.PathLike, out_dir: str | os.PathLike, variant: str = "") -> list[Path]:
     """Draw a spec's figure (a smoothnorm.runs.spec.Spec) from its runs in `root` into out_dir/<name>.png, .pdf
     (<name>.<variant>.png, .pdf for a variant). When the runs come from different commits or a modified tree, a
-    note under the figure says so (smoothnorm.runs.provenance)."""
+    note under the figure says so (smoothnorm.runs.provenance). The spec's plug-in panels are imported first (each
+    file said on stderr)."""
+    extra = load_all("panel", spec.plugins.get("panel", {}))
     runs: list[RunResult] = []
     for run in spec.runs:
         path = Path(root) / run.run_id
@@ -250,4 +258,5 @@ def draw_spec(spec, root: str | os.PathLike, out_dir: str | os.PathLike, variant
                         if isinstance(p, Mapping) and p.get("kind") == "lr_sweep" else p
                         for p in figure.get("panels", [])]
     note = mixed_note([run_provenance(r.path) for r in runs])
-    return draw_figure(figure, runs, Path(out_dir) / (f"{spec.name}.{variant}" if variant else spec.name), note=note)
+    return draw_figure(figure, runs, Path(out_dir) / (f"{spec.name}.{variant}" if variant else spec.name), note=note,
+                       panels_extra=extra)

@@ -505,15 +505,27 @@ def make_executor(workers: int | None = None, scheduler: str | None = None, thre
 def run_specs(specs: list[Spec], root: Path, progress: Progress | None = None,
               executor: Executor | None = None) -> dict[str, Path]:
     """Execute every run the specs need (each once, with the union of their probes); returns {run_id: path}.
-    Every run's options are checked first, so a bad value stops the command before any run trains."""
-    from smoothnorm.runs.setup import check_norm_options
+    Every run's options and every plug-in are checked first, so a bad value or a broken plug-in (a panel or claim
+    quantity too, used only after training) stops the command before any run trains."""
+    from smoothnorm.runs.plugins import load, loaded_message
+    from smoothnorm.runs.schema import PLUGIN_KEYS
+    from smoothnorm.runs.setup import check_norm_options, check_plugin_probes
 
     runs = merge_runs(specs)
     loaded = {}
     for run in runs:
         check_norm_options(run)
+        check_plugin_probes(run)
         for kind, plugin in run.settings.get("plugin_files", {}).items():
-            loaded[(kind, plugin["ref"])] = plugin["file"]
-    for (kind, ref), file in sorted(loaded.items()):
-        print(f"plug-in {kind} {ref!r}: loaded from {file}", file=sys.stderr)
+            if kind in PLUGIN_KEYS:  # a norm or model; probes below
+                loaded[(kind, plugin["ref"], plugin["file"])] = loaded_message(kind, plugin)
+        for probe in run.probes:
+            if probe.plugin is not None:
+                loaded[("probe", probe.plugin["ref"], probe.plugin["file"])] = loaded_message("probe", probe.plugin)
+    for spec in specs:
+        for kind in ("panel", "quantity"):
+            for plugin in spec.plugins.get(kind, {}).values():
+                load(kind, plugin, plugin["where"])  # said on stderr when the figure or the claims use it
+    for _, message in sorted(loaded.items()):
+        print(message, file=sys.stderr)
     return (executor or SequentialExecutor()).run(runs, root, progress)

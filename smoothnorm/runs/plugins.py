@@ -1,22 +1,34 @@
-"""Plug-ins: a spec may name a normalization (`norm`) or a model (`model`) written in the user's own code instead of
-one of smoothnorm.NORMS or the built-in models.
+"""Plug-ins: a spec may name a normalization (`norm`), a model (`model`), a probe kind (`[[probes]] kind`), a figure
+panel kind (`[[figure.panels]] kind`) or a claim quantity (`[[claims]] quantity`) written in the user's own code
+instead of one of the built-ins.
 
 A reference is
 - `"./file.py:Name"` (or `"../dir/file.py:Name"`): a file, resolved relative to the spec's folder;
 - `"package.module:Name"`: an importable module;
-- a plain name registered by an installed package under the entry-point group `smoothnorm.norms` or
-  `smoothnorm.models` (in its pyproject.toml: `[project.entry-points."smoothnorm.norms"] scale_only =
-  "mypkg.norms:ScaleOnly"`).
+- a plain name registered by an installed package under the entry-point group of its kind (`GROUPS`:
+  `smoothnorm.norms`, `smoothnorm.models`, `smoothnorm.probes`, `smoothnorm.panels`, `smoothnorm.quantities`; in its
+  pyproject.toml: `[project.entry-points."smoothnorm.norms"] scale_only = "mypkg.norms:ScaleOnly"`).
 A model may also be a PyTorch module: `"torch:package.module:build"` or `"torch:./file.py:build"`, a callable
 `build(settings, input_shape)` returning a `torch.nn.Module`, which the run wraps in smoothnorm.torch.TorchNetwork
 (needs `pip install 'smoothnorm[torch]'`).
 Loading and validating a spec never imports a plug-in (nor torch): it checks the reference's form, finds its source file
-(without importing it) and hashes it. The hash and the reference enter the run's identity, so editing the
-plug-in's file trains the runs again. `run` and `reproduce` import it (`load`) before any run trains, check it
-against its protocol (a norm is a `smoothnorm.nn.layer.Layer` subclass taking `(num_features, **norm_options)`;
-an R-pass, `forward_r` / `backward_r`, is optional: without it exact Hessian probes record NaN and say why; a model
-is a callable `build(settings, input_shape)` returning a smoothnorm.nn.network.Network, given the run's settings
-and one sample's shape) and say which file they loaded.
+(without importing it) and hashes it. The hash and the reference of a norm, model or probe enter the run's identity,
+so editing the plug-in's file trains the runs again; panels and quantities only read stored runs and enter no run's
+identity. `run` and `reproduce` import a plug-in (`load`) before it is used (norms, models and probes before any
+run trains; panels when figures are drawn, quantities when claims are evaluated), check it against its kind's
+protocol and say which file they loaded:
+- a norm is a `smoothnorm.nn.layer.Layer` subclass taking `(num_features, **norm_options)` and defining `forward`
+  and `backward`; an R-pass, `forward_r` / `backward_r`, is optional: without it exact Hessian probes record NaN and
+  say why;
+- a model is a callable `build(settings, input_shape)` returning a smoothnorm.nn.network.Network, given the run's
+  settings and one sample's shape;
+- a probe is a `smoothnorm.train.probes.base.Probe` subclass defining `measure`, built as
+  `Probe(name=..., every=..., start=..., **options)` with the options of its `[[probes]]` table; it records under
+  `probe_name` (the name after the colon, or the entry point's name);
+- a panel is a callable `draw(ax, runs, *, colors, **options)` like the built-in panels (smoothnorm.plots.panels);
+- a quantity is a callable `quantity(run, layer)` returning `(steps, values)` of one stored run
+  (smoothnorm.runs.store.RunResult; `layer` is the claim's `layer`, or None), like the built-in quantities
+  (smoothnorm.claims.evaluate.quantity_series); a KeyError means the run does not record it.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -32,7 +45,8 @@ from pathlib import Path
 TORCH_PREFIX = "torch:"
 TORCH_EXTRA = "pip install 'smoothnorm[torch]'"
 # Entry-point group per plug-in kind.
-GROUPS = {"norm": "smoothnorm.norms", "model": "smoothnorm.models"}
+GROUPS = {"norm": "smoothnorm.norms", "model": "smoothnorm.models", "probe": "smoothnorm.probes",
+          "panel": "smoothnorm.panels", "quantity": "smoothnorm.quantities"}
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -87,6 +101,22 @@ def _entry_point(kind: str, name: str):
         if point.name == name:
             return point
     return None
+
+
+def is_plugin(kind: str, value) -> bool:
+    """True when `value` may name a plug-in of `kind`: a reference, or a name an installed package registers."""
+    return isinstance(value, str) and (is_reference(value) or value in entry_point_names(kind))
+
+
+def plugin_name(value: str) -> str:
+    """The short name of a plug-in as written in a spec: the name after the last colon (an entry point's own name
+    has none), e.g. "./dead_relu.py:DeadReLUProbe" -> "DeadReLUProbe". Probe plug-ins record under it."""
+    return value.rpartition(":")[2]
+
+
+def loaded_message(kind: str, plugin: dict) -> str:
+    """What `run`, `reproduce`, `plot` and `claims` print for a plug-in they import."""
+    return f"plug-in {kind} {plugin['ref']!r}: loaded from {plugin['file']}"
 
 
 def entry_point_names(kind: str) -> list[str]:
@@ -150,11 +180,25 @@ def load(kind: str, plugin: dict, where: str):
     obj = getattr(module, name)
     if kind == "norm":
         _check_norm(obj, plugin["ref"], where)
+    elif kind == "probe":
+        _check_probe(obj, plugin["ref"], where)
+    elif kind in ("panel", "quantity"):
+        _check_callable(kind, obj, plugin["ref"], where)
     elif not callable(obj):
         returning = "a torch.nn.Module" if is_torch(plugin) else "a Network"
         raise PluginError(f"{where}: plug-in {plugin['ref']!r} is {obj!r}, not a callable build(settings, "
                           f"input_shape) returning {returning}")
     return obj
+
+
+def load_all(kind: str, plugins: dict[str, dict]) -> dict:
+    """Import and check a spec's resolved plug-ins of one kind ({the name the spec gives: resolved}), saying each
+    file on stderr; {the name: the object}. `plot` and `claims` load panels and quantities so."""
+    loaded = {}
+    for name, plugin in plugins.items():
+        loaded[name] = load(kind, plugin, plugin.get("where", f"plug-in {kind} {name!r}"))
+        print(loaded_message(kind, plugin), file=sys.stderr)
+    return loaded
 
 
 def _check_norm(obj, ref: str, where: str) -> None:
@@ -166,6 +210,36 @@ def _check_norm(obj, ref: str, where: str) -> None:
     if missing:
         raise PluginError(f"{where}: plug-in {ref!r} does not define {' and '.join(missing)} (a norm layer needs "
                           "forward(x, mode) and backward(dy, need_dx))")
+
+
+def _check_probe(obj, ref: str, where: str) -> None:
+    from smoothnorm.train.probes.base import Probe
+
+    if not (isinstance(obj, type) and issubclass(obj, Probe)):
+        raise PluginError(f"{where}: plug-in {ref!r} is {obj!r}, not a subclass of "
+                          "smoothnorm.train.probes.base.Probe")
+    if obj.measure is Probe.measure:
+        raise PluginError(f"{where}: plug-in {ref!r} does not define measure (a probe needs "
+                          "measure(trainer, x, y, grad, loss) returning a dict of arrays)")
+
+
+# What a panel or quantity plug-in is called with (as the built-ins are), and how to say so in an error.
+_CALLS = {
+    "panel": ((None, None), {"colors": None}, "draw(ax, runs, *, colors, **options) like the built-in panels"),
+    "quantity": ((None, None), {}, "quantity(run, layer) returning (steps, values) like the built-in quantities"),
+}
+
+
+def _check_callable(kind: str, obj, ref: str, where: str) -> None:
+    args, kwargs, expected = _CALLS[kind]
+    if not callable(obj):
+        raise PluginError(f"{where}: plug-in {ref!r} is {obj!r}, not a callable {expected}")
+    try:
+        inspect.signature(obj).bind(*args, **kwargs)
+    except TypeError as err:
+        raise PluginError(f"{where}: plug-in {ref!r} cannot be called as {expected}: {err}") from None
+    except ValueError:  # no signature to read (a builtin): it is called as it is
+        pass
 
 
 def identity(plugin: dict) -> dict:

@@ -23,13 +23,7 @@ from smoothnorm import __version__
 from smoothnorm.runs import leases
 from smoothnorm.runs.provenance import machine
 from smoothnorm.runs.setup import build_trainer
-from smoothnorm.runs.spec import (
-    ProbeSpec,
-    RunSpec,
-    _probe_from_identity,
-    _probe_key,
-    _union_probes,
-)
+from smoothnorm.runs.spec import RunSpec, _probe_key, _union_probes
 from smoothnorm.runs.store import (
     CHECKPOINT,
     PREVIOUS_CHECKPOINT,
@@ -91,8 +85,9 @@ def _plan(run: RunSpec, path: Path) -> tuple[RunSpec, bool, str | None]:
         return run, same, status["status"]
     if same and have != wanted:
         # Other probes than recorded: retrain from scratch with the union (deterministic, so metrics are the same).
-        wanted = _probe_key(_union_probes(have, run.probes))
-        run = RunSpec(run.label, run.settings, [ProbeSpec(**_probe_from_identity(p)) for p in wanted])
+        # The run's own probes as they are (a plug-in probe keeps its file), the stored ones rebuilt; by kind.
+        union = sorted(_union_probes(have, run.probes), key=lambda p: p.kind)
+        run = RunSpec(run.label, run.settings, union)
         same = False
     return run, same, None
 

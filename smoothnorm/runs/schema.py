@@ -13,7 +13,7 @@ import tomllib
 from typing import Any
 
 from smoothnorm import NORMS
-from smoothnorm.runs.plugins import entry_point_names, is_reference
+from smoothnorm.runs.plugins import entry_point_names, is_plugin, is_reference
 
 # The figure panel kinds a spec may name: the keys of smoothnorm.plots.PANELS, as plain names so that loading a spec
 # imports no matplotlib (a test holds the two equal).
@@ -86,9 +86,10 @@ BASE_KEYS: dict[str, tuple[type, Any, tuple | None]] = {
     # measurements at initialization of wide networks, whose checkpoints would be hundreds of MB each.
     "keep_checkpoint": (bool, True, None),
 }
-# Keys that do not change what a run computes (excluded from its identity).
-# Keys whose value may name a plug-in (smoothnorm.runs.plugins) instead of a built-in.
+# Keys of [base] and [[runs]] whose value may name a plug-in (smoothnorm.runs.plugins) instead of a built-in; a
+# [[probes]] or [[figure.panels]] kind and a [[claims]] quantity may name one too (smoothnorm.runs.spec).
 PLUGIN_KEYS = ("norm", "model")
+# Keys that do not change what a run computes (excluded from its identity).
 _NON_IDENTITY = ("label", "checkpoint_every", "probe_every", "keep_checkpoint", "plugin_files")
 # Keys added after runs were first stored: they enter a run's identity only when set away from their default, so
 # the identity (and the folder) of every earlier run stays the same.
@@ -250,11 +251,21 @@ def _check_settings(where: str, s: dict) -> None:
 
 
 def _check_profile_probes(where: str, table) -> dict[str, dict]:
-    """Validate a profile's probe-option overrides: {kind: {option: value}} with kinds and options of PROBE_KEYS."""
+    """Validate a profile's probe-option overrides: {kind: {option: value}} with kinds and options of PROBE_KEYS,
+    or a plug-in probe's kind as its [[probes]] table names it, with options its class checks when it is built."""
     if not isinstance(table, dict):
         raise SpecError(f"{where}: expected tables [profile.<name>.probes.<kind>]")
     out = {}
     for kind, options in table.items():
+        if kind not in PROBE_KEYS and is_plugin("probe", kind):
+            if not isinstance(options, dict):
+                raise SpecError(f"{where}.{kind!r}: expected a table of the plug-in probe's options")
+            reserved = sorted(set(options) & {*_PROBE_COMMON, "name"})
+            if reserved:
+                raise SpecError(f"{where}.{kind!r}: key {reserved[0]!r} is not an option a profile may override; "
+                                "a profile overrides the probe's own options")
+            out[kind] = dict(options)
+            continue
         _check_value(where, "kind", kind, *_PROBE_COMMON["kind"])
         out[kind] = _check_table(f"{where}.{kind}", options, PROBE_KEYS[kind])
         _check_probe(f"{where}.{kind}", out[kind], kind)
@@ -397,8 +408,10 @@ def _array_of_tables(where: str, table: dict, key: str, header: str) -> list:
     return value
 
 
-def _validate_figure(where: str, figure: dict, labels: set[str], groups: set[str] = frozenset()) -> None:
-    """Panels, their kinds and the runs they name: `runs` takes run labels and sweep groups, `run` one label."""
+def _validate_figure(where: str, figure: dict, labels: set[str], groups: set[str] = frozenset(),
+                     plugins: set[str] = frozenset()) -> None:
+    """Panels, their kinds and the runs they name: `runs` takes run labels and sweep groups, `run` one label.
+    plugins: panel kinds that name plug-ins (the spec loader found their files)."""
     unknown = sorted(set(figure) - {"title", "columns", "panels"})
     if unknown:
         raise SpecError(f"{where} [figure]: unknown key {unknown[0]!r}; expected keys: title, columns, panels")
@@ -413,8 +426,9 @@ def _validate_figure(where: str, figure: dict, labels: set[str], groups: set[str
         pw = f"{where} [[figure.panels]] #{i + 1}"
         if not isinstance(panel, dict) or "kind" not in panel:
             raise SpecError(f"{pw}: missing key 'kind'")
-        if not isinstance(panel["kind"], str) or panel["kind"] not in PANEL_KINDS:
-            raise SpecError(f"{pw}: key 'kind' expects one of {list(PANEL_KINDS)}, got {panel['kind']!r:.80}")
+        if not isinstance(panel["kind"], str) or panel["kind"] not in (*PANEL_KINDS, *plugins):
+            raise SpecError(f"{pw}: key 'kind' expects one of {list(PANEL_KINDS)} or a plug-in panel "
+                            f"'package.module:Name' / './file.py:Name', got {panel['kind']!r:.80}")
         for key in ("runs",):
             named = panel.get(key, [])
             if not isinstance(named, list) or not all(isinstance(label, str) for label in named):

@@ -7,6 +7,7 @@ smoothnorm.runs.runner executes a run from these (training, checkpoints, resumin
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable
 from functools import lru_cache
@@ -14,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from smoothnorm.runs.schema import SpecError, resolve_probe_steps
-from smoothnorm.runs.spec import RunSpec
+from smoothnorm.runs.spec import ProbeSpec, RunSpec
 
 
 @lru_cache(maxsize=4)
@@ -250,6 +251,31 @@ def layer_reference(net, ref, purpose: str) -> str:
     return net.layers[i].name
 
 
+def plugin_probe(p: ProbeSpec):
+    """The probe a plug-in probe spec names: its class imported, checked against the Probe protocol and built as
+    cls(name=..., every=..., start=..., **options); SpecError naming the spec, the key and the cause otherwise."""
+    from smoothnorm.runs.plugins import PluginError, load
+
+    where = p.plugin["where"]
+    try:
+        cls = load("probe", p.plugin, where)
+    except PluginError as err:
+        raise SpecError(str(err)) from None
+    try:
+        return cls(name=p.name, every=p.every, start=p.start, **copy.deepcopy(p.options))
+    except (TypeError, ValueError) as err:
+        options = ", ".join(f"{k} = {v!r}" for k, v in p.options.items()) or "none"
+        raise SpecError(f"{where}: {cls.__name__}(name, every, start, **options) does not take the table's options "
+                        f"({options}): {type(err).__name__}: {err}") from None
+
+
+def check_plugin_probes(run: RunSpec) -> None:
+    """Import, check and build the run's plug-in probes once: a bad one stops the command before any run trains."""
+    for p in run.probes:
+        if p.plugin is not None:
+            plugin_probe(p)
+
+
 def build_probes(net, run: RunSpec) -> list:
     from smoothnorm.train.probes import beyond as beyond_probes
     from smoothnorm.train.probes import paper as paper_probes
@@ -257,7 +283,9 @@ def build_probes(net, run: RunSpec) -> list:
     probes = []
     for p in run.probes:
         o = dict(p.options)
-        if p.kind == "landscape":
+        if p.plugin is not None:
+            probes.append(plugin_probe(p))
+        elif p.kind == "landscape":
             etas = [m * run.settings["lr"] for m in o.pop("multipliers")] or None
             probes.append(paper_probes.LandscapeProbe(name="landscape", every=p.every, start=p.start, etas=etas, **o))
         elif p.kind == "ics":
@@ -299,6 +327,9 @@ def build_probes(net, run: RunSpec) -> list:
         elif p.kind == "surface":
             o["steps"] = resolve_probe_steps(f"run {run.label!r}: surface probe", p.kind, o, run.settings["steps"])
             probes.append(beyond_probes.SurfaceProbe(name="surface", every=p.every, start=p.start, **o))
+        else:
+            raise SpecError(f"run {run.label!r}: probe kind {p.kind!r} is neither built in nor a plug-in the spec "
+                            "names")
     return probes
 
 

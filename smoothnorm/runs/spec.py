@@ -14,6 +14,9 @@ A spec (`experiments/<name>.toml`) has
   plain label as its sweep group (figure panels and sweep claims name the group); `[sweep]` records the criterion
   of "trains" for the largest-stable-learning-rate summary (smoothnorm.runs.sweeps);
 - `[[claims]]`: the paper's findings as checks on the runs (vocabulary and evaluation: smoothnorm.claims).
+A norm, model, probe kind, panel kind or claim quantity may name the user's own code (smoothnorm.runs.plugins): a
+plug-in's file is found and hashed here, never imported; a norm's, model's or probe's reference and hash join its
+runs' identity (`settings["plugins"]`), a panel's or quantity's only `Spec.plugins`.
 Resolution order: base, then the profile, then `--set key=value` overrides, then each run's own keys (a run's
 explicit setting wins: "lr = 0.5" stays 0.5 in every profile). Everything is validated before any work.
 
@@ -34,7 +37,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smoothnorm.runs.plugins import PluginError, identity, is_reference, resolve
+from smoothnorm.runs.plugins import PluginError, identity, is_plugin, is_reference, plugin_name, resolve
 from smoothnorm.runs.schema import (
     _LATER_KEYS,
     _LATER_PROBE_KEYS,
@@ -42,6 +45,7 @@ from smoothnorm.runs.schema import (
     _PROBE_COMMON,
     BASE_KEYS,
     NORM_OPTIONS,
+    PANEL_KINDS,
     PLUGIN_KEYS,
     PROBE_KEYS,
     PROFILES,
@@ -72,6 +76,14 @@ class ProbeSpec:
     every: int
     start: int
     options: dict
+    # A plug-in probe (kind names the user's class): its resolved reference (smoothnorm.runs.plugins.resolve) and
+    # where the spec names it; None for the built-in kinds.
+    plugin: dict | None = None
+
+    @property
+    def name(self) -> str:
+        """What the probe records under in probes.npz: its kind, or a plug-in's name after the colon."""
+        return self.kind if self.plugin is None else plugin_name(self.kind)
 
     def identity(self) -> dict:
         later = _LATER_PROBE_KEYS.get(self.kind, ())
@@ -109,6 +121,10 @@ class Spec:
     seeds: list[int] = field(default_factory=list)  # the seeds runs were expanded over ([] when not expanded)
     sweeps: dict[str, list[str]] = field(default_factory=dict)  # sweep group -> its runs' labels, lr ascending
     sweep: dict = field(default_factory=lambda: {k: v[1] for k, v in SWEEP_KEYS.items()})  # the [sweep] criterion
+    # Plug-in panel kinds and claim quantities, resolved (not imported): {"panel": {kind: plugin}, "quantity":
+    # {quantity: plugin}}; `plot` and `claims` import them (smoothnorm.runs.plugins.load). Probe, norm and model
+    # plug-ins are in the runs' settings and probes.
+    plugins: dict[str, dict[str, dict]] = field(default_factory=dict)
 
 
 def _identity(settings: dict) -> dict:
@@ -143,6 +159,48 @@ def _resolve_plugins(where: str, settings: dict, spec_folder: Path) -> None:
                                                                                  "sha256")}
 
 
+
+
+# Keys of a plug-in probe's [[probes]] table that the spec loader reads; the others are the probe's own options.
+_PLUGIN_PROBE_COMMON = {k: v for k, v in _PROBE_COMMON.items() if k != "kind"}
+
+
+def _plugin_probe(where: str, table: dict, spec_folder: Path, overrides: dict) -> tuple:
+    """A [[probes]] table whose kind names a plug-in probe, found and hashed without importing it:
+    (where, kind, every, start, options, plugin). Its options are the table's other keys with the profile's
+    `overrides` ([profile.<name>.probes."<kind>"]), given to the probe's class as keywords when the run is built
+    (which checks them)."""
+    kind = table["kind"]
+    try:
+        plugin = resolve("probe", kind, spec_folder, f"{where}: key 'kind'")
+    except PluginError as err:
+        raise SpecError(str(err)) from None
+    common = _check_table(where, {k: v for k, v in table.items() if k in _PLUGIN_PROBE_COMMON},
+                          _PLUGIN_PROBE_COMMON)
+    _check_probe(where, common)
+    options = {k: copy.deepcopy(v) for k, v in table.items() if k not in _PROBE_COMMON}
+    options.update(copy.deepcopy(overrides))
+    if "name" in options:
+        raise SpecError(f"{where}: key 'name' is not a probe option: a plug-in probe records under the name after "
+                        f"the colon of its kind ({plugin_name(kind)!r})")
+    try:
+        json.dumps(options)
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"{where}: options of plug-in probe {kind!r} must be numbers, strings, booleans, arrays or "
+                        f"tables (the run's config records them): {err}") from None
+    plugin = dict(plugin, where=f"{where}: key 'kind' = {kind!r}")
+    return where, kind, common.get("every"), common.get("start", 0), options, plugin
+
+
+def _resolve_named(kind: str, where: str, value, spec_folder: Path, builtin) -> dict | None:
+    """A panel kind or claim quantity that names a plug-in, found and hashed without importing it; None for a
+    built-in name or anything else (which the checks of the figure and the claims then report)."""
+    if not isinstance(value, str) or value in builtin or not is_plugin(kind, value):
+        return None
+    try:
+        return dict(resolve(kind, value, spec_folder, where), where=f"{where} = {value!r}")
+    except PluginError as err:
+        raise SpecError(str(err)) from None
 
 
 def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[str] | tuple = (),
@@ -222,6 +280,12 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         pw = f"{where} [[probes]] #{i + 1}"
         if not isinstance(p, dict) or "kind" not in p:
             raise SpecError(f"{pw}: missing key 'kind'")
+        if isinstance(p["kind"], str) and p["kind"] not in PROBE_KEYS:
+            if not is_plugin("probe", p["kind"]):
+                raise SpecError(f"{pw}: key 'kind' expects one of {list(PROBE_KEYS)} or a plug-in probe "
+                                f"'package.module:Name' / './file.py:Name', got {p['kind']!r:.80}")
+            probes.append(_plugin_probe(pw, p, path.parent, profile_probes.get(p["kind"], {})))
+            continue
         kind = _check_value(pw, "kind", p["kind"], *_PROBE_COMMON["kind"])
         table = _check_table(pw, p, {**_PROBE_COMMON, **PROBE_KEYS[kind]}, required=("kind",))
         _check_probe(pw, table)
@@ -230,10 +294,19 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         options.update(profile_probes.get(kind, {}))
         if kind == "surface":
             _check_surface(pw, options)
-        probes.append((pw, kind, table.get("every"), table.get("start", 0), options))
+        probes.append((pw, kind, table.get("every"), table.get("start", 0), options, None))
     kinds = [p[1] for p in probes]
     if len(set(kinds)) != len(kinds):
         raise SpecError(f"{where}: at most one [[probes]] table per kind, got {kinds}")
+    names = [plugin_name(kind) if plugin else kind for _, kind, _, _, _, plugin in probes]
+    for (pw, kind, *_), name in zip(probes, names):
+        if names.count(name) > 1:
+            raise SpecError(f"{pw}: key 'kind' {kind!r} records under {name!r}, as another probe of the spec does; "
+                            "probes record under their kind (a plug-in under the name after its colon): rename one")
+    # Plug-in probes change what a run records: their references and source hashes join each run's identity.
+    probe_plugins = {plugin_name(kind): identity(plugin) for _, kind, _, _, _, plugin in probes if plugin}
+    probe_files = {plugin_name(kind): {k: plugin[k] for k in ("ref", "file", "sha256")}
+                   for _, kind, _, _, _, plugin in probes if plugin}
     runs: list[RunSpec] = []
     labels = set()
     sweeps: dict[str, list[str]] = {}
@@ -252,6 +325,9 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
         _check_settings(rw, settings)
         _check_options(rw, settings)
         _resolve_plugins(rw, settings, path.parent)
+        if probe_plugins:  # the identity; and, as for a norm or model, the files the run's config records
+            settings.setdefault("plugins", {})["probes"] = probe_plugins
+            settings.setdefault("plugin_files", {})["probes"] = probe_files
         if run_seeds and "seed" in table:
             raise SpecError(f"{rw}: key 'seed' conflicts with the spec's seeds {run_seeds}; remove one")
         group = table["label"]
@@ -267,11 +343,11 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
             for seed in run_seeds or [settings["seed"]]:
                 run = RunSpec(label=name, settings=dict(settings, lr=lr, seed=seed),
                               sweep=None if run_lrs is None else group)
-                for pw, kind, every, start, options in probes:
+                for pw, kind, every, start, options, plugin in probes:
                     if kind == "surface":  # its steps may count from the end: they must fall inside the run
                         resolve_probe_steps(f"{pw} (run {name!r})", kind, options, settings["steps"])
                     every = settings["probe_every"] if every is None else every
-                    run.probes.append(ProbeSpec(kind, every, start, options))
+                    run.probes.append(ProbeSpec(kind, every, start, options, plugin))
                 runs.append(run)
     sweep = {k: v[1] for k, v in SWEEP_KEYS.items()}
     sweep.update(_check_table(f"{where} [sweep]", raw.get("sweep", {}), SWEEP_KEYS))
@@ -284,17 +360,33 @@ def load_spec(path: str | os.PathLike, profile: str = "quick", overrides: list[s
     figure = raw.get("figure", {})
     if not isinstance(figure, dict):
         raise SpecError(f"{where}: key 'figure' expects a table [figure]")
-    _validate_figure(where, figure, labels, set(sweeps))
-    from smoothnorm.claims.parse import ClaimError, parse_claims
+    plugins: dict[str, dict[str, dict]] = {"panel": {}, "quantity": {}}
+    panels = figure.get("panels", [])
+    for i, panel in enumerate(panels if isinstance(panels, list) else []):
+        if isinstance(panel, dict) and "kind" in panel:
+            found = _resolve_named("panel", f"{where} [[figure.panels]] #{i + 1}: key 'kind'", panel["kind"],
+                                   path.parent, PANEL_KINDS)
+            if found:  # errors name the first panel of that kind
+                plugins["panel"].setdefault(panel["kind"], found)
+    _validate_figure(where, figure, labels, set(sweeps), set(plugins["panel"]))
+    from smoothnorm.claims.parse import QUANTITIES, SWEEP_QUANTITIES, ClaimError, parse_claims
 
+    claims_raw = raw.get("claims")
+    for i, table in enumerate(claims_raw if isinstance(claims_raw, list) else []):
+        if isinstance(table, dict) and "quantity" in table:
+            found = _resolve_named("quantity", f"{where} [[claims]] #{i + 1}: key 'quantity'", table["quantity"],
+                                   path.parent, {**QUANTITIES, **SWEEP_QUANTITIES})
+            if found:
+                plugins["quantity"].setdefault(table["quantity"], found)
     try:
-        claims = parse_claims(where, raw.get("claims"), labels, {p[1] for p in probes}, sweeps=set(sweeps))
+        claims = parse_claims(where, claims_raw, labels, {p[1] for p in probes}, sweeps=set(sweeps),
+                              plugins=set(plugins["quantity"]))
     except ClaimError as err:
         raise SpecError(str(err)) from None
     return Spec(
         name=path.stem, path=path, title=raw.get("title", path.stem), description=raw.get("description", ""),
         profile=profile, runs=runs, figure=figure, claims=claims, seeds=list(run_seeds), sweeps=sweeps,
-        sweep=sweep,
+        sweep=sweep, plugins={k: v for k, v in plugins.items() if v},
     )
 
 

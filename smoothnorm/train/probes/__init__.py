@@ -3,7 +3,8 @@
 `base` holds `Probe` (the interface), `StepListProbe` and `ProbeRecord` (a probe's rows); `paper` the paper's
 probes; `beyond` the follow-up papers' probes (Hessian spectra, gradient explosion, gradient distributions, one
 step's loss, Li et al.'s filter-normalized loss surfaces). Probes import from smoothnorm.measure, smoothnorm.nn and
-smoothnorm._validate; they know no files.
+smoothnorm._validate; they know no files. A spec may also name a `Probe` subclass of the user's own as its kind
+(a plug-in, smoothnorm.runs.plugins), built with the spec's options as keywords and recorded like these.
 """
 
 from __future__ import annotations
