@@ -36,7 +36,7 @@ except ImportError as _err:  # pragma: no cover - exercised only without torch
 
 from smoothnorm._validate import as_float_dtype, choice, float_array
 from smoothnorm.nn.losses import LOSSES
-from smoothnorm.nn.network import MODES, _checked_state_value
+from smoothnorm.nn.network import MODES, FlatParameters, _checked_state_value
 
 __all__ = ["TorchNetwork", "TorchLayer", "network_from_build"]
 
@@ -93,7 +93,7 @@ def _torch_loss(loss_fn, out, y):
     return (diff * diff).sum() if loss_fn.reduction == "sum" else (diff * diff).mean()
 
 
-class TorchNetwork:
+class TorchNetwork(FlatParameters):
     """A torch.nn.Module and a loss as a network with `Network`'s interface.
 
     Parameters
@@ -214,24 +214,6 @@ class TorchNetwork:
             raise ValueError(f"module: expected its forward pass to return a tensor, got {type(out).__name__}")
         self.output_shape = tuple(out.shape[1:])
         return order
-
-    @property
-    def num_params(self) -> int:
-        return int(self.params.size)
-
-    def layer_slices(self) -> dict[str, slice]:
-        """Layer name (state_dict prefix) -> slice of `params` holding all of that module's own parameters."""
-        return dict(self._slices)
-
-    def param_slices(self) -> dict[str, slice]:
-        """Parameter name (`layer1.0.conv1.weight`) -> slice of `params`."""
-        return dict(self._param_slices)
-
-    def __getitem__(self, name: str) -> TorchLayer:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(f"no layer named {name!r}; layers: {self._layer_names}")
 
     def __repr__(self) -> str:
         head = f"TorchNetwork(dtype={self.dtype}, params={self.num_params}, loss={self.loss_fn.name}"

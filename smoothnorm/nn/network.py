@@ -35,7 +35,31 @@ MODES = ("train", "probe", "eval")
 INITS = ("glorot", "pytorch")
 
 
-class Network:
+class FlatParameters:
+    """What a network whose parameters are views of one flat vector `params` says about its structure: shared by
+    Network and smoothnorm.torch.TorchNetwork, which set `params`, `layers` (each with a `name`), `_slices` (layer
+    name -> slice) and `_param_slices` (parameter name -> slice)."""
+
+    @property
+    def num_params(self) -> int:
+        return int(self.params.size)
+
+    def layer_slices(self) -> dict[str, slice]:
+        """Layer name (state_dict prefix) -> slice of `params` holding all of that layer's parameters."""
+        return dict(self._slices)
+
+    def param_slices(self) -> dict[str, slice]:
+        """Parameter name (`features.0.weight`) -> slice of `params`."""
+        return dict(self._param_slices)
+
+    def __getitem__(self, name: str):
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"no layer named {name!r}; layers: {[la.name for la in self.layers]}")
+
+
+class Network(FlatParameters):
     """A sequence of named layers whose parameters and gradients live in one flat vector each.
 
     Parameters
@@ -126,25 +150,7 @@ class Network:
                 layer.params[pname] = self.params[s].reshape(pshape)
                 layer.grads[pname] = self.grads[s].reshape(pshape)
 
-    # -- structure -------------------------------------------------------------------------------------------
-    @property
-    def num_params(self) -> int:
-        return int(self.params.size)
-
-    def layer_slices(self) -> dict[str, slice]:
-        """Layer name (state_dict prefix) -> slice of `params` holding all of that layer's parameters."""
-        return dict(self._slices)
-
-    def param_slices(self) -> dict[str, slice]:
-        """Parameter name (`features.0.weight`) -> slice of `params`."""
-        return dict(self._param_slices)
-
-    def __getitem__(self, name: str) -> Layer:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(f"no layer named {name!r}; layers: {[la.name for la in self.layers]}")
-
+    # -- structure (FlatParameters) ---------------------------------------------------------------------------
     def __repr__(self) -> str:
         body = "\n".join(f"  ({layer.name}): {layer!r}" for layer in self.layers)
         return f"Network(dtype={self.dtype}, params={self.num_params}, loss={self.loss_fn.name}\n{body}\n)"
