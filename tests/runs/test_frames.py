@@ -36,7 +36,9 @@ def root(tmp_path_factory):
     return root
 
 
-def test_every_metric_of_every_run_as_load_run_reads_it(root):
+def _assert_the_frame_is_load_run(root) -> dict[str, int]:
+    """runs_frame(root) holds every run folder of `root` with load_run's status, metrics and settings; returns the
+    count of runs per status."""
     frame = runs_frame(root)
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     assert sorted(frame["run_id"].unique()) == [p.name for p in folders]
@@ -54,7 +56,21 @@ def test_every_metric_of_every_run_as_load_run_reads_it(root):
         for key, column in SETTING_COLUMNS.items():
             want = json.dumps(settings[key], sort_keys=True) if isinstance(settings[key], dict) else settings[key]
             assert rows[column].iloc[0] == want, column
+    return statuses
+
+
+def test_every_metric_of_every_run_as_load_run_reads_it(root):
+    statuses = _assert_the_frame_is_load_run(root)
     assert statuses.get("finished") == 4 and statuses.get("diverged") == 1 and len(statuses) == 3
+
+
+def test_the_published_quick_runs_as_tables():
+    """The committed run data of the published quick profile (results/quick), when the repository has it."""
+    published = ROOT / "results" / "quick"
+    if not published.is_dir():
+        pytest.skip("no published run data in results/quick")
+    statuses = _assert_the_frame_is_load_run(published)
+    assert sum(statuses.values()) >= 27
 
 
 def test_column_types_do_not_depend_on_which_runs_are_present(root, tmp_path):
