@@ -27,6 +27,8 @@ written from a benchmark (never timed at run time, so the same settings always r
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numba import njit, prange
 
@@ -67,22 +69,32 @@ def _pair(name: str, value, minimum: int) -> tuple[int, int]:
 
 
 def _geometry(x: np.ndarray, weight: np.ndarray, stride, padding) -> tuple[int, ...]:
-    """Validate the conv geometry; return (kh, kw, sh, sw, ph, pw, h_out, w_out)."""
-    if weight.shape[1] != x.shape[1]:
+    """Validate the conv geometry; return (kh, kw, sh, sw, ph, pw, h_out, w_out). Remembered per shapes, stride and
+    padding: a network asks the same of every layer at every step."""
+    try:
+        return _shape_geometry(x.shape, weight.shape, stride, padding)
+    except TypeError:  # a list stride or padding is not hashable
+        return _shape_geometry.__wrapped__(x.shape, weight.shape, stride, padding)
+
+
+@lru_cache(maxsize=1024)
+def _shape_geometry(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride, padding) -> tuple[int, ...]:
+    """_geometry on shapes (an error is raised again on every call: lru_cache keeps results only)."""
+    if w_shape[1] != x_shape[1]:
         raise ValueError(
-            f"weight: expected {x.shape[1]} input channels (x has shape {x.shape}), got weight of shape {weight.shape}"
+            f"weight: expected {x_shape[1]} input channels (x has shape {x_shape}), got weight of shape {w_shape}"
         )
-    if min(weight.shape) < 1:
-        raise ValueError(f"weight: expected all dimensions >= 1, got shape {weight.shape}")
+    if min(w_shape) < 1:
+        raise ValueError(f"weight: expected all dimensions >= 1, got shape {w_shape}")
     sh, sw = _pair("stride", stride, 1)
     ph, pw = _pair("padding", padding, 0)
-    kh, kw = weight.shape[2:]
-    h_out = (x.shape[2] + 2 * ph - kh) // sh + 1
-    w_out = (x.shape[3] + 2 * pw - kw) // sw + 1
+    kh, kw = w_shape[2:]
+    h_out = (x_shape[2] + 2 * ph - kh) // sh + 1
+    w_out = (x_shape[3] + 2 * pw - kw) // sw + 1
     if h_out < 1 or w_out < 1:
         raise ValueError(
             f"x: expected spatial size of at least the kernel ({kh}, {kw}) after padding {(ph, pw)}, "
-            f"got (H, W) = {x.shape[2:]} (output would be ({h_out}, {w_out}))"
+            f"got (H, W) = {x_shape[2:]} (output would be ({h_out}, {w_out}))"
         )
     return (kh, kw, sh, sw, ph, pw, h_out, w_out)
 
@@ -105,8 +117,7 @@ def _resolve_algorithm(algorithm: str, x_shape, weight_shape, stride, padding, p
         raise ValueError(f"algorithm: expected one of {ALGORITHMS}, got {algorithm!r}")
     if algorithm == "im2col":
         return algorithm
-    eligible = weight_shape[2:] == (3, 3) and _pair("stride", stride, 1) == (1, 1)
-    eligible = eligible and _pair("padding", padding, 0) == (1, 1)
+    eligible = _winograd_shape(tuple(weight_shape[2:]), stride, padding)
     if algorithm == "winograd":
         if not eligible:
             raise ValueError(
@@ -118,6 +129,19 @@ def _resolve_algorithm(algorithm: str, x_shape, weight_shape, stride, padding, p
     if eligible and winograd_pays(pass_name, c_in, c_out, x_shape[2], x_shape[3]):
         return "winograd"
     return "im2col"
+
+
+def _winograd_shape(kernel: tuple[int, ...], stride, padding) -> bool:
+    """A 3x3 kernel, stride 1 and padding 1 (remembered per arguments: every layer asks at every step)."""
+    try:
+        return _cached_winograd_shape(kernel, stride, padding)
+    except TypeError:  # a list stride or padding is not hashable
+        return _cached_winograd_shape.__wrapped__(kernel, stride, padding)
+
+
+@lru_cache(maxsize=256)
+def _cached_winograd_shape(kernel: tuple[int, ...], stride, padding) -> bool:
+    return kernel == (3, 3) and _pair("stride", stride, 1) == (1, 1) and _pair("padding", padding, 0) == (1, 1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
