@@ -36,7 +36,7 @@ except ImportError as _err:  # pragma: no cover - exercised only without torch
 
 from smoothnorm._validate import as_float_dtype, choice, float_array
 from smoothnorm.nn.losses import LOSSES
-from smoothnorm.nn.network import MODES, FlatParameters, _checked_state_value
+from smoothnorm.nn.network import MODES, FlatParameters, load_checked_state
 
 __all__ = ["TorchNetwork", "TorchLayer", "network_from_build"]
 
@@ -416,21 +416,10 @@ class TorchNetwork(FlatParameters):
         module, checked first as `Network.load_state_dict` checks them (a refused state changes nothing)."""
         if not isinstance(state, Mapping):
             raise ValueError(f"state: expected a mapping from names to arrays, got {type(state).__name__}")
+        # Views of the parameters (hence of `params`) and buffers, written in place.
         expected = {k: v.detach().numpy() for k, v in self.module.state_dict(keep_vars=True).items()}
-        if strict:
-            missing = sorted(set(expected) - set(state))
-            unexpected = sorted(set(state) - set(expected))
-            if missing or unexpected:
-                raise ValueError(f"state: missing keys {missing}, unexpected keys {unexpected}")
-        checked = {}
-        for key, target in expected.items():
-            if key in state:
-                value = state[key]
-                if isinstance(value, torch.Tensor):
-                    value = value.detach().cpu().numpy()
-                checked[key] = _checked_state_value(key, value, target)
-        for key, value in checked.items():
-            expected[key][...] = value  # views of the parameters (hence of `params`) and buffers
+        load_checked_state(expected, state, strict, lambda value: value.detach().cpu().numpy()
+                           if isinstance(value, torch.Tensor) else value)
 
     def copy(self) -> TorchNetwork:
         """An independent deep copy (own module and flat vectors)."""

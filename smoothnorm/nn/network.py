@@ -326,17 +326,7 @@ class Network(FlatParameters):
         bad_keys = [k for k in state if not isinstance(k, str)]
         if bad_keys:
             raise ValueError(f"state: keys should be strings, found {bad_keys[:3]!r}")
-        if strict:
-            missing = sorted(set(expected) - set(state))
-            unexpected = sorted(set(state) - set(expected))
-            if missing or unexpected:
-                raise ValueError(f"state: missing keys {missing}, unexpected keys {unexpected}")
-        checked = {}
-        for key, target in expected.items():
-            if key in state:
-                checked[key] = _checked_state_value(key, state[key], target)
-        for key, value in checked.items():
-            expected[key][...] = value
+        load_checked_state(expected, state, strict)
 
     def copy(self) -> Network:
         """An independent deep copy (own flat vectors, views rebound)."""
@@ -372,6 +362,21 @@ class Network(FlatParameters):
             setattr(new, key, copy.deepcopy(value, memo))
         new._bind()
         return new
+
+
+def load_checked_state(expected: dict[str, np.ndarray], state: Mapping[str, Any], strict: bool,
+                       as_array: Callable[[Any], Any] = lambda value: value) -> None:
+    """Copy state[key] into expected[key] (arrays written in place) for every key both have, after checking them
+    all (a refused state changes nothing); strict: the keys must be the same. `as_array` converts a value first."""
+    if strict:
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"state: missing keys {missing}, unexpected keys {unexpected}")
+    checked = {key: _checked_state_value(key, as_array(state[key]), target)
+               for key, target in expected.items() if key in state}
+    for key, value in checked.items():
+        expected[key][...] = value
 
 
 def _checked_state_value(key: str, value: Any, target: np.ndarray) -> np.ndarray:
