@@ -56,11 +56,11 @@ class GroupCost:
 
 @dataclass
 class Estimate:
-    """Per-run seconds (one thread each) and the groups' measurements."""
+    """Per-run seconds (one thread each) and the measurements of each run's group."""
 
     runs: list[RunSpec]
     seconds: dict[str, float]
-    groups: dict[str, GroupCost] = field(default_factory=dict)
+    costs: dict[str, GroupCost] = field(default_factory=dict)  # run id -> its group's measurements
     calibration: float = 0.0  # seconds the measurements took
 
     def wall(self, workers: int) -> float:
@@ -159,6 +159,7 @@ def _narrower(run: RunSpec) -> RunSpec:
 
 
 def _measure_group(run: RunSpec) -> GroupCost:
+    from smoothnorm.runs.runner import checkpoint_state
     from smoothnorm.runs.store import write_checkpoint
 
     trainer, setup, (x, y) = _trainer(run)
@@ -181,9 +182,7 @@ def _measure_group(run: RunSpec) -> GroupCost:
         factor *= run.settings["n_test"] / len(n_test) if n_test is not None and len(n_test) else 1.0
         evaluation = factor * _time(lambda: timed.eval_fn(timed.net), least=0.0, most=1, warm=False)
     with tempfile.TemporaryDirectory(prefix="smoothnorm-estimate-") as tmp:
-        state = trainer.state_dict()
-        meta = state.pop("meta")
-        state["meta_json"] = np.array(json.dumps(meta))
+        state = checkpoint_state(trainer)
         checkpoint = _time(lambda: write_checkpoint(Path(tmp), state), least=0.0, most=1)
     return GroupCost(setup, step, probes, evaluation, checkpoint, scaled)
 
@@ -194,17 +193,19 @@ def estimate(specs: list[Spec], progress=None) -> Estimate:
 
     runs = merge_runs(specs)
     t0 = time.perf_counter()
+    keys = {run.run_id: group_key(run) for run in runs}
+    kinds = len(set(keys.values()))
     groups: dict[str, GroupCost] = {}
     with thread_limit(1):
         for run in runs:
-            key = group_key(run)
+            key = keys[run.run_id]
             if key not in groups:
                 if progress:
-                    progress(f"timing {run.run_id} ({len(groups) + 1} of {len({group_key(r) for r in runs})} "
-                             "kinds of run)")
+                    progress(f"timing {run.run_id} ({len(groups) + 1} of {kinds} kinds of run)")
                 groups[key] = _measure_group(run)
-    seconds = {run.run_id: groups[group_key(run)].run_seconds(run) for run in runs}
-    return Estimate(runs, seconds, groups, time.perf_counter() - t0)
+    seconds = {run.run_id: groups[keys[run.run_id]].run_seconds(run) for run in runs}
+    return Estimate(runs, seconds, {run_id: groups[key] for run_id, key in keys.items()},
+                    time.perf_counter() - t0)
 
 
 def _duration(seconds: float) -> str:
@@ -231,7 +232,7 @@ def report(specs: list[Spec], result: Estimate, workers: list[int]) -> str:
         runs = [by_id[run.run_id] for run in spec.runs if run.run_id in by_id]
         steps = sum(int(run.settings["steps"]) for run in runs)
         evaluations = sum(probe_evaluations(p, int(run.settings["steps"])) for run in runs for p in run.probes)
-        costs = [result.groups[group_key(run)] for run in runs]
+        costs = [result.costs[run.run_id] for run in runs]
         kinds: dict[str, list[float]] = {}
         for c in costs:
             for kind, sec in c.probes.items():

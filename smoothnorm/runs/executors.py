@@ -61,6 +61,15 @@ def thread_environment(threads: int) -> dict[str, str]:
     return {name: str(threads) for name in THREAD_VARIABLES}
 
 
+def put_back_environment(saved: dict[str, str | None]) -> None:
+    """Set the environment variables of `saved` to its values again (None: unset), after something changed them."""
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @contextmanager
 def thread_limit(threads: int | None) -> Iterator[None]:
     """Run Numba's parallel kernels on at most `threads` threads inside (None: leave as is).
@@ -242,11 +251,7 @@ class ProcessExecutor(Executor):
                 worker.start()
                 self.workers.append(worker)
         finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+            put_back_environment(saved)
         pids = {worker.pid for worker in self.workers}
         trained: set[str] = set()  # runs a worker of this sweep started: their "skip"s by the others are not news
         paths: dict[str, Path] = {}
@@ -465,11 +470,7 @@ class DaskExecutor(Executor):
         return {run.run_id: paths[run.run_id] for run in runs}
 
     def _restore_environ(self) -> None:
-        for name, value in getattr(self, "_environ", {}).items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        put_back_environment(getattr(self, "_environ", {}))
 
     def close(self) -> None:
         self.client.close()

@@ -185,9 +185,7 @@ def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Call
     def save(status_name: str) -> None:
         metrics_file.flush()
         os.fsync(metrics_file.fileno())
-        state = trainer.state_dict()
-        meta = state.pop("meta")
-        state["meta_json"] = np.array(json.dumps(meta))
+        state = checkpoint_state(trainer)
         # The checkpoint first (the previous one is kept until it is complete); probes.npz and status.json are
         # views of it, so a crash between the writes loses nothing.
         write_checkpoint(path, state)
@@ -232,6 +230,13 @@ def _train(run: RunSpec, path: Path, same: bool, lease: leases.Lease, emit: Call
     emit({"kind": "finish", "run": run.run_id, "status": "diverged" if trainer.diverged else "finished",
           "step": trainer.step, "steps": steps, "elapsed": trainer.elapsed})
     return path
+
+
+def checkpoint_state(trainer) -> dict[str, np.ndarray]:
+    """The trainer's state as a checkpoint's arrays: its state_dict, the metadata as one JSON string."""
+    state = trainer.state_dict()
+    state["meta_json"] = np.array(json.dumps(state.pop("meta")))
+    return state
 
 
 def _restore(trainer, arrays: dict[str, np.ndarray]) -> None:

@@ -61,6 +61,33 @@ def _assert_same_runs(reference: Path, other: Path, names: list[str] | None = No
     return names
 
 
+def _fig10_reference(tmp_path: Path, settings: list[str]) -> subprocess.Popen:
+    """Fig 10's tiny runs with `settings`, one after another at one thread, in a fresh process, into
+    tmp_path/reference (CLAIMS.md and claims.json into tmp_path/figures, not the repository's)."""
+    return _cli("run", "fig10", "--profile", "tiny", *[a for s in settings for a in ("--set", s)], "--no-plot",
+                "--runs", str(tmp_path / "reference"), "--threads-per-run", "1", "--workers", "1",
+                "--figures", str(tmp_path / "figures"))
+
+
+def _caught_mid_run(root: Path, runs, runner: threading.Thread, low: int, high: int,
+                    lease: bool = False) -> tuple:
+    """(run, lease record or None): the first of `runs` whose status in `root` says running at a step in
+    [low, high] (with `lease`: and whose lease can be read), polled while `runner` trains them."""
+    deadline = time.time() + 600
+    while time.time() < deadline and runner.is_alive():
+        for run in runs:
+            folder = root / run.run_id
+            try:
+                status = json.loads((folder / "status.json").read_text())
+                owner = leases.read_lease(folder / leases.LEASE_NAME) if lease else None
+            except (OSError, ValueError, leases.LeaseError):
+                continue
+            if (owner or not lease) and status["status"] == "running" and low <= status["step"] <= high:
+                return run, owner
+        time.sleep(0.005)
+    pytest.fail("no run could be caught mid-run")
+
+
 def _attempts(path: Path) -> list[dict]:
     return [json.loads(line) for line in (path / "attempts.jsonl").read_text().splitlines()]
 
@@ -221,28 +248,13 @@ def test_a_killed_side_by_side_worker_s_run_is_resumed_by_the_other(tmp_path):
         pytest.skip("side by side needs two cores")
     settings = ["steps=1200", "checkpoint_every=50", "probe_every=10"]
     spec = load_spec(ROOT / "experiments" / "fig10_dln_landscape.toml", "tiny", settings)
-    reference = _cli("run", "fig10", "--profile", "tiny", *[a for s in settings for a in ("--set", s)], "--no-plot",
-                     "--runs", str(tmp_path / "reference"), "--threads-per-run", "1", "--workers", "1",
-                     "--figures", str(tmp_path / "figures"))
+    reference = _fig10_reference(tmp_path, settings)
     executor = executors.ProcessExecutor(2)
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(executor.run(spec.runs, tmp_path / "side")))
     runner.start()
-    victim = killed = None
-    deadline = time.time() + 600
-    while victim is None and time.time() < deadline and runner.is_alive():
-        for run in spec.runs:
-            folder = tmp_path / "side" / run.run_id
-            try:
-                status = json.loads((folder / "status.json").read_text())
-                owner = leases.read_lease(folder / leases.LEASE_NAME)
-            except (OSError, ValueError, leases.LeaseError):
-                continue
-            if owner and status["status"] == "running" and 100 <= status["step"] <= 600:
-                victim, killed = run, owner["pid"]
-                break
-        time.sleep(0.005)
-    assert victim is not None, "no run could be caught mid-run"
+    victim, owner = _caught_mid_run(tmp_path / "side", spec.runs, runner, 100, 600, lease=True)
+    killed = owner["pid"]
     assert killed in executor.worker_pids()
     os.kill(killed, signal.SIGKILL)
     runner.join(timeout=600)
@@ -316,27 +328,13 @@ def test_a_worker_killed_mid_run_costs_only_the_steps_since_its_checkpoint(tmp_p
     pytest.importorskip("distributed")
     settings = ["steps=800", "checkpoint_every=50", "probe_every=10"]
     spec = load_spec(ROOT / "experiments" / "fig10_dln_landscape.toml", "tiny", settings)
-    reference = _cli("run", "fig10", "--profile", "tiny", *[a for s in settings for a in ("--set", s)], "--no-plot",
-                     "--runs", str(tmp_path / "reference"), "--threads-per-run", "1",
-                     "--figures", str(tmp_path / "figures"))  # CLAIMS.md and claims.json, not the repository's
+    reference = _fig10_reference(tmp_path, settings)
     environ = {name: os.environ.get(name) for name in executors.THREAD_VARIABLES}
     with executors.DaskExecutor(workers=2, threads_per_run=1) as executor:
         result: dict = {}
         runner = threading.Thread(target=lambda: result.update(executor.run(spec.runs, tmp_path / "dask")))
         runner.start()
-        victim = killed = None
-        deadline = time.time() + 600
-        while victim is None and time.time() < deadline and runner.is_alive():
-            for run in spec.runs:
-                try:
-                    status = json.loads((tmp_path / "dask" / run.run_id / "status.json").read_text())
-                except (OSError, ValueError):
-                    continue
-                if status["status"] == "running" and 100 <= status["step"] <= 400:  # well before its end
-                    victim = run
-                    break
-            time.sleep(0.01)
-        assert victim is not None, "no run could be caught mid-run"
+        victim, _ = _caught_mid_run(tmp_path / "dask", spec.runs, runner, 100, 400)  # well before its end
         key = f"smoothnorm-run-{victim.run_id}"
         address = None
         for _ in range(200):  # the scheduler's view of who processes what can lag the status file
