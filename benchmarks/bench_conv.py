@@ -57,10 +57,10 @@ def _torch(torch, x, weight, bias, dy):
     return forward, backward
 
 
-def _auto(c_in, c_out, size) -> tuple[str, str]:
-    forward = "winograd" if winograd_pays("forward", c_in, c_out, size, size) else "im2col"
-    dx = winograd_pays("input", c_in, c_out, size, size)
-    dw = winograd_pays("weight", c_in, c_out, size, size)
+def _auto(c_in, c_out, size, batch) -> tuple[str, str]:
+    forward = "winograd" if winograd_pays("forward", c_in, c_out, size, size, batch) else "im2col"
+    dx = winograd_pays("input", c_in, c_out, size, size, batch)
+    dw = winograd_pays("weight", c_in, c_out, size, size, batch)
     return forward, ("winograd" if dx and dw else "mixed" if dx else "im2col")
 
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             }
             | {"torch": t_bwd},
         }
-        for (pass_name, candidates), auto in zip(passes.items(), _auto(c_in, c_out, size)):
+        for (pass_name, candidates), auto in zip(passes.items(), _auto(c_in, c_out, size, args.batch)):
             times = time_alternating({k: v for k, v in candidates.items() if v is not None}, repeats=args.repeats)
             ours = {k: v for k, v in times.items() if k != "torch"}
             row = {"layer": f"{c_in}->{c_out} @{size}x{size}", "pass": pass_name, "auto": auto}

@@ -4,11 +4,12 @@
   BatchNorm, at 1 and 2 threads (algorithm="auto");
 - full: VGG-11-BN, VGG-16-BN and VGG-16 at full width, batch 128 (float32), each with im2col and with
   algorithm="auto" convolutions (Winograd where kernels/winograd.winograd_pays says);
+- small: the fixed cost per step, VGG-16 at width 1/8 on batches of 1 and 8 (1 thread);
 - dln: the 25-layer DLN on 1000 samples (float64, with and without BatchNorm);
 - fresh: the first step of a fresh process (Numba cache warm).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.bench_train [--repeats 7] [--batch 128]
-        [--threads 2] [--sections quick,full,dln,fresh] [--skip-vgg16] [--skip-dln]
+        [--threads 2] [--sections quick,small,full,dln,fresh] [--skip-vgg16] [--skip-dln]
 
 A train step is forward, loss, backward and an SGD update. Ours, PyTorch's and a 1024^3 float32 NumPy matrix product
 on the same threads are timed alternately in one process (medians over repeats); "torch/ours" is torch time / our
@@ -88,35 +89,45 @@ def direct_conv_flops(name: str, width: float, batch: int) -> float:
 
 def quick_shapes(args, have_torch: bool) -> list[dict]:
     """The quick profile's networks at 1 and 2 threads: ours, PyTorch and sgemm alternately, per row."""
+    cases = [(name, width, norm, 64) for width in (1 / 8, 1 / 4) for name in ("vgg11", "vgg13", "vgg16")
+             for norm in ("batch", None)]
+    return [row for threads in (1, 2) for row in _vgg_rows(args, have_torch, threads, cases)]
+
+
+def small_batches(args, have_torch: bool) -> list[dict]:
+    """The fixed cost per step: VGG-16 at width 1/8 on batches of 1 and 8, with and without BatchNorm, 1 thread."""
+    cases = [("vgg16", 1 / 8, norm, batch) for batch in (1, 8) for norm in (None, "batch")]
+    return _vgg_rows(args, have_torch, 1, cases)
+
+
+def _vgg_rows(args, have_torch: bool, threads: int, cases) -> list[dict]:
+    """One row per (arch, width, norm, batch) case at `threads`: ours, PyTorch and sgemm timed alternately."""
     import numba
 
     rng = np.random.default_rng(0)
     rows = []
-    batch = 64
-    for threads in (1, 2):
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        if have_torch:
-            import torch
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    if have_torch:
+        import torch
 
-            torch.set_num_threads(threads)
-        sgemm, sgemm_flops = sgemm_candidate(threads)
-        for width in (1 / 8, 1 / 4):
-            for name in ("vgg11", "vgg13", "vgg16"):
-                for norm in ("batch", None):
-                    x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
-                    y = rng.integers(0, 10, size=batch)
-                    cands = {"ours": our_step(models.vgg(name, norm=norm, width=width), optim.SGD(lr=1e-3), x, y),
-                             "sgemm": sgemm}
-                    if have_torch:
-                        cands["torch"] = torch_step(torch_vgg(name, width, norm is not None), x, y, "ce")
-                    t = time_alternating(cands, repeats=args.repeats * 3, warmup=3, pause=args.pause)
-                    rate = direct_conv_flops(name, width, batch) / t["ours"]
-                    row = _row(f"{name}{'-bn' if norm else ''} w1/{round(1 / width)} b{batch}, {threads} thr", t,
-                               imgs=batch)
-                    row["sgemm frac"] = f"{rate / (sgemm_flops / t['sgemm']):.2f}"
-                    row["sgemm GF/s"] = f"{sgemm_flops / t['sgemm'] / 1e9:.0f}"
-                    rows.append(row)
+        torch.set_num_threads(threads)
+    sgemm, sgemm_flops = sgemm_candidate(threads)
+    for name, width, norm, batch in cases:
+        x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+        y = rng.integers(0, 10, size=batch)
+        cands = {"ours": our_step(models.vgg(name, norm=norm, width=width), optim.SGD(lr=1e-3), x, y),
+                 "sgemm": sgemm}
+        if have_torch:
+            cands["torch"] = torch_step(torch_vgg(name, width, norm is not None), x, y, "ce")
+        t = time_alternating(cands, repeats=args.repeats * 3, warmup=3, pause=args.pause)
+        rate = direct_conv_flops(name, width, batch) / t["ours"]
+        row = _row(f"{name}{'-bn' if norm else ''} w1/{round(1 / width)} b{batch}, {threads} thr", t, imgs=batch)
+        row["sgemm frac"] = f"{rate / (sgemm_flops / t['sgemm']):.2f}"
+        row["sgemm GF/s"] = f"{sgemm_flops / t['sgemm'] / 1e9:.0f}"
+        rows.append(row)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    if have_torch:
+        torch.set_num_threads(args.threads)
     return rows
 
 
@@ -174,8 +185,9 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-dln", action="store_true")
     parser.add_argument("--pause", type=float, default=0.2,
                         help="seconds between timed calls in the quick section, so idle OpenMP threads stop spinning")
-    parser.add_argument("--sections", default="quick,full,dln,fresh",
-                        help="comma-separated: quick (the quick profile's shapes at 1 and 2 threads), full, dln, fresh")
+    parser.add_argument("--sections", default="quick,small,full,dln,fresh",
+                        help="comma-separated: quick (the quick profile's shapes at 1 and 2 threads), small (batches "
+                             "of 1 and 8), full, dln, fresh")
     args = parser.parse_args(argv)
     import numba
 
@@ -188,12 +200,14 @@ def main(argv=None) -> None:
     print(describe_machine())
     print("OpenBLAS: " + "; ".join(openblas_report()))
     sections = set(args.sections.split(","))
-    unknown = sections - {"quick", "full", "dln", "fresh"}
+    unknown = sections - {"quick", "small", "full", "dln", "fresh"}
     if unknown:
-        parser.error(f"--sections: unknown {sorted(unknown)}; expected some of quick, full, dln, fresh")
+        parser.error(f"--sections: unknown {sorted(unknown)}; expected some of quick, small, full, dln, fresh")
     columns = ["work", "ours (ms)", "torch (ms)", "torch/ours", "ours img/s", "sgemm frac", "sgemm GF/s"]
     if "quick" in sections:
         print(format_table(quick_shapes(args, have_torch), columns))
+    if "small" in sections:
+        print(format_table(small_batches(args, have_torch), columns))
     rng = np.random.default_rng(0)
     rows = []
     vggs = [("vgg11", "batch")] + ([] if args.skip_vgg16 else [("vgg16", "batch"), ("vgg16", None)])

@@ -126,7 +126,7 @@ def _resolve_algorithm(algorithm: str, x_shape, weight_shape, stride, padding, p
             )
         return algorithm
     c_out, c_in = weight_shape[:2]
-    if eligible and winograd_pays(pass_name, c_in, c_out, x_shape[2], x_shape[3]):
+    if eligible and winograd_pays(pass_name, c_in, c_out, x_shape[2], x_shape[3], x_shape[0]):
         return "winograd"
     return "im2col"
 

@@ -56,22 +56,31 @@ def output_tile(h: int, w: int) -> int:
     return 4 if min(h, w) >= 4 else 2
 
 
-def winograd_pays(pass_name: str, c_in: int, c_out: int, h: int, w: int) -> bool:
+def winograd_pays(pass_name: str, c_in: int, c_out: int, h: int, w: int, n: int) -> bool:
     """The fixed rule behind algorithm="auto": True where Winograd measured faster than im2col for this pass.
 
-    pass_name: "forward", "input" (gradient) or "weight" (gradient); the layer is (C_in -> C_out) on an h x w map.
-    Written from benchmarks/bench_conv.py (batch 128, float32, 2 threads, AMD EPYC with AVX-512; tables in
-    benchmarks/README.md): Winograd F(4x4) won every pass of every VGG layer on maps of at least 4x4 by 1.15-2.4x,
-    and since the kernels take their temporaries from per-thread scratch memory (no page faults) F(2x2) wins on
-    VGG's 2x2 maps (512 -> 512) too: 1.09-1.21x forward and 1.12-1.18x backward in five runs (before, while every call
-    faulted in its transformed weights, im2col tied or won there). Exceptions:
-    - layers with fewer than 16 input or output channels (VGG's first layer, 3 -> 64): per-point GEMMs with 3 rows
-      cost more than the transforms save (im2col 1.5-2.1x faster in every pass);
-    - maps smaller than 2x2 (1 pixel: F(2x2) would compute four outputs for one; not measured).
+    pass_name: "forward", "input" (gradient) or "weight" (gradient); the layer is (C_in -> C_out) on an h x w map of
+    a batch of n images. Written from benchmarks/bench_conv.py (float32, AMD EPYC with AVX-512; tables in
+    benchmarks/README.md). The rule depends on shapes alone, never on the thread count, so a run's bits do not either.
+    - At batch 128 Winograd F(4x4) won every pass of every VGG layer on maps of at least 4x4 by 1.15-2.4x, and F(2x2)
+      won on VGG's 2x2 maps (512 -> 512) by 1.09-1.21x.
+    - Layers with fewer than 16 input or output channels (VGG's first layer, 3 -> 64): per-point GEMMs with 3 rows
+      cost more than the transforms save (im2col 1.5-2.1x faster in every pass).
+    - Maps smaller than 2x2 (1 pixel: F(2x2) would compute four outputs for one; not measured).
+    - Few tiles: every call transforms the weights (C_out x C_in x alpha^2 values) whatever the batch, and runs
+      GEMMs only as wide as the tile count, so on small batches and maps im2col wins (at batch 1, 4-10x on 2x2-8x8
+      maps). Measured at 1 thread on VGG's layer shapes from 16 to 512 channels, batch 1-64: Winograd starts to win
+      at about 32 output tiles with 32 or more channels (1.0-1.3x at 32 tiles of 2x2 and 4x4 maps, 0.8-0.95x on
+      512 channels) and at about 64 with 16-31 channels (0.8-1.2x there), so those are the thresholds.
     """
     if pass_name not in ("forward", "input", "weight"):
         raise ValueError(f"pass_name: expected 'forward', 'input' or 'weight', got {pass_name!r}")
-    return min(c_in, c_out) >= 16 and min(h, w) >= 2
+    channels = min(c_in, c_out)
+    if channels < 16 or min(h, w) < 2:
+        return False
+    m = output_tile(h, w)
+    tiles = n * (-(-h // m)) * (-(-w // m))
+    return tiles >= (32 if channels >= 32 else 64)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -419,9 +419,9 @@ def test_algorithms_agree_with_im2col(rng, algorithm, need_dx, monkeypatch):
             assert got is None
         else:
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    # auto asks the rule once per pass, with (pass, C_in, C_out, H, W).
-    assert calls == ([] if algorithm == "winograd" else [("forward", 3, 4, 7, 6), ("input", 3, 4, 7, 6),
-                                                         ("weight", 3, 4, 7, 6)])  # fmt: skip
+    # auto asks the rule once per pass, with (pass, C_in, C_out, H, W, N).
+    assert calls == ([] if algorithm == "winograd" else [("forward", 3, 4, 7, 6, 2), ("input", 3, 4, 7, 6, 2),
+                                                         ("weight", 3, 4, 7, 6, 2)])  # fmt: skip
 
 
 def test_auto_uses_im2col_where_winograd_cannot_run(rng, monkeypatch):
@@ -432,15 +432,30 @@ def test_auto_uses_im2col_where_winograd_cannot_run(rng, monkeypatch):
 
 
 def test_auto_rule_keeps_im2col_for_few_input_channels():
-    assert not conv2d.winograd_pays("forward", 3, 64, 32, 32)
-    assert conv2d.winograd_pays("forward", 256, 256, 8, 8)
-    assert conv2d.winograd_pays("weight", 512, 512, 4, 4)
-    # F(2x2) on 2x2 maps: faster than im2col in every pass once nothing page-faults (issue 13's fourth round).
-    assert all(conv2d.winograd_pays(p, 512, 512, 2, 2) for p in ("forward", "input", "weight"))
-    assert not any(conv2d.winograd_pays(p, 512, 512, 1, 1) for p in ("forward", "input", "weight"))
-    assert not conv2d.winograd_pays("input", 512, 8, 8, 8)
+    assert not conv2d.winograd_pays("forward", 3, 64, 32, 32, 128)
+    assert conv2d.winograd_pays("forward", 256, 256, 8, 8, 128)
+    assert conv2d.winograd_pays("weight", 512, 512, 4, 4, 128)
+    # F(2x2) on 2x2 maps: faster than im2col in every pass at batch 128 once nothing page-faults.
+    assert all(conv2d.winograd_pays(p, 512, 512, 2, 2, 128) for p in ("forward", "input", "weight"))
+    assert not any(conv2d.winograd_pays(p, 512, 512, 1, 1, 128) for p in ("forward", "input", "weight"))
+    assert not conv2d.winograd_pays("input", 512, 8, 8, 8, 128)
     with pytest.raises(ValueError, match="^pass_name:"):
-        conv2d.winograd_pays("backward", 256, 256, 8, 8)
+        conv2d.winograd_pays("backward", 256, 256, 8, 8, 128)
+
+
+@pytest.mark.parametrize("pass_name", ["forward", "input", "weight"])
+def test_auto_rule_counts_output_tiles(pass_name):
+    """Few output tiles (small batches and maps) keep im2col: 32 tiles are enough from 32 channels, 64 below."""
+    pays = conv2d.winograd_pays
+    # 2x2 maps: one F(2x2) tile per image; 4x4 maps: one F(4x4) tile; 8x8: four.
+    assert [pays(pass_name, 64, 64, 2, 2, n) for n in (1, 16, 31, 32, 64)] == [False, False, False, True, True]
+    assert [pays(pass_name, 128, 64, 4, 4, n) for n in (1, 31, 32)] == [False, False, True]
+    assert [pays(pass_name, 64, 64, 8, 8, n) for n in (1, 7, 8)] == [False, False, True]
+    # 16-31 channels need 64 tiles: 16x16 maps have 16 per image, a 32x32 map 64.
+    assert [pays(pass_name, 16, 32, 16, 16, n) for n in (1, 3, 4)] == [False, False, True]
+    assert pays(pass_name, 16, 16, 32, 32, 1)
+    # Odd sizes round the tiles up: a 6x5 map has 2 x 2 F(4x4) tiles.
+    assert [pays(pass_name, 32, 32, 6, 5, n) for n in (7, 8)] == [False, True]
 
 
 @pytest.mark.parametrize("geometry", [(3, 3, 2, 1), (5, 5, 1, 2), (3, 3, 1, 0)])
