@@ -84,7 +84,10 @@ def _specs(args, names: list[str] | None):
     from smoothnorm.runs import schema
     from smoothnorm.runs import spec as spec_module
 
-    groups = ("paper", "study") if getattr(args, "study", False) else ("paper",)
+    if getattr(args, "all", False):
+        groups = tuple(spec_module.SPEC_GROUPS)
+    else:
+        groups = ("paper", "study") if getattr(args, "study", False) else ("paper",)
     paths = spec_module.list_specs(args.specs, groups)
     if not paths:
         raise schema.SpecError(f"no specs (*.toml) in {args.specs or spec_module.default_spec_folder()}")
@@ -148,7 +151,10 @@ def _runs_root_setting(args) -> str | None:
 
     default = runs_folder()
     if args.runs and Path(args.runs).resolve() != default.resolve():
-        return str(args.runs)
+        # As a path from the current folder when inside it, so ./results, results and its absolute path are one.
+        path = Path(args.runs).resolve()
+        here = Path.cwd().resolve()
+        return path.relative_to(here).as_posix() if path.is_relative_to(here) else str(args.runs)
     return None
 
 
@@ -340,6 +346,10 @@ def _add_execution(p) -> None:
                    help="a run whose lease has had no heartbeat for this long is taken over (default 120)")
 
 
+_ALL_HELP = ("every spec: the paper's figures, the optimization study, the examples and the follow-up papers "
+             "(experiments/study, examples, beyond); default: the paper's figures")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoothnorm",
@@ -363,10 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_reproduce)
     p = sub.add_parser("plot", help="redraw figures from stored runs without training")
     p.add_argument("--only", default=None, help="comma-separated spec names")
+    p.add_argument("--all", action="store_true", help=_ALL_HELP)
     _add_common(p)
     p.set_defaults(func=_plot)
     p = sub.add_parser("claims", help="evaluate the specs' claims on stored runs (no training); write CLAIMS.md")
     p.add_argument("--only", default=None, help="comma-separated spec names")
+    p.add_argument("--all", action="store_true", help=_ALL_HELP)
     p.add_argument("--markdown", nargs="?", const=True, default=None, metavar="CLAIMS_JSON",
                    help="print the findings table from claims.json (default: <figures>/claims.json) and exit")
     p.add_argument("--readme", default=None, metavar="README_MD",

@@ -98,3 +98,43 @@ def test_the_same_results_again_keep_the_published_names(published):
     after = _files(published / "figures")
     assert set(after) == set(before)
     assert json.loads(after["claims.json"])[0]["values"] == json.loads(before["claims.json"])[0]["values"]
+
+
+def test_published_runs_in_another_folder_re_derive_claims_md_byte_for_byte(published):
+    """The publishing workflow: runs kept in ./results re-derive CLAIMS.md exactly, however the folder is named."""
+    shutil.move(published / "runs", published / "results")
+    for name in ("CLAIMS.md", "claims.json"):
+        (published / "figures" / name).unlink()
+    assert main(["claims", "--only", SPEC, *PUBLISHED, "--runs", "results", "--figures", "figures"]) == 0
+    first = {k: v for k, v in _files(published / "figures").items() if k in ("CLAIMS.md", "claims.json")}
+    assert "with runs from `results`" in first["CLAIMS.md"].decode()
+    for runs in ("./results", str(published / "results")):
+        assert main(["claims", "--only", SPEC, *PUBLISHED, "--runs", runs, "--figures", "again"]) == 0
+        assert _files(published / "again") == first
+        shutil.rmtree(published / "again")
+
+
+def test_all_takes_every_spec_group():
+    from smoothnorm.cli import _specs, build_parser
+    from smoothnorm.runs import spec as spec_module
+
+    folder = ROOT / "experiments"
+    every = spec_module.list_specs(folder, tuple(spec_module.SPEC_GROUPS))
+    assert {p.parent.name for p in every} == {"experiments", "study", "examples", "beyond"}
+    for command in ("claims", "plot"):
+        args = build_parser().parse_args([command, "--all", "--specs", str(folder)])
+        assert [spec.name for spec in _specs(args, None)] == [p.stem for p in every]
+        args = build_parser().parse_args([command, "--specs", str(folder)])
+        assert [spec.name for spec in _specs(args, None)] == [p.stem for p in spec_module.list_specs(folder)]
+
+
+def test_the_published_claims_re_derive_from_the_committed_runs(tmp_path, monkeypatch):
+    """figures/CLAIMS.md and claims.json are what `smoothnorm claims --all --runs results` says of the committed
+    run data (results/quick), byte for byte."""
+    if not (ROOT / "results" / "quick").is_dir():
+        pytest.skip("the repository has no published quick runs (results/quick)")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("SMOOTHNORM_RUNS", raising=False)
+    assert main(["claims", "--all", "--runs", "results", "--figures", str(tmp_path)]) == 0
+    for name in ("CLAIMS.md", "claims.json"):
+        assert (tmp_path / name).read_bytes() == (ROOT / "figures" / name).read_bytes(), name
