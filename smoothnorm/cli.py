@@ -109,7 +109,30 @@ def _specs(args, names: list[str] | None):
             chosen.extend(matches)
         paths = chosen
     seeds = getattr(args, "seeds", None)
+    if seeds is None and args.command in ("claims", "plot"):
+        from smoothnorm.runs.runner import results_root
+
+        root = results_root(args.runs, args.profile)
+        return [spec_module.load_spec(p, args.profile, args.set, seeds=_stored_seeds(p, args, root)) for p in paths]
     return [spec_module.load_spec(p, args.profile, args.set, seeds=seeds) for p in paths]
+
+
+def _stored_seeds(path, args, root: Path) -> int | None:
+    """For claims and plot without --seeds: N when the runs folder holds every run of the seeds base .. base + N - 1
+    and N is more than the spec's own seeds (results of `--seeds N`), else None (the spec's seeds)."""
+    from smoothnorm.runs import spec as spec_module
+
+    spec = spec_module.load_spec(path, args.profile, args.set)
+    count = len({run.settings["seed"] for run in spec.runs})
+    found = None
+    while True:
+        wider = spec_module.load_spec(path, args.profile, args.set, seeds=count + 1)
+        last = max(run.settings["seed"] for run in wider.runs) if wider.runs else None
+        added = [run for run in wider.runs if run.settings["seed"] == last]
+        if last is None or not added or not all((root / run.run_id / "config.json").exists() for run in added):
+            return found
+        count += 1
+        found = count
 
 
 _GROUP_TITLES = {
@@ -310,7 +333,8 @@ def _add_common(p, *, spec_selection: bool = True) -> None:
                         "another --runs folder or fewer seeds than the published entries get their own names)")
     p.add_argument("--specs", default=None, help="folder of spec files (default: ./experiments)")
     p.add_argument("--seeds", type=int, default=None, metavar="N",
-                   help="run every run for N seeds (base seed .. base seed + N - 1); overrides a spec's seeds")
+                   help="run every run for N seeds (base seed .. base seed + N - 1); overrides a spec's seeds "
+                        "(claims and plot without it: every seed the runs folder holds from the base seed on)")
 
 
 def _positive_int(text: str) -> int:

@@ -138,3 +138,16 @@ def test_the_published_claims_re_derive_from_the_committed_runs(tmp_path, monkey
     assert main(["claims", "--all", "--runs", "results", "--figures", str(tmp_path)]) == 0
     for name in ("CLAIMS.md", "claims.json"):
         assert (tmp_path / name).read_bytes() == (ROOT / "figures" / name).read_bytes(), name
+
+
+def test_claims_without_seeds_read_every_seed_the_runs_folder_holds(published):
+    """`claims` and `plot` without --seeds take the seeds stored for each spec (here 2, the spec's own being 1)."""
+    for name in ("CLAIMS.md", "claims.json"):
+        (published / "figures" / name).unlink()
+    assert main(["claims", "--only", SPEC, *PUBLISHED[:2], *PUBLISHED[4:], "--figures", "figures"]) == 0
+    records = json.loads((published / "figures" / "claims.json").read_text())
+    assert records and all(r["seeds"] == [0, 1] for r in records)
+    shutil.rmtree(next((published / "runs" / "tiny").glob("*-s1-*")))  # seed 1 no longer complete
+    assert main(["claims", "--only", SPEC, *PUBLISHED[:2], *PUBLISHED[4:], "--figures", "fewer"]) == 0
+    records = json.loads((published / "fewer" / "claims.json").read_text())
+    assert records and all(r["seeds"] == [0] for r in records)

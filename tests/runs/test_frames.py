@@ -43,9 +43,10 @@ def _assert_the_frame_is_load_run(root) -> dict[str, int]:
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     assert sorted(frame["run_id"].unique()) == [p.name for p in folders]
     statuses = {}
+    by_run = dict(tuple(frame.groupby("run_id", sort=False)))  # one pass, not a scan of the frame per run
     for path in folders:
         run = load_run(path)
-        rows = frame[frame["run_id"] == path.name]
+        rows = by_run[path.name]
         statuses[run.status] = statuses.get(run.status, 0) + 1
         assert (rows["status"] == run.status).all()
         np.testing.assert_array_equal(rows["step"].to_numpy(dtype=np.int64), run.metrics["step"])
