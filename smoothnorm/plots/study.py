@@ -14,12 +14,14 @@ from smoothnorm.plots.style import (
     _check_runs,
     _choice,
     _colors,
+    _draw_series,
     _finite_xy,
     _legend,
     _legend_label,
-    _mark_divergence,
     _positive_int,
     _probe,
+    _seed_note,
+    _seed_of,
     moving_average,
 )
 from smoothnorm.runs.store import RunResult
@@ -49,18 +51,19 @@ def draw_series(
     ylabel: str | None = None,
     colors: Mapping[str, str] | None = None,
 ) -> None:
-    """A recorded quantity over training, one line per run: a probe array ("{probe}/{key}") or, with
-    probe="metrics", a metric column. Per-layer arrays are reduced over layers with reduce="mean" or "max", or one
-    column is taken with reduce="index" (`index`)."""
+    """A recorded quantity over training, one line per run label (several seeds of a label: their median with a
+    min-max band): a probe array ("{probe}/{key}") or, with probe="metrics", a metric column. Per-layer arrays are
+    reduced over layers with reduce="mean" or "max", or one column is taken with reduce="index" (`index`)."""
     runs = _check_runs(runs)
     _choice("reduce", reduce, ("mean", "max", "index"))
     smooth = _positive_int("smooth", smooth)
     cmap = _colors(runs, colors)
-    for run in runs:
+
+    def series(run):
         steps, values = _series(run, probe, key)
         values = np.asarray(values, dtype=np.float64).reshape(len(steps), -1)
         if values.shape[1] == 0:
-            continue
+            return np.zeros(0), np.zeros(0)
         if reduce == "index":
             column = values[:, index]
         else:
@@ -68,16 +71,15 @@ def draw_series(
                 warnings.simplefilter("ignore", RuntimeWarning)
                 column = np.nanmean(values, axis=1) if reduce == "mean" else np.nanmax(values, axis=1)
         x, y = _finite_xy(steps, column)
-        y = moving_average(y, smooth) if y.size else y
-        ax.plot(x, y, color=cmap[run.label], label=_legend_label(run), linewidth=1.2,
-                marker="o" if probe == "metrics" and key.startswith("test") else None, markersize=3)
-        _mark_divergence(ax, run, x, y, cmap[run.label])
+        return x, (moving_average(y, smooth) if y.size else y)
+
+    _draw_series(ax, runs, series, cmap, linewidth=1.2,
+                 marker="o" if probe == "metrics" and key.startswith("test") else None, markersize=3)
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(STEP_LABEL)
     ax.set_ylabel(ylabel or key.replace("_", " "))
     _legend(ax)
-
 
 def draw_profile(
     ax: Axes,
@@ -141,8 +143,10 @@ def draw_sweep(
     """A final metric (mean of its last `last` finite values) against a run setting `x` (e.g. "lr",
     "batch_size"), one line per group of runs (and per metric when `metric` is a list: solid, dashed, dotted). A
     run's group is its label before `group_by` ("Adam @ lr=0.01" is in group "Adam"). Runs that diverged, or (with
-    require_progress, for losses) ended above their first value, are drawn as x at the top of the panel: the largest
-    learning rate that still trains is the last dot. percent: draw fractions (accuracies) in percent."""
+    require_progress, for losses) ended above their first value, did not train. Several seeds at one setting: the
+    line is their median (a setting where most seeds did not train counts as not trained) and the band spans the
+    seeds that trained. Settings that did not train are drawn as x at the top of the panel: the largest learning
+    rate that still trains is the last dot. percent: draw fractions (accuracies) in percent."""
     runs = _check_runs(runs)
     last = _positive_int("last", last)
     metrics = [metric] if isinstance(metric, str) else list(metric)
@@ -156,22 +160,33 @@ def draw_sweep(
         groups.setdefault(run.label.split(group_by)[0], []).append(run)
     cmap = _colors([RunResult(path=None, run_id=g, label=g, config={}, status="") for g in groups], colors)
     lines = []
+    seeds = 1
     for group, members in groups.items():
-        members = sorted(members, key=lambda r: float(r.config["run"][x]))
-        xs = np.array([float(r.config["run"][x]) for r in members])
+        by_x: dict[float, list[RunResult]] = {}
+        for r in members:
+            by_x.setdefault(float(r.config["run"][x]), []).append(r)
+        xs = np.array(sorted(by_x))
+        seeds = max(seeds, *(len(v) for v in by_x.values()))
         for m, name in enumerate(metrics):
-            ys = np.array([final_value(r, name, last, require_progress) for r in members]) * scale
-            lines.append((group, name, m, xs, ys))
-    finite = [v for *_, ys in lines for v in ys if np.isfinite(v)]
+            table = [np.array([final_value(r, name, last, require_progress) for r in by_x[v]]) * scale for v in xs]
+            mid = np.array([_median_trained(vals) for vals in table])
+            lo = np.array([np.min(vals[np.isfinite(vals)], initial=np.inf) for vals in table])
+            hi = np.array([np.max(vals[np.isfinite(vals)], initial=-np.inf) for vals in table])
+            lines.append((group, name, m, xs, mid, lo, hi))
+    finite = [v for *_, ys, _lo, hi in lines for v in np.concatenate([ys, hi]) if np.isfinite(v)]
     top = max(finite, default=1.0)
-    for group, name, m, xs, ys in lines:
+    for group, name, m, xs, ys, lo, hi in lines:
         ok = np.isfinite(ys)
         label = group if len(metrics) == 1 else f"{group}: {name.replace('_', ' ')}"
         ax.plot(xs[ok], ys[ok], color=cmap[group], label=label, marker="o", markersize=4, linewidth=1.2,
                 linestyle=("-", "--", ":")[m % 3])
+        if seeds > 1 and ok.any():
+            ax.fill_between(xs[ok], lo[ok], hi[ok], color=cmap[group], alpha=0.15, linewidth=0)
         if (~ok).any():
             ax.plot(xs[~ok], np.full((~ok).sum(), top), color=cmap[group], marker="x", markersize=8,
                     linestyle="none")
+    if seeds > 1:
+        _seed_note(ax, seeds, band="shaded: min-max over the seeds that trained")
     if logx:
         ax.set_xscale("log")
     if logy:
@@ -182,24 +197,36 @@ def draw_sweep(
     _legend(ax)
 
 
+def _median_trained(values: np.ndarray) -> float:
+    """The median over seeds of final values, not-trained (inf or NaN) counting as +inf: finite only when most
+    seeds trained."""
+    return float(np.median(np.where(np.isfinite(values), values, np.inf))) if values.size else np.nan
+
+
 def select_best(runs: Sequence[RunResult], *, group_by: str = " @ ", metric: str = "loss",
                 last: int = 20) -> list[RunResult]:
-    """Per group of runs (label before `group_by`), the one with the lowest final metric (see `final_value`): the
-    learning rate a sweep picks. Groups keep their first run's order; a group whose runs all diverged keeps its
-    first run. The kept run is relabelled with its group name (the learning rate read from its config)."""
-    best: dict[str, tuple[float, RunResult]] = {}
+    """Per group of runs (label before `group_by`), the learning rate a sweep picks: the one whose runs have the
+    lowest final metric (see `final_value`), over several seeds the lowest median (a run that did not train counts
+    as +inf). Returns every seed's run at that rate, relabelled with the group name and the rate, so that curve
+    panels draw their median and band. Groups keep their first run's order; a group whose runs all diverged keeps
+    its first rate."""
+    groups: dict[str, dict[object, list[RunResult]]] = {}
     for run in runs:
         group = run.label.split(group_by)[0]
-        value = final_value(run, metric, last)
-        value = np.inf if not np.isfinite(value) else value
-        if group not in best or value < best[group][0]:
-            best[group] = (value, run)
+        rate = run.config.get("run", {}).get("lr", run.label)
+        groups.setdefault(group, {}).setdefault(rate, []).append(run)
     out = []
-    for group, (_, run) in best.items():
-        lr = run.config.get("run", {}).get("lr")
-        label = f"{group} (lr {lr:g})" if isinstance(lr, (int, float)) else group
-        out.append(RunResult(run.path, run.run_id, label, run.config, run.status, run.metrics, run.probes,
-                             run.probe_meta))
+    for group, rates in groups.items():
+        best_rate, best_value = None, None
+        for rate, members in rates.items():
+            value = _median_trained(np.array([final_value(r, metric, last) for r in members]))
+            value = np.inf if not np.isfinite(value) else value
+            if best_value is None or value < best_value:
+                best_rate, best_value = rate, value
+        label = f"{group} (lr {best_rate:g})" if isinstance(best_rate, (int, float)) else group
+        for run in sorted(rates[best_rate], key=_seed_of):
+            out.append(RunResult(run.path, run.run_id, label, run.config, run.status, run.metrics, run.probes,
+                                 run.probe_meta))
     return out
 
 

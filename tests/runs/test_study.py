@@ -211,6 +211,58 @@ def test_sweep_draws_final_values_and_marks_divergence():
     np.testing.assert_allclose(crosses.get_xdata(), [1.0])
 
 
+def _seeded(label, lr, losses, seed, status="finished"):
+    run = _run(label, lr, losses, status)
+    return RunResult(path=run.path, run_id=f"{label} s{seed}", label=label, config={"run": {"lr": lr, "seed": seed}},
+                     status=status, metrics=run.metrics)
+
+
+def test_select_best_over_seeds_takes_the_lowest_median_and_keeps_every_seed():
+    # lr 0.1 has the single best run (seed 1: 0.1), lr 0.01 the lower median (0.6 against 2.0).
+    runs = [_seeded("Adam @ lr=0.1", 0.1, [3, l], s) for s, l in enumerate([2.0, 0.1, 2.5])]
+    runs += [_seeded("Adam @ lr=0.01", 0.01, [3, l], s) for s, l in enumerate([0.6, 0.5, 0.7])]
+    # Two of three seeds diverged at lr 1: its median counts as not trained.
+    runs += [_seeded("SGD @ lr=1", 1.0, [3, 0.01], 0), _seeded("SGD @ lr=1", 1.0, [3, np.nan], 1, "diverged"),
+             _seeded("SGD @ lr=1", 1.0, [3, np.nan], 2, "diverged")]
+    runs += [_seeded("SGD @ lr=0.1", 0.1, [3, l], s) for s, l in enumerate([1.0, 1.2, 0.9])]
+    best = plots.select_best(runs, last=1)
+    assert [(r.label, r.run_id) for r in best] == [
+        ("Adam (lr 0.01)", "Adam @ lr=0.01 s0"), ("Adam (lr 0.01)", "Adam @ lr=0.01 s1"),
+        ("Adam (lr 0.01)", "Adam @ lr=0.01 s2"), ("SGD (lr 0.1)", "SGD @ lr=0.1 s0"),
+        ("SGD (lr 0.1)", "SGD @ lr=0.1 s1"), ("SGD (lr 0.1)", "SGD @ lr=0.1 s2")]
+
+
+def test_sweep_over_seeds_draws_the_median_and_a_band():
+    runs = [_seeded("SGD @ lr=0.1", 0.1, [3, l], s) for s, l in enumerate([1.0, 2.0, 2.8])]
+    runs += [_seeded("SGD @ lr=0.01", 0.01, [3, l], s) for s, l in enumerate([2.5, 2.0, 1.5])]
+    runs += [_seeded("SGD @ lr=1", 1.0, [3, 0.5], 0), _seeded("SGD @ lr=1", 1.0, [3, np.nan], 1, "diverged"),
+             _seeded("SGD @ lr=1", 1.0, [3, np.nan], 2, "diverged")]
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    plots.draw_sweep(ax, runs, last=1)
+    line, crosses = ax.lines[:2]
+    np.testing.assert_allclose(line.get_xdata(), [0.01, 0.1])  # one point per rate, not one per run
+    np.testing.assert_allclose(line.get_ydata(), [2.0, 2.0])
+    np.testing.assert_allclose(crosses.get_xdata(), [1.0])  # most seeds diverged
+    (band,) = ax.collections
+    np.testing.assert_allclose(band.get_paths()[0].vertices[:, 1].min(), 1.0)
+    np.testing.assert_allclose(band.get_paths()[0].vertices[:, 1].max(), 2.8)
+    assert any("median of 3 seeds" in text for text in ax.get_legend_handles_labels()[1])
+
+
+def test_series_over_seeds_draws_one_median_line_per_label():
+    runs = [_seeded("SGD", 0.1, losses, s) for s, losses in enumerate([[3, 2, 1], [3, 1, 0.5], [3, 2.5, 2]])]
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    plots.draw_series(ax, runs, probe="metrics", key="loss")
+    curves = [line for line in ax.lines if line.get_label() == "SGD"]
+    assert len(curves) == 1
+    np.testing.assert_allclose(curves[0].get_ydata(), [3, 2, 1])
+    assert len(ax.collections) == 1
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # End to end
 # ----------------------------------------------------------------------------------------------------------------
