@@ -109,7 +109,7 @@ def _specs(args, names: list[str] | None):
             chosen.extend(matches)
         paths = chosen
     seeds = getattr(args, "seeds", None)
-    if seeds is None and args.command in ("claims", "plot"):
+    if seeds is None and getattr(args, "command", None) in ("claims", "plot"):
         from smoothnorm.runs.runner import results_root
 
         root = results_root(args.runs, args.profile)
