@@ -113,26 +113,24 @@ def _specs(args, names: list[str] | None):
         from smoothnorm.runs.runner import results_root
 
         root = results_root(args.runs, args.profile)
-        return [spec_module.load_spec(p, args.profile, args.set, seeds=_stored_seeds(p, args, root)) for p in paths]
+        return [_spec_with_stored_seeds(p, args, root) for p in paths]
     return [spec_module.load_spec(p, args.profile, args.set, seeds=seeds) for p in paths]
 
 
-def _stored_seeds(path, args, root: Path) -> int | None:
-    """For claims and plot without --seeds: N when the runs folder holds every run of the seeds base .. base + N - 1
-    and N is more than the spec's own seeds (results of `--seeds N`), else None (the spec's seeds)."""
+def _spec_with_stored_seeds(path, args, root: Path):
+    """For claims and plot without --seeds: the spec widened to seeds base .. base + N - 1 while the runs folder
+    holds every run of the next seed (results of `--seeds N`); the spec's own seeds when it holds no more."""
     from smoothnorm.runs import spec as spec_module
 
     spec = spec_module.load_spec(path, args.profile, args.set)
     count = len({run.settings["seed"] for run in spec.runs})
-    found = None
     while True:
         wider = spec_module.load_spec(path, args.profile, args.set, seeds=count + 1)
-        last = max(run.settings["seed"] for run in wider.runs) if wider.runs else None
+        last = max((run.settings["seed"] for run in wider.runs), default=None)
         added = [run for run in wider.runs if run.settings["seed"] == last]
-        if last is None or not added or not all((root / run.run_id / "config.json").exists() for run in added):
-            return found
-        count += 1
-        found = count
+        if not added or not all((root / run.run_id / "config.json").exists() for run in added):
+            return spec
+        spec, count = wider, count + 1
 
 
 _GROUP_TITLES = {

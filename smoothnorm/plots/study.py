@@ -81,6 +81,7 @@ def draw_series(
     ax.set_ylabel(ylabel or key.replace("_", " "))
     _legend(ax)
 
+
 def draw_profile(
     ax: Axes,
     runs: Sequence[RunResult],
@@ -220,7 +221,6 @@ def select_best(runs: Sequence[RunResult], *, group_by: str = " @ ", metric: str
         best_rate, best_value = None, None
         for rate, members in rates.items():
             value = _median_trained(np.array([final_value(r, metric, last) for r in members]))
-            value = np.inf if not np.isfinite(value) else value
             if best_value is None or value < best_value:
                 best_rate, best_value = rate, value
         label = f"{group} (lr {best_rate:g})" if isinstance(best_rate, (int, float)) else group

@@ -30,6 +30,11 @@ def _files(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+def _remove_claims(folder):
+    for name in ("CLAIMS.md", "claims.json"):
+        (folder / name).unlink()
+
+
 def test_claims_carry_the_provenance_of_every_run(published):
     records = json.loads((published / "figures" / "claims.json").read_text())
     assert records and all(len(r["provenance"]) == 4 for r in records)  # 2 runs x 2 seeds
@@ -103,8 +108,7 @@ def test_the_same_results_again_keep_the_published_names(published):
 def test_published_runs_in_another_folder_re_derive_claims_md_byte_for_byte(published):
     """The publishing workflow: runs kept in ./results re-derive CLAIMS.md exactly, however the folder is named."""
     shutil.move(published / "runs", published / "results")
-    for name in ("CLAIMS.md", "claims.json"):
-        (published / "figures" / name).unlink()
+    _remove_claims(published / "figures")
     assert main(["claims", "--only", SPEC, *PUBLISHED, "--runs", "results", "--figures", "figures"]) == 0
     first = {k: v for k, v in _files(published / "figures").items() if k in ("CLAIMS.md", "claims.json")}
     assert "with runs from `results`" in first["CLAIMS.md"].decode()
@@ -142,8 +146,7 @@ def test_the_published_claims_re_derive_from_the_committed_runs(tmp_path, monkey
 
 def test_claims_without_seeds_read_every_seed_the_runs_folder_holds(published):
     """`claims` and `plot` without --seeds take the seeds stored for each spec (here 2, the spec's own being 1)."""
-    for name in ("CLAIMS.md", "claims.json"):
-        (published / "figures" / name).unlink()
+    _remove_claims(published / "figures")
     assert main(["claims", "--only", SPEC, *PUBLISHED[:2], *PUBLISHED[4:], "--figures", "figures"]) == 0
     records = json.loads((published / "figures" / "claims.json").read_text())
     assert records and all(r["seeds"] == [0, 1] for r in records)
