@@ -236,6 +236,6 @@ def test_ctrl_c_and_sigterm_release_the_lease(tmp_path, signum, code):
     while not (leases_seen[0].parent / "status.json").exists() and time.time() < deadline:
         time.sleep(0.05)  # the first checkpoint: compiling is over (a signal waits for a long compile to return)
     proc.send_signal(signum)
-    assert proc.wait(timeout=300) == code
+    assert proc.wait(timeout=300) == code, proc.stderr.read().decode()[-2000:]  # what the command said, if not
     assert not leases_seen[0].exists()
     assert read_lease(leases_seen[0]) is None
