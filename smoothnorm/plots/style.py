@@ -186,10 +186,27 @@ def _etas(run: RunResult, probe: str) -> np.ndarray:
     return _meta_array(run, probe, "etas", "step sizes ('etas')")
 
 
+# A legend with more entries than this, or with a label longer than _LONG_LABEL characters, goes below its axes
+# (the figure's constrained layout makes room for it): inside, it would cover curves, or outgrow a panel and cover
+# its neighbour.
+_INSIDE_ENTRIES = 3
+_LONG_LABEL = 45
+
+
 def _legend(ax: Axes, **kwargs) -> None:
+    """The panel's legend: inside at the best place when it is small, else below the axes (never over data)."""
     handles, labels = ax.get_legend_handles_labels()
-    if handles:
+    if not handles:
+        return
+    longest = max(len(line) for label in labels for line in label.split("\n"))
+    if len(labels) <= _INSIDE_ENTRIES and longest <= _LONG_LABEL or "loc" in kwargs:
         ax.legend(handles, labels, fontsize="small", **kwargs)
+        return
+    columns = 2 if len(labels) > 6 and longest <= 34 else 1
+    # Anchored at the bottom of the axes and pushed below the tick labels and the x label.
+    legend = ax.legend(handles, labels, fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                       borderaxespad=4.6, ncols=columns, frameon=False, **kwargs)
+    legend.set_in_layout(True)
 
 
 def _run_legend(ax: Axes, run: RunResult, color: str) -> None:
@@ -226,7 +243,7 @@ def _seed_legend(group: Sequence[RunResult]) -> str:
 
 def _seed_note(ax: Axes, n: int, band: str = "shaded: min-max over seeds") -> None:
     """One legend entry saying what the lines and bands of several seeds are (added once per panel)."""
-    text = f"line: median of {n} seeds; {band}"
+    text = f"line: median of {n} seeds\n{band}"
     if text not in ax.get_legend_handles_labels()[1]:
         ax.plot([], [], color="none", label=text)
 

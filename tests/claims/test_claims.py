@@ -361,7 +361,7 @@ def test_figures_draw_the_median_over_seeds_with_a_band(tmp_path):
     ax = fig.subplots()
     draw_accuracy(ax, runs, metric="train_acc")
     lines = {line.get_label(): line for line in ax.get_lines()}
-    assert "line: median of 2 seeds; shaded: min-max over seeds" in lines
+    assert "line: median of 2 seeds\nshaded: min-max over seeds" in lines
     bn = lines["BN"]
     assert np.allclose(bn.get_ydata(), 100 * np.median([0.8, 0.3]))
     assert len(ax.collections) == 2  # one band per label

@@ -448,3 +448,36 @@ def test_import_does_not_touch_pyplot():
     code = "import sys, smoothnorm.plots; print('matplotlib.pyplot' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("count, inside", [(2, True), (3, True), (4, False), (9, False)])
+def test_crowded_legends_go_below_the_axes(count, inside):
+    """A legend of a few short entries stays in the axes; a longer one is drawn wholly below them (under the x
+    label), where it covers no curve and stays within the panel's width."""
+    from smoothnorm.plots.style import _legend
+
+    fig = Figure(figsize=(4.4, 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i in range(count):
+        ax.plot([0, 1], [i, i + 1], label=f"run {i}, lr 0.0{i}")
+    ax.set_xlabel("training step")
+    _legend(ax)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box, axes_box = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    label_box = ax.xaxis.label.get_window_extent(renderer)
+    if inside:
+        assert axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1 and axes_box.y0 <= box.y0 and box.y1 <= axes_box.y1
+    else:
+        assert box.y1 <= label_box.y0  # below the x label, so below the data and the tick labels
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.x1  # within the figure (constrained layout made room)
+
+
+def test_long_legend_labels_go_below_the_axes():
+    from smoothnorm.plots.style import _legend
+
+    ax = new_ax()
+    ax.plot([0, 1], [0, 1], label="a label much longer than any panel of a grid of four is wide, really")
+    _legend(ax)
+    assert ax.get_legend()._loc == 9  # "upper center", anchored at the bottom of the axes (not "best")
