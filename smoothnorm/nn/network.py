@@ -23,7 +23,8 @@ import numpy as np
 from smoothnorm._validate import as_float_dtype, choice, float_array
 from smoothnorm.kernels.linear import linear_chain_backward, linear_chain_forward, linear_chain_plan
 from smoothnorm.nn.layer import Layer
-from smoothnorm.nn.layers import Conv2d, Linear
+from smoothnorm.nn.layers import Conv2d, Linear, ReLU
+from smoothnorm.nn.norms.batch import BatchNorm
 
 __all__ = [
     "MODES",
@@ -114,6 +115,13 @@ class Network(FlatParameters):
         self.grads = np.zeros(offset, dtype=self.dtype)
         self._chains = self._linear_chains()
         self._fused: dict[int, tuple] = {}
+        # BatchNorm followed by ReLU (VGG's every norm) runs as one kernel each way in train and probe modes with
+        # batch statistics (kernels/norm/batch_relu.py: the same bits as the two layers, a pass over memory less).
+        # False runs the layers one by one.
+        self.fuse_norm_relu = True
+        self._norm_relu = {i for i in range(len(self.layers) - 1)
+                           if type(self.layers[i]) is BatchNorm and type(self.layers[i + 1]) is ReLU}
+        self._paired: set[int] = set()
         self._bind()
         rng = np.random.default_rng(self.seed)
         for layer in self.layers:
@@ -180,6 +188,7 @@ class Network(FlatParameters):
             raise ValueError(f"capture: unknown layer names {sorted(unknown)}")
         self.captured = {}
         self._fused = {}
+        self._paired = set()
         chains = {c[0]: c for c in self._chains}
         i = 0
         while i < len(self.layers):
@@ -198,6 +207,15 @@ class Network(FlatParameters):
                 i = stop
                 continue
             layer = self.layers[i]
+            if (i in self._norm_relu and self.fuse_norm_relu and mode != "eval" and layer.statistics == "batch"
+                    and layer.name not in wanted):  # a captured BatchNorm output needs the layers one by one
+                relu = self.layers[i + 1]
+                out = layer.forward_relu(out, mode, relu)
+                self._paired.add(i + 1)
+                if relu.name in wanted:
+                    self.captured[relu.name] = out
+                i += 2
+                continue
             out = layer.forward(out, mode)
             if layer.name in wanted:
                 self.captured[layer.name] = out
@@ -216,6 +234,10 @@ class Network(FlatParameters):
                 need = start > 0 or need_input_grad
                 d = linear_chain_backward(d, x, outputs, self.params, self.grads, w_off, b_off, dims, parts, need)
                 i = start - 1
+                continue
+            if i in self._paired:
+                d = self.layers[i - 1].backward_relu(d, self.layers[i])
+                i -= 2
                 continue
             need = i > 0 or need_input_grad
             d = self.layers[i].backward(d, need_dx=need)
@@ -352,6 +374,7 @@ class Network(FlatParameters):
         new.output = None
         new.captured = {}
         new._fused = {}
+        new._paired = set()
         new._bind()  # every layer's parameter and gradient views onto the new flat vectors
         return new
 

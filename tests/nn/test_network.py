@@ -369,3 +369,52 @@ def test_conv_shapes_are_the_shapes_vgg_builds(name, width):
             seen.append((layer.params["weight"].shape[1], layer.params["weight"].shape[0], x.shape[2]))
         x = layer.forward(x, "probe")
     assert models.conv_shapes(name, width) == seen
+
+
+# BatchNorm then ReLU run as one kernel in train and probe modes: results must equal the layer-by-layer path.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_norm_relu_pairs_equal_the_layer_by_layer_path_bit_for_bit(rng, dtype):
+    net = models.vgg("vgg11", width=0.125, norm="batch", dtype=dtype, seed=4)
+    assert len(net._norm_relu) == 8
+    plain = net.copy()
+    plain.fuse_norm_relu = False
+    x = rng.standard_normal((6, 3, 32, 32)).astype(dtype)
+    y = rng.integers(0, 10, 6)
+    for mode in ("train", "probe", "train"):
+        loss, grads = net.loss_and_grad(x, y, mode=mode)
+        assert net._paired == {i + 1 for i in net._norm_relu}  # every pair took the fused kernels
+        loss_plain, grads_plain = plain.loss_and_grad(x, y, mode=mode)
+        assert not plain._paired
+        assert loss == loss_plain and np.array_equal(grads, grads_plain)
+    for key, value in plain.state_dict().items():  # running statistics, batches tracked
+        assert np.array_equal(net.state_dict()[key], value), key
+    assert net.forward(x, "eval").tobytes() == plain.forward(x, "eval").tobytes() and not net._paired
+
+
+def test_captured_batch_norm_output_runs_its_pair_layer_by_layer(rng):
+    net = models.vgg("vgg11", width=0.125, norm="batch", seed=4)
+    bn = next(i for i in net._norm_relu)
+    x = rng.standard_normal((4, 3, 32, 32))
+    names = [net.layers[bn].name, net.layers[bn + 2].name]
+    net.forward(x, capture=names)
+    assert bn + 1 not in net._paired and len(net._paired) == len(net._norm_relu) - 1
+    plain = net.copy()
+    plain.fuse_norm_relu = False
+    plain.forward(x, capture=names)
+    for name in names:
+        assert np.array_equal(net.captured[name], plain.captured[name])
+
+
+def test_layers_of_a_fused_pair_still_backpropagate_one_by_one(rng):
+    """ICS probes call layer.backward after net.forward: the fused forward leaves BatchNorm its cache and ReLU its
+    output, so the layer-by-layer backward gives the same gradients."""
+    net = models.vgg("vgg11", width=0.125, norm="batch", seed=4)
+    x, y = rng.standard_normal((4, 3, 32, 32)), rng.integers(0, 10, 4)
+    net.loss_and_grad(x, y, mode="probe")
+    fused = net.grads.copy()
+    net.grads[:] = np.nan
+    net.loss_fn.forward(net.forward(x, "probe"), y)
+    d = net.loss_fn.backward()
+    for i in range(len(net.layers) - 1, -1, -1):
+        d = net.layers[i].backward(d, need_dx=i > 0)
+    assert np.array_equal(net.grads, fused)

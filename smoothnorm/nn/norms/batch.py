@@ -19,6 +19,7 @@ from smoothnorm.kernels.norm.batch import (
     batch_norm_train_forward,
     batch_norm_update_running,
 )
+from smoothnorm.kernels.norm.batch_relu import batch_norm_relu_train_backward, batch_norm_relu_train_forward
 from smoothnorm.kernels.norm.batch_rop import batch_norm_r_backward, batch_norm_r_forward
 from smoothnorm.kernels.norm.noise import draw_noise
 from smoothnorm.kernels.norm.noisy import noisy_batch_norm_backward, noisy_batch_norm_forward
@@ -91,12 +92,35 @@ class BatchNorm(_RunningStatsNorm):
         if self.statistics == "population":
             return self._population_forward(x, mode, gamma, beta)
         y, mean, invstd, var = batch_norm_train_forward(x, gamma, beta, self.eps, out=self._reused("y", x))
+        self._batch_statistics_seen(x, mode, mean, invstd, var)
+        return y
+
+    def _batch_statistics_seen(self, x, mode, mean, invstd, var) -> None:
+        """After a forward with batch statistics: the running update (train mode) and what backward needs."""
         if mode == "train":
             count = x.size // x.shape[1]
             batch_norm_update_running(self.running_mean, self.running_var, mean, var, count, self.momentum)
             self.num_batches_tracked += 1
         self._cache = ("batch", x, mean, invstd)
+
+    def forward_relu(self, x, mode, relu):
+        """This layer (train or probe mode, batch statistics) then `relu`, the ReLU layer after it, in one kernel:
+        the same output, statistics, running-statistics update and caches as forward() then relu.forward(), whose
+        output buffer it writes (this layer's own output is never formed). Network.forward calls it."""
+        gamma, beta = self.params.get("weight"), self.params.get("bias")
+        y, mean, invstd, var = batch_norm_relu_train_forward(x, gamma, beta, self.eps, out=relu._reused("y", x))
+        self._batch_statistics_seen(x, mode, mean, invstd, var)
+        relu._y = y
         return y
+
+    def backward_relu(self, dy, relu):
+        """backward of forward_relu: relu.backward then this layer's backward in one kernel (the same dx and
+        parameter gradients). dy: the gradient of the ReLU's output."""
+        gamma = self.params.get("weight")
+        dgamma, dbeta = self.grads.get("weight"), self.grads.get("bias")
+        _, x, mean, invstd = self._cache
+        return batch_norm_relu_train_backward(dy, relu._y, x, mean, invstd, gamma, dgamma, dbeta,
+                                              out=self._reused("dx", x))
 
     def _population_forward(self, x, mode, gamma, beta):
         if self._collecting:

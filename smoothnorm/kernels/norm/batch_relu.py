@@ -1,0 +1,161 @@
+"""BatchNorm with batch statistics followed by ReLU, in one pass over memory each way: the two kernels of
+kernels/norm/batch.py and kernels/activation.py composed, with the same bits.
+
+In VGG every BatchNorm is followed by a ReLU. Run as two layers, the ReLU reads BatchNorm's output and writes its
+own, and in the backward pass writes a masked gradient that BatchNorm then reads twice (sums, then dx): passes over
+activations that, at VGG's shapes, no longer fit in cache. Here the forward's apply pass writes relu(BatchNorm(x))
+directly, and the backward's two passes read the upstream gradient and apply the ReLU mask (the fused output y > 0)
+as they go.
+
+Same bits as the two layers, by construction: every output is BatchNorm's float64 affine rounded to x's dtype
+(as BatchNorm stores it) and then ReLU's select (`v < 0` False for NaN, -0.0 kept); the backward's masked gradient
+is 0 where y <= 0, else dy (a NaN output passes it, as torch's threshold_backward), taken to float64 exactly where
+BatchNorm's backward would read the stored masked array. The statistics, the sums' order and the coefficients are
+BatchNorm's own pieces (skeleton.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from smoothnorm.kernels._checks import _same_as
+from smoothnorm.kernels.norm import arguments
+from smoothnorm.kernels.norm.batch import _channel_shift, _moments_finish, _train_grad_finish
+from smoothnorm.kernels.norm.channel_blocks import _block_map, _block_sums, _float64_copy, _plan, _zeros
+from smoothnorm.kernels.norm.skeleton import _channel_passes, _moment_sums
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pieces: BatchNorm's forward apply with ReLU's select; its gradient sums and apply with ReLU's mask.
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _affine_relu_value(state, i, j, k, a, b, k4):
+    """y[i] = relu(BatchNorm's y[i]): the float64 affine rounded to y's dtype, then ReLU's select."""
+    srcs, y = state
+    zero = y.dtype.type(0)
+    v = y.dtype.type((float(srcs[0][i]) - k) * a + b)
+    y[i] = zero if v < zero else v
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _affine_relu_apply(v, c0, c1, n0, n1):
+    """y = relu((x - center) scale + offset) (coefficients (center, scale, offset))."""
+    C, S, y, x = v[0]
+    center, scale, offset = v[2]
+    _block_map(C, S, c0, c1, n0, n1, (center, scale, offset, offset), _affine_relu_value, (x,), y)
+
+
+@njit(inline="always")
+def _masked(dy, y, i):
+    """ReLU's input gradient at element i, in float64: 0 where its output y <= 0, else dy."""
+    return 0.0 if y[i] <= y.dtype.type(0) else float(dy[i])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _masked_gradient_terms(state, i, j, k, k2, k3, k4):
+    """Column j += (g, g (x - k)) at element i, g the masked gradient."""
+    srcs, col_dy, col_dyx = state
+    dy, y, x = srcs
+    g = _masked(dy, y, i)
+    col_dy[j] += g
+    col_dyx[j] += g * (float(x[i]) - k)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _masked_gradient_sums(v, c0, c1, n0, n1, row):
+    """BatchNorm's gradient sums (as skeleton._gradient_sums: same rows, columns and order) of the masked dy."""
+    C, S, _, dy, y, x = v[0]
+    center, acc_dy, acc_dyx = v[1]
+    _block_sums(C, S, c0, c1, n0, n1, True, True, center, _masked_gradient_terms, (dy, y, x), acc_dy, acc_dyx, row)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _masked_gradient_value(state, i, j, m, a, b, k):
+    """dx[i] = a g + b (x[i] - m) + k in float64, g the masked gradient."""
+    srcs, dx = state
+    dy, y, x = srcs
+    dx[i] = a * _masked(dy, y, i) + b * (float(x[i]) - m) + k
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _masked_gradient_apply(v, c0, c1, n0, n1):
+    """dx = a g + b (x - center) + k (coefficients (center, a, b, k))."""
+    C, S, dx, dy, y, x = v[0]
+    _block_map(C, S, c0, c1, n0, n1, v[2], _masked_gradient_value, (dy, y, x), dx)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parallel kernels (batch.py's train variants with these pieces).
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _batch_norm_relu_train_forward(x, N, C, S, gamma, beta, eps, block, chunks, y):
+    shift = _channel_shift(x, C, S)
+    mean, var, invstd = np.empty(C), np.empty(C), np.empty(C)
+    scale, offset = np.empty((2, C))
+    acc_s, acc_q = _zeros((2, chunks, C))
+    v = ((C, S, y, x), (shift, acc_s, acc_q), (mean, scale, offset), (gamma, beta, eps, float(N * S), var, invstd))
+    _channel_passes(N, C, block, chunks, v, _moment_sums, _moments_finish, _affine_relu_apply, True)
+    return mean, var, invstd
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _batch_norm_relu_train_backward(dy, y, x, N, C, S, mean, invstd, gamma, block, chunks, dx):
+    center = _float64_copy(mean)
+    a, b, k = np.empty((3, C))
+    dgamma, dbeta = np.empty(C), np.empty(C)
+    acc_dy, acc_dyx = _zeros((2, chunks, C))
+    v = ((C, S, dx, dy, y, x), (center, acc_dy, acc_dyx), (center, a, b, k),
+         (gamma, invstd, float(N * S), dgamma, dbeta))
+    _channel_passes(N, C, block, chunks, v, _masked_gradient_sums, _train_grad_finish, _masked_gradient_apply, True)
+    return dgamma, dbeta
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def batch_norm_relu_train_forward(x: np.ndarray, gamma: np.ndarray | None = None, beta: np.ndarray | None = None,
+                                  eps: float = 1e-5, *, out: np.ndarray | None = None
+                                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """relu(batch_norm_train_forward(x, gamma, beta, eps)[0]) in one pass, the same bits.
+
+    Arguments and returns as batch_norm_train_forward: (y, mean, invstd, var), y the ReLU's output (like x), the
+    statistics BatchNorm's. out: optional C-contiguous array like x to write y into (x itself is allowed).
+    """
+    x3, N, C, S = arguments.batch_input(x)
+    block, chunks = _plan(N, C, S, x3.itemsize, 1)
+    eps = arguments.check_eps(eps)
+    gamma, beta = arguments.affine_parameters(gamma, beta, C, x3.dtype)
+    y = arguments.result_array(out, x, x3, x3)
+    mean, var, invstd = _batch_norm_relu_train_forward(x3.reshape(-1), N, C, S, gamma, beta, eps, block, chunks,
+                                                       y.reshape(-1))
+    return y, *arguments.in_dtype(x3.dtype, mean, invstd, var)
+
+
+def batch_norm_relu_train_backward(dy: np.ndarray, y: np.ndarray, x: np.ndarray, mean: np.ndarray,
+                                   invstd: np.ndarray, gamma: np.ndarray | None = None,
+                                   dgamma: np.ndarray | None = None, dbeta: np.ndarray | None = None, *,
+                                   out: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of batch_norm_relu_train_forward: batch_norm_train_backward(relu_backward(dy, y), x, ...), the same
+    bits, without the masked gradient in memory.
+
+    dy: the gradient of the ReLU's output; y: batch_norm_relu_train_forward's output; x, mean, invstd, gamma, dgamma,
+    dbeta as batch_norm_train_backward. Returns dx, like x; out: optional C-contiguous array like x to write dx into
+    (dy itself is allowed, y is not).
+    """
+    x3, dy3, N, C, S = arguments.backward_input(dy, x)
+    y3 = _same_as("y", y, np.asarray(x), "x").reshape(x3.shape)
+    block, chunks = _plan(N, C, S, x3.itemsize, 2)  # BatchNorm backward's work split: its sums, so its bits
+    dx = arguments.result_array(out, x, x3, x3, dy3)
+    if out is not None and np.may_share_memory(dx, y3):
+        raise ValueError("out: expected an array that does not overlap y (dx is written while y is still read)")
+    mean = arguments.channel_vector("mean", mean, C, x3.dtype)
+    invstd = arguments.channel_vector("invstd", invstd, C, x3.dtype)
+    gamma = arguments.channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    arguments.check_parameter_grads(dgamma, dbeta, C, x3.dtype)
+    dg, db = _batch_norm_relu_train_backward(dy3.reshape(-1), y3.reshape(-1), x3.reshape(-1), N, C, S, mean, invstd,
+                                             gamma, block, chunks, dx.reshape(-1))
+    arguments.store_parameter_grads(dgamma, dbeta, dg, db)
+    return dx
