@@ -6,7 +6,8 @@
   algorithm="auto" convolutions (Winograd where kernels/winograd.winograd_pays says);
 - small: the fixed cost per step, VGG-16 at width 1/8 on batches of 1 and 8 (1 thread);
 - dln: the 25-layer DLN on 1000 samples (float64, with and without BatchNorm);
-- fresh: the first step of a fresh process (Numba cache warm).
+- fresh: the first step of a fresh process (Numba cache warm);
+- fusion: BatchNorm + ReLU fused (the default) against the layers one by one, VGG-BN quick and full width.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.bench_train [--repeats 7] [--batch 128]
         [--threads 2] [--sections quick,small,full,dln,fresh] [--skip-vgg16] [--skip-dln]
@@ -100,6 +101,33 @@ def small_batches(args, have_torch: bool) -> list[dict]:
     return _vgg_rows(args, have_torch, 1, cases)
 
 
+def fusion(args) -> list[dict]:
+    """BatchNorm + ReLU in one kernel each way (the default) against the two layers one by one
+    (net.fuse_norm_relu = False), alternately in one process: VGG-BN at the quick shapes (1 thread) and at full
+    width (batch --batch, --threads)."""
+    import numba
+
+    rng = np.random.default_rng(0)
+    cases = [(name, 1 / 8, 64, 1) for name in ("vgg11", "vgg16")] + [("vgg16", 1 / 4, 64, 1)]
+    cases += [("vgg16", 1.0, args.batch, args.threads)]
+    rows = []
+    for name, width, batch, threads in cases:
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+        y = rng.integers(0, 10, size=batch)
+        fused = models.vgg(name, norm="batch", width=width)
+        plain = models.vgg(name, norm="batch", width=width)
+        plain.fuse_norm_relu = False
+        cands = {"fused": our_step(fused, optim.SGD(lr=1e-3), x, y),
+                 "layers": our_step(plain, optim.SGD(lr=1e-3), x, y)}
+        t = time_alternating(cands, repeats=args.repeats * (3 if width < 1 else 1), warmup=2, pause=args.pause)
+        rows.append({"work": f"{name}-bn w{'1' if width == 1 else f'1/{round(1 / width)}'} b{batch}, {threads} thr",
+                     "fused (ms)": f"{t['fused'] * 1e3:.2f}", "layers (ms)": f"{t['layers'] * 1e3:.2f}",
+                     "layers/fused": f"{t['layers'] / t['fused']:.3f}"})
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    return rows
+
+
 def _vgg_rows(args, have_torch: bool, threads: int, cases) -> list[dict]:
     """One row per (arch, width, norm, batch) case at `threads`: ours, PyTorch and sgemm timed alternately."""
     import numba
@@ -187,7 +215,7 @@ def main(argv=None) -> None:
                         help="seconds between timed calls in the quick section, so idle OpenMP threads stop spinning")
     parser.add_argument("--sections", default="quick,small,full,dln,fresh",
                         help="comma-separated: quick (the quick profile's shapes at 1 and 2 threads), small (batches "
-                             "of 1 and 8), full, dln, fresh")
+                             "of 1 and 8), full, dln, fresh, fusion (BatchNorm + ReLU fused against layer by layer)")
     args = parser.parse_args(argv)
     import numba
 
@@ -200,14 +228,16 @@ def main(argv=None) -> None:
     print(describe_machine())
     print("OpenBLAS: " + "; ".join(openblas_report()))
     sections = set(args.sections.split(","))
-    unknown = sections - {"quick", "small", "full", "dln", "fresh"}
+    unknown = sections - {"quick", "small", "full", "dln", "fresh", "fusion"}
     if unknown:
-        parser.error(f"--sections: unknown {sorted(unknown)}; expected some of quick, small, full, dln, fresh")
+        parser.error(f"--sections: unknown {sorted(unknown)}; expected some of quick, small, full, dln, fresh, fusion")
     columns = ["work", "ours (ms)", "torch (ms)", "torch/ours", "ours img/s", "sgemm frac", "sgemm GF/s"]
     if "quick" in sections:
         print(format_table(quick_shapes(args, have_torch), columns))
     if "small" in sections:
         print(format_table(small_batches(args, have_torch), columns))
+    if "fusion" in sections:
+        print(format_table(fusion(args), ["work", "fused (ms)", "layers (ms)", "layers/fused"]))
     rng = np.random.default_rng(0)
     rows = []
     vggs = [("vgg11", "batch")] + ([] if args.skip_vgg16 else [("vgg16", "batch"), ("vgg16", None)])
