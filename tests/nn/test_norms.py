@@ -469,3 +469,28 @@ def test_fused_batch_norm_r_pass_checks_its_buffers(rng):
     with pytest.raises(ValueError, match=r"out\[1\] \(rdx\): shares memory with an input"):
         batch_norm_r_backward(x, c, c, c, c, rx, rx_mean, rs, ry, rx, np.empty(3), np.empty(3),
                               out=(np.empty_like(x), rx))
+
+
+@pytest.mark.parametrize("norm", ["batch", *NEW_NORMS])
+def test_norm_layers_write_into_kept_buffers_with_fresh_results(rng, norm):
+    """Every norm layer writes y and dx into buffers kept between calls (fresh pages for arrays of tens of MB cost
+    as much as the kernel): the second call returns the same arrays, holding that call's results, equal to a fresh
+    layer's."""
+    shape = (6, 4, 5, 5)
+    net = single_norm_net(norm, shape[1:], seed=2)
+    twin = single_norm_net(norm, shape[1:], seed=2)
+    layer, other = net.layers[0], twin.layers[0]
+    for probe in (layer, other):
+        if hasattr(probe, "resample_noise"):
+            probe.resample_noise(np.random.default_rng(5))
+    first = [rng.standard_normal(shape) for _ in range(2)]
+    y1 = layer.forward(first[0], "train")
+    dx1 = layer.backward(first[1])
+    second = [rng.standard_normal(shape) for _ in range(2)]
+    y2 = layer.forward(second[0], "train")
+    dx2 = layer.backward(second[1])
+    assert y2 is y1 and dx2 is dx1
+    other.forward(first[0], "train")
+    other.backward(first[1])
+    assert np.array_equal(y2, other.forward(second[0], "train"))
+    assert np.array_equal(dx2, other.backward(second[1]))

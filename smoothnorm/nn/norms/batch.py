@@ -293,7 +293,8 @@ class NoisyBatchNorm(_RunningStatsNorm):
             return batch_norm_eval_forward(x, self.running_mean, self.running_var, gamma, beta, self.eps)
         scale, shift = self.noise(x.shape, x.dtype)
         before = self.placement == "before_affine"
-        y, mean, invstd, var = noisy_batch_norm_forward(x, scale, shift, gamma, beta, self.eps, before)
+        y, mean, invstd, var = noisy_batch_norm_forward(x, scale, shift, gamma, beta, self.eps, before,
+                                                        out=self._reused("y", x))
         if mode == "train":
             count = x.size // x.shape[1]
             batch_norm_update_running(self.running_mean, self.running_var, mean, var, count, self.momentum)
@@ -311,7 +312,8 @@ class NoisyBatchNorm(_RunningStatsNorm):
             )
         _, x, mean, invstd, scale, shift = self._cache
         return noisy_batch_norm_backward(
-            dy, x, scale, shift, mean, invstd, gamma, dgamma, dbeta, self.placement == "before_affine"
+            dy, x, scale, shift, mean, invstd, gamma, dgamma, dbeta, self.placement == "before_affine",
+            out=self._reused("dx", x)
         )
 
     def _standardization(self):

@@ -25,8 +25,9 @@ class LpBatchNorm(_RunningStatsNorm):
         gamma, beta = self.params.get("weight"), self.params.get("bias")
         if mode == "eval":
             self._cache = ("eval", x)
-            return lp_norm_eval_forward(x, self.running_mean, self.running_norm, gamma, beta, self.eps)
-        y, mean, norm, argmax = lp_norm_train_forward(x, self.p, gamma, beta, self.eps)
+            return lp_norm_eval_forward(x, self.running_mean, self.running_norm, gamma, beta, self.eps,
+                                        out=self._reused("y", x))
+        y, mean, norm, argmax = lp_norm_train_forward(x, self.p, gamma, beta, self.eps, out=self._reused("y", x))
         if mode == "train":
             lp_norm_update_running(self.running_mean, self.running_norm, mean, norm, self.momentum)
             self.num_batches_tracked += 1
@@ -39,10 +40,11 @@ class LpBatchNorm(_RunningStatsNorm):
         if self._cache[0] == "eval":
             x = self._cache[1]
             return lp_norm_eval_backward(
-                dy, x, self.running_mean, self.running_norm, gamma, dgamma, dbeta, self.eps
+                dy, x, self.running_mean, self.running_norm, gamma, dgamma, dbeta, self.eps, out=self._reused("dx", x)
             )
         _, x, mean, norm, argmax = self._cache
-        return lp_norm_train_backward(dy, x, self.p, mean, norm, argmax, gamma, dgamma, dbeta, self.eps)
+        return lp_norm_train_backward(dy, x, self.p, mean, norm, argmax, gamma, dgamma, dbeta, self.eps,
+                                      out=self._reused("dx", x))
 
     def _standardization(self):
         x = self._cache[1]

@@ -51,14 +51,14 @@ class GroupNorm(_PerChannelAffine):
 
     def forward(self, x, mode):
         y, mean, invstd = group_norm_forward(x, self.groups, self.params.get("weight"), self.params.get("bias"),
-                                             self.eps)
+                                             self.eps, out=self._reused("y", x))
         self._cache = (x, mean, invstd)
         return y
 
     def backward(self, dy, need_dx=True):
         x, mean, invstd = self._cache
         return group_norm_backward(dy, x, self.groups, mean, invstd, self.params.get("weight"),
-                                   self.grads.get("weight"), self.grads.get("bias"))
+                                   self.grads.get("weight"), self.grads.get("bias"), out=self._reused("dx", x))
 
     def _standardization(self):
         x = self._cache[0]
