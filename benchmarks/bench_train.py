@@ -7,7 +7,8 @@
 - small: the fixed cost per step, VGG-16 at width 1/8 on batches of 1 and 8 (1 thread);
 - dln: the 25-layer DLN on 1000 samples (float64, with and without BatchNorm);
 - fresh: the first step of a fresh process (Numba cache warm);
-- fusion: BatchNorm + ReLU fused (the default) against the layers one by one, VGG-BN quick and full width.
+- fusion: BatchNorm + ReLU fused (the default) against the layers one by one, VGG-BN quick and full width;
+- norms: noisy BatchNorm's and the Lp norms' train steps against BatchNorm's (VGG-16 quick shape, DLN), 1 thread.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.bench_train [--repeats 7] [--batch 128]
         [--threads 2] [--sections quick,small,full,dln,fresh] [--skip-vgg16] [--skip-dln]
@@ -128,6 +129,43 @@ def fusion(args) -> list[dict]:
     return rows
 
 
+def norm_steps(args) -> list[dict]:
+    """A train step with each batch normalization of the paper against BatchNorm's, alternately in one process, as
+    the quick profile runs them: VGG-16 w1/8 batch 64 float32 and the 25-layer DLN on 1000 samples float64, one
+    thread. Every step draws fresh layer noise first (noisy BatchNorm's per-step draw, as the trainer does)."""
+    import numba
+
+    numba.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    noise_rng = np.random.default_rng(1)
+    rows = []
+    x_img = rng.standard_normal((64, 3, 32, 32)).astype(np.float32)
+    y_img = rng.integers(0, 10, size=64)
+    x_dln = rng.standard_normal((1000, 10))
+    y_dln = x_dln @ rng.standard_normal((10, 10)).T
+    for model, norms in (("vgg16 w1/8 b64", ("batch", "noisy_batch", "l1", "l2", "linf")),
+                         ("DLN 25x(10x10)", ("batch", "l1", "l2", "linf"))):
+        cands = {}
+        for norm in norms:
+            if model.startswith("vgg"):
+                net, x, y, lr = models.vgg("vgg16", norm=norm, width=1 / 8), x_img, y_img, 1e-3
+            else:
+                net, x, y, lr = models.dln(25, 10, in_dim=10, out_dim=10, norm=norm), x_dln, y_dln, 1e-6
+            step = our_step(net, optim.SGD(lr=lr), x, y)
+
+            def fn(net=net, step=step):
+                net.resample_noise(noise_rng)
+                step()
+
+            cands[norm] = fn
+        t = time_alternating(cands, repeats=args.repeats * 3, warmup=2, pause=args.pause)
+        for norm in norms:
+            rows.append({"work": f"{model}, {norm}, 1 thr", "ms": f"{t[norm] * 1e3:.2f}",
+                         "/ batch": f"{t[norm] / t['batch']:.3f}"})
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    return rows
+
+
 def _vgg_rows(args, have_torch: bool, threads: int, cases) -> list[dict]:
     """One row per (arch, width, norm, batch) case at `threads`: ours, PyTorch and sgemm timed alternately."""
     import numba
@@ -215,7 +253,8 @@ def main(argv=None) -> None:
                         help="seconds between timed calls in the quick section, so idle OpenMP threads stop spinning")
     parser.add_argument("--sections", default="quick,small,full,dln,fresh",
                         help="comma-separated: quick (the quick profile's shapes at 1 and 2 threads), small (batches "
-                             "of 1 and 8), full, dln, fresh, fusion (BatchNorm + ReLU fused against layer by layer)")
+                             "of 1 and 8), full, dln, fresh, fusion (BatchNorm + ReLU fused against layer by layer), "
+                             "norms (each batch norm's train step against BatchNorm's)")
     args = parser.parse_args(argv)
     import numba
 
@@ -228,9 +267,10 @@ def main(argv=None) -> None:
     print(describe_machine())
     print("OpenBLAS: " + "; ".join(openblas_report()))
     sections = set(args.sections.split(","))
-    unknown = sections - {"quick", "small", "full", "dln", "fresh", "fusion"}
+    known = ("quick", "small", "full", "dln", "fresh", "fusion", "norms")
+    unknown = sections - set(known)
     if unknown:
-        parser.error(f"--sections: unknown {sorted(unknown)}; expected some of quick, small, full, dln, fresh, fusion")
+        parser.error(f"--sections: unknown {sorted(unknown)}; expected some of {', '.join(known)}")
     columns = ["work", "ours (ms)", "torch (ms)", "torch/ours", "ours img/s", "sgemm frac", "sgemm GF/s"]
     if "quick" in sections:
         print(format_table(quick_shapes(args, have_torch), columns))
@@ -238,6 +278,8 @@ def main(argv=None) -> None:
         print(format_table(small_batches(args, have_torch), columns))
     if "fusion" in sections:
         print(format_table(fusion(args), ["work", "fused (ms)", "layers (ms)", "layers/fused"]))
+    if "norms" in sections:
+        print(format_table(norm_steps(args), ["work", "ms", "/ batch"]))
     rng = np.random.default_rng(0)
     rows = []
     vggs = [("vgg11", "batch")] + ([] if args.skip_vgg16 else [("vgg16", "batch"), ("vgg16", None)])
