@@ -434,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         args.figures_explicit = args.figures is not None
         args.figures = args.figures or "figures"
     _limit_threads_early(args)
-    previous = _terminate_as_exit()
+    from smoothnorm.runs.leases import terminate_as_exit
+
+    previous = terminate_as_exit()
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -461,21 +463,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def _terminate_as_exit() -> dict:
-    """Turn SIGTERM (a batch system's walltime, `kill`) and SIGHUP (a closed terminal) into SystemExit, so leases
-    are released on the way out. Returns the previous handlers (none when not in the main thread)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-    return {signum: signal.signal(signum, handler) for signum in signals}
 
 
 if __name__ == "__main__":

@@ -194,6 +194,9 @@ def _process_worker(runs: list[RunSpec], root: str, lease_options: dict, events)
     def forward(event: dict) -> None:
         events.put(("event", os.getpid(), event))
 
+    # The parent ends its workers with SIGTERM (its own Ctrl-C or SIGTERM, a failed run): leave as a run ended by
+    # Ctrl-C does, releasing the lease (its checkpoint stays either way).
+    leases.terminate_as_exit()
     try:
         paths = SequentialExecutor(**lease_options).run(runs, Path(root), forward)
     except BaseException as err:  # noqa: BLE001 -- reported to the parent, which decides
@@ -309,7 +312,7 @@ class ProcessExecutor(Executor):
             worker.join(timeout=0.5 if worker.is_alive() else None)
         for worker in self.workers:
             if worker.is_alive():
-                worker.terminate()  # its checkpoint stays; its lease names a dead pid, so the next process takes it
+                worker.terminate()  # SIGTERM: it stops at its next Python instruction, releasing its lease
         for worker in self.workers:
             worker.join(timeout=5)
 

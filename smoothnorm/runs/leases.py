@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -105,6 +106,19 @@ def read_lease(path: str | os.PathLike, *, retries: int = 5) -> dict | None:
             time.sleep(0.05 * (attempt + 1))
     raise LeaseError(f"{path}: corrupt lease file: {problem}; delete it if no process is training this run")
 
+
+def terminate_as_exit() -> dict:
+    """Turn SIGTERM (a batch system's walltime, `kill`, an executor ending its worker processes) and SIGHUP (a
+    closed terminal) into SystemExit in this process, so its leases are released on the way out. Returns the
+    previous handlers (none when not called from the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    return {signum: signal.signal(signum, handler) for signum in signals}
 
 def lease_is_stale(record: dict, stale_after: float = STALE_AFTER, now: float | None = None) -> bool:
     """True when the lease has no heartbeat for `stale_after` seconds, or names a dead pid on this host."""

@@ -217,12 +217,21 @@ def test_execute_run_releases_its_lease_on_failure(tmp_path, monkeypatch):
     assert not (tmp_path / run.run_id / "lease.json").exists()
 
 
+@pytest.mark.parametrize("workers", ["1", "side by side"])
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])
-def test_ctrl_c_and_sigterm_release_the_lease(tmp_path, signum, code):
+def test_ctrl_c_and_sigterm_release_the_lease(tmp_path, signum, code, workers):
+    """The signal goes to the command's process only (`kill`, a batch system), not to a terminal's process group:
+    with runs side by side (fig10's two runs, the default on two or more cores) the command ends its worker
+    processes, which release their leases too."""
+    env = dict(os.environ)
+    if workers == "1":
+        env["SMOOTHNORM_WORKERS"] = "1"
+    else:
+        env.pop("SMOOTHNORM_WORKERS", None)
     proc = subprocess.Popen([sys.executable, "-m", "smoothnorm.cli", "run", "fig10", "--profile", "tiny",
                              "--set", "steps=100000", "--set", "checkpoint_every=5", "--no-plot",
                              "--runs", str(tmp_path), "--figures", str(tmp_path / "figures")],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                             # A job started in the background (e.g. `bash .ci/run &`) inherits SIGINT ignored, and
                             # Python then installs no KeyboardInterrupt handler: give the child the default, as a
                             # terminal's foreground job has.
@@ -239,3 +248,4 @@ def test_ctrl_c_and_sigterm_release_the_lease(tmp_path, signum, code):
     assert proc.wait(timeout=300) == code, proc.stderr.read().decode()[-2000:]  # what the command said, if not
     assert not leases_seen[0].exists()
     assert read_lease(leases_seen[0]) is None
+    assert not list(tmp_path.glob("tiny/*/lease.json"))  # every run's, whichever process trained it
