@@ -24,7 +24,7 @@ from smoothnorm._validate import as_float_dtype, choice, float_array
 from smoothnorm.kernels.linear import linear_chain_backward, linear_chain_forward, linear_chain_plan
 from smoothnorm.nn.layer import Layer
 from smoothnorm.nn.layers import Conv2d, Linear, ReLU
-from smoothnorm.nn.norms.batch import BatchNorm
+from smoothnorm.nn.norms.batch import BatchNorm, NoisyBatchNorm
 
 __all__ = [
     "MODES",
@@ -115,12 +115,12 @@ class Network(FlatParameters):
         self.grads = np.zeros(offset, dtype=self.dtype)
         self._chains = self._linear_chains()
         self._fused: dict[int, tuple] = {}
-        # BatchNorm followed by ReLU (VGG's every norm) runs as one kernel each way in train and probe modes with
-        # batch statistics (kernels/norm/batch_relu.py: the same bits as the two layers, a pass over memory less).
-        # False runs the layers one by one.
+        # BatchNorm or noisy BatchNorm followed by ReLU (VGG's every norm) runs as one kernel each way where the
+        # norm's fuses_relu(mode) says (train and probe modes; kernels/norm/batch_relu.py: the same bits as the two
+        # layers, fewer passes over memory). False runs the layers one by one.
         self.fuse_norm_relu = True
         self._norm_relu = {i for i in range(len(self.layers) - 1)
-                           if type(self.layers[i]) is BatchNorm and type(self.layers[i + 1]) is ReLU}
+                           if type(self.layers[i]) in (BatchNorm, NoisyBatchNorm) and type(self.layers[i + 1]) is ReLU}
         self._paired: set[int] = set()
         self._bind()
         rng = np.random.default_rng(self.seed)
@@ -207,8 +207,8 @@ class Network(FlatParameters):
                 i = stop
                 continue
             layer = self.layers[i]
-            if (i in self._norm_relu and self.fuse_norm_relu and mode != "eval" and layer.statistics == "batch"
-                    and layer.name not in wanted):  # a captured BatchNorm output needs the layers one by one
+            if (i in self._norm_relu and self.fuse_norm_relu and layer.fuses_relu(mode)
+                    and layer.name not in wanted):  # a captured norm output needs the layers one by one
                 relu = self.layers[i + 1]
                 out = layer.forward_relu(out, mode, relu)
                 self._paired.add(i + 1)

@@ -418,3 +418,22 @@ def test_layers_of_a_fused_pair_still_backpropagate_one_by_one(rng):
     for i in range(len(net.layers) - 1, -1, -1):
         d = net.layers[i].backward(d, need_dx=i > 0)
     assert np.array_equal(net.grads, fused)
+
+
+@pytest.mark.parametrize("placement", ["after_affine", "before_affine"])
+def test_noisy_batch_norm_relu_pairs_equal_the_layer_by_layer_path_bit_for_bit(rng, placement):
+    net = models.vgg("vgg11", width=0.125, norm="noisy_batch", norm_options={"placement": placement}, seed=4)
+    assert len(net._norm_relu) == 8
+    plain = net.copy()
+    plain.fuse_norm_relu = False
+    x = rng.standard_normal((6, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 6)
+    for step, mode in enumerate(("train", "probe", "train")):
+        for n in (net, plain):
+            n.resample_noise(np.random.default_rng(step))
+        loss, grads = net.loss_and_grad(x, y, mode=mode)
+        assert net._paired == {i + 1 for i in net._norm_relu}
+        loss_plain, grads_plain = plain.loss_and_grad(x, y, mode=mode)
+        assert loss == loss_plain and np.array_equal(grads, grads_plain)
+    for key, value in plain.state_dict().items():
+        assert np.array_equal(net.state_dict()[key], value), key

@@ -9,9 +9,13 @@ as they go.
 
 Same bits as the two layers, by construction: every output is BatchNorm's float64 affine rounded to x's dtype
 (as BatchNorm stores it) and then ReLU's select (`v < 0` False for NaN, -0.0 kept); the backward's masked gradient
-is 0 where y <= 0, else dy (a NaN output passes it, as torch's threshold_backward), taken to float64 exactly where
-BatchNorm's backward would read the stored masked array. The statistics, the sums' order and the coefficients are
+is 0 where y <= 0, else dy (a NaN output passes it, as torch's threshold_backward), in dy's dtype, used exactly
+where BatchNorm's backward would read the stored masked array. The statistics, the sums' order and the coefficients are
 BatchNorm's own pieces (skeleton.py).
+
+Noisy BatchNorm (kernels/norm/noisy.py, the paper's Algorithm 1) followed by ReLU is fused the same way from noisy
+BatchNorm's pieces: its output, rounded, then ReLU's select; its gradient pieces read the masked gradient where they
+read dout.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from smoothnorm.kernels._checks import _same_as
 from smoothnorm.kernels.norm import arguments
 from smoothnorm.kernels.norm.batch import _channel_shift, _moments_finish, _train_grad_finish
 from smoothnorm.kernels.norm.channel_blocks import _block_map, _block_sums, _float64_copy, _plan, _zeros
+from smoothnorm.kernels.norm.noisy import _noise_arrays, _noisy_finish, _noisy_grad_finish
 from smoothnorm.kernels.norm.skeleton import _channel_passes, _moment_sums
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -48,8 +53,10 @@ def _affine_relu_apply(v, c0, c1, n0, n1):
 
 @njit(inline="always")
 def _masked(dy, y, i):
-    """ReLU's input gradient at element i, in float64: 0 where its output y <= 0, else dy."""
-    return 0.0 if y[i] <= y.dtype.type(0) else float(dy[i])
+    """ReLU's input gradient at element i, in dy's dtype as ReLU's backward stores it: 0 where its output y <= 0,
+    else dy. The pieces below use it exactly where the unfused pieces read that stored value (`float()` of a
+    float32 scalar stays float32 in Numba, so the expressions around it are copied as they are)."""
+    return dy.dtype.type(0) if y[i] <= y.dtype.type(0) else dy[i]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -57,7 +64,7 @@ def _masked_gradient_terms(state, i, j, k, k2, k3, k4):
     """Column j += (g, g (x - k)) at element i, g the masked gradient."""
     srcs, col_dy, col_dyx = state
     dy, y, x = srcs
-    g = _masked(dy, y, i)
+    g = float(_masked(dy, y, i))
     col_dy[j] += g
     col_dyx[j] += g * (float(x[i]) - k)
 
@@ -75,7 +82,7 @@ def _masked_gradient_value(state, i, j, m, a, b, k):
     """dx[i] = a g + b (x[i] - m) + k in float64, g the masked gradient."""
     srcs, dx = state
     dy, y, x = srcs
-    dx[i] = a * _masked(dy, y, i) + b * (float(x[i]) - m) + k
+    dx[i] = a * float(_masked(dy, y, i)) + b * (float(x[i]) - m) + k
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -83,6 +90,84 @@ def _masked_gradient_apply(v, c0, c1, n0, n1):
     """dx = a g + b (x - center) + k (coefficients (center, a, b, k))."""
     C, S, dx, dy, y, x = v[0]
     _block_map(C, S, c0, c1, n0, n1, v[2], _masked_gradient_value, (dy, y, x), dx)
+
+
+# Noisy BatchNorm's pieces with ReLU (noisy.py's, on state (x, s, m) and (dout, y, x, s)).
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _after_relu_value(state, i, j, k, a, b1, k4):
+    """y[i] = relu(s ((x - k) a + b1) + m), the noisy output rounded to y's dtype first."""
+    (x, s, m), y = state
+    zero = y.dtype.type(0)
+    v = y.dtype.type(float(s[i]) * ((float(x[i]) - k) * a + b1) + float(m[i]))
+    y[i] = zero if v < zero else v
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _before_relu_value(state, i, j, k, a, gm, b2):
+    """y[i] = relu(s (x - k) a + m gm + b2), the noisy output rounded to y's dtype first."""
+    (x, s, m), y = state
+    zero = y.dtype.type(0)
+    v = y.dtype.type(float(s[i]) * ((float(x[i]) - k) * a) + float(m[i]) * gm + b2)
+    y[i] = zero if v < zero else v
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _noisy_relu_apply(v, c0, c1, n0, n1):
+    """relu of noisy.py's apply, by placement."""
+    C, S, y, x = v[0]
+    center, scale, off_s, gain_m, off = v[2]
+    s, m, before = v[3][6], v[3][7], v[3][8]
+    if before:
+        _block_map(C, S, c0, c1, n0, n1, (center, scale, gain_m, off), _before_relu_value, (x, s, m), y)
+    else:
+        _block_map(C, S, c0, c1, n0, n1, (center, scale, off_s, off_s), _after_relu_value, (x, s, m), y)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _masked_noisy_grad_terms(state, i, j, k, k2, k3, k4):
+    """Column j += (g, g (x - k)) with g = (masked dout) s."""
+    (dout, y, x, s), col1, col2 = state
+    g = float(_masked(dout, y, i)) * float(s[i])
+    col1[j] += g
+    col2[j] += g * (float(x[i]) - k)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _masked_shift_noise_terms(state, i, j, k, k2, k3, k4):
+    """Column j += (d m, d), d the masked dout (noise before the affine)."""
+    (dout, y, m), col3, col4 = state
+    d = float(_masked(dout, y, i))
+    col3[j] += d * float(m[i])
+    col4[j] += d
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _masked_noisy_grad_sums(v, c0, c1, n0, n1, row):
+    """noisy.py's gradient sums (same rows, columns and order) of the masked dout."""
+    C, S, _, dout, y, x = v[0]
+    center, acc1, acc2, acc3, acc4 = v[1]
+    s, m, before = v[3][5], v[3][6], v[3][7]
+    _block_sums(C, S, c0, c1, n0, n1, True, False, center, _masked_noisy_grad_terms, (dout, y, x, s), acc1, acc2,
+                row)
+    if before:
+        _block_sums(C, S, c0, c1, n0, n1, False, False, center, _masked_shift_noise_terms, (dout, y, m), acc3, acc4,
+                    row)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _masked_noisy_gradient_value(state, i, j, mm, a, b, k):
+    """dx[i] = a ((masked dout) s) + b (x - mm) + k."""
+    (dout, y, x, s), dx = state
+    dx[i] = a * (float(_masked(dout, y, i)) * float(s[i])) + b * (float(x[i]) - mm) + k
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _masked_noisy_grad_apply(v, c0, c1, n0, n1):
+    """dx = a ((masked dout) s) + b (x - mean) + k (coefficients (mean, a, b, k))."""
+    C, S, dx, dout, y, x = v[0]
+    _block_map(C, S, c0, c1, n0, n1, v[2], _masked_noisy_gradient_value, (dout, y, x, v[3][5]), dx)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -109,6 +194,30 @@ def _batch_norm_relu_train_backward(dy, y, x, N, C, S, mean, invstd, gamma, bloc
     v = ((C, S, dx, dy, y, x), (center, acc_dy, acc_dyx), (center, a, b, k),
          (gamma, invstd, float(N * S), dgamma, dbeta))
     _channel_passes(N, C, block, chunks, v, _masked_gradient_sums, _train_grad_finish, _masked_gradient_apply, True)
+    return dgamma, dbeta
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _noisy_batch_norm_relu_forward(x, s, m, N, C, S, gamma, beta, eps, before, block, chunks, y):
+    mean, var, invstd = np.empty(C), np.empty(C), np.empty(C)
+    scale, off_s, gain_m, off = np.empty((4, C))
+    acc_s, acc_q = _zeros((2, chunks, C))
+    v = ((C, S, y, x), (_channel_shift(x, C, S), acc_s, acc_q), (mean, scale, off_s, gain_m, off),
+         (gamma, beta, eps, float(N * S), var, invstd, s, m, before))
+    _channel_passes(N, C, block, chunks, v, _moment_sums, _noisy_finish, _noisy_relu_apply, True)
+    return mean, var, invstd
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _noisy_batch_norm_relu_backward(dout, y, x, s, m, N, C, S, mean, invstd, gamma, before, block, chunks, dx):
+    center = _float64_copy(mean)
+    a, b, k = np.empty((3, C))
+    dgamma, dbeta = np.empty(C), np.empty(C)
+    acc1, acc2, acc3, acc4 = _zeros((4, chunks, C))
+    v = ((C, S, dx, dout, y, x), (center, acc1, acc2, acc3, acc4), (center, a, b, k),
+         (gamma, invstd, float(N * S), dgamma, dbeta, s, m, before))
+    _channel_passes(N, C, block, chunks, v, _masked_noisy_grad_sums, _noisy_grad_finish, _masked_noisy_grad_apply,
+                    True)
     return dgamma, dbeta
 
 
@@ -157,5 +266,50 @@ def batch_norm_relu_train_backward(dy: np.ndarray, y: np.ndarray, x: np.ndarray,
     arguments.check_parameter_grads(dgamma, dbeta, C, x3.dtype)
     dg, db = _batch_norm_relu_train_backward(dy3.reshape(-1), y3.reshape(-1), x3.reshape(-1), N, C, S, mean, invstd,
                                              gamma, block, chunks, dx.reshape(-1))
+    arguments.store_parameter_grads(dgamma, dbeta, dg, db)
+    return dx
+
+
+def noisy_batch_norm_relu_forward(x: np.ndarray, scale_noise: np.ndarray, shift_noise: np.ndarray,
+                                  gamma: np.ndarray | None = None, beta: np.ndarray | None = None, eps: float = 1e-5,
+                                  before_affine: bool = False, *, out: np.ndarray | None = None
+                                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """relu(noisy_batch_norm_forward(...)[0]) in one pass, the same bits; arguments and returns as
+    noisy_batch_norm_forward (y the ReLU's output). out: optional C-contiguous array like x (x, s or m allowed)."""
+    x3, N, C, S = arguments.batch_input(x)
+    block, chunks = _plan(N, C, S, x3.itemsize, 3)  # noisy BatchNorm's forward work split
+    eps = arguments.check_eps(eps)
+    s3, m3 = _noise_arrays(scale_noise, shift_noise, np.asarray(x), x3.shape)
+    gamma, beta = arguments.affine_parameters(gamma, beta, C, x3.dtype)
+    y = arguments.result_array(out, x, x3, x3, s3, m3)
+    mean, var, invstd = _noisy_batch_norm_relu_forward(x3.reshape(-1), s3.reshape(-1), m3.reshape(-1), N, C, S,
+                                                       gamma, beta, eps, bool(before_affine), block, chunks,
+                                                       y.reshape(-1))
+    return y, *arguments.in_dtype(x3.dtype, mean, invstd, var)
+
+
+def noisy_batch_norm_relu_backward(dy: np.ndarray, y: np.ndarray, x: np.ndarray, scale_noise: np.ndarray,
+                                   shift_noise: np.ndarray | None, mean: np.ndarray, invstd: np.ndarray,
+                                   gamma: np.ndarray | None = None, dgamma: np.ndarray | None = None,
+                                   dbeta: np.ndarray | None = None, before_affine: bool = False, *,
+                                   out: np.ndarray | None = None) -> np.ndarray:
+    """Gradient of noisy_batch_norm_relu_forward: noisy_batch_norm_backward(relu_backward(dy, y), ...), the same
+    bits. dy: the gradient of the ReLU's output; y: the fused forward's output; the rest as
+    noisy_batch_norm_backward. out: optional C-contiguous array like x (dy itself is allowed, y is not)."""
+    before = bool(before_affine)
+    x3, dy3, N, C, S = arguments.backward_input(dy, x)
+    y3 = _same_as("y", y, np.asarray(x), "x").reshape(x3.shape)
+    block, chunks = _plan(N, C, S, x3.itemsize, 4 if before else 3)  # noisy BatchNorm's backward work split
+    s3, m3 = _noise_arrays(scale_noise, shift_noise, np.asarray(x), x3.shape, need_shift=before)
+    mean = arguments.channel_vector("mean", mean, C, x3.dtype)
+    invstd = arguments.channel_vector("invstd", invstd, C, x3.dtype)
+    gamma = arguments.channel_vector("gamma", gamma, C, x3.dtype, 1.0)
+    arguments.check_parameter_grads(dgamma, dbeta, C, x3.dtype)
+    dx = arguments.result_array(out, x, x3, x3, dy3, s3, m3)
+    if out is not None and np.may_share_memory(dx, y3):
+        raise ValueError("out: expected an array that does not overlap y (dx is written while y is still read)")
+    dg, db = _noisy_batch_norm_relu_backward(dy3.reshape(-1), y3.reshape(-1), x3.reshape(-1), s3.reshape(-1),
+                                             m3.reshape(-1), N, C, S, mean, invstd, gamma, before, block, chunks,
+                                             dx.reshape(-1))
     arguments.store_parameter_grads(dgamma, dbeta, dg, db)
     return dx

@@ -19,7 +19,12 @@ from smoothnorm.kernels.norm.batch import (
     batch_norm_train_forward,
     batch_norm_update_running,
 )
-from smoothnorm.kernels.norm.batch_relu import batch_norm_relu_train_backward, batch_norm_relu_train_forward
+from smoothnorm.kernels.norm.batch_relu import (
+    batch_norm_relu_train_backward,
+    batch_norm_relu_train_forward,
+    noisy_batch_norm_relu_backward,
+    noisy_batch_norm_relu_forward,
+)
 from smoothnorm.kernels.norm.batch_rop import batch_norm_r_backward, batch_norm_r_forward
 from smoothnorm.kernels.norm.noise import draw_noise
 from smoothnorm.kernels.norm.noisy import noisy_batch_norm_backward, noisy_batch_norm_forward
@@ -102,6 +107,10 @@ class BatchNorm(_RunningStatsNorm):
             batch_norm_update_running(self.running_mean, self.running_var, mean, var, count, self.momentum)
             self.num_batches_tracked += 1
         self._cache = ("batch", x, mean, invstd)
+
+    def fuses_relu(self, mode: str) -> bool:
+        """Whether forward_relu serves this mode: train and probe modes with batch statistics."""
+        return mode != "eval" and self.statistics == "batch"
 
     def forward_relu(self, x, mode, relu):
         """This layer (train or probe mode, batch statistics) then `relu`, the ReLU layer after it, in one kernel:
@@ -295,12 +304,40 @@ class NoisyBatchNorm(_RunningStatsNorm):
         before = self.placement == "before_affine"
         y, mean, invstd, var = noisy_batch_norm_forward(x, scale, shift, gamma, beta, self.eps, before,
                                                         out=self._reused("y", x))
+        self._noisy_statistics_seen(x, mode, mean, invstd, var, scale, shift)
+        return y
+
+    def _noisy_statistics_seen(self, x, mode, mean, invstd, var, scale, shift) -> None:
+        """After a noisy forward: the running update (train mode; BatchNorm's, noise-free) and what backward needs."""
         if mode == "train":
             count = x.size // x.shape[1]
             batch_norm_update_running(self.running_mean, self.running_var, mean, var, count, self.momentum)
             self.num_batches_tracked += 1
         self._cache = ("noisy", x, mean, invstd, scale, shift)
+
+    def fuses_relu(self, mode: str) -> bool:
+        """Whether forward_relu serves this mode: train and probe modes (the noisy ones)."""
+        return mode != "eval"
+
+    def forward_relu(self, x, mode, relu):
+        """This layer (train or probe mode) then `relu`, the ReLU layer after it, in one kernel: the same output,
+        statistics, running update and caches as forward() then relu.forward() (BatchNorm.forward_relu's contract)."""
+        gamma, beta = self.params.get("weight"), self.params.get("bias")
+        scale, shift = self.noise(x.shape, x.dtype)
+        y, mean, invstd, var = noisy_batch_norm_relu_forward(x, scale, shift, gamma, beta, self.eps,
+                                                             self.placement == "before_affine",
+                                                             out=relu._reused("y", x))
+        self._noisy_statistics_seen(x, mode, mean, invstd, var, scale, shift)
+        relu._y = y
         return y
+
+    def backward_relu(self, dy, relu):
+        """backward of forward_relu: relu.backward then this layer's backward in one kernel."""
+        gamma = self.params.get("weight")
+        dgamma, dbeta = self.grads.get("weight"), self.grads.get("bias")
+        _, x, mean, invstd, scale, shift = self._cache
+        return noisy_batch_norm_relu_backward(dy, relu._y, x, scale, shift, mean, invstd, gamma, dgamma, dbeta,
+                                              self.placement == "before_affine", out=self._reused("dx", x))
 
     def backward(self, dy, need_dx=True):
         gamma = self.params.get("weight")

@@ -93,3 +93,33 @@ def test_out_buffers_and_bad_arguments(rng):
         batch_norm_relu_train_backward(dy, y[:2], x, mean, invstd)
     with pytest.raises(ValueError, match="x: batch statistics need more than 1 value"):
         batch_norm_relu_train_forward(x[:1, :, :1, :1])
+
+
+# Noisy BatchNorm then ReLU.
+from smoothnorm.kernels.norm.batch_relu import (  # noqa: E402
+    noisy_batch_norm_relu_backward,
+    noisy_batch_norm_relu_forward,
+)
+from smoothnorm.kernels.norm.noisy import noisy_batch_norm_backward, noisy_batch_norm_forward  # noqa: E402
+
+
+@pytest.mark.parametrize("before", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(5, 3), (16, 7), (1000, 10), (8, 4, 3, 3), (30, 2, 2, 2), (64, 1, 32, 32),
+                                   (64, 8, 32, 32)])
+def test_noisy_fused_equals_noisy_batch_norm_then_relu_bit_for_bit(rng, shape, dtype, before):
+    x = (3.0 * rng.standard_normal(shape) + 0.5).astype(dtype)
+    s = rng.normal(1.1, 0.3, shape).astype(dtype)  # some scales negative: -0.0 products in the masked gradient
+    m = rng.uniform(-0.6, 0.6, shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma, beta = _affine(rng, shape[1], dtype)
+    y_bn, mean, invstd, var = noisy_batch_norm_forward(x, s, m, gamma, beta, before_affine=before)
+    y = relu_forward(y_bn)
+    dg, db = np.empty_like(mean), np.empty_like(mean)
+    dx = noisy_batch_norm_backward(relu_backward(dy, y), x, s, m, mean, invstd, gamma, dg, db, before_affine=before)
+    y2, mean2, invstd2, var2 = noisy_batch_norm_relu_forward(x, s, m, gamma, beta, before_affine=before)
+    dg2, db2 = np.empty_like(mean), np.empty_like(mean)
+    dx2 = noisy_batch_norm_relu_backward(dy, y2, x, s, m, mean2, invstd2, gamma, dg2, db2, before_affine=before)
+    for a, b in ((y, y2), (mean, mean2), (invstd, invstd2), (var, var2), (dx, dx2), (dg, dg2), (db, db2)):
+        assert _same(a, b)
+    assert (y2 == 0).any() and (y2 > 0).any()
