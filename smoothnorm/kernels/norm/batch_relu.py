@@ -27,7 +27,7 @@ from smoothnorm.kernels._checks import _same_as
 from smoothnorm.kernels.norm import arguments
 from smoothnorm.kernels.norm.batch import _channel_shift, _moments_finish, _train_grad_finish
 from smoothnorm.kernels.norm.channel_blocks import _block_map, _block_sums, _float64_copy, _plan, _zeros
-from smoothnorm.kernels.norm.noisy import _noise_arrays, _noisy_finish, _noisy_grad_finish
+from smoothnorm.kernels.norm.noisy import _noise_arrays, _noisy_finish, _noisy_grad_finish, _noisy_map
 from smoothnorm.kernels.norm.skeleton import _channel_passes, _moment_sums
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -116,13 +116,7 @@ def _before_relu_value(state, i, j, k, a, gm, b2):
 @njit(cache=True, nogil=True, error_model="numpy")
 def _noisy_relu_apply(v, c0, c1, n0, n1):
     """relu of noisy.py's apply, by placement."""
-    C, S, y, x = v[0]
-    center, scale, off_s, gain_m, off = v[2]
-    s, m, before = v[3][6], v[3][7], v[3][8]
-    if before:
-        _block_map(C, S, c0, c1, n0, n1, (center, scale, gain_m, off), _before_relu_value, (x, s, m), y)
-    else:
-        _block_map(C, S, c0, c1, n0, n1, (center, scale, off_s, off_s), _after_relu_value, (x, s, m), y)
+    _noisy_map(v, c0, c1, n0, n1, _before_relu_value, _after_relu_value)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

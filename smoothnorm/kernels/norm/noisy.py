@@ -61,16 +61,24 @@ def _before_value(state, i, j, k, a, gm, b2):
     y[i] = float(s[i]) * ((float(x[i]) - k) * a) + float(m[i]) * gm + b2
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _noisy_apply(v, c0, c1, n0, n1):
-    """y = s ((x - mean) scale + off_s) + m gain_m + off, by placement."""
+@njit(inline="always")
+def _noisy_map(v, c0, c1, n0, n1, before_value, after_value):
+    """The output pass by placement, with per-element functions of state ((x, s, m), y) and the coefficients
+    (center, scale, gain_m, off) before the affine, (center, scale, off_s) after it. Inlined, as channel_blocks'
+    loops, so each caller's functions are bound at compile time (also kernels/norm/batch_relu.py's, with ReLU)."""
     C, S, y, x = v[0]
     center, scale, off_s, gain_m, off = v[2]
     s, m, before = v[3][6], v[3][7], v[3][8]
     if before:
-        _block_map(C, S, c0, c1, n0, n1, (center, scale, gain_m, off), _before_value, (x, s, m), y)
+        _block_map(C, S, c0, c1, n0, n1, (center, scale, gain_m, off), before_value, (x, s, m), y)
     else:
-        _block_map(C, S, c0, c1, n0, n1, (center, scale, off_s, off_s), _after_value, (x, s, m), y)
+        _block_map(C, S, c0, c1, n0, n1, (center, scale, off_s, off_s), after_value, (x, s, m), y)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _noisy_apply(v, c0, c1, n0, n1):
+    """y = s ((x - mean) scale + off_s) + m gain_m + off, by placement."""
+    _noisy_map(v, c0, c1, n0, n1, _before_value, _after_value)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
