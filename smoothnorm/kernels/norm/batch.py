@@ -130,26 +130,41 @@ def _fixed_grad_apply(v, c0, c1, n0, n1):
 # Parallel kernels, one per variant: x, y, dy, dx are flat views of (N, C, S) arrays.
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _batch_norm_train_forward(x, N, C, S, gamma, beta, eps, block, chunks, y):
+@njit(inline="always")
+def _train_forward_passes(x, N, C, S, gamma, beta, eps, block, chunks, y, apply):
+    """The train forward with its output pass `apply` (BatchNorm's affine here; with ReLU in batch_relu.py).
+    Inlined into each parallel entry, as skeleton._channel_passes, so the piece is bound at compile time."""
     shift = _channel_shift(x, C, S)
     mean, var, invstd = np.empty(C), np.empty(C), np.empty(C)
     scale, offset = np.empty((2, C))
     acc_s, acc_q = _zeros((2, chunks, C))
     v = ((C, S, y, x), (shift, acc_s, acc_q), (mean, scale, offset), (gamma, beta, eps, float(N * S), var, invstd))
-    _channel_passes(N, C, block, chunks, v, _moment_sums, _moments_finish, _affine_apply, True)
+    _channel_passes(N, C, block, chunks, v, _moment_sums, _moments_finish, apply, True)
     return mean, var, invstd
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _batch_norm_train_backward(dy, x, N, C, S, mean, invstd, gamma, block, chunks, dx):
+@njit(inline="always")
+def _train_backward_passes(arrays, N, C, mean, invstd, gamma, block, chunks, sums, apply):
+    """The train backward over `arrays` (C, S, dx, dy, x), or with the ReLU output before x in batch_relu.py, with
+    its gradient sums and dx pieces (inlined, as _train_forward_passes)."""
     center = _float64_copy(mean)
     a, b, k = np.empty((3, C))
     dgamma, dbeta = np.empty(C), np.empty(C)
     acc_dy, acc_dyx = _zeros((2, chunks, C))
-    v = ((C, S, dx, dy, x), (center, acc_dy, acc_dyx), (center, a, b, k), (gamma, invstd, float(N * S), dgamma, dbeta))
-    _channel_passes(N, C, block, chunks, v, _gradient_sums, _train_grad_finish, _gradient_apply, True)
+    v = (arrays, (center, acc_dy, acc_dyx), (center, a, b, k), (gamma, invstd, float(N * arrays[1]), dgamma, dbeta))
+    _channel_passes(N, C, block, chunks, v, sums, _train_grad_finish, apply, True)
     return dgamma, dbeta
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _batch_norm_train_forward(x, N, C, S, gamma, beta, eps, block, chunks, y):
+    return _train_forward_passes(x, N, C, S, gamma, beta, eps, block, chunks, y, _affine_apply)
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _batch_norm_train_backward(dy, x, N, C, S, mean, invstd, gamma, block, chunks, dx):
+    return _train_backward_passes((C, S, dx, dy, x), N, C, mean, invstd, gamma, block, chunks, _gradient_sums,
+                                  _gradient_apply)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")

@@ -25,10 +25,9 @@ from numba import njit
 
 from smoothnorm.kernels._checks import _same_as
 from smoothnorm.kernels.norm import arguments
-from smoothnorm.kernels.norm.batch import _channel_shift, _moments_finish, _train_grad_finish
-from smoothnorm.kernels.norm.channel_blocks import _block_map, _block_sums, _float64_copy, _plan, _zeros
-from smoothnorm.kernels.norm.noisy import _noise_arrays, _noisy_finish, _noisy_grad_finish, _noisy_map
-from smoothnorm.kernels.norm.skeleton import _channel_passes, _moment_sums
+from smoothnorm.kernels.norm.batch import _train_backward_passes, _train_forward_passes
+from smoothnorm.kernels.norm.channel_blocks import _block_map, _block_sums, _plan
+from smoothnorm.kernels.norm.noisy import _noise_arrays, _noisy_backward_passes, _noisy_forward_passes, _noisy_map
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pieces: BatchNorm's forward apply with ReLU's select; its gradient sums and apply with ReLU's mask.
@@ -170,49 +169,24 @@ def _masked_noisy_grad_apply(v, c0, c1, n0, n1):
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _batch_norm_relu_train_forward(x, N, C, S, gamma, beta, eps, block, chunks, y):
-    shift = _channel_shift(x, C, S)
-    mean, var, invstd = np.empty(C), np.empty(C), np.empty(C)
-    scale, offset = np.empty((2, C))
-    acc_s, acc_q = _zeros((2, chunks, C))
-    v = ((C, S, y, x), (shift, acc_s, acc_q), (mean, scale, offset), (gamma, beta, eps, float(N * S), var, invstd))
-    _channel_passes(N, C, block, chunks, v, _moment_sums, _moments_finish, _affine_relu_apply, True)
-    return mean, var, invstd
+    return _train_forward_passes(x, N, C, S, gamma, beta, eps, block, chunks, y, _affine_relu_apply)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _batch_norm_relu_train_backward(dy, y, x, N, C, S, mean, invstd, gamma, block, chunks, dx):
-    center = _float64_copy(mean)
-    a, b, k = np.empty((3, C))
-    dgamma, dbeta = np.empty(C), np.empty(C)
-    acc_dy, acc_dyx = _zeros((2, chunks, C))
-    v = ((C, S, dx, dy, y, x), (center, acc_dy, acc_dyx), (center, a, b, k),
-         (gamma, invstd, float(N * S), dgamma, dbeta))
-    _channel_passes(N, C, block, chunks, v, _masked_gradient_sums, _train_grad_finish, _masked_gradient_apply, True)
-    return dgamma, dbeta
+    return _train_backward_passes((C, S, dx, dy, y, x), N, C, mean, invstd, gamma, block, chunks,
+                                  _masked_gradient_sums, _masked_gradient_apply)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _noisy_batch_norm_relu_forward(x, s, m, N, C, S, gamma, beta, eps, before, block, chunks, y):
-    mean, var, invstd = np.empty(C), np.empty(C), np.empty(C)
-    scale, off_s, gain_m, off = np.empty((4, C))
-    acc_s, acc_q = _zeros((2, chunks, C))
-    v = ((C, S, y, x), (_channel_shift(x, C, S), acc_s, acc_q), (mean, scale, off_s, gain_m, off),
-         (gamma, beta, eps, float(N * S), var, invstd, s, m, before))
-    _channel_passes(N, C, block, chunks, v, _moment_sums, _noisy_finish, _noisy_relu_apply, True)
-    return mean, var, invstd
+    return _noisy_forward_passes(x, s, m, N, C, S, gamma, beta, eps, before, block, chunks, y, _noisy_relu_apply)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _noisy_batch_norm_relu_backward(dout, y, x, s, m, N, C, S, mean, invstd, gamma, before, block, chunks, dx):
-    center = _float64_copy(mean)
-    a, b, k = np.empty((3, C))
-    dgamma, dbeta = np.empty(C), np.empty(C)
-    acc1, acc2, acc3, acc4 = _zeros((4, chunks, C))
-    v = ((C, S, dx, dout, y, x), (center, acc1, acc2, acc3, acc4), (center, a, b, k),
-         (gamma, invstd, float(N * S), dgamma, dbeta, s, m, before))
-    _channel_passes(N, C, block, chunks, v, _masked_noisy_grad_sums, _noisy_grad_finish, _masked_noisy_grad_apply,
-                    True)
-    return dgamma, dbeta
+    return _noisy_backward_passes((C, S, dx, dout, y, x), s, m, N, C, mean, invstd, gamma, before, block, chunks,
+                                  _masked_noisy_grad_sums, _masked_noisy_grad_apply)
 
 
 # ---------------------------------------------------------------------------------------------------------------

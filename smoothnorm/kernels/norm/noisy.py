@@ -142,27 +142,42 @@ def _noisy_grad_apply(v, c0, c1, n0, n1):
 # Parallel kernels: x, s, m, y, dout, dx are flat views of (N, C, S) arrays.
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _noisy_batch_norm_forward(x, s, m, N, C, S, gamma, beta, eps, before, block, chunks, y):
+@njit(inline="always")
+def _noisy_forward_passes(x, s, m, N, C, S, gamma, beta, eps, before, block, chunks, y, apply):
+    """The forward with its output pass `apply` (noisy BatchNorm's here; with ReLU in batch_relu.py). Inlined into
+    each parallel entry, as skeleton._channel_passes, so the piece is bound at compile time."""
     mean, var, invstd = np.empty(C), np.empty(C), np.empty(C)
     scale, off_s, gain_m, off = np.empty((4, C))
     acc_s, acc_q = _zeros((2, chunks, C))
     v = ((C, S, y, x), (_channel_shift(x, C, S), acc_s, acc_q), (mean, scale, off_s, gain_m, off),
          (gamma, beta, eps, float(N * S), var, invstd, s, m, before))
-    _channel_passes(N, C, block, chunks, v, _moment_sums, _noisy_finish, _noisy_apply, True)
+    _channel_passes(N, C, block, chunks, v, _moment_sums, _noisy_finish, apply, True)
     return mean, var, invstd
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _noisy_batch_norm_backward(dout, x, s, m, N, C, S, mean, invstd, gamma, before, block, chunks, dx):
+@njit(inline="always")
+def _noisy_backward_passes(arrays, s, m, N, C, mean, invstd, gamma, before, block, chunks, sums, apply):
+    """The backward over `arrays` (C, S, dx, dout, x), or with the ReLU output before x in batch_relu.py, with its
+    gradient sums and dx pieces (inlined, as _noisy_forward_passes)."""
     center = _float64_copy(mean)
     a, b, k = np.empty((3, C))
     dgamma, dbeta = np.empty(C), np.empty(C)
     acc1, acc2, acc3, acc4 = _zeros((4, chunks, C))
-    v = ((C, S, dx, dout, x), (center, acc1, acc2, acc3, acc4), (center, a, b, k),
-         (gamma, invstd, float(N * S), dgamma, dbeta, s, m, before))
-    _channel_passes(N, C, block, chunks, v, _noisy_grad_sums, _noisy_grad_finish, _noisy_grad_apply, True)
+    v = (arrays, (center, acc1, acc2, acc3, acc4), (center, a, b, k),
+         (gamma, invstd, float(N * arrays[1]), dgamma, dbeta, s, m, before))
+    _channel_passes(N, C, block, chunks, v, sums, _noisy_grad_finish, apply, True)
     return dgamma, dbeta
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _noisy_batch_norm_forward(x, s, m, N, C, S, gamma, beta, eps, before, block, chunks, y):
+    return _noisy_forward_passes(x, s, m, N, C, S, gamma, beta, eps, before, block, chunks, y, _noisy_apply)
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _noisy_batch_norm_backward(dout, x, s, m, N, C, S, mean, invstd, gamma, before, block, chunks, dx):
+    return _noisy_backward_passes((C, S, dx, dout, x), s, m, N, C, mean, invstd, gamma, before, block, chunks,
+                                  _noisy_grad_sums, _noisy_grad_apply)
 
 
 def _noise_arrays(scale_noise, shift_noise, x: np.ndarray, shape: tuple, need_shift: bool = True):
