@@ -120,6 +120,7 @@ def terminate_as_exit() -> dict:
     signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     return {signum: signal.signal(signum, handler) for signum in signals}
 
+
 def lease_is_stale(record: dict, stale_after: float = STALE_AFTER, now: float | None = None) -> bool:
     """True when the lease has no heartbeat for `stale_after` seconds, or names a dead pid on this host."""
     now = time.time() if now is None else now
