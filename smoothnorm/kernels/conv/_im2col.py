@@ -7,8 +7,9 @@ and, in its docstring, the method.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-from numba import njit, prange
+from numba import get_thread_id, njit, prange
 
 from smoothnorm.kernels._blas import _gemm, _single_threaded_blas
 
@@ -194,6 +195,14 @@ def work_blocks(n: int, parallel: bool, partial_bytes: int = 0) -> int:
     return max(1, min(n, WORK_BLOCKS if partial_bytes <= LARGE_PARTIAL_BYTES else 2))
 
 
+def workspace_slots(workers: int, parallel: bool) -> int:
+    """The number of per-thread workspaces a call over `workers` sample blocks needs: one per thread that can run a
+    block at once. A thread runs its blocks one after another in its own workspace (`get_thread_id()` picks it), so
+    at one thread every block reuses the same cache-warm buffers. Which buffer holds a block's temporaries never
+    changes a result; the blocks themselves, and so the bits, depend on the shape only."""
+    return max(1, min(workers, numba.get_num_threads())) if parallel else 1
+
+
 def _plan(n: int, k: int, c_out: int, pixels: int, itemsize: int) -> tuple[int, int, bool]:
     """(blocks of samples, samples per sub-chunk, parallel): depends on the shape only, never on the thread count."""
     parallel = n * k * c_out * pixels >= _PARALLEL_MIN_MACS and _single_threaded_blas.available()
@@ -272,7 +281,8 @@ def _backward_worker(sgemm, dgemm, dy, x, w2, dw, db, dx, need_dx, s0, s1, nb, g
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Parallel drivers: one prange over workers, each owning a contiguous block of samples and its own buffers.
+# Parallel drivers: one prange over workers, each owning a contiguous block of samples (and, for the weight
+# gradient, its own partial); the temporaries are the running thread's (workspace_slots).
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -280,8 +290,9 @@ def _forward_parallel(sgemm, dgemm, x, w2, bias, y, workers, nb, geom, cols_ws, 
     n = x.shape[0]
     for t in prange(workers):
         _forward_worker(
-            sgemm, dgemm, x, w2, bias, y, n * t // workers, n * (t + 1) // workers, nb, geom, cols_ws[t], mat_ws[t]
-        )
+            sgemm, dgemm, x, w2, bias, y, n * t // workers, n * (t + 1) // workers, nb, geom,
+            cols_ws[get_thread_id()], mat_ws[get_thread_id()],
+        )  # fmt: skip
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -302,8 +313,8 @@ def _backward_parallel(sgemm, dgemm, dy, x, w2, dw_ws, db_ws, dx, need_dx, worke
             n * (t + 1) // workers,
             nb,
             geom,
-            cols_ws[t],
-            mat_ws[t],
+            cols_ws[get_thread_id()],
+            mat_ws[get_thread_id()],
         )
 
 

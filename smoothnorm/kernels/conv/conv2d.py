@@ -42,9 +42,11 @@ from smoothnorm.kernels.conv._im2col import (
     _plan,
     _row_sum,
     _sum_partials,
+    workspace_slots,
 )
 from smoothnorm.kernels.conv._scratch import scratch
 from smoothnorm.kernels.conv.winograd import (
+    KeptInput,
     winograd_backward_input,
     winograd_backward_weight,
     winograd_forward,
@@ -157,19 +159,21 @@ def conv2d_forward(
     algorithm: str = "im2col",
     *,
     out: np.ndarray | None = None,
+    keep: KeptInput | None = None,
 ) -> np.ndarray:
     """2-D cross-correlation with zero padding (torch.nn.functional.conv2d).
 
     x: (N, C_in, H, W) float32 or float64; weight: (C_out, C_in, kh, kw) and bias: (C_out,) or None, in x's dtype.
     stride >= 1 and padding >= 0: an int or an (h, w) pair. algorithm: "im2col", "winograd" or "auto" (module doc).
     Returns y (N, C_out, H_out, W_out) with H_out = (H + 2*padding - kh) // stride + 1 (W_out likewise), in `out`
-    if given (a C-contiguous array of that shape and x's dtype, apart from x, weight and bias).
+    if given (a C-contiguous array of that shape and x's dtype, apart from x, weight and bias). keep: a
+    winograd.KeptInput (one per layer) in which a Winograd forward keeps its transformed input for conv2d_backward.
     """
     x = _float_array("x", x, 4)
     weight = _float_array("weight", weight, 4, x.dtype)
     geom = _geometry(x, weight, stride, padding)
     if _resolve_algorithm(algorithm, x.shape, weight.shape, stride, padding, "forward") == "winograd":
-        return winograd_forward(x, weight, bias, out=out)
+        return winograd_forward(x, weight, bias, out=out, keep=keep)
     n = x.shape[0]
     c_out = weight.shape[0]
     if bias is None:
@@ -186,8 +190,9 @@ def conv2d_forward(
     w2 = weight.reshape(c_out, -1)
     k = w2.shape[1]
     workers, nb, parallel = _plan(n, k, c_out, pixels, x.itemsize)
-    cols_ws = scratch("conv.cols", (workers, k * nb * pixels), x.dtype)
-    mat_ws = scratch("conv.mat", (workers, c_out * nb * pixels if nb > 1 else 0), x.dtype)
+    slots = workspace_slots(workers, parallel)
+    cols_ws = scratch("conv.cols", (slots, k * nb * pixels), x.dtype)
+    mat_ws = scratch("conv.mat", (slots, c_out * nb * pixels if nb > 1 else 0), x.dtype)
     # BLAS on one thread in the serial path too: OpenBLAS threads GEMMs above 2^18 multiply-adds, and its
     # threaded GEMMs are not always the same bits as its serial ones.
     with _single_threaded_blas:
@@ -210,6 +215,7 @@ def conv2d_backward(
     algorithm: str = "im2col",
     *,
     out: np.ndarray | None = None,
+    kept: KeptInput | None = None,
 ) -> np.ndarray | None:
     """Gradients of conv2d_forward; OVERWRITES dweight and dbias in place.
 
@@ -219,7 +225,8 @@ def conv2d_backward(
     input and weight gradients separately; im2col computes both from one unfolding, so an im2col input gradient
     brings an im2col weight gradient with it).
     Returns dx (N, C_in, H, W), or None when need_dx is False (the first layer does not need it); dx is written
-    into `out` if given (a C-contiguous array of x's shape and dtype, apart from every other argument).
+    into `out` if given (a C-contiguous array of x's shape and dtype, apart from every other argument). kept: the
+    KeptInput given to conv2d_forward of this x, if any (a Winograd weight gradient then reuses its transform).
     """
     x = _float_array("x", x, 4)
     weight = _float_array("weight", weight, 4, x.dtype)
@@ -240,7 +247,7 @@ def conv2d_backward(
     if need_dx and input_algorithm == "im2col":
         weight_algorithm = "im2col"
     if weight_algorithm == "winograd":
-        winograd_backward_weight(dy, x, dweight)
+        winograd_backward_weight(dy, x, dweight, kept=kept)
         if dbias is not None:
             db = np.empty(c_out)
             _bias_gradient(dy.reshape(n, c_out, -1), db)
@@ -257,8 +264,9 @@ def conv2d_backward(
     else:
         dx = np.empty_like(x) if out is None else out
     workers, nb, parallel = _plan(max(n, 1), k, c_out, pixels, x.itemsize)
-    cols_ws = scratch("conv.cols", (workers, k * nb * pixels), x.dtype)
-    mat_ws = scratch("conv.mat", (workers, c_out * nb * pixels if nb > 1 else 0), x.dtype)
+    slots = workspace_slots(workers, parallel)
+    cols_ws = scratch("conv.cols", (slots, k * nb * pixels), x.dtype)
+    mat_ws = scratch("conv.mat", (slots, c_out * nb * pixels if nb > 1 else 0), x.dtype)
     dw_ws = scratch("conv.dw", (workers, c_out, k), x.dtype)
     db_ws = scratch("conv.db", (workers, c_out), np.float64)
     args = (dy, x, w2, dw_ws, db_ws, dx, bool(need_dx))

@@ -312,3 +312,101 @@ def test_conv2d_and_vgg_reject_bad_algorithms():
         nn.Conv2d(3, 4, kernel_size=3, stride=2, algorithm="winograd")
     with pytest.raises(ValueError, match="^algorithm:"):
         models.vgg("vgg11", width=1 / 16, algorithm="Winograd")
+
+
+# The forward's transformed input kept for the weight gradient (KeptInput): the same values as transforming again.
+
+
+def _weight_gradient(dy, x, kept=None):
+    dw = np.empty((dy.shape[1], x.shape[1], 3, 3), dtype=x.dtype)
+    winograd_backward_weight(dy, x, dw, kept=kept)
+    return dw
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("max_tiles", [3, 20, 256])
+@pytest.mark.parametrize("shape", [(7, 16, 8, 12), (5, 16, 9, 10), (64, 16, 2, 2)], ids=["whole", "partial", "2x2"])
+def test_kept_transform_gives_the_weight_gradient_bit_for_bit(monkeypatch, rng, dtype, max_tiles, shape):
+    """Groups of tile rows, of several images with a shorter last group, of whole images; both tile sizes; the
+    serial and the parallel path (the 64-image case), at one and two threads."""
+    monkeypatch.setattr(winograd, "_MIN_GROUP_TILES", 1)
+    monkeypatch.setattr(winograd, "_MAX_GROUP_TILES", max_tiles)
+    n, c, h, w = shape
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((24, c, 3, 3)).astype(dtype)
+    dy = rng.standard_normal((n, 24, h, w)).astype(dtype)
+    expected = _weight_gradient(dy, x)
+    threads = numba.get_num_threads()
+    try:
+        for t in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(t)
+            keep = winograd.KeptInput()
+            y = winograd_forward(x, weight, keep=keep)
+            assert keep._lookup(x, keep._key).size > 0  # stored, so the gradient below reads it
+            assert y.tobytes() == winograd_forward(x, weight).tobytes()
+            assert _weight_gradient(dy, x, keep).tobytes() == expected.tobytes()
+            keep._buffer[:] = 0  # and it is what the gradient reads
+            assert not _weight_gradient(dy, x, keep).any()
+    finally:
+        numba.set_num_threads(threads)
+
+
+def test_kept_transform_serves_only_the_input_it_came_from(rng):
+    x = rng.standard_normal((4, 16, 8, 8)).astype(np.float32)
+    other = rng.standard_normal(x.shape).astype(np.float32)
+    weight = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((4, 16, 8, 8)).astype(np.float32)
+    keep = winograd.KeptInput()
+    winograd_forward(x, weight, keep=keep)
+    # Another array (even one of the same shape), or the same one at another tile size: transformed afresh.
+    assert _weight_gradient(dy, other, keep).tobytes() == _weight_gradient(dy, other).tobytes()
+    dw = np.empty_like(weight)
+    winograd_backward_weight(dy, x, dw, tile=2, kept=keep)
+    assert dw.tobytes() == _weight_gradient_tile(dy, x, 2).tobytes()
+    # A later forward of another input replaces what was kept.
+    winograd_forward(other, weight, keep=keep)
+    assert _weight_gradient(dy, x, keep).tobytes() == _weight_gradient(dy, x).tobytes()
+    assert _weight_gradient(dy, other, keep).tobytes() == _weight_gradient(dy, other).tobytes()
+
+
+def _weight_gradient_tile(dy, x, tile):
+    dw = np.empty((dy.shape[1], x.shape[1], 3, 3), dtype=x.dtype)
+    winograd_backward_weight(dy, x, dw, tile=tile)
+    return dw
+
+
+def test_kept_transform_over_its_size_limit_keeps_nothing(monkeypatch, rng):
+    x = rng.standard_normal((4, 16, 8, 8)).astype(np.float32)
+    weight = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((4, 16, 8, 8)).astype(np.float32)
+    keep = winograd.KeptInput()
+    monkeypatch.setattr(winograd, "KEEP_BYTES", 36 * 16 * 4 * 4 * 4 - 1)  # one byte short of this input's V
+    winograd_forward(x, weight, keep=keep)
+    assert keep._lookup(x, keep._key).size == 0 and keep._x is None
+    assert _weight_gradient(dy, x, keep).tobytes() == _weight_gradient(dy, x).tobytes()
+    monkeypatch.setattr(winograd, "KEEP_BYTES", 36 * 16 * 4 * 4 * 4)
+    winograd_forward(x, weight, keep=keep)
+    assert keep._lookup(x, keep._key).size == 36 * 16 * 4 * 4
+
+
+def test_vgg_gradients_equal_with_and_without_kept_transforms(monkeypatch):
+    """A train step's loss and gradients, the Winograd layers reading the forward's transforms, are the same bits as
+    with every transform computed again; copies of the network start with nothing kept."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 8)
+    results = []
+    for keep_bytes in (winograd.KEEP_BYTES, 0):
+        monkeypatch.setattr(winograd, "KEEP_BYTES", keep_bytes)
+        net = models.vgg("vgg11", norm="batch", width=0.125, seed=1)
+        loss = net.loss_and_grad(x, y, mode="train")
+        kept = [layer._kept for layer in net.layers if isinstance(layer, nn.Conv2d)]
+        assert any(k._x is not None for k in kept) == (keep_bytes > 0)  # a Winograd layer kept its transform
+        results.append((repr(loss), net.grads.copy()))
+    assert results[0][0] == results[1][0]
+    assert results[0][1].tobytes() == results[1][1].tobytes()
+    for clone in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert all(layer._kept._x is None for layer in clone.layers if isinstance(layer, nn.Conv2d))
