@@ -87,6 +87,15 @@ def check_parameter_grads(dgamma, dbeta, channels: int, dtype) -> None:
             _check_output(name, buf, (channels,), dtype)
 
 
+def statistics_and_gamma(mean, invstd, gamma, dgamma, dbeta, channels: int, dtype) -> tuple[np.ndarray, ...]:
+    """A BatchNorm backward's mean, invstd and gamma (None: ones) as (C,) vectors of x's dtype; checks dgamma, dbeta."""
+    mean = channel_vector("mean", mean, channels, dtype)
+    invstd = channel_vector("invstd", invstd, channels, dtype)
+    gamma = channel_vector("gamma", gamma, channels, dtype, 1.0)
+    check_parameter_grads(dgamma, dbeta, channels, dtype)
+    return mean, invstd, gamma
+
+
 def store_parameter_grads(dgamma, dbeta, dg, db) -> None:
     """Overwrite the caller's dgamma and dbeta buffers (those given) with the computed gradients."""
     if dgamma is not None:

@@ -235,10 +235,7 @@ def batch_norm_train_backward(dy: np.ndarray, x: np.ndarray, mean: np.ndarray, i
     x3, dy3, N, C, S = arguments.backward_input(dy, x)
     block, chunks = _plan(N, C, S, x3.itemsize, 2)
     dx = arguments.result_array(out, x, x3, x3, dy3)
-    mean = arguments.channel_vector("mean", mean, C, x3.dtype)
-    invstd = arguments.channel_vector("invstd", invstd, C, x3.dtype)
-    gamma = arguments.channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    arguments.check_parameter_grads(dgamma, dbeta, C, x3.dtype)
+    mean, invstd, gamma = arguments.statistics_and_gamma(mean, invstd, gamma, dgamma, dbeta, C, x3.dtype)
     dg, db = _batch_norm_train_backward(dy3.reshape(-1), x3.reshape(-1), N, C, S, mean, invstd, gamma, block,
                                         chunks, dx.reshape(-1))
     arguments.store_parameter_grads(dgamma, dbeta, dg, db)

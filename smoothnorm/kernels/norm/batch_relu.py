@@ -228,10 +228,7 @@ def batch_norm_relu_train_backward(dy: np.ndarray, y: np.ndarray, x: np.ndarray,
     dx = arguments.result_array(out, x, x3, x3, dy3)
     if out is not None and np.may_share_memory(dx, y3):
         raise ValueError("out: expected an array that does not overlap y (dx is written while y is still read)")
-    mean = arguments.channel_vector("mean", mean, C, x3.dtype)
-    invstd = arguments.channel_vector("invstd", invstd, C, x3.dtype)
-    gamma = arguments.channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    arguments.check_parameter_grads(dgamma, dbeta, C, x3.dtype)
+    mean, invstd, gamma = arguments.statistics_and_gamma(mean, invstd, gamma, dgamma, dbeta, C, x3.dtype)
     dg, db = _batch_norm_relu_train_backward(dy3.reshape(-1), y3.reshape(-1), x3.reshape(-1), N, C, S, mean, invstd,
                                              gamma, block, chunks, dx.reshape(-1))
     arguments.store_parameter_grads(dgamma, dbeta, dg, db)
@@ -269,10 +266,7 @@ def noisy_batch_norm_relu_backward(dy: np.ndarray, y: np.ndarray, x: np.ndarray,
     y3 = _same_as("y", y, np.asarray(x), "x").reshape(x3.shape)
     block, chunks = _plan(N, C, S, x3.itemsize, 4 if before else 3)  # noisy BatchNorm's backward work split
     s3, m3 = _noise_arrays(scale_noise, shift_noise, np.asarray(x), x3.shape, need_shift=before)
-    mean = arguments.channel_vector("mean", mean, C, x3.dtype)
-    invstd = arguments.channel_vector("invstd", invstd, C, x3.dtype)
-    gamma = arguments.channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    arguments.check_parameter_grads(dgamma, dbeta, C, x3.dtype)
+    mean, invstd, gamma = arguments.statistics_and_gamma(mean, invstd, gamma, dgamma, dbeta, C, x3.dtype)
     dx = arguments.result_array(out, x, x3, x3, dy3, s3, m3)
     if out is not None and np.may_share_memory(dx, y3):
         raise ValueError("out: expected an array that does not overlap y (dx is written while y is still read)")

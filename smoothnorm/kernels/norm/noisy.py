@@ -225,10 +225,7 @@ def noisy_batch_norm_backward(dy: np.ndarray, x: np.ndarray, scale_noise: np.nda
     x3, dy3, N, C, S = arguments.backward_input(dy, x)
     block, chunks = _plan(N, C, S, x3.itemsize, 4 if before else 3)
     s3, m3 = _noise_arrays(scale_noise, shift_noise, np.asarray(x), x3.shape, need_shift=before)
-    mean = arguments.channel_vector("mean", mean, C, x3.dtype)
-    invstd = arguments.channel_vector("invstd", invstd, C, x3.dtype)
-    gamma = arguments.channel_vector("gamma", gamma, C, x3.dtype, 1.0)
-    arguments.check_parameter_grads(dgamma, dbeta, C, x3.dtype)
+    mean, invstd, gamma = arguments.statistics_and_gamma(mean, invstd, gamma, dgamma, dbeta, C, x3.dtype)
     dx = arguments.result_array(out, x, x3, x3, dy3, s3, m3)
     dg, db = _noisy_batch_norm_backward(dy3.reshape(-1), x3.reshape(-1), s3.reshape(-1), m3.reshape(-1), N, C, S,
                                         mean, invstd, gamma, before, block, chunks, dx.reshape(-1))
