@@ -410,3 +410,68 @@ def test_vgg_gradients_equal_with_and_without_kept_transforms(monkeypatch):
     assert results[0][1].tobytes() == results[1][1].tobytes()
     for clone in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
         assert all(layer._kept._x is None for layer in clone.layers if isinstance(layer, nn.Conv2d))
+
+
+# The weight transforms against float64 NumPy twins written with plain divisions: the same expressions in the same
+# order, so the kernels' division-free quotients (kernels/_division) must give exactly their bits.
+
+
+def _g6_twin(g0, g1, g2):
+    s02 = g0 + g2
+    p = g0 / 24.0 + g2 / 6.0
+    q = g1 / 12.0
+    return [g0 / 4.0, -(s02 + g1) / 6.0, -(s02 - g1) / 6.0, p + q, p - q, g2]
+
+
+def _gt6_twin(a0, a1, a2, a3, a4, a5):
+    s12, s34 = a1 + a2, a3 + a4
+    return [a0 / 4.0 - s12 / 6.0 + s34 / 24.0, (a2 - a1) / 6.0 + (a3 - a4) / 12.0, (s34 - s12) / 6.0 + a5]
+
+
+def _awkward_weights(rng, shape, dtype):
+    """Normal weights at several scales, with exact zeros of both signs, infinities, NaN and extremes mixed in."""
+    w = rng.standard_normal(shape) * 10.0 ** rng.integers(-6, 6, shape)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 3.0e38, -1.4e-45, 1e-300])
+    pick = rng.random(shape) < 0.05
+    w[pick] = rng.choice(specials, int(pick.sum()))
+    with np.errstate(over="ignore"):
+        return w.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("flip", [False, True])
+def test_weight_transform_matches_its_twin_bit_for_bit(rng, dtype, flip):
+    from smoothnorm.kernels.conv._winograd_transforms import _transform_weights
+
+    w = _awkward_weights(rng, (24, 40, 3, 3), dtype)
+    g = (np.flip(w, (2, 3)).transpose(1, 0, 2, 3) if flip else w).astype(np.float64)
+    rows, cols = g.shape[:2]
+    with np.errstate(all="ignore"):
+        half = [_g6_twin(g[:, :, 0, col], g[:, :, 1, col], g[:, :, 2, col]) for col in range(3)]  # [col][a]
+    expected = np.empty((36, rows, cols), dtype=dtype)
+    with np.errstate(all="ignore"):
+        for a in range(6):
+            for b, value in enumerate(_g6_twin(half[0][a], half[1][a], half[2][a])):
+                expected[a * 6 + b] = value
+        u = np.empty((36, rows, cols), dtype=dtype)
+        _transform_weights(w, 4, flip, u)
+    assert u.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inverse_weight_transform_matches_its_twin_bit_for_bit(rng, dtype):
+    from smoothnorm.kernels.conv._winograd_transforms import _inverse_weight_transform
+
+    parts = np.stack([_awkward_weights(rng, (36, 24, 40), dtype) for _ in range(3)])
+    merged = parts[0].astype(np.float64)
+    with np.errstate(all="ignore"):
+        for t in range(1, parts.shape[0]):
+            merged = merged + parts[t]
+        half = [_gt6_twin(*(merged[b + j * 6] for j in range(6))) for b in range(6)]  # [b][k]
+        expected = np.empty((24, 40, 3, 3), dtype=dtype)
+        for k in range(3):
+            for l_, value in enumerate(_gt6_twin(*(half[b][k] for b in range(6)))):
+                expected[:, :, k, l_] = value
+        dweight = np.empty((24, 40, 3, 3), dtype=dtype)
+        _inverse_weight_transform(parts, 4, dweight)
+    assert dweight.tobytes() == expected.tobytes()
