@@ -15,7 +15,6 @@ import numpy as np
 from smoothnorm._validate import choice
 from smoothnorm.kernels.activation import relu_backward, relu_forward
 from smoothnorm.kernels.conv.conv2d import ALGORITHMS, conv2d_backward, conv2d_backward_input, conv2d_forward
-from smoothnorm.kernels.conv.winograd import KeptInput
 from smoothnorm.kernels.linear import linear_backward, linear_forward
 from smoothnorm.kernels.pool import maxpool2d_backward, maxpool2d_forward, maxpool2d_gather
 from smoothnorm.nn.layer import Layer
@@ -137,7 +136,6 @@ class Conv2d(Layer):
                 f"{self.stride} and {self.padding}"
             )
         self._x: np.ndarray | None = None
-        self._kept = KeptInput()  # a Winograd forward's transformed input, for the weight gradient of the same x
 
     def param_shapes(self):
         k = self.kernel_size
@@ -162,14 +160,14 @@ class Conv2d(Layer):
         out = self._buffer("y", (x.shape[0], *self.output_shape(x.shape[1:])), x.dtype) if x.ndim == 4 else None
         return conv2d_forward(
             x, self.params["weight"], self.params.get("bias"), self.stride, self.padding, algorithm=self.algorithm,
-            out=out, keep=self._kept,
+            out=out,
         )
 
     def backward(self, dy, need_dx=True):
         out = self._reused("dx", self._x) if need_dx else None
         return conv2d_backward(
             dy, self._x, self.params["weight"], self.grads["weight"], self.grads.get("bias"),
-            self.stride, self.padding, need_dx=need_dx, algorithm=self.algorithm, out=out, kept=self._kept,
+            self.stride, self.padding, need_dx=need_dx, algorithm=self.algorithm, out=out,
         )
 
     def forward_r(self, rx, rparams):

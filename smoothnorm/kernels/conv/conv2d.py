@@ -46,7 +46,6 @@ from smoothnorm.kernels.conv._im2col import (
 )
 from smoothnorm.kernels.conv._scratch import scratch
 from smoothnorm.kernels.conv.winograd import (
-    KeptInput,
     winograd_backward_input,
     winograd_backward_weight,
     winograd_forward,
@@ -159,21 +158,19 @@ def conv2d_forward(
     algorithm: str = "im2col",
     *,
     out: np.ndarray | None = None,
-    keep: KeptInput | None = None,
 ) -> np.ndarray:
     """2-D cross-correlation with zero padding (torch.nn.functional.conv2d).
 
     x: (N, C_in, H, W) float32 or float64; weight: (C_out, C_in, kh, kw) and bias: (C_out,) or None, in x's dtype.
     stride >= 1 and padding >= 0: an int or an (h, w) pair. algorithm: "im2col", "winograd" or "auto" (module doc).
     Returns y (N, C_out, H_out, W_out) with H_out = (H + 2*padding - kh) // stride + 1 (W_out likewise), in `out`
-    if given (a C-contiguous array of that shape and x's dtype, apart from x, weight and bias). keep: a
-    winograd.KeptInput (one per layer) in which a Winograd forward keeps its transformed input for conv2d_backward.
+    if given (a C-contiguous array of that shape and x's dtype, apart from x, weight and bias).
     """
     x = _float_array("x", x, 4)
     weight = _float_array("weight", weight, 4, x.dtype)
     geom = _geometry(x, weight, stride, padding)
     if _resolve_algorithm(algorithm, x.shape, weight.shape, stride, padding, "forward") == "winograd":
-        return winograd_forward(x, weight, bias, out=out, keep=keep)
+        return winograd_forward(x, weight, bias, out=out)
     n = x.shape[0]
     c_out = weight.shape[0]
     if bias is None:
@@ -215,7 +212,6 @@ def conv2d_backward(
     algorithm: str = "im2col",
     *,
     out: np.ndarray | None = None,
-    kept: KeptInput | None = None,
 ) -> np.ndarray | None:
     """Gradients of conv2d_forward; OVERWRITES dweight and dbias in place.
 
@@ -225,8 +221,7 @@ def conv2d_backward(
     input and weight gradients separately; im2col computes both from one unfolding, so an im2col input gradient
     brings an im2col weight gradient with it).
     Returns dx (N, C_in, H, W), or None when need_dx is False (the first layer does not need it); dx is written
-    into `out` if given (a C-contiguous array of x's shape and dtype, apart from every other argument). kept: the
-    KeptInput given to conv2d_forward of this x, if any (a Winograd weight gradient then reuses its transform).
+    into `out` if given (a C-contiguous array of x's shape and dtype, apart from every other argument).
     """
     x = _float_array("x", x, 4)
     weight = _float_array("weight", weight, 4, x.dtype)
@@ -247,7 +242,7 @@ def conv2d_backward(
     if need_dx and input_algorithm == "im2col":
         weight_algorithm = "im2col"
     if weight_algorithm == "winograd":
-        winograd_backward_weight(dy, x, dweight, kept=kept)
+        winograd_backward_weight(dy, x, dweight)
         if dbias is not None:
             db = np.empty(c_out)
             _bias_gradient(dy.reshape(n, c_out, -1), db)

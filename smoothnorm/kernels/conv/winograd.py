@@ -87,21 +87,9 @@ def winograd_pays(pass_name: str, c_in: int, c_out: int, h: int, w: int, n: int)
 # Workers and parallel drivers.
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _group_v(v_buf, kept, a2, c_in, n0, images, tr0, tiles_h, tiles_w, count):
-    """The (a2*C_in, count) matrix that holds a group's V: the worker's buffer, or the group's place in `kept`
-    (every group's V in group order, the tiles before it counted as in _KeptInput) when `kept` is not empty."""
-    if kept.shape[0] == 0:
-        return v_buf[: a2 * c_in * count].reshape(a2 * c_in, count)
-    start = a2 * c_in * (n0 * tiles_h + tr0 * images) * tiles_w
-    return kept[start : start + a2 * c_in * count].reshape(a2 * c_in, count)
-
-
 @njit(cache=True, nogil=True, error_model="numpy")
-def _forward_worker(sgemm, dgemm, x, u, bias, y, m, n_start, n_stop, nb, trows, kept, v_buf, m_buf, planes, cols,
-                    scratch):
-    """y for images n_start .. n_stop-1, in tile groups of nb images times trows tile rows; each group's V also
-    stays in `kept` where that is not empty."""
+def _forward_worker(sgemm, dgemm, x, u, bias, y, m, n_start, n_stop, nb, trows, v_buf, m_buf, planes, cols, scratch):
+    """y for images n_start .. n_stop-1, in tile groups of nb images times trows tile rows."""
     a2 = (m + 2) * (m + 2)
     c_in = x.shape[1]
     c_out = u.shape[1]
@@ -112,7 +100,7 @@ def _forward_worker(sgemm, dgemm, x, u, bias, y, m, n_start, n_stop, nb, trows, 
         for tr0 in range(0, tiles_h, trows):
             rows = min(trows, tiles_h - tr0)
             count = images * rows * tiles_w
-            v = _group_v(v_buf, kept, a2, c_in, n0, images, tr0, tiles_h, tiles_w, count)
+            v = v_buf[: a2 * c_in * count].reshape(a2 * c_in, count)
             _input_transform(x, m, n0, images, tr0, rows, v, planes, cols)
             mat = m_buf[: a2 * c_out * count].reshape(a2 * c_out, count)
             v3 = v.reshape(a2, c_in, count)
@@ -123,10 +111,8 @@ def _forward_worker(sgemm, dgemm, x, u, bias, y, m, n_start, n_stop, nb, trows, 
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _weight_worker(sgemm, dgemm, dy, x, dw_hat, m, n_start, n_stop, nb, trows, kept, v_buf, e_buf, planes, cols,
-                   scratch):
-    """dw_hat[xi] = sum over the tiles of images n_start .. n_stop-1 of (A dy A^T)[xi] (B^T d B)[xi]^T; V is read
-    from `kept` (the forward's, same groups) where that is not empty, else transformed here."""
+def _weight_worker(sgemm, dgemm, dy, x, dw_hat, m, n_start, n_stop, nb, trows, v_buf, e_buf, planes, cols, scratch):
+    """dw_hat[xi] = sum over the tiles of images n_start .. n_stop-1 of (A dy A^T)[xi] (B^T d B)[xi]^T."""
     a2 = (m + 2) * (m + 2)
     c_in = x.shape[1]
     c_out = dy.shape[1]
@@ -140,9 +126,8 @@ def _weight_worker(sgemm, dgemm, dy, x, dw_hat, m, n_start, n_stop, nb, trows, k
         for tr0 in range(0, tiles_h, trows):
             rows = min(trows, tiles_h - tr0)
             count = images * rows * tiles_w
-            v = _group_v(v_buf, kept, a2, c_in, n0, images, tr0, tiles_h, tiles_w, count)
-            if kept.shape[0] == 0:
-                _input_transform(x, m, n0, images, tr0, rows, v, planes, cols)
+            v = v_buf[: a2 * c_in * count].reshape(a2 * c_in, count)
+            _input_transform(x, m, n0, images, tr0, rows, v, planes, cols)
             e = e_buf[: a2 * c_out * count].reshape(a2 * c_out, count)
             _gradient_transform(dy, m, n0, images, tr0, rows, e, scratch)
             v3 = v.reshape(a2, c_in, count)
@@ -153,25 +138,23 @@ def _weight_worker(sgemm, dgemm, dy, x, dw_hat, m, n_start, n_stop, nb, trows, k
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _forward_parallel(sgemm, dgemm, x, u, bias, y, m, workers, nb, trows, kept, v_ws, m_ws, planes_ws, cols_ws,
-                      scratch_ws):
+def _forward_parallel(sgemm, dgemm, x, u, bias, y, m, workers, nb, trows, v_ws, m_ws, planes_ws, cols_ws, scratch_ws):
     n = x.shape[0]
     for t in prange(workers):
         s = get_thread_id()
         _forward_worker(
-            sgemm, dgemm, x, u, bias, y, m, n * t // workers, n * (t + 1) // workers, nb, trows, kept,
+            sgemm, dgemm, x, u, bias, y, m, n * t // workers, n * (t + 1) // workers, nb, trows,
             v_ws[s], m_ws[s], planes_ws[s], cols_ws[s], scratch_ws[s],
         )  # fmt: skip
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _weight_parallel(sgemm, dgemm, dy, x, dw_ws, m, workers, nb, trows, kept, v_ws, e_ws, planes_ws, cols_ws,
-                     scratch_ws):
+def _weight_parallel(sgemm, dgemm, dy, x, dw_ws, m, workers, nb, trows, v_ws, e_ws, planes_ws, cols_ws, scratch_ws):
     n = x.shape[0]
     for t in prange(workers):
         s = get_thread_id()
         _weight_worker(
-            sgemm, dgemm, dy, x, dw_ws[t], m, n * t // workers, n * (t + 1) // workers, nb, trows, kept,
+            sgemm, dgemm, dy, x, dw_ws[t], m, n * t // workers, n * (t + 1) // workers, nb, trows,
             v_ws[s], e_ws[s], planes_ws[s], cols_ws[s], scratch_ws[s],
         )  # fmt: skip
 
@@ -221,50 +204,6 @@ def _workspaces(slots: int, nb: int, trows: int, m: int, w: int, c_a: int, c_b: 
     )
 
 
-# The forward's transformed input is kept for the weight gradient up to this many bytes per layer (VGG's layers at
-# the quick profile's shapes; at full width most layers' V is larger, and their weight gradient is mostly GEMMs).
-KEEP_BYTES = 32 << 20
-_NOTHING = {np.dtype(t): np.empty(0, dtype=t) for t in (np.float32, np.float64)}  # "not kept", per dtype
-
-
-class KeptInput:
-    """A layer's kept transformed input: winograd_forward(..., keep=k) stores V = B^T d B of every tile (when it
-    takes at most KEEP_BYTES), and winograd_backward_weight(..., kept=k) of the same input array, shape and layer
-    reads it instead of transforming the input again: the same values, so the same bits. Valid while the input
-    array the forward saw is unchanged (as a layer's cached input must be for its backward anyway)."""
-
-    __slots__ = ("_x", "_key", "_buffer")
-
-    def __init__(self) -> None:
-        self._x: np.ndarray | None = None
-        self._key: tuple | None = None
-        self._buffer = _NOTHING[np.dtype(np.float32)]
-
-    def _store(self, x: np.ndarray, key: tuple) -> np.ndarray:
-        """The flat array the forward writes V into (empty: too large to keep, and nothing is kept)."""
-        m = key[1]
-        n, c_in, h, w = x.shape
-        size = (m + 2) ** 2 * c_in * n * (-(-h // m)) * (-(-w // m))
-        self._x = self._key = None
-        if size * x.itemsize > KEEP_BYTES:
-            self._buffer = _NOTHING[x.dtype]
-            return self._buffer
-        if self._buffer.dtype != x.dtype or self._buffer.shape[0] != size:
-            self._buffer = np.empty(size, dtype=x.dtype)
-        self._x, self._key = x, key
-        return self._buffer
-
-    def __deepcopy__(self, memo) -> KeptInput:
-        return KeptInput()  # a copied layer has run no forward yet
-
-    def __reduce__(self):
-        return KeptInput, ()
-
-    def _lookup(self, x: np.ndarray, key: tuple) -> np.ndarray:
-        """The stored V of this very input and plan, else an empty array (transform again)."""
-        return self._buffer if self._x is x and self._key == key else _NOTHING[x.dtype]
-
-
 def _check_3x3(weight: np.ndarray) -> None:
     if weight.shape[2:] != (3, 3) or min(weight.shape[:2]) < 1:
         raise ValueError(f"weight: Winograd convolution needs shape (C_out, C_in, 3, 3), got {weight.shape}")
@@ -278,19 +217,16 @@ def _check_tile(tile: int | None, h: int, w: int) -> int:
     return int(tile)
 
 
-def _run_forward(x: np.ndarray, u: np.ndarray, bias: np.ndarray, y: np.ndarray, m: int,
-                 keep: KeptInput | None = None) -> None:
+def _run_forward(x: np.ndarray, u: np.ndarray, bias: np.ndarray, y: np.ndarray, m: int) -> None:
     n, c_in, h, w = x.shape
     c_out = u.shape[1]
-    plan = _plan(n, h, w, c_in, c_out, m, x.itemsize)
-    workers, nb, trows, parallel = plan
+    workers, nb, trows, parallel = _plan(n, h, w, c_in, c_out, m, x.itemsize)
     ws = _workspaces(workspace_slots(workers, parallel), nb, trows, m, w, c_in, c_out, x.dtype)
-    kept = _NOTHING[x.dtype] if keep is None else keep._store(x, (plan, m, c_out))
     with _single_threaded_blas:  # in the serial path too: threaded GEMMs are not always the serial ones' bits
         if parallel:
-            _forward_parallel(_SGEMM, _DGEMM, x, u, bias, y, m, workers, nb, trows, kept, *ws)
+            _forward_parallel(_SGEMM, _DGEMM, x, u, bias, y, m, workers, nb, trows, *ws)
         else:
-            _forward_worker(_SGEMM, _DGEMM, x, u, bias, y, m, 0, n, nb, trows, kept, *(a[0] for a in ws))
+            _forward_worker(_SGEMM, _DGEMM, x, u, bias, y, m, 0, n, nb, trows, *(a[0] for a in ws))
 
 
 def winograd_forward(
@@ -300,14 +236,12 @@ def winograd_forward(
     tile: int | None = None,
     *,
     out: np.ndarray | None = None,
-    keep: KeptInput | None = None,
 ) -> np.ndarray:
     """3x3 cross-correlation, stride 1, padding 1, by Winograd F(m x m, 3x3); same result as conv2d_forward.
 
     x: (N, C_in, H, W) float32 or float64; weight: (C_out, C_in, 3, 3); bias: (C_out,) or None; x's dtype for all.
     tile: output tile m (2 or 4), None for output_tile(H, W). Returns y (N, C_out, H, W), in `out` if given (a
-    C-contiguous array of that shape and x's dtype, apart from x, weight and bias). keep: a KeptInput that keeps
-    the transformed input for winograd_backward_weight of the same x.
+    C-contiguous array of that shape and x's dtype, apart from x, weight and bias).
     """
     x = _float_array("x", x, 4)
     weight = _float_array("weight", weight, 4, x.dtype)
@@ -330,7 +264,7 @@ def winograd_forward(
         return y
     u = scratch("winograd.u", ((m + 2) ** 2, c_out, c_in), x.dtype)
     _transform_weights(weight, m, False, u)
-    _run_forward(x, u, bias, y, m, keep)
+    _run_forward(x, u, bias, y, m)
     return y
 
 
@@ -361,12 +295,10 @@ def winograd_backward_input(
     return dx
 
 
-def winograd_backward_weight(dy: np.ndarray, x: np.ndarray, dweight: np.ndarray, tile: int | None = None, *,
-                             kept: KeptInput | None = None) -> None:
+def winograd_backward_weight(dy: np.ndarray, x: np.ndarray, dweight: np.ndarray, tile: int | None = None) -> None:
     """dweight (overwritten in place) of winograd_forward: the adjoint Winograd transform, summed over the batch.
 
     dy: (N, C_out, H, W); x: (N, C_in, H, W) the forward input; dweight: (C_out, C_in, 3, 3), x's dtype for all.
-    kept: the KeptInput the forward of this x filled, if any (its transformed input is used, not recomputed).
     """
     x = _float_array("x", x, 4)
     dy = _float_array("dy", dy, 4, x.dtype)
@@ -379,16 +311,14 @@ def winograd_backward_weight(dy: np.ndarray, x: np.ndarray, dweight: np.ndarray,
         raise ValueError(f"x: expected C_in, H, W >= 1 and dy C_out >= 1, got {x.shape} and {dy.shape}")
     m = _check_tile(tile, h, w)
     a2 = (m + 2) ** 2
-    plan = _plan(max(n, 1), h, w, c_in, c_out, m, x.itemsize)
-    workers, nb, trows, parallel = plan
+    workers, nb, trows, parallel = _plan(max(n, 1), h, w, c_in, c_out, m, x.itemsize)
     ws = _workspaces(workspace_slots(workers, parallel), nb, trows, m, w, c_in, c_out, x.dtype)
     dw_ws = scratch("winograd.dw", (workers, a2, c_out, c_in), x.dtype)
-    v = _NOTHING[x.dtype] if kept is None else kept._lookup(x, (plan, m, c_out))
     with _single_threaded_blas:
         if parallel:
-            _weight_parallel(_SGEMM, _DGEMM, dy, x, dw_ws, m, workers, nb, trows, v, *ws)
+            _weight_parallel(_SGEMM, _DGEMM, dy, x, dw_ws, m, workers, nb, trows, *ws)
         else:
-            _weight_worker(_SGEMM, _DGEMM, dy, x, dw_ws[0], m, 0, n, nb, trows, v, *(a[0] for a in ws))
+            _weight_worker(_SGEMM, _DGEMM, dy, x, dw_ws[0], m, 0, n, nb, trows, *(a[0] for a in ws))
     if dweight.flags.c_contiguous:
         _inverse_weight_transform(dw_ws, m, dweight)
     else:
