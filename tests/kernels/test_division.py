@@ -12,16 +12,21 @@ DIVISORS = [3.0, 6.0, 12.0, 24.0, 10.0, 7.0]
 
 
 @njit(cache=True)
+def _differs(x, d, y):
+    """Whether divide gives other bits than x / d (NaN counts as equal to NaN; a zero's sign counts)."""
+    a = x / d
+    b = divide(x, d, y)
+    if a != a and b != b:
+        return False
+    return a != b or (a == 0.0 and math.copysign(1.0, a) != math.copysign(1.0, b))
+
+
+@njit(cache=True)
 def _mismatches(xs, d, y):
-    """How many x give other bits than x / d (NaN counts as equal to NaN; a zero's sign counts)."""
+    """How many of xs give other bits (_differs)."""
     bad = 0
     for i in range(xs.shape[0]):
-        a = xs[i] / d
-        b = divide(xs[i], d, y)
-        if a != a and b != b:
-            continue
-        if a != b or (a == 0.0 and math.copysign(1.0, a) != math.copysign(1.0, b)):
-            bad += 1
+        bad += _differs(xs[i], d, y)
     return bad
 
 
@@ -33,13 +38,7 @@ def _mismatches_float32_patterns(d, y, start, stop, step):
     value = bits.view(np.float32)
     for u in range(start, stop, step):
         bits[0] = u
-        x = np.float64(value[0])
-        a = x / d
-        b = divide(x, d, y)
-        if a != a and b != b:
-            continue
-        if a != b or (a == 0.0 and math.copysign(1.0, a) != math.copysign(1.0, b)):
-            bad += 1
+        bad += _differs(np.float64(value[0]), d, y)
     return bad
 
 

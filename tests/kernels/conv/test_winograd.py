@@ -348,10 +348,9 @@ def test_weight_transform_matches_its_twin_bit_for_bit(rng, dtype, flip):
     w = _awkward_weights(rng, (24, 40, 3, 3), dtype)
     g = (np.flip(w, (2, 3)).transpose(1, 0, 2, 3) if flip else w).astype(np.float64)
     rows, cols = g.shape[:2]
-    with np.errstate(all="ignore"):
-        half = [_g6_twin(g[:, :, 0, col], g[:, :, 1, col], g[:, :, 2, col]) for col in range(3)]  # [col][a]
     expected = np.empty((36, rows, cols), dtype=dtype)
     with np.errstate(all="ignore"):
+        half = [_g6_twin(g[:, :, 0, col], g[:, :, 1, col], g[:, :, 2, col]) for col in range(3)]  # [col][a]
         for a in range(6):
             for b, value in enumerate(_g6_twin(half[0][a], half[1][a], half[2][a])):
                 expected[a * 6 + b] = value

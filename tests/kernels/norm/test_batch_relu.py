@@ -7,7 +7,13 @@ import pytest
 
 from smoothnorm.kernels.activation import relu_backward, relu_forward
 from smoothnorm.kernels.norm.batch import batch_norm_train_backward, batch_norm_train_forward
-from smoothnorm.kernels.norm.batch_relu import batch_norm_relu_train_backward, batch_norm_relu_train_forward
+from smoothnorm.kernels.norm.batch_relu import (
+    batch_norm_relu_train_backward,
+    batch_norm_relu_train_forward,
+    noisy_batch_norm_relu_backward,
+    noisy_batch_norm_relu_forward,
+)
+from smoothnorm.kernels.norm.noisy import noisy_batch_norm_backward, noisy_batch_norm_forward
 from tests.kernels.norm.test_batch import CHUNKED, GROUPED, SHAPES, _affine
 
 VGG = [(64, 8, 32, 32), (128, 64, 2, 2)]
@@ -96,11 +102,6 @@ def test_out_buffers_and_bad_arguments(rng):
 
 
 # Noisy BatchNorm then ReLU.
-from smoothnorm.kernels.norm.batch_relu import (  # noqa: E402
-    noisy_batch_norm_relu_backward,
-    noisy_batch_norm_relu_forward,
-)
-from smoothnorm.kernels.norm.noisy import noisy_batch_norm_backward, noisy_batch_norm_forward  # noqa: E402
 
 
 @pytest.mark.parametrize("before", [False, True])
